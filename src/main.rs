@@ -1,0 +1,392 @@
+//! `sokana`: the command line. Thin: it parses arguments, draws progress and prints results; the
+//! work is done by the library.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+use sokana::config::Config;
+use sokana::pipeline::{self, spec::Pipeline};
+use sokana::progress::Progress;
+use sokana::query::{self, OutputFormat};
+use sokana::source::{self, SeedOptions, SourceError, SourceUrl};
+
+#[derive(Parser)]
+#[command(name = "sokana", version, about = "Embedded analytics for Sokana Collective")]
+struct Cli {
+    /// Config file (default: ./sokana.toml if present). Every key can be overridden by an
+    /// environment variable SOKANA_SECTION__KEY.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a demo operational database, run every pipeline, and serve.
+    Demo {
+        /// Where to put everything: operational.db, sokana.toml, warehouse/.
+        #[arg(long, default_value = "demo")]
+        dir: PathBuf,
+        /// Stop after the pipelines.
+        #[arg(long)]
+        no_serve: bool,
+        /// Seed and use this PostgreSQL database instead of DIR/operational.db.
+        #[arg(long, value_name = "URL")]
+        source: Option<String>,
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+    /// Write synthetic operational data into SQLite or PostgreSQL.
+    Seed {
+        /// sqlite://PATH or postgres://USER@HOST/DB
+        #[arg(long, value_name = "URL")]
+        source: String,
+        /// 1 ≈ five years of a 1,500-client collective.
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Drop and recreate the operational tables if they hold data.
+        #[arg(long)]
+        replace: bool,
+    },
+    /// List, run and inspect pipelines.
+    Pipeline {
+        #[command(subcommand)]
+        command: PipelineCommand,
+    },
+    /// Run SQL over the warehouse.
+    Sql {
+        #[arg(long, value_enum, default_value = "table")]
+        format: OutputFormat,
+        sql: String,
+    },
+    /// Validate every pipeline file against the live source catalogs.
+    Check,
+    /// Serve the HTTP endpoints.
+    Serve,
+}
+
+#[derive(Subcommand)]
+enum PipelineCommand {
+    /// The pipelines and their tables.
+    List,
+    /// Run pipelines now.
+    Run {
+        names: Vec<String>,
+        #[arg(long, conflicts_with = "names")]
+        all: bool,
+    },
+    /// Recent runs, newest first.
+    Runs {
+        name: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SOKANA_LOG").unwrap_or_else(|_| "warn".into());
+    let json_logs = std::env::var("SOKANA_LOG_FORMAT").is_ok_and(|f| f == "json");
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json_logs {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Demo { dir, no_serve, source, scale, seed } => demo(&dir, no_serve, source, scale, seed).await,
+        Command::Seed { source, scale, seed, replace } => {
+            let url = SourceUrl::parse(&source, &std::env::current_dir()?)?;
+            seed_source(&url, &SeedOptions { scale, seed, replace }).await?;
+            Ok(())
+        }
+        Command::Pipeline { command } => {
+            let config = Config::load(cli.config.as_deref())?;
+            pipeline_command(&config, command).await
+        }
+        Command::Sql { format, sql } => {
+            let config = Config::load(cli.config.as_deref())?;
+            let ctx = query::session(&pipeline::warehouse(&config)?).await?;
+            let batches = query::run(&ctx, &sql).await?;
+            println!("{}", query::format(&batches, format)?);
+            Ok(())
+        }
+        Command::Check => {
+            let config = Config::load(cli.config.as_deref())?;
+            check(&config).await
+        }
+        Command::Serve => {
+            let config = Config::load(cli.config.as_deref())?;
+            serve(&config).await
+        }
+    }
+}
+
+async fn seed_source(url: &SourceUrl, options: &SeedOptions) -> Result<source::SeedSummary> {
+    let bar = spinner(&format!("seeding {url}"));
+    let started = std::time::Instant::now();
+    let summary = source::seed(url, options, &|rows| bar.set_message(format!("{rows} rows"))).await?;
+    bar.finish_and_clear();
+    let total: u64 = summary.rows.values().sum();
+    eprintln!(
+        "seeded {url}: {} clients, {total} rows in {} tables ({} assignments hard-deleted) in {:.1}s",
+        summary.clients,
+        summary.rows.len(),
+        summary.deleted,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(summary)
+}
+
+fn spinner(message: &str) -> ProgressBar {
+    let bar = if std::io::stderr().is_terminal() { ProgressBar::new_spinner() } else { ProgressBar::hidden() };
+    bar.set_prefix(message.to_string());
+    bar.set_style(ProgressStyle::with_template("{spinner} {prefix}: {msg} [{elapsed}]").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar
+}
+
+/// One bar per table on a terminal; one line per finished table otherwise.
+struct Bars {
+    multi: MultiProgress,
+    bars: Mutex<HashMap<String, ProgressBar>>,
+    terminal: bool,
+}
+
+impl Bars {
+    fn new() -> Arc<dyn Progress> {
+        Arc::new(Bars { multi: MultiProgress::new(), bars: Mutex::new(HashMap::new()), terminal: std::io::stderr().is_terminal() })
+    }
+}
+
+impl Progress for Bars {
+    fn start(&self, label: &str, total: Option<u64>) {
+        if !self.terminal {
+            return;
+        }
+        let bar = self.multi.add(match total {
+            Some(n) => ProgressBar::new(n),
+            None => ProgressBar::new_spinner(),
+        });
+        let style = ProgressStyle::with_template("{spinner} {prefix:<28} {human_pos:>10} rows {per_sec:>12} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner());
+        bar.set_style(style);
+        bar.set_prefix(label.to_string());
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        if let Ok(mut bars) = self.bars.lock() {
+            bars.insert(label.to_string(), bar);
+        }
+    }
+
+    fn update(&self, label: &str, done: u64) {
+        if let Some(bar) = self.bars.lock().ok().and_then(|b| b.get(label).cloned()) {
+            bar.set_position(done);
+        }
+    }
+
+    fn finish(&self, label: &str, message: &str) {
+        match self.bars.lock().ok().and_then(|mut b| b.remove(label)) {
+            Some(bar) => bar.finish_with_message(message.to_string()),
+            None => eprintln!("  {label:<28} {message}"),
+        }
+    }
+}
+
+async fn run_pipelines(config: &Config, names: &[String], all: bool, trigger: &str) -> Result<()> {
+    let pipelines = pipeline::load_pipelines(config)?;
+    let selected: Vec<&Pipeline> = if all {
+        pipelines.iter().collect()
+    } else if names.is_empty() {
+        bail!("name the pipelines to run, or pass --all");
+    } else {
+        pipeline::select(&pipelines, names, config)?
+    };
+    let progress = Bars::new();
+    let mut failures = Vec::new();
+    for p in selected {
+        eprintln!("pipeline {} ({} tables from source {:?})", p.name, p.tables.len(), p.source);
+        match pipeline::run(config, p, trigger, &progress).await {
+            Ok(summary) => eprintln!("pipeline {} succeeded (run {})", p.name, summary.run_id),
+            Err(e) => {
+                eprintln!("pipeline {} failed: {e}", p.name);
+                failures.push(p.name.clone());
+            }
+        }
+    }
+    if !failures.is_empty() {
+        bail!("{} pipeline(s) failed: {}; see `sokana pipeline runs`", failures.len(), failures.join(", "));
+    }
+    Ok(())
+}
+
+async fn pipeline_command(config: &Config, command: PipelineCommand) -> Result<()> {
+    match command {
+        PipelineCommand::List => {
+            for p in pipeline::load_pipelines(config)? {
+                let schedule = p
+                    .schedule
+                    .as_ref()
+                    .map_or("manual".to_string(), |s| format!("{} ({})", s.cron.as_str(), s.timezone));
+                println!("{}  source={}  schedule={}  file={}", p.name, p.source, schedule, p.path.display());
+                for t in &p.tables {
+                    let sync = match &t.sync {
+                        pipeline::spec::Sync::Incremental { cursor } => format!("incremental on {cursor}"),
+                        pipeline::spec::Sync::Full => "full compare".to_string(),
+                    };
+                    let deletes = if t.detect_deletes { ", detects deletes" } else { "" };
+                    println!("  {:<24} <- {:<22} key ({}), {sync}{deletes}", t.target, t.source_table, t.primary_key.join(", "));
+                }
+            }
+            Ok(())
+        }
+        PipelineCommand::Run { names, all } => run_pipelines(config, &names, all, "manual").await,
+        PipelineCommand::Runs { name, limit, json } => {
+            let log = pipeline::runlog::RunLog::open(&config.state_dir())?;
+            let runs = log.runs(name.as_deref(), limit)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&runs)?);
+                return Ok(());
+            }
+            for run in runs {
+                println!(
+                    "{}  {:<14} {:<11} {}  {}",
+                    run.started_at,
+                    run.pipeline,
+                    run.status,
+                    run.id,
+                    run.error.as_deref().unwrap_or("")
+                );
+                for t in run.tables {
+                    println!(
+                        "    {:<28} {:<9} read {:>9}  +{:<8} ~{:<8} -{:<6} v{}  {} ms{}",
+                        t.target,
+                        t.status,
+                        t.rows_read,
+                        t.inserted,
+                        t.updated,
+                        t.deleted,
+                        t.version.map_or("-".into(), |v| v.to_string()),
+                        t.duration_ms,
+                        t.error.map(|e| format!("  {e}")).unwrap_or_default()
+                    );
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn check(config: &Config) -> Result<()> {
+    let pipelines = pipeline::load_pipelines(config)?;
+    let mut problems = 0;
+    for p in &pipelines {
+        match pipeline::check(config, p).await {
+            Ok(errors) if errors.is_empty() => println!("ok    {}", p.path.display()),
+            Ok(errors) => {
+                for e in errors {
+                    problems += 1;
+                    println!("error {e}");
+                }
+            }
+            Err(e) => {
+                problems += 1;
+                println!("error {}: {e}", p.path.display());
+            }
+        }
+    }
+    if problems > 0 {
+        bail!("{problems} problem(s) found");
+    }
+    Ok(())
+}
+
+async fn serve(config: &Config) -> Result<()> {
+    let state = sokana::api::AppState { warehouse: pipeline::warehouse(config)? };
+    let listen = config.server.listen;
+    eprintln!("serving on http://{listen}  (health: /health/live, /health/ready; Ctrl-C stops)");
+    sokana::api::serve(listen, state).await.with_context(|| format!("serving on {listen}"))
+}
+
+/// `sokana demo`: seed (once), write the config, run every pipeline, serve.
+async fn demo(dir: &Path, no_serve: bool, source: Option<String>, scale: f64, seed: u64) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = std::path::absolute(dir)?;
+    let source_url = source.unwrap_or_else(|| "sqlite://operational.db".to_string());
+    let url = SourceUrl::parse(&source_url, &dir)?;
+    match seed_source(&url, &SeedOptions { scale, seed, replace: false }).await {
+        Ok(_) => {}
+        Err(e) if matches!(e.downcast_ref::<SourceError>(), Some(SourceError::AlreadySeeded { .. })) => {
+            eprintln!("{url} already holds demo data; reusing it");
+        }
+        Err(e) => return Err(e),
+    }
+
+    // The config is written before any pipeline runs, so an interrupted demo can be finished
+    // with `sokana pipeline run --all --config DIR/sokana.toml`.
+    let project_dir = match std::env::current_dir() {
+        Ok(cwd) if cwd.join("pipelines/sokana_core.toml").is_file() => cwd,
+        _ => {
+            let pipelines = dir.join("pipelines");
+            std::fs::create_dir_all(&pipelines)?;
+            std::fs::write(pipelines.join("sokana_core.toml"), sokana::SOKANA_CORE_PIPELINE)?;
+            dir.clone()
+        }
+    };
+    let config_path = dir.join("sokana.toml");
+    let config_text = format!(
+        "# Written by `sokana demo`.\n\n[project]\ndir = {project:?}\n\n[warehouse]\nuri = \"warehouse\"\n\n\
+         [sources.core]\nurl = {source_url:?}\n\n[state]\ndir = \"state\"\n",
+        project = project_dir.display().to_string(),
+    );
+    std::fs::write(&config_path, config_text).with_context(|| format!("writing {}", config_path.display()))?;
+    let config = Config::load(Some(&config_path))?;
+    eprintln!("config: {}", config_path.display());
+
+    run_pipelines(&config, &[], true, "demo").await?;
+    let ctx = query::session(&pipeline::warehouse(&config)?).await?;
+    let batches = query::run(
+        &ctx,
+        "SELECT table_schema || '.' || table_name AS \"table\" FROM information_schema.tables \
+         WHERE table_schema IN ('raw', 'marts') ORDER BY 1",
+    )
+    .await?;
+    eprintln!("warehouse: {}/warehouse\n{}", dir.display(), query::format(&batches, OutputFormat::Table)?);
+    eprintln!(
+        "try: cargo run --release -- sql --config {} \"SELECT status, count(*) FROM raw.phi_clients GROUP BY 1 ORDER BY 2 DESC\"",
+        config_path.display()
+    );
+    if no_serve {
+        return Ok(());
+    }
+    serve(&config).await
+}

@@ -1,0 +1,358 @@
+//! Pipelines: the files in `pipelines/`, and running them (extract from a source snapshot, load into
+//! the warehouse, record every run). Owns the run log and the per-pipeline lock. It reads sources and
+//! writes the warehouse only through their modules, and knows nothing of HTTP or rendering.
+
+pub mod runlog;
+pub mod spec;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use futures::{StreamExt, TryStreamExt};
+use serde_json::json;
+
+use crate::config::Config;
+use crate::progress::Progress;
+use crate::source::{ColumnType, CursorRange, CursorValue, ExtractSpec, Snapshot, SourceColumn, SourceError, SourceUrl};
+use crate::warehouse::{LoadRequest, Maintenance, SyncMode, Warehouse, WarehouseError};
+use runlog::{RunLock, RunLog, RunLogError, TableRecord};
+use spec::{Pipeline, SpecError, Sync, TableSpec};
+
+/// Set to `TARGET:ROWS` (e.g. `raw.hours:5000`) to abort the process once that many rows of that
+/// table have streamed into the warehouse writer: the crash tests' stand-in for `kill -9` at an
+/// exact point in a load.
+pub const FAULT_ABORT_ENV: &str = "SOKANA_FAULT_ABORT_AFTER_ROWS";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error(transparent)]
+    RunLog(#[from] RunLogError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Warehouse(#[from] WarehouseError),
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("pipeline {pipeline}: {failed} of {total} table(s) failed; first: {first}")]
+    TablesFailed { pipeline: String, failed: usize, total: usize, first: String },
+    #[error("no pipeline named {name:?} in {dir} (have: {have})")]
+    UnknownPipeline { name: String, dir: String, have: String },
+}
+
+/// What one run did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunSummary {
+    pub run_id: String,
+    pub pipeline: String,
+    pub tables: Vec<TableRecord>,
+}
+
+/// Loads the project's pipelines.
+pub fn load_pipelines(config: &Config) -> Result<Vec<Pipeline>, SpecError> {
+    Pipeline::load_dir(&config.pipelines_dir())
+}
+
+/// Picks pipelines by name, in the order given.
+pub fn select<'a>(all: &'a [Pipeline], names: &[String], config: &Config) -> Result<Vec<&'a Pipeline>, PipelineError> {
+    names
+        .iter()
+        .map(|name| {
+            all.iter().find(|p| &p.name == name).ok_or_else(|| PipelineError::UnknownPipeline {
+                name: name.clone(),
+                dir: config.pipelines_dir().display().to_string(),
+                have: all.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", "),
+            })
+        })
+        .collect()
+}
+
+pub fn warehouse(config: &Config) -> Result<Warehouse, crate::config::ConfigError> {
+    Ok(Warehouse::new(config.warehouse_url()?))
+}
+
+fn source_url(config: &Config, pipeline: &Pipeline) -> Result<(SourceUrl, usize, u32), SpecError> {
+    let source = config.sources.get(&pipeline.source).ok_or_else(|| SpecError {
+        path: pipeline.path.clone(),
+        line: None,
+        message: format!(
+            "source {:?} is not defined in the config (add [sources.{}] with a url to {})",
+            pipeline.source,
+            pipeline.source,
+            config.path.as_ref().map_or("sokana.toml".into(), |p| p.display().to_string())
+        ),
+    })?;
+    let url = SourceUrl::parse(&source.url, &config.base_dir)
+        .map_err(|e| SpecError { path: pipeline.path.clone(), line: None, message: e.to_string() })?;
+    Ok((url, source.pool_size, source.retries))
+}
+
+/// Runs one pipeline under its lock, recording the run. A table that fails does not stop the
+/// others; the run then fails as a whole.
+pub async fn run(
+    config: &Config,
+    pipeline: &Pipeline,
+    trigger: &str,
+    progress: &Arc<dyn Progress>,
+) -> Result<RunSummary, PipelineError> {
+    let state_dir = config.state_dir();
+    let _lock = RunLock::acquire(&state_dir, &pipeline.name)?;
+    let log = RunLog::open(&state_dir)?;
+    let run_id = log.start(&pipeline.name, trigger)?;
+    let outcome = run_locked(config, pipeline, &run_id, &log, progress).await;
+    let error = match &outcome {
+        Ok(tables) => tables.iter().find_map(|t| t.error.clone()).map(|first| {
+            PipelineError::TablesFailed {
+                pipeline: pipeline.name.clone(),
+                failed: tables.iter().filter(|t| t.error.is_some()).count(),
+                total: tables.len(),
+                first,
+            }
+        }),
+        Err(_) => None,
+    };
+    let message = match (&outcome, &error) {
+        (Err(e), _) => Some(e.to_string()),
+        (_, Some(e)) => Some(e.to_string()),
+        _ => None,
+    };
+    log.finish(&run_id, message.as_deref())?;
+    let tables = outcome?;
+    match error {
+        Some(e) => Err(e),
+        None => Ok(RunSummary { run_id, pipeline: pipeline.name.clone(), tables }),
+    }
+}
+
+async fn run_locked(
+    config: &Config,
+    pipeline: &Pipeline,
+    run_id: &str,
+    log: &RunLog,
+    progress: &Arc<dyn Progress>,
+) -> Result<Vec<TableRecord>, PipelineError> {
+    let (url, pool_size, retries) = source_url(config, pipeline)?;
+    let warehouse = warehouse(config)?;
+    let source = url.connect(pool_size, retries).await?;
+    let mut snapshot = source.snapshot().await?;
+    let maintenance = Maintenance {
+        compact_min_files: config.warehouse.compact_min_files,
+        target_file_size: config.warehouse.target_file_mb * 1024 * 1024,
+        retention_hours: config.warehouse.retention_hours,
+    };
+    let mut records = Vec::new();
+    for table in &pipeline.tables {
+        let started = Instant::now();
+        let label = table.target.to_string();
+        progress.start(&label, None);
+        let mut record = TableRecord { target: label.clone(), ..TableRecord::default() };
+        match load_table(pipeline, table, snapshot.as_mut(), &warehouse, &maintenance, run_id, progress, &mut record).await {
+            Ok(()) => {
+                if let Err(e) = warehouse.maintain(&table.target, &maintenance).await {
+                    tracing::warn!(table = %label, error = %e, "maintenance failed; the load itself is committed");
+                }
+                record.status = "succeeded".into();
+                progress.finish(
+                    &label,
+                    &format!(
+                        "{} read, {} inserted, {} updated, {} deleted",
+                        record.rows_read, record.inserted, record.updated, record.deleted
+                    ),
+                );
+            }
+            Err(e) => {
+                record.status = "failed".into();
+                record.error = Some(e.to_string());
+                progress.finish(&label, &format!("failed: {e}"));
+            }
+        }
+        record.duration_ms = started.elapsed().as_millis() as u64;
+        log.record_table(run_id, &record)?;
+        records.push(record);
+    }
+    Ok(records)
+}
+
+/// The columns to extract: those the file lists, plus any new source column (schema evolution;
+/// it takes the pipeline's `new_column_class`). A listed column missing from the source is an error.
+pub fn select_columns(
+    pipeline: &Pipeline,
+    table: &TableSpec,
+    source_columns: Option<Vec<SourceColumn>>,
+) -> Result<Vec<SourceColumn>, SpecError> {
+    let Some(columns) = source_columns else {
+        return Err(pipeline.table_error(
+            table,
+            format!("table {:?} does not exist in source {:?}", table.source_table, pipeline.source),
+        ));
+    };
+    if let Some(missing) = table.columns.keys().find(|c| !columns.iter().any(|s| &s.name == *c)) {
+        return Err(pipeline.table_error(
+            table,
+            format!(
+                "table {:?} has no column {missing:?} in source {:?} (it has: {})",
+                table.source_table,
+                pipeline.source,
+                columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+        ));
+    }
+    if let Sync::Incremental { cursor } = &table.sync {
+        let column = columns.iter().find(|c| &c.name == cursor).ok_or_else(|| {
+            pipeline.table_error(table, format!("cursor column {cursor:?} is not in table {:?}", table.source_table))
+        })?;
+        if !matches!(
+            column.ty,
+            Some(ColumnType::Timestamptz | ColumnType::Timestamp | ColumnType::Int | ColumnType::BigInt | ColumnType::SmallInt)
+        ) {
+            return Err(pipeline.table_error(
+                table,
+                format!("cursor column {cursor:?} is {}; a cursor must be a timestamp or an integer", column.declared),
+            ));
+        }
+    }
+    Ok(columns)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn load_table(
+    pipeline: &Pipeline,
+    table: &TableSpec,
+    snapshot: &mut dyn Snapshot,
+    warehouse: &Warehouse,
+    maintenance: &Maintenance,
+    run_id: &str,
+    progress: &Arc<dyn Progress>,
+    record: &mut TableRecord,
+) -> Result<(), PipelineError> {
+    let columns = select_columns(pipeline, table, snapshot.columns(&table.source_table).await?)?;
+    let existing = warehouse.open(&table.target).await?;
+    let previous: Option<CursorValue> = match &existing {
+        Some(t) => warehouse
+            .last_load(t, &table.target)
+            .await?
+            .and_then(|p| serde_json::from_value(p.get("cursor")?.clone()).ok()),
+        None => None,
+    };
+    let batch_rows = pipeline.defaults.batch_rows;
+
+    // Every key in the source, when deletes must be found (read first: a snapshot reads one
+    // stream at a time).
+    let source_keys = match (&existing, table.detect_deletes) {
+        (Some(_), true) => {
+            let key_columns: Vec<SourceColumn> =
+                table.primary_key.iter().filter_map(|k| columns.iter().find(|c| &c.name == k).cloned()).collect();
+            let spec = ExtractSpec { table: table.source_table.clone(), columns: key_columns, range: None, batch_rows };
+            let keys: Vec<RecordBatch> = snapshot.extract(spec).await?.try_collect().await.map_err(|e| {
+                WarehouseError::Source { table: table.target.to_string(), reason: e.to_string() }
+            })?;
+            Some(keys)
+        }
+        _ => None,
+    };
+
+    let (mode, range, cursor) = match &table.sync {
+        Sync::Full => (SyncMode::Full, None, None),
+        Sync::Incremental { cursor } => {
+            let column = columns.iter().find(|c| &c.name == cursor).cloned().ok_or_else(|| {
+                pipeline.table_error(table, format!("cursor column {cursor:?} is missing"))
+            })?;
+            let newest = snapshot.max_cursor(&table.source_table, &column).await?;
+            // The first load reads everything, rows with a NULL cursor included.
+            let range = match (&existing, newest) {
+                (Some(_), Some(upto)) => Some(CursorRange {
+                    column: cursor.clone(),
+                    after: previous.map(|p| step_back(p, pipeline.defaults.lookback_seconds)),
+                    upto,
+                }),
+                _ => None,
+            };
+            (SyncMode::Incremental, range, newest.or(previous))
+        }
+    };
+    let unchanged = matches!(&range, Some(r) if r.after.is_some_and(|a| a >= r.upto));
+    let spec = ExtractSpec { table: table.source_table.clone(), columns, range, batch_rows };
+    let schema = spec.arrow_schema();
+    let rows: SendableRecordBatchStream = if unchanged {
+        Box::pin(RecordBatchStreamAdapter::new(schema, futures::stream::empty()))
+    } else {
+        snapshot.extract(spec).await?
+    };
+    let read = Arc::new(AtomicU64::new(0));
+    let rows = observe(rows, &table.target.to_string(), read.clone(), progress);
+    let outcome = warehouse
+        .load(LoadRequest {
+            table: table.target.clone(),
+            primary_key: table.primary_key.clone(),
+            partition_by: table.partition_by.clone(),
+            mode,
+            rows,
+            source_keys,
+            provenance: json!({
+                "run_id": run_id,
+                "pipeline": pipeline.name,
+                "source_table": table.source_table,
+                "cursor": cursor,
+            }),
+            target_file_size: maintenance.target_file_size,
+        })
+        .await?;
+    record.rows_read = read.load(Ordering::Relaxed);
+    record.inserted = outcome.inserted;
+    record.updated = outcome.updated;
+    record.deleted = outcome.deleted;
+    record.version = outcome.version;
+    record.cursor = cursor.map(|c| c.to_string());
+    Ok(())
+}
+
+fn step_back(cursor: CursorValue, seconds: u64) -> CursorValue {
+    match cursor {
+        CursorValue::Timestamp(ts) => CursorValue::Timestamp(ts - chrono::Duration::seconds(seconds as i64)),
+        other => other,
+    }
+}
+
+/// Counts rows as they stream, reports progress, and honours [`FAULT_ABORT_ENV`].
+fn observe(
+    stream: SendableRecordBatchStream,
+    label: &str,
+    read: Arc<AtomicU64>,
+    progress: &Arc<dyn Progress>,
+) -> SendableRecordBatchStream {
+    let abort_after: Option<u64> = std::env::var(FAULT_ABORT_ENV)
+        .ok()
+        .and_then(|v| v.rsplit_once(':').filter(|(t, _)| *t == label).and_then(|(_, n)| n.parse().ok()));
+    let schema = stream.schema();
+    let progress = progress.clone();
+    let label = label.to_string();
+    let observed = stream.inspect(move |batch| {
+        if let Ok(batch) = batch {
+            let total = read.fetch_add(batch.num_rows() as u64, Ordering::Relaxed) + batch.num_rows() as u64;
+            progress.update(&label, total);
+            if abort_after.is_some_and(|n| total >= n) {
+                std::process::abort();
+            }
+        }
+    });
+    Box::pin(RecordBatchStreamAdapter::new(schema, observed))
+}
+
+/// Checks a pipeline against its source's live catalog: tables, columns and cursors exist.
+pub async fn check(config: &Config, pipeline: &Pipeline) -> Result<Vec<SpecError>, PipelineError> {
+    let (url, pool_size, retries) = source_url(config, pipeline)?;
+    let source = url.connect(pool_size, retries).await?;
+    let mut snapshot = source.snapshot().await?;
+    let mut errors = Vec::new();
+    for table in &pipeline.tables {
+        if let Err(e) = select_columns(pipeline, table, snapshot.columns(&table.source_table).await?) {
+            errors.push(e);
+        }
+    }
+    Ok(errors)
+}

@@ -1,0 +1,226 @@
+//! The durable run log (`STATE_DIR/runs.db`, SQLite): one row per pipeline run and one per table
+//! loaded, written as the run goes so that a crash leaves a trace; and the per-pipeline lock that
+//! keeps two runs of one pipeline from overlapping.
+
+use std::fs::{File, TryLockError};
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunLogError {
+    #[error("run log {path}: {reason}")]
+    Store { path: PathBuf, reason: String },
+    #[error("pipeline {pipeline} is already running (lock {path} is held by another process)")]
+    AlreadyRunning { pipeline: String, path: PathBuf },
+}
+
+pub struct RunLog {
+    conn: Connection,
+    path: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRecord {
+    pub id: String,
+    pub pipeline: String,
+    pub trigger: String,
+    pub status: String,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub error: Option<String>,
+    pub tables: Vec<TableRecord>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TableRecord {
+    pub target: String,
+    pub status: String,
+    pub rows_read: u64,
+    pub inserted: u64,
+    pub updated: u64,
+    pub deleted: u64,
+    pub version: Option<i64>,
+    pub cursor: Option<String>,
+    pub duration_ms: u64,
+    pub error: Option<String>,
+}
+
+impl RunLog {
+    pub fn open(state_dir: &Path) -> Result<RunLog, RunLogError> {
+        let path = state_dir.join("runs.db");
+        let store_err = |e: &dyn std::fmt::Display| RunLogError::Store { path: path.clone(), reason: e.to_string() };
+        std::fs::create_dir_all(state_dir).map_err(|e| store_err(&e))?;
+        let conn = Connection::open(&path).map_err(|e| store_err(&e))?;
+        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(|e| store_err(&e))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             CREATE TABLE IF NOT EXISTS runs (
+               id TEXT PRIMARY KEY, pipeline TEXT NOT NULL, trigger TEXT NOT NULL, status TEXT NOT NULL,
+               started_at TEXT NOT NULL, finished_at TEXT, error TEXT);
+             CREATE INDEX IF NOT EXISTS runs_by_pipeline ON runs (pipeline, started_at);
+             CREATE TABLE IF NOT EXISTS run_tables (
+               run_id TEXT NOT NULL REFERENCES runs (id), target TEXT NOT NULL, status TEXT NOT NULL,
+               rows_read INTEGER NOT NULL DEFAULT 0, inserted INTEGER NOT NULL DEFAULT 0,
+               updated INTEGER NOT NULL DEFAULT 0, deleted INTEGER NOT NULL DEFAULT 0,
+               version INTEGER, cursor TEXT, duration_ms INTEGER NOT NULL DEFAULT 0, error TEXT,
+               PRIMARY KEY (run_id, target));",
+        )
+        .map_err(|e| store_err(&e))?;
+        Ok(RunLog { conn, path })
+    }
+
+    fn err(&self, e: rusqlite::Error) -> RunLogError {
+        RunLogError::Store { path: self.path.clone(), reason: e.to_string() }
+    }
+
+    /// Records a new run as `running`. Runs of this pipeline still marked `running` were cut short
+    /// (the caller holds the lock, so their process is gone): they become `interrupted`.
+    pub fn start(&self, pipeline: &str, trigger: &str) -> Result<String, RunLogError> {
+        let id = format!("{}-{}", Utc::now().format("%Y%m%dT%H%M%S%.3fZ"), &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        self.conn
+            .execute(
+                "UPDATE runs SET status = 'interrupted' WHERE pipeline = ?1 AND status = 'running'",
+                params![pipeline],
+            )
+            .map_err(|e| self.err(e))?;
+        self.conn
+            .execute(
+                "INSERT INTO runs (id, pipeline, trigger, status, started_at) VALUES (?1, ?2, ?3, 'running', ?4)",
+                params![id, pipeline, trigger, now()],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(id)
+    }
+
+    pub fn record_table(&self, run_id: &str, table: &TableRecord) -> Result<(), RunLogError> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO run_tables
+                   (run_id, target, status, rows_read, inserted, updated, deleted, version, cursor, duration_ms, error)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                params![
+                    run_id,
+                    table.target,
+                    table.status,
+                    table.rows_read as i64,
+                    table.inserted as i64,
+                    table.updated as i64,
+                    table.deleted as i64,
+                    table.version,
+                    table.cursor,
+                    table.duration_ms as i64,
+                    table.error
+                ],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    pub fn finish(&self, run_id: &str, error: Option<&str>) -> Result<(), RunLogError> {
+        let status = if error.is_some() { "failed" } else { "succeeded" };
+        self.conn
+            .execute(
+                "UPDATE runs SET status = ?2, finished_at = ?3, error = ?4 WHERE id = ?1",
+                params![run_id, status, now(), error],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// The newest runs first, optionally of one pipeline.
+    pub fn runs(&self, pipeline: Option<&str>, limit: usize) -> Result<Vec<RunRecord>, RunLogError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT id, pipeline, trigger, status, started_at, finished_at, error FROM runs
+                 WHERE ?1 IS NULL OR pipeline = ?1 ORDER BY started_at DESC, id DESC LIMIT ?2",
+            )
+            .map_err(|e| self.err(e))?;
+        let mut runs: Vec<RunRecord> = stmt
+            .query_map(params![pipeline, limit as i64], |r| {
+                Ok(RunRecord {
+                    id: r.get(0)?,
+                    pipeline: r.get(1)?,
+                    trigger: r.get(2)?,
+                    status: r.get(3)?,
+                    started_at: r.get(4)?,
+                    finished_at: r.get(5)?,
+                    error: r.get(6)?,
+                    tables: Vec::new(),
+                })
+            })
+            .map_err(|e| self.err(e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.err(e))?;
+        let mut tables = self
+            .conn
+            .prepare(
+                "SELECT target, status, rows_read, inserted, updated, deleted, version, cursor, duration_ms, error
+                 FROM run_tables WHERE run_id = ?1 ORDER BY target",
+            )
+            .map_err(|e| self.err(e))?;
+        for run in &mut runs {
+            run.tables = tables
+                .query_map(params![run.id], |r| {
+                    Ok(TableRecord {
+                        target: r.get(0)?,
+                        status: r.get(1)?,
+                        rows_read: r.get::<_, i64>(2)? as u64,
+                        inserted: r.get::<_, i64>(3)? as u64,
+                        updated: r.get::<_, i64>(4)? as u64,
+                        deleted: r.get::<_, i64>(5)? as u64,
+                        version: r.get(6)?,
+                        cursor: r.get(7)?,
+                        duration_ms: r.get::<_, i64>(8)? as u64,
+                        error: r.get(9)?,
+                    })
+                })
+                .map_err(|e| self.err(e))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| self.err(e))?;
+        }
+        Ok(runs)
+    }
+
+    /// When the pipeline last finished successfully.
+    pub fn last_success(&self, pipeline: &str) -> Result<Option<DateTime<Utc>>, RunLogError> {
+        let at: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT max(finished_at) FROM runs WHERE pipeline = ?1 AND status = 'succeeded'",
+                params![pipeline],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?
+            .flatten();
+        Ok(at.and_then(|t| DateTime::parse_from_rfc3339(&t).ok()).map(|t| t.with_timezone(&Utc)))
+    }
+}
+
+fn now() -> String {
+    Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// An exclusive lock on one pipeline, released when dropped (or when the process dies).
+pub struct RunLock {
+    _file: File,
+}
+
+impl RunLock {
+    pub fn acquire(state_dir: &Path, pipeline: &str) -> Result<RunLock, RunLogError> {
+        let dir = state_dir.join("locks");
+        let path = dir.join(format!("{pipeline}.lock"));
+        let store_err = |e: std::io::Error| RunLogError::Store { path: path.clone(), reason: e.to_string() };
+        std::fs::create_dir_all(&dir).map_err(store_err)?;
+        let file = File::options().create(true).truncate(false).write(true).open(&path).map_err(store_err)?;
+        match file.try_lock() {
+            Ok(()) => Ok(RunLock { _file: file }),
+            Err(TryLockError::WouldBlock) => Err(RunLogError::AlreadyRunning { pipeline: pipeline.into(), path }),
+            Err(TryLockError::Error(e)) => Err(store_err(e)),
+        }
+    }
+}

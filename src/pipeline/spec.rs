@@ -1,0 +1,349 @@
+//! Pipeline files (`pipelines/*.toml`): what to extract from which source, keyed how, with which
+//! cursor and column classes, into which warehouse table, on which schedule. Parsed and checked at
+//! load time; every error names the file, the line and the key.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::warehouse::TableName;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{}{}: {message}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
+pub struct SpecError {
+    pub path: PathBuf,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+/// The class of a column (`domain.md`): what it reveals, and so who may see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ColumnClass {
+    /// Keys.
+    Id,
+    /// Safe to analyse.
+    Dim,
+    /// Identifies a person.
+    Pii,
+    /// Health information.
+    Phi,
+    /// Payment and insurance.
+    Fin,
+    /// Never leaves the source.
+    Secret,
+}
+
+impl fmt::Display for ColumnClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ColumnClass::Id => "id",
+            ColumnClass::Dim => "dim",
+            ColumnClass::Pii => "pii",
+            ColumnClass::Phi => "phi",
+            ColumnClass::Fin => "fin",
+            ColumnClass::Secret => "secret",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CatchUp {
+    /// Runs missed while the server was down are not made up.
+    Skip,
+    /// One run catches up on everything missed.
+    Latest,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PipelineFile {
+    source: Spanned<String>,
+    schedule: Option<Spanned<String>>,
+    #[serde(default = "default_timezone")]
+    timezone: Spanned<String>,
+    #[serde(default = "default_catch_up")]
+    catch_up: CatchUp,
+    #[serde(default)]
+    defaults: Defaults,
+    #[serde(default)]
+    tables: Vec<Spanned<TableFile>>,
+}
+
+fn default_timezone() -> Spanned<String> {
+    Spanned::new(0..0, "UTC".into())
+}
+fn default_catch_up() -> CatchUp {
+    CatchUp::Latest
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Defaults {
+    /// Rows are re-read this far behind the cursor, to catch writes committed late.
+    #[serde(default = "default_lookback")]
+    pub lookback_seconds: u64,
+    /// The class given to a source column that the file does not list (schema evolution).
+    #[serde(default = "default_new_column_class")]
+    pub new_column_class: ColumnClass,
+    #[serde(default = "default_batch_rows")]
+    pub batch_rows: usize,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults {
+            lookback_seconds: default_lookback(),
+            new_column_class: default_new_column_class(),
+            batch_rows: default_batch_rows(),
+        }
+    }
+}
+
+fn default_lookback() -> u64 {
+    300
+}
+fn default_new_column_class() -> ColumnClass {
+    ColumnClass::Phi
+}
+fn default_batch_rows() -> usize {
+    65_536
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TableFile {
+    name: String,
+    target: Option<String>,
+    class: Option<ColumnClass>,
+    #[serde(default)]
+    primary_key: Vec<String>,
+    cursor: Option<String>,
+    #[serde(default)]
+    detect_deletes: bool,
+    #[serde(default)]
+    partition_by: Vec<String>,
+    #[serde(default)]
+    columns: BTreeMap<String, ColumnClass>,
+}
+
+/// A loaded, checked pipeline.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub name: String,
+    pub path: PathBuf,
+    pub source: String,
+    pub schedule: Option<Schedule>,
+    pub catch_up: CatchUp,
+    pub defaults: Defaults,
+    pub tables: Vec<TableSpec>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    pub cron: croner::Cron,
+    pub timezone: chrono_tz::Tz,
+}
+
+/// How a table is kept up to date.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sync {
+    /// Rows past the cursor are merged by primary key.
+    Incremental { cursor: String },
+    /// The whole table is read each run and merged; rows gone from the source are deleted. For
+    /// tables whose rows change without a usable cursor (e.g. `client_activities`).
+    Full,
+}
+
+#[derive(Debug, Clone)]
+pub struct TableSpec {
+    pub source_table: String,
+    pub target: TableName,
+    pub primary_key: Vec<String>,
+    pub sync: Sync,
+    pub detect_deletes: bool,
+    pub partition_by: Vec<String>,
+    pub columns: BTreeMap<String, ColumnClass>,
+    /// 1-based line of the table's entry in the file, for errors found later (e.g. against the
+    /// live source).
+    pub line: usize,
+}
+
+impl Pipeline {
+    /// Loads every `*.toml` in `dir`, sorted by name.
+    pub fn load_dir(dir: &Path) -> Result<Vec<Pipeline>, SpecError> {
+        let entries = std::fs::read_dir(dir).map_err(|e| SpecError {
+            path: dir.to_path_buf(),
+            line: None,
+            message: format!("cannot read the pipelines directory: {e}"),
+        })?;
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        paths.sort();
+        paths.iter().map(|p| Pipeline::load(p)).collect()
+    }
+
+    pub fn load(path: &Path) -> Result<Pipeline, SpecError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| SpecError { path: path.to_path_buf(), line: None, message: e.to_string() })?;
+        Pipeline::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Pipeline, SpecError> {
+        let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
+        let err = |offset: Option<usize>, message: String| SpecError {
+            path: path.to_path_buf(),
+            line: offset.map(line_of),
+            message,
+        };
+        let file: PipelineFile = toml::from_str(text).map_err(|e| {
+            // toml's message already shows the line, column and key; keep the line for tools too.
+            err(e.span().map(|s| s.start), e.message().trim().to_string())
+        })?;
+        let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
+        if !is_identifier(&name) {
+            return Err(err(None, format!("pipeline name {name:?} (the file name) must be lower-case letters, digits and _")));
+        }
+        let timezone: chrono_tz::Tz = file.timezone.get_ref().parse().map_err(|_| {
+            err(Some(file.timezone.span().start), format!("key `timezone`: unknown IANA time zone {:?}", file.timezone.get_ref()))
+        })?;
+        let schedule = match &file.schedule {
+            Some(expr) => Some(Schedule {
+                cron: expr.get_ref().parse::<croner::Cron>().map_err(|e| {
+                    err(Some(expr.span().start), format!("key `schedule`: invalid cron expression {:?}: {e}", expr.get_ref()))
+                })?,
+                timezone,
+            }),
+            None => None,
+        };
+        let mut tables: Vec<TableSpec> = Vec::new();
+        for spanned in &file.tables {
+            let at = Some(spanned.span().start);
+            let t = spanned.get_ref();
+            let what = format!("table {:?}", t.name);
+            if t.class == Some(ColumnClass::Secret) {
+                return Err(err(at, format!("{what} is marked secret: secrets never leave the source; remove it from the pipeline")));
+            }
+            if let Some((col, _)) = t.columns.iter().find(|(_, class)| **class == ColumnClass::Secret) {
+                return Err(err(at, format!("{what}, column {col:?} is marked secret: secrets never leave the source; remove the column")));
+            }
+            if t.primary_key.is_empty() {
+                return Err(err(at, format!("{what} has no `primary_key`: every table needs one to merge updates")));
+            }
+            let target_text = t.target.clone().unwrap_or_else(|| format!("raw.{}", t.name));
+            let target: TableName =
+                target_text.parse().map_err(|e| err(at, format!("{what}, key `target`: {e}")))?;
+            if tables.iter().any(|other| other.target == target) {
+                return Err(err(at, format!("{what}: target {target} is used twice in this file")));
+            }
+            for key in t.primary_key.iter().chain(&t.cursor).chain(&t.partition_by) {
+                if !t.columns.is_empty() && !t.columns.contains_key(key) {
+                    return Err(err(at, format!("{what}: column {key:?} is used as a key, cursor or partition but not listed in `columns`")));
+                }
+            }
+            tables.push(TableSpec {
+                source_table: t.name.clone(),
+                target,
+                primary_key: t.primary_key.clone(),
+                sync: match &t.cursor {
+                    Some(cursor) => Sync::Incremental { cursor: cursor.clone() },
+                    None => Sync::Full,
+                },
+                detect_deletes: t.detect_deletes || t.cursor.is_none(),
+                partition_by: t.partition_by.clone(),
+                columns: t.columns.clone(),
+                line: line_of(spanned.span().start),
+            });
+        }
+        if tables.is_empty() {
+            return Err(err(None, "no [[tables]]: a pipeline extracts at least one table".into()));
+        }
+        Ok(Pipeline {
+            name,
+            path: path.to_path_buf(),
+            source: file.source.into_inner(),
+            schedule,
+            catch_up: file.catch_up,
+            defaults: file.defaults,
+            tables,
+        })
+    }
+
+    /// An error about this pipeline's table, pointing at its line.
+    pub fn table_error(&self, table: &TableSpec, message: String) -> SpecError {
+        SpecError { path: self.path.clone(), line: Some(table.line), message }
+    }
+}
+
+pub fn is_identifier(name: &str) -> bool {
+    !name.is_empty()
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !name.as_bytes()[0].is_ascii_digit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+source = "core"
+schedule = "0 2 * * *"
+timezone = "America/New_York"
+
+[[tables]]
+name = "payments"
+primary_key = ["id"]
+cursor = "id"
+[tables.columns]
+id = "id"
+amount = "fin"
+"#;
+
+    fn parse(text: &str) -> Result<Pipeline, SpecError> {
+        Pipeline::parse(Path::new("pipelines/core.toml"), text)
+    }
+
+    #[test]
+    fn parses_a_good_file() {
+        let p = parse(GOOD).unwrap();
+        assert_eq!(p.name, "core");
+        assert_eq!(p.tables[0].target.to_string(), "raw.payments");
+        assert_eq!(p.tables[0].sync, Sync::Incremental { cursor: "id".into() });
+        assert_eq!(p.tables[0].line, 6);
+    }
+
+    #[test]
+    fn malformed_toml_names_file_line_and_key() {
+        let e = parse(&GOOD.replace("cursor = \"id\"", "cursor = id")).unwrap_err();
+        assert_eq!(e.line, Some(9), "{e}");
+        assert!(e.to_string().starts_with("pipelines/core.toml:9"), "{e}");
+        let e = parse(&GOOD.replace("cursor =", "cursr =")).unwrap_err();
+        assert!(e.to_string().contains("cursr"), "{e}");
+        assert_eq!(e.line, Some(9), "{e}");
+    }
+
+    #[test]
+    fn secret_columns_and_tables_are_refused() {
+        let e = parse(&GOOD.replace("amount = \"fin\"", "amount = \"secret\"")).unwrap_err();
+        assert!(e.to_string().contains("secret") && e.to_string().contains("amount"), "{e}");
+        let e = parse(&GOOD.replace("cursor = \"id\"", "cursor = \"id\"\nclass = \"secret\"")).unwrap_err();
+        assert!(e.to_string().contains("marked secret"), "{e}");
+        assert_eq!(e.line, Some(6));
+    }
+
+    #[test]
+    fn missing_primary_key_bad_cron_and_zone() {
+        let e = parse(&GOOD.replace("primary_key = [\"id\"]", "")).unwrap_err();
+        assert!(e.to_string().contains("no `primary_key`"), "{e}");
+        let e = parse(&GOOD.replace("0 2 * * *", "61 2 * * *")).unwrap_err();
+        assert!(e.to_string().contains("cron") && e.line == Some(3), "{e}");
+        let e = parse(&GOOD.replace("America/New_York", "America/Gotham")).unwrap_err();
+        assert!(e.to_string().contains("time zone") && e.line == Some(4), "{e}");
+    }
+}

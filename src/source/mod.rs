@@ -1,0 +1,184 @@
+//! Reading the operational databases (PostgreSQL, and SQLite for the embedded default) into Arrow
+//! record batches, and writing synthetic operational data into them (`sokana seed`). Owns source
+//! connections, consistent snapshots, cursors and the type mapping; it never touches the warehouse
+//! and never writes to a source except when seeding.
+
+mod batch;
+pub mod generate;
+mod postgres;
+pub mod schema;
+mod seed;
+mod sqlite;
+pub mod types;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use datafusion::execution::SendableRecordBatchStream;
+use serde::{Deserialize, Serialize};
+
+pub use seed::{SeedOptions, SeedSummary, seed};
+pub use types::{ColumnType, SourceColumn};
+
+/// Errors from a source database. Messages never carry row values (they may be PHI) nor passwords.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("source URL {url:?}: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("cannot connect to {target} after {attempts} attempt(s): {reason}")]
+    Unreachable { target: String, attempts: u32, reason: String },
+    #[error("{path}: not a SQLite database ({reason})")]
+    NotSqlite { path: PathBuf, reason: String },
+    #[error("{target}: {reason}")]
+    Query { target: String, reason: String },
+    #[error("table {table}, column {column}: cannot read a value as {expected} ({reason})")]
+    Value { table: String, column: String, expected: String, reason: String },
+    #[error(
+        "{target} already holds operational data (table {table} has rows); pass --replace to drop and re-seed it"
+    )]
+    AlreadySeeded { target: String, table: String },
+    #[error("extraction stopped: {0}")]
+    Stopped(String),
+}
+
+impl SourceError {
+    /// Whether trying again may succeed (a dropped connection, a busy database, a restart).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, SourceError::Unreachable { .. })
+    }
+}
+
+/// Where the operational data lives.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceUrl {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl SourceUrl {
+    /// Parses `sqlite://PATH`, `sqlite:PATH`, or `postgres://…`/`postgresql://…`. A relative SQLite
+    /// path is taken relative to `base`.
+    pub fn parse(url: &str, base: &Path) -> Result<SourceUrl, SourceError> {
+        let bad = |reason: &str| SourceError::BadUrl { url: redact(url), reason: reason.into() };
+        if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+            if path.is_empty() {
+                return Err(bad("no file path after sqlite://"));
+            }
+            return Ok(SourceUrl::Sqlite(base.join(path)));
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            url.parse::<tokio_postgres::Config>().map_err(|e| bad(&e.to_string()))?;
+            return Ok(SourceUrl::Postgres(url.to_string()));
+        }
+        Err(bad("expected sqlite://PATH or postgres://USER@HOST/DB"))
+    }
+
+    pub async fn connect(&self, pool_size: usize, retries: u32) -> Result<Source, SourceError> {
+        match self {
+            SourceUrl::Sqlite(path) => Ok(Source::Sqlite(sqlite::SqliteSource::open(path)?)),
+            SourceUrl::Postgres(url) => {
+                Ok(Source::Postgres(postgres::PgSource::connect(url, pool_size, retries).await?))
+            }
+        }
+    }
+}
+
+impl fmt::Display for SourceUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SourceUrl::Sqlite(path) => write!(f, "sqlite://{}", path.display()),
+            SourceUrl::Postgres(url) => f.write_str(&redact(url)),
+        }
+    }
+}
+
+/// A URL with its password replaced by `***`, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// A connected source.
+pub enum Source {
+    Sqlite(sqlite::SqliteSource),
+    Postgres(postgres::PgSource),
+}
+
+impl Source {
+    /// Opens a read-only snapshot: everything read through it sees one consistent state.
+    pub async fn snapshot(&self) -> Result<Box<dyn Snapshot>, SourceError> {
+        match self {
+            Source::Sqlite(s) => Ok(Box::new(s.snapshot()?)),
+            Source::Postgres(s) => Ok(Box::new(s.snapshot().await?)),
+        }
+    }
+}
+
+/// The value of an incremental cursor: a timestamp (`updated_at`) or an increasing id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CursorValue {
+    Timestamp(DateTime<Utc>),
+    Integer(i64),
+}
+
+impl fmt::Display for CursorValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CursorValue::Timestamp(ts) => write!(f, "{}", ts.to_rfc3339()),
+            CursorValue::Integer(i) => write!(f, "{i}"),
+        }
+    }
+}
+
+/// Rows to extract: those whose cursor column lies in `(after, upto]`.
+#[derive(Debug, Clone)]
+pub struct CursorRange {
+    pub column: String,
+    pub after: Option<CursorValue>,
+    pub upto: CursorValue,
+}
+
+/// What to read from one table.
+#[derive(Debug, Clone)]
+pub struct ExtractSpec {
+    pub table: String,
+    pub columns: Vec<SourceColumn>,
+    pub range: Option<CursorRange>,
+    pub batch_rows: usize,
+}
+
+impl ExtractSpec {
+    pub fn arrow_schema(&self) -> datafusion::arrow::datatypes::SchemaRef {
+        batch::arrow_schema(&self.columns)
+    }
+}
+
+/// One consistent read of a source. Calls are sequential: a stream returned by [`Snapshot::extract`]
+/// must be drained or dropped before the next call.
+#[async_trait]
+pub trait Snapshot: Send {
+    /// The table's columns from the live catalog, or `None` if the table does not exist.
+    async fn columns(&mut self, table: &str) -> Result<Option<Vec<SourceColumn>>, SourceError>;
+    /// The largest value of the cursor column in this snapshot.
+    async fn max_cursor(
+        &mut self,
+        table: &str,
+        column: &SourceColumn,
+    ) -> Result<Option<CursorValue>, SourceError>;
+    async fn count(&mut self, table: &str) -> Result<u64, SourceError>;
+    /// Streams the rows in bounded memory, `spec.batch_rows` at a time.
+    async fn extract(&mut self, spec: ExtractSpec) -> Result<SendableRecordBatchStream, SourceError>;
+}
+
+/// Quotes an identifier for SQL (both PostgreSQL and SQLite use double quotes).
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}

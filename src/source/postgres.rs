@@ -1,0 +1,311 @@
+//! PostgreSQL as a source: pooled connections, one `REPEATABLE READ READ ONLY` transaction per
+//! snapshot, and extraction by binary `COPY … TO STDOUT`, decoded straight into Arrow builders.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::error::DataFusionError;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_postgres::NoTls;
+use tokio_postgres::binary_copy::{BinaryCopyOutRow, BinaryCopyOutStream};
+use tokio_postgres::types::Type;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::batch::{BatchBuilder, ColumnBuilder, days_since_epoch, parse_decimal};
+use super::types::{ColumnType, SourceColumn};
+use super::{CursorValue, ExtractSpec, Snapshot, SourceError, quote_ident, redact};
+
+pub struct PgSource {
+    pool: Pool,
+    target: String,
+    retries: u32,
+}
+
+/// Runs `attempt` until it succeeds or `retries` more tries have failed, doubling the pause.
+pub async fn with_retries<T, E: std::fmt::Display, F, Fut>(retries: u32, mut attempt: F) -> Result<T, (u32, E)>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut pause = Duration::from_millis(200);
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match attempt().await {
+            Ok(v) => return Ok(v),
+            Err(e) if tries > retries => return Err((tries, e)),
+            Err(e) => {
+                tracing::warn!(attempt = tries, error = %e, "transient error, retrying in {pause:?}");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+impl PgSource {
+    pub async fn connect(url: &str, pool_size: usize, retries: u32) -> Result<PgSource, SourceError> {
+        let target = redact(url);
+        let config: tokio_postgres::Config =
+            url.parse().map_err(|e: tokio_postgres::Error| SourceError::BadUrl { url: target.clone(), reason: e.to_string() })?;
+        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(pool_size.max(1))
+            .build()
+            .map_err(|e| SourceError::BadUrl { url: target.clone(), reason: e.to_string() })?;
+        let source = PgSource { pool, target, retries };
+        // Connect once now, so that an unreachable server is reported before any work starts.
+        drop(source.client().await?);
+        Ok(source)
+    }
+
+    pub async fn client(&self) -> Result<Object, SourceError> {
+        with_retries(self.retries, || self.pool.get()).await.map_err(|(attempts, e)| SourceError::Unreachable {
+            target: self.target.clone(),
+            attempts,
+            reason: pool_error_reason(&e),
+        })
+    }
+
+    pub async fn snapshot(&self) -> Result<PgSnapshot, SourceError> {
+        let client = self.client().await?;
+        client
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .map_err(|e| query_error(&self.target, &e))?;
+        Ok(PgSnapshot { client: Some(client), target: self.target.clone() })
+    }
+}
+
+fn pool_error_reason(e: &deadpool_postgres::PoolError) -> String {
+    match e {
+        deadpool_postgres::PoolError::Backend(inner) => db_error_reason(inner),
+        other => other.to_string(),
+    }
+}
+
+/// The server's message, or the I/O cause of a connection failure; tokio-postgres' top-level
+/// Display alone ("error connecting to server") hides it.
+fn db_error_reason(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{} ({})", db.message(), db.code().code());
+    }
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    }
+}
+
+fn query_error(target: &str, e: &tokio_postgres::Error) -> SourceError {
+    if e.is_closed() || e.as_db_error().is_none() && std::error::Error::source(e).is_some() {
+        return SourceError::Unreachable { target: target.into(), attempts: 1, reason: db_error_reason(e) };
+    }
+    SourceError::Query { target: target.into(), reason: db_error_reason(e) }
+}
+
+pub struct PgSnapshot {
+    client: Option<Object>,
+    target: String,
+}
+
+impl Drop for PgSnapshot {
+    fn drop(&mut self) {
+        // Hand the connection back to the pool outside the snapshot's transaction.
+        if let Some(client) = self.client.take()
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            handle.spawn(async move {
+                let _ = client.batch_execute("ROLLBACK").await;
+            });
+        }
+    }
+}
+
+impl PgSnapshot {
+    fn client(&self) -> Result<&Object, SourceError> {
+        self.client.as_ref().ok_or_else(|| SourceError::Stopped("snapshot closed".into()))
+    }
+}
+
+/// How a column is selected for binary COPY, and the wire type it then has.
+fn select_expr(column: &SourceColumn) -> (String, Type) {
+    let name = quote_ident(&column.name);
+    match column.ty {
+        Some(ColumnType::Uuid) => (name, Type::UUID),
+        Some(ColumnType::SmallInt) => (name, Type::INT2),
+        Some(ColumnType::Int) => (name, Type::INT4),
+        Some(ColumnType::BigInt) => (name, Type::INT8),
+        Some(ColumnType::Float) => (format!("{name}::float8"), Type::FLOAT8),
+        // Text keeps any precision exactly; the builder scales it.
+        Some(ColumnType::Numeric { .. }) => (format!("{name}::text"), Type::TEXT),
+        Some(ColumnType::Bool) => (name, Type::BOOL),
+        Some(ColumnType::Date) => (name, Type::DATE),
+        Some(ColumnType::Timestamptz) => (name, Type::TIMESTAMPTZ),
+        Some(ColumnType::Timestamp) => (name, Type::TIMESTAMP),
+        Some(ColumnType::TextArray) => (format!("{name}::text[]"), Type::TEXT_ARRAY),
+        Some(ColumnType::Text) | Some(ColumnType::Json) | None => (format!("{name}::text"), Type::TEXT),
+    }
+}
+
+fn cursor_literal(value: &CursorValue) -> String {
+    match value {
+        CursorValue::Timestamp(ts) => format!("'{}'::timestamptz", ts.to_rfc3339()),
+        CursorValue::Integer(i) => i.to_string(),
+    }
+}
+
+#[async_trait]
+impl Snapshot for PgSnapshot {
+    async fn columns(&mut self, table: &str) -> Result<Option<Vec<SourceColumn>>, SourceError> {
+        let sql = "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) \
+                   FROM pg_attribute a \
+                   WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped \
+                   ORDER BY a.attnum";
+        let rows = self.client()?.query(sql, &[&quote_ident(table)]).await.map_err(|e| query_error(&self.target, &e))?;
+        let cols: Vec<SourceColumn> = rows
+            .iter()
+            .map(|r| {
+                let declared: String = r.get(1);
+                SourceColumn { name: r.get(0), ty: ColumnType::parse(&declared), declared }
+            })
+            .collect();
+        Ok(if cols.is_empty() { None } else { Some(cols) })
+    }
+
+    async fn max_cursor(&mut self, table: &str, column: &SourceColumn) -> Result<Option<CursorValue>, SourceError> {
+        let col = quote_ident(&column.name);
+        let tbl = quote_ident(table);
+        let client = self.client()?;
+        let err = |e: tokio_postgres::Error| query_error(&self.target, &e);
+        Ok(match column.ty {
+            Some(ColumnType::Timestamptz) => {
+                let row = client.query_one(&format!("SELECT max({col}) FROM {tbl}"), &[]).await.map_err(err)?;
+                row.get::<_, Option<DateTime<Utc>>>(0).map(CursorValue::Timestamp)
+            }
+            Some(ColumnType::Timestamp) => {
+                let row = client.query_one(&format!("SELECT max({col}) FROM {tbl}"), &[]).await.map_err(err)?;
+                row.get::<_, Option<NaiveDateTime>>(0).map(|t| CursorValue::Timestamp(t.and_utc()))
+            }
+            Some(ColumnType::SmallInt | ColumnType::Int | ColumnType::BigInt) => {
+                let row = client.query_one(&format!("SELECT max({col})::bigint FROM {tbl}"), &[]).await.map_err(err)?;
+                row.get::<_, Option<i64>>(0).map(CursorValue::Integer)
+            }
+            _ => {
+                return Err(SourceError::Value {
+                    table: table.into(),
+                    column: column.name.clone(),
+                    expected: "a cursor (timestamp or integer)".into(),
+                    reason: format!("declared as {}", column.declared),
+                });
+            }
+        })
+    }
+
+    async fn count(&mut self, table: &str) -> Result<u64, SourceError> {
+        let row = self
+            .client()?
+            .query_one(&format!("SELECT count(*) FROM {}", quote_ident(table)), &[])
+            .await
+            .map_err(|e| query_error(&self.target, &e))?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    async fn extract(&mut self, spec: ExtractSpec) -> Result<SendableRecordBatchStream, SourceError> {
+        let (exprs, types): (Vec<String>, Vec<Type>) = spec.columns.iter().map(select_expr).unzip();
+        let mut sql = format!("SELECT {} FROM {}", exprs.join(", "), quote_ident(&spec.table));
+        if let Some(range) = &spec.range {
+            let col = quote_ident(&range.column);
+            sql.push_str(&format!(" WHERE {col} <= {}", cursor_literal(&range.upto)));
+            if let Some(after) = &range.after {
+                sql.push_str(&format!(" AND {col} > {}", cursor_literal(after)));
+            }
+        }
+        let copy = format!("COPY ({sql}) TO STDOUT (FORMAT binary)");
+        let stream = self.client()?.copy_out(&copy).await.map_err(|e| query_error(&self.target, &e))?;
+        let rows = BinaryCopyOutStream::new(stream, &types);
+        let schema = spec.arrow_schema();
+        let (tx, rx) = mpsc::channel(2);
+        let target = self.target.clone();
+        tokio::spawn(async move {
+            if let Err(e) = decode(rows, &spec, &target, &tx).await {
+                let _ = tx.send(Err(DataFusionError::External(Box::new(e)))).await;
+            }
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, ReceiverStream::new(rx))))
+    }
+}
+
+async fn decode(
+    rows: BinaryCopyOutStream,
+    spec: &ExtractSpec,
+    target: &str,
+    out: &mpsc::Sender<Result<RecordBatch, DataFusionError>>,
+) -> Result<(), SourceError> {
+    let mut rows = std::pin::pin!(rows);
+    let mut builder = BatchBuilder::new(&spec.columns, spec.batch_rows);
+    while let Some(row) = rows.next().await {
+        let row = row.map_err(|e| query_error(target, &e))?;
+        for (i, column) in spec.columns.iter().enumerate() {
+            append(&mut builder.columns[i], &row, i).map_err(|reason| SourceError::Value {
+                table: spec.table.clone(),
+                column: column.name.clone(),
+                expected: column.effective_type().to_string(),
+                reason,
+            })?;
+        }
+        builder.rows += 1;
+        if builder.rows >= spec.batch_rows {
+            let batch = builder.finish().map_err(SourceError::Stopped)?;
+            if out.send(Ok(batch)).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+    if builder.rows > 0 {
+        let batch = builder.finish().map_err(SourceError::Stopped)?;
+        let _ = out.send(Ok(batch)).await;
+    }
+    Ok(())
+}
+
+fn append(builder: &mut ColumnBuilder, row: &BinaryCopyOutRow, i: usize) -> Result<(), String> {
+    fn get<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a BinaryCopyOutRow, i: usize) -> Result<Option<T>, String> {
+        row.try_get::<Option<T>>(i).map_err(|e| e.to_string())
+    }
+    match builder {
+        ColumnBuilder::Utf8(b) => match row.try_get::<Option<uuid::Uuid>>(i) {
+            Ok(v) => b.append_option(v.map(|u| u.to_string())),
+            Err(_) => b.append_option(get::<&str>(row, i)?),
+        },
+        ColumnBuilder::Int16(b) => b.append_option(get::<i16>(row, i)?),
+        ColumnBuilder::Int32(b) => b.append_option(get::<i32>(row, i)?),
+        ColumnBuilder::Int64(b) => b.append_option(get::<i64>(row, i)?),
+        ColumnBuilder::Float64(b) => b.append_option(get::<f64>(row, i)?),
+        ColumnBuilder::Decimal { builder, scale, .. } => match get::<&str>(row, i)? {
+            Some(text) => builder.append_value(parse_decimal(text, *scale).ok_or("not a finite number")?),
+            None => builder.append_null(),
+        },
+        ColumnBuilder::Bool(b) => b.append_option(get::<bool>(row, i)?),
+        ColumnBuilder::Date(b) => b.append_option(get::<NaiveDate>(row, i)?.map(days_since_epoch)),
+        ColumnBuilder::Timestamp(b) => match row.try_get::<Option<DateTime<Utc>>>(i) {
+            Ok(v) => b.append_option(v.map(|t| t.timestamp_micros())),
+            Err(_) => b.append_option(get::<NaiveDateTime>(row, i)?.map(|t| t.and_utc().timestamp_micros())),
+        },
+        ColumnBuilder::List(b) => match get::<Vec<Option<String>>>(row, i)? {
+            Some(items) => {
+                for item in items {
+                    b.values().append_option(item);
+                }
+                b.append(true)
+            }
+            None => b.append_null(),
+        },
+    }
+    Ok(())
+}

@@ -1,0 +1,187 @@
+//! The warehouse: Delta Lake tables of Parquet files on object storage (a local folder by default,
+//! `s3://` by URL). Owns table naming and layout, atomic commits with their cursors, merges by
+//! primary key, schema checks, compaction and vacuum. It knows nothing of SQL engines, sources or
+//! HTTP: callers hand it Arrow streams.
+
+mod load;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{Arc, Once};
+
+use deltalake::{DeltaTable, DeltaTableError};
+use futures::TryStreamExt;
+use object_store::ObjectStore;
+use object_store::path::Path as StorePath;
+use url::Url;
+
+pub use load::{LoadOutcome, LoadRequest, Maintenance, SyncMode};
+
+/// The schemas tables live in.
+pub const SCHEMAS: &[&str] = &["raw", "marts"];
+
+/// Key under which the engine records its own provenance in each Delta commit.
+pub const COMMIT_KEY: &str = "sokana";
+
+#[derive(Debug, thiserror::Error)]
+pub enum WarehouseError {
+    #[error("warehouse table {table}: {source}")]
+    Delta { table: String, source: Box<DeltaTableError> },
+    #[error("warehouse {location}: {reason}")]
+    Storage { location: String, reason: String },
+    #[error(
+        "warehouse table {table}, column {column}: type changed in the source from {was} to {now}; \
+         refusing to load (migrate the table, or map the column in the pipeline)"
+    )]
+    TypeChanged { table: String, column: String, was: String, now: String },
+    #[error("warehouse table {table}: {reason}")]
+    Invalid { table: String, reason: String },
+    #[error("warehouse table {table}: reading the source failed: {reason}")]
+    Source { table: String, reason: String },
+}
+
+impl WarehouseError {
+    pub(crate) fn delta(table: &TableName, e: DeltaTableError) -> WarehouseError {
+        WarehouseError::Delta { table: table.to_string(), source: Box::new(e) }
+    }
+}
+
+/// `schema.name`, e.g. `raw.phi_clients` or `marts.mart_revenue_monthly`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TableName {
+    pub schema: String,
+    pub name: String,
+}
+
+impl FromStr for TableName {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (schema, name) = s
+            .split_once('.')
+            .ok_or_else(|| format!("{s:?} is not schema.table (e.g. raw.{s})"))?;
+        if !SCHEMAS.contains(&schema) {
+            return Err(format!("{s:?}: schema must be one of {}", SCHEMAS.join(", ")));
+        }
+        if !crate::pipeline::spec::is_identifier(name) {
+            return Err(format!("{s:?}: table name must be lower-case letters, digits and _"));
+        }
+        Ok(TableName { schema: schema.into(), name: name.into() })
+    }
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.schema, self.name)
+    }
+}
+
+/// A handle on the warehouse root.
+#[derive(Debug, Clone)]
+pub struct Warehouse {
+    root: Url,
+    storage_options: HashMap<String, String>,
+}
+
+static REGISTER_HANDLERS: Once = Once::new();
+
+impl Warehouse {
+    /// `root` must end with `/`. For `s3://` the endpoint and credentials come from the usual
+    /// `AWS_*` environment variables (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, …).
+    pub fn new(root: Url) -> Warehouse {
+        REGISTER_HANDLERS.call_once(|| deltalake::aws::register_handlers(None));
+        let mut storage_options = HashMap::new();
+        if root.scheme() == "s3" {
+            // Plain-HTTP endpoints (a local S3 server) and servers without a locking provider.
+            if std::env::var("AWS_ENDPOINT_URL").is_ok_and(|e| e.starts_with("http://")) {
+                storage_options.insert("AWS_ALLOW_HTTP".into(), "true".into());
+            }
+            storage_options.insert("AWS_S3_ALLOW_UNSAFE_RENAME".into(), "true".into());
+            storage_options.insert("conditional_put".into(), "etag".into());
+        }
+        Warehouse { root, storage_options }
+    }
+
+    pub fn root(&self) -> &Url {
+        &self.root
+    }
+
+    pub fn table_url(&self, table: &TableName) -> Result<Url, WarehouseError> {
+        self.root.join(&format!("{}/{}/", table.schema, table.name)).map_err(|e| WarehouseError::Storage {
+            location: self.root.to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Opens a table; `None` if it has never been committed.
+    pub async fn open(&self, table: &TableName) -> Result<Option<DeltaTable>, WarehouseError> {
+        let url = self.table_url(table)?;
+        let handle = DeltaTable::try_from_url_with_storage_options(url, self.storage_options.clone())
+            .await
+            .map_err(|e| WarehouseError::delta(table, e))?;
+        Ok(if handle.version().is_some() { Some(handle) } else { None })
+    }
+
+    /// A handle for a table that may not exist yet.
+    pub(crate) async fn handle(&self, table: &TableName) -> Result<DeltaTable, WarehouseError> {
+        let url = self.table_url(table)?;
+        DeltaTable::try_from_url_with_storage_options(url, self.storage_options.clone())
+            .await
+            .map_err(|e| WarehouseError::delta(table, e))
+    }
+
+    fn store(&self) -> Result<(Arc<dyn ObjectStore>, StorePath), WarehouseError> {
+        let options: Vec<(String, String)> = self
+            .storage_options
+            .iter()
+            .filter(|(k, _)| k.starts_with("AWS_"))
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+            .chain(std::env::vars().filter(|(k, _)| k.starts_with("AWS_")).map(|(k, v)| (k.to_ascii_lowercase(), v)))
+            .collect();
+        let (store, path) = object_store::parse_url_opts(&self.root, options).map_err(|e| WarehouseError::Storage {
+            location: self.root.to_string(),
+            reason: e.to_string(),
+        })?;
+        Ok((Arc::from(store), path))
+    }
+
+    /// Every committed table, sorted by name.
+    pub async fn list_tables(&self) -> Result<Vec<TableName>, WarehouseError> {
+        let (store, root) = self.store()?;
+        let storage_error = |e: object_store::Error| WarehouseError::Storage {
+            location: self.root.to_string(),
+            reason: e.to_string(),
+        };
+        let mut tables = Vec::new();
+        for schema in SCHEMAS {
+            let prefix = root.clone().join(*schema);
+            let listing = match store.list_with_delimiter(Some(&prefix)).await {
+                Ok(listing) => listing,
+                Err(object_store::Error::NotFound { .. }) => continue,
+                Err(e) => return Err(storage_error(e)),
+            };
+            for dir in listing.common_prefixes {
+                let Some(name) = dir.filename() else { continue };
+                let log = dir.clone().join("_delta_log");
+                let committed = store.list(Some(&log)).try_next().await.map_err(storage_error)?.is_some();
+                if committed && let Ok(table) = format!("{schema}.{name}").parse() {
+                    tables.push(table);
+                }
+            }
+        }
+        tables.sort();
+        Ok(tables)
+    }
+
+    /// The engine's provenance of the newest load commit of `table` (its cursor, run id, …).
+    pub async fn last_load(&self, table: &DeltaTable, name: &TableName) -> Result<Option<serde_json::Value>, WarehouseError> {
+        let mut history = table.history(None);
+        while let Some(info) = history.try_next().await.map_err(|e| WarehouseError::delta(name, e))? {
+            if let Some(value) = info.info.get(COMMIT_KEY) {
+                return Ok(Some(value.clone()));
+            }
+        }
+        Ok(None)
+    }
+}

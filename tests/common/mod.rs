@@ -1,0 +1,293 @@
+//! Test harness: real servers started by the tests themselves (a throwaway PostgreSQL cluster, an
+//! S3-protocol server), demo projects in temporary directories, and source-vs-warehouse checks.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use datafusion::datasource::MemTable;
+use datafusion::prelude::SessionContext;
+use futures::TryStreamExt;
+use sokana::config::Config;
+use sokana::pipeline::{self, spec::Pipeline};
+use sokana::progress::{Progress, Silent};
+use sokana::source::{ExtractSpec, SeedOptions, SourceUrl};
+
+pub fn silent() -> Arc<dyn Progress> {
+    Arc::new(Silent)
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+/// Waits until something accepts TCP connections on `port`, or panics after `limit`.
+pub fn wait_for_port(port: u16, limit: Duration, what: &str) {
+    let deadline = Instant::now() + limit;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not start listening on port {port}");
+        std::thread::yield_now();
+    }
+}
+
+fn pg_bin_dir() -> PathBuf {
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output()
+        && out.status.success()
+    {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if dir.join("initdb").is_file() {
+            return dir;
+        }
+    }
+    let mut candidates: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path().join("bin"))).collect())
+        .unwrap_or_default();
+    candidates.sort();
+    candidates
+        .pop()
+        .filter(|d| d.join("initdb").is_file())
+        .expect("PostgreSQL server binaries (initdb) not found: the test command installs the `postgresql` package")
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
+}
+
+/// Runs a PostgreSQL binary, as `nobody` when we are root (initdb refuses root).
+fn pg_command(bin: &Path) -> Command {
+    if is_root() {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(bin);
+        cmd
+    } else {
+        Command::new(bin)
+    }
+}
+
+/// A throwaway PostgreSQL cluster in a temporary directory, stopped when dropped.
+pub struct Postgres {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    pub port: u16,
+}
+
+impl Postgres {
+    pub fn start() -> Postgres {
+        let bin = pg_bin_dir();
+        let dir = tempfile::Builder::new().prefix("sokana-pg-").tempdir().expect("temp dir");
+        if is_root() {
+            let status = Command::new("chown").args(["65534:65534"]).arg(dir.path()).status().expect("chown");
+            assert!(status.success());
+        }
+        let data = dir.path().join("data");
+        let out = pg_command(&bin.join("initdb"))
+            .args(["-D"])
+            .arg(&data)
+            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync", "--no-instructions"])
+            .output()
+            .expect("initdb runs");
+        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        let port = free_port();
+        let options = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+            dir.path().display()
+        );
+        let out = pg_command(&bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-o", &options, "-l"])
+            .arg(dir.path().join("log"))
+            .args(["-w", "start"])
+            .output()
+            .expect("pg_ctl runs");
+        assert!(
+            out.status.success(),
+            "pg_ctl start failed: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(dir.path().join("log")).unwrap_or_default()
+        );
+        Postgres { dir, bin, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    pub async fn client(&self) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls).await.expect("connect");
+        tokio::spawn(conn);
+        client
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = pg_command(&self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "immediate", "-w", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// An S3-protocol server (moto, installed by the test command), killed when dropped.
+pub struct S3Server {
+    child: Child,
+    pub port: u16,
+}
+
+impl S3Server {
+    pub fn start() -> S3Server {
+        let port = free_port();
+        let child = Command::new("python3")
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 -m moto.server: the test command installs moto[server]");
+        wait_for_port(port, Duration::from_secs(60), "moto");
+        S3Server { child, port }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A project in a temporary directory: a config naming one source `core`, the shipped pipeline.
+pub struct Project {
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+}
+
+impl Project {
+    pub fn new(source_url: &str) -> Project {
+        Project::with_pipeline(source_url, sokana::SOKANA_CORE_PIPELINE)
+    }
+
+    pub fn with_pipeline(source_url: &str, pipeline: &str) -> Project {
+        Project::with_config(source_url, pipeline, "uri = \"warehouse\"")
+    }
+
+    pub fn with_config(source_url: &str, pipeline: &str, warehouse: &str) -> Project {
+        let dir = tempfile::Builder::new().prefix("sokana-test-").tempdir().expect("temp dir");
+        std::fs::create_dir_all(dir.path().join("pipelines")).expect("mkdir");
+        std::fs::write(dir.path().join("pipelines/sokana_core.toml"), pipeline).expect("write pipeline");
+        let config_path = dir.path().join("sokana.toml");
+        std::fs::write(
+            &config_path,
+            format!("[warehouse]\n{warehouse}\n\n[sources.core]\nurl = {source_url:?}\nretries = 1\n"),
+        )
+        .expect("write config");
+        Project { dir, config_path }
+    }
+
+    pub fn config(&self) -> Config {
+        Config::load_with_env(Some(&self.config_path), []).expect("config loads")
+    }
+
+    pub fn pipeline(&self) -> Pipeline {
+        pipeline::load_pipelines(&self.config()).expect("pipelines load").remove(0)
+    }
+
+    pub async fn run(&self) -> Result<pipeline::RunSummary, pipeline::PipelineError> {
+        let config = self.config();
+        let p = self.pipeline();
+        pipeline::run(&config, &p, "test", &silent()).await
+    }
+
+    pub fn sqlite_path(&self) -> PathBuf {
+        self.dir.path().join("operational.db")
+    }
+
+    /// Runs the `sokana` binary with this project's config.
+    pub fn cli(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sokana"));
+        cmd.arg("--config").arg(&self.config_path);
+        cmd
+    }
+}
+
+pub async fn seed(url: &str, base: &Path, scale: f64) {
+    let url = SourceUrl::parse(url, base).expect("url");
+    sokana::source::seed(&url, &SeedOptions { scale, seed: 7, replace: false }, &|_| {}).await.expect("seed");
+}
+
+/// Asserts that every table of the pipeline holds exactly the source's rows: same count, and no
+/// row on either side that the other lacks (all columns compared).
+pub async fn assert_matches_source(project: &Project) {
+    let config = project.config();
+    let p = project.pipeline();
+    let url = SourceUrl::parse(&config.sources["core"].url, &config.base_dir).expect("url");
+    let source = url.connect(1, 0).await.expect("source");
+    let mut snapshot = source.snapshot().await.expect("snapshot");
+    let warehouse = pipeline::warehouse(&config).expect("warehouse");
+    let ctx = sokana::query::session(&warehouse).await.expect("session");
+    for table in &p.tables {
+        let columns = pipeline::select_columns(&p, table, snapshot.columns(&table.source_table).await.expect("cols"))
+            .expect("columns");
+        let names: Vec<String> = columns.iter().map(|c| format!("\"{}\"", c.name)).collect();
+        let spec = ExtractSpec { table: table.source_table.clone(), columns, range: None, batch_rows: 8192 };
+        let schema = spec.arrow_schema();
+        let batches: Vec<_> = snapshot.extract(spec).await.expect("extract").try_collect().await.expect("rows");
+        let source_rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        let local = SessionContext::new();
+        local.register_table("src", Arc::new(MemTable::try_new(schema, vec![batches]).expect("mem"))).expect("reg");
+        let tgt_batches = ctx
+            .sql(&format!("SELECT {} FROM {}", names.join(", "), table.target))
+            .await
+            .expect("query target")
+            .collect()
+            .await
+            .expect("collect target");
+        let target_rows: usize = tgt_batches.iter().map(|b| b.num_rows()).sum();
+        assert_eq!(target_rows, source_rows, "{}: row count", table.target);
+        if target_rows == 0 {
+            continue;
+        }
+        local
+            .register_table("tgt", Arc::new(MemTable::try_new(tgt_batches[0].schema(), vec![tgt_batches]).expect("mem")))
+            .expect("reg");
+        for (a, b) in [("src", "tgt"), ("tgt", "src")] {
+            let diff = local
+                .sql(&format!("SELECT count(*) AS n FROM (SELECT * FROM {a} EXCEPT ALL SELECT * FROM {b})"))
+                .await
+                .expect("diff")
+                .collect()
+                .await
+                .expect("diff rows");
+            let n = diff[0]
+                .column(0)
+                .as_any()
+                .downcast_ref::<datafusion::arrow::array::Int64Array>()
+                .expect("count")
+                .value(0);
+            assert_eq!(n, 0, "{}: {n} row(s) in {a} missing from {b}", table.target);
+        }
+    }
+}
+
+/// One number from a SQL query over the warehouse.
+pub async fn warehouse_count(config: &Config, sql: &str) -> i64 {
+    let ctx = sokana::query::session(&pipeline::warehouse(config).expect("warehouse")).await.expect("session");
+    let batches = sokana::query::run(&ctx, sql).await.expect("query");
+    let column = batches[0].column(0);
+    datafusion::arrow::compute::cast(column, &datafusion::arrow::datatypes::DataType::Int64)
+        .expect("cast")
+        .as_any()
+        .downcast_ref::<datafusion::arrow::array::Int64Array>()
+        .expect("int")
+        .value(0)
+}

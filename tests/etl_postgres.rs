@@ -1,0 +1,105 @@
+//! Extraction from a real PostgreSQL server (a throwaway cluster started here) into the warehouse.
+
+mod common;
+
+use common::{Postgres, Project, assert_matches_source};
+use sokana::pipeline::runlog::RunLog;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_full_and_incremental_loads_match_the_source() {
+    let pg = Postgres::start();
+    let project = Project::new(&pg.url());
+    common::seed(&pg.url(), project.dir.path(), 0.2).await;
+    let first = project.run().await.expect("first run");
+    assert!(first.tables.iter().all(|t| t.status == "succeeded"), "{first:?}");
+    assert_matches_source(&project).await;
+
+    let client = pg.client().await;
+    client
+        .batch_execute(
+            "UPDATE phi_clients SET status = 'matched', updated_at = now()
+               WHERE id IN (SELECT id FROM phi_clients ORDER BY id LIMIT 3);
+             DELETE FROM doula_assignments WHERE (client_id, doula_id) IN
+               (SELECT client_id, doula_id FROM doula_assignments ORDER BY client_id LIMIT 4);
+             INSERT INTO payments (id, txn_date, amount, method, gateway, transaction_id, description)
+               SELECT max(id) + 1, now(), 99.99, 'card', 'stripe', 'txn_pg', 'test' FROM payments;
+             ALTER TABLE admins ADD COLUMN title text;
+             UPDATE admins SET title = 'Director', updated_at = now() WHERE id = (SELECT min(id) FROM admins);",
+        )
+        .await
+        .unwrap();
+    let second = project.run().await.expect("incremental run");
+    let get = |t: &str| second.tables.iter().find(|r| r.target == t).unwrap().clone();
+    assert_eq!(get("raw.phi_clients").updated, 3);
+    assert_eq!(get("raw.doula_assignments").deleted, 4);
+    assert_eq!(get("raw.payments").inserted, 1);
+    assert_eq!(get("raw.admins").updated, 1);
+    assert_matches_source(&project).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn types_arrive_exactly_uuid_numeric_timestamptz_arrays_json() {
+    let pg = Postgres::start();
+    let project = Project::new(&pg.url());
+    common::seed(&pg.url(), project.dir.path(), 0.05).await;
+    project.run().await.expect("run");
+    let client = pg.client().await;
+    let total: String = client.query_one("SELECT sum(amount)::text FROM payments", &[]).await.unwrap().get(0);
+    let config = project.config();
+    let ctx = sokana::query::session(&sokana::pipeline::warehouse(&config).unwrap()).await.unwrap();
+    let batches = sokana::query::run(
+        &ctx,
+        "SELECT CAST(sum(amount) AS VARCHAR) AS total, arrow_typeof(min(amount)) AS t FROM raw.payments",
+    )
+    .await
+    .unwrap();
+    let text = sokana::query::format(&batches, sokana::query::OutputFormat::Csv).unwrap();
+    assert!(text.contains(&total), "sum of payments: source {total}, warehouse {text}");
+    assert!(text.contains("Decimal128(12, 2)"), "{text}");
+    let batches = sokana::query::run(
+        &ctx,
+        "SELECT arrow_typeof(languages) AS l, arrow_typeof(created_at) AS c FROM raw.doulas LIMIT 1",
+    )
+    .await
+    .unwrap();
+    let text = sokana::query::format(&batches, sokana::query::OutputFormat::Csv).unwrap();
+    assert!(text.contains("List") && text.contains("UTC"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_server_is_retried_then_reported_and_nothing_committed() {
+    let port = common::free_port();
+    let project = Project::new(&format!("postgres://postgres@127.0.0.1:{port}/postgres"));
+    let err = project.run().await.expect_err("unreachable").to_string();
+    assert!(err.contains("cannot connect") && err.contains("2 attempt(s)") && err.contains(&port.to_string()), "{err}");
+    let config = project.config();
+    assert!(sokana::pipeline::warehouse(&config).unwrap().list_tables().await.unwrap().is_empty());
+    let runs = RunLog::open(&config.state_dir()).unwrap().runs(None, 1).unwrap();
+    assert_eq!(runs[0].status, "failed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn passwords_never_appear_in_errors() {
+    let port = common::free_port();
+    let project = Project::new(&format!("postgres://postgres:hunter2secret@127.0.0.1:{port}/postgres"));
+    let err = project.run().await.expect_err("unreachable").to_string();
+    assert!(!err.contains("hunter2secret"), "{err}");
+}
+
+#[test]
+fn a_crash_during_a_postgres_load_is_completed_by_the_next_run() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let pg = Postgres::start();
+    let project = Project::new(&pg.url());
+    runtime.block_on(common::seed(&pg.url(), project.dir.path(), 0.2));
+    let out = project
+        .cli()
+        .args(["pipeline", "run", "--all"])
+        .env(sokana::pipeline::FAULT_ABORT_ENV, "raw.hours:100")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let out = project.cli().args(["pipeline", "run", "--all"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    runtime.block_on(assert_matches_source(&project));
+}
