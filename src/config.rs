@@ -178,7 +178,8 @@ impl Config {
         };
         let (text, file) = match &found {
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.clone(), source })?;
+                let text =
+                    std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.clone(), source })?;
                 (text, p.clone())
             }
             None => (String::new(), PathBuf::from("sokana.toml (defaults)")),
@@ -186,16 +187,13 @@ impl Config {
         // Parse the file alone first: its errors carry line and column.
         let mut config: Config =
             toml::from_str(&text).map_err(|e| ConfigError::Invalid { path: file.clone(), message: e.to_string() })?;
-        let overrides: Vec<(String, String)> = env
-            .into_iter()
-            .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.contains("__"))
-            .collect();
+        let overrides: Vec<(String, String)> =
+            env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.contains("__")).collect();
         if !overrides.is_empty() {
-            let mut table: toml::Table =
-                toml::from_str(&text).map_err(|e| ConfigError::Invalid { path: file.clone(), message: e.to_string() })?;
+            let mut table: toml::Table = toml::from_str(&text)
+                .map_err(|e| ConfigError::Invalid { path: file.clone(), message: e.to_string() })?;
             for (var, value) in &overrides {
-                let keys: Vec<String> =
-                    var[ENV_PREFIX.len()..].split("__").map(|k| k.to_ascii_lowercase()).collect();
+                let keys: Vec<String> = var[ENV_PREFIX.len()..].split("__").map(|k| k.to_ascii_lowercase()).collect();
                 set_path(&mut table, &keys, parse_env_value(value))
                     .map_err(|message| ConfigError::Env { var: var.clone(), message })?;
             }

@@ -171,7 +171,10 @@ async fn seed_source(url: &SourceUrl, options: &SeedOptions) -> Result<source::S
 fn spinner(message: &str) -> ProgressBar {
     let bar = if std::io::stderr().is_terminal() { ProgressBar::new_spinner() } else { ProgressBar::hidden() };
     bar.set_prefix(message.to_string());
-    bar.set_style(ProgressStyle::with_template("{spinner} {prefix}: {msg} [{elapsed}]").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {prefix}: {msg} [{elapsed}]")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
     bar.enable_steady_tick(std::time::Duration::from_millis(120));
     bar
 }
@@ -184,8 +187,12 @@ struct Bars {
 }
 
 impl Bars {
-    fn new() -> Arc<dyn Progress> {
-        Arc::new(Bars { multi: MultiProgress::new(), bars: Mutex::new(HashMap::new()), terminal: std::io::stderr().is_terminal() })
+    fn shared() -> Arc<dyn Progress> {
+        Arc::new(Bars {
+            multi: MultiProgress::new(),
+            bars: Mutex::new(HashMap::new()),
+            terminal: std::io::stderr().is_terminal(),
+        })
     }
 }
 
@@ -231,7 +238,7 @@ async fn run_pipelines(config: &Config, names: &[String], all: bool, trigger: &s
     } else {
         pipeline::select(&pipelines, names, config)?
     };
-    let progress = Bars::new();
+    let progress = Bars::shared();
     let mut failures = Vec::new();
     for p in selected {
         eprintln!("pipeline {} ({} tables from source {:?})", p.name, p.tables.len(), p.source);
@@ -264,7 +271,12 @@ async fn pipeline_command(config: &Config, command: PipelineCommand) -> Result<(
                         pipeline::spec::Sync::Full => "full compare".to_string(),
                     };
                     let deletes = if t.detect_deletes { ", detects deletes" } else { "" };
-                    println!("  {:<24} <- {:<22} key ({}), {sync}{deletes}", t.target, t.source_table, t.primary_key.join(", "));
+                    println!(
+                        "  {:<24} <- {:<22} key ({}), {sync}{deletes}",
+                        t.target,
+                        t.source_table,
+                        t.primary_key.join(", ")
+                    );
                 }
             }
             Ok(())

@@ -17,11 +17,7 @@ fn demo_builds_a_warehouse_and_rerunning_it_duplicates_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let demo = dir.path().join("demo");
     for _ in 0..2 {
-        let out = sokana()
-            .args(["demo", "--no-serve", "--scale", "0.05", "--dir"])
-            .arg(&demo)
-            .output()
-            .unwrap();
+        let out = sokana().args(["demo", "--no-serve", "--scale", "0.05", "--dir"]).arg(&demo).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
     assert!(demo.join("operational.db").is_file() && demo.join("sokana.toml").is_file());
@@ -46,7 +42,8 @@ fn demo_builds_a_warehouse_and_rerunning_it_duplicates_nothing() {
     assert!(runs.matches("succeeded").count() >= 2, "{runs}");
     assert!(!runs.contains("raw.quickbooks_tokens"), "secrets are never extracted");
 
-    let out = sokana().arg("--config").arg(&config).args(["sql", "--format", "json", "SELECT 1 AS one"]).output().unwrap();
+    let out =
+        sokana().arg("--config").arg(&config).args(["sql", "--format", "json", "SELECT 1 AS one"]).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), r#"[{"one":1}]"#);
 }
 
@@ -71,7 +68,11 @@ fn sql_errors_and_config_errors_are_named() {
 /// Creates a bucket on the S3 server (moto accepts unsigned requests).
 fn create_bucket(port: u16, bucket: &str) {
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(stream, "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        stream,
+        "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
@@ -82,7 +83,11 @@ fn the_warehouse_can_live_on_an_s3_protocol_server() {
     let s3 = S3Server::start();
     create_bucket(s3.port, "sokana");
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let project = Project::with_config("sqlite://operational.db", sokana::SOKANA_CORE_PIPELINE, "uri = \"s3://sokana/warehouse\"");
+    let project = Project::with_config(
+        "sqlite://operational.db",
+        sokana::SOKANA_CORE_PIPELINE,
+        "uri = \"s3://sokana/warehouse\"",
+    );
     runtime.block_on(common::seed("sqlite://operational.db", project.dir.path(), 0.05));
     let with_s3 = |cmd: &mut Command| {
         cmd.env("AWS_ENDPOINT_URL", s3.endpoint())

@@ -24,7 +24,7 @@ async fn postgres_full_and_incremental_loads_match_the_source() {
              INSERT INTO payments (id, txn_date, amount, method, gateway, transaction_id, description)
                SELECT max(id) + 1, now(), 99.99, 'card', 'stripe', 'txn_pg', 'test' FROM payments;
              ALTER TABLE admins ADD COLUMN title text;
-             UPDATE admins SET title = 'Director', updated_at = now() WHERE id = (SELECT min(id) FROM admins);",
+             UPDATE admins SET title = 'Director', updated_at = now() WHERE id = (SELECT id FROM admins ORDER BY id LIMIT 1);",
         )
         .await
         .unwrap();

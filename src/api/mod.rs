@@ -4,11 +4,11 @@
 
 use std::net::SocketAddr;
 
+use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json};
 use axum::routing::get;
-use axum::Router;
 use serde_json::json;
 
 use crate::warehouse::Warehouse;
@@ -19,10 +19,7 @@ pub struct AppState {
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/health/live", get(live))
-        .route("/health/ready", get(ready))
-        .with_state(state)
+    Router::new().route("/health/live", get(live)).route("/health/ready", get(ready)).with_state(state)
 }
 
 async fn live() -> impl IntoResponse {

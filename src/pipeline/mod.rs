@@ -17,7 +17,9 @@ use serde_json::json;
 
 use crate::config::Config;
 use crate::progress::Progress;
-use crate::source::{ColumnType, CursorRange, CursorValue, ExtractSpec, Snapshot, SourceColumn, SourceError, SourceUrl};
+use crate::source::{
+    ColumnType, CursorRange, CursorValue, ExtractSpec, Snapshot, SourceColumn, SourceError, SourceUrl,
+};
 use crate::warehouse::{LoadRequest, Maintenance, SyncMode, Warehouse, WarehouseError};
 use runlog::{RunLock, RunLog, RunLogError, TableRecord};
 use spec::{Pipeline, SpecError, Sync, TableSpec};
@@ -87,8 +89,11 @@ fn source_url(config: &Config, pipeline: &Pipeline) -> Result<(SourceUrl, usize,
             config.path.as_ref().map_or("sokana.toml".into(), |p| p.display().to_string())
         ),
     })?;
-    let url = SourceUrl::parse(&source.url, &config.base_dir)
-        .map_err(|e| SpecError { path: pipeline.path.clone(), line: None, message: e.to_string() })?;
+    let url = SourceUrl::parse(&source.url, &config.base_dir).map_err(|e| SpecError {
+        path: pipeline.path.clone(),
+        line: None,
+        message: e.to_string(),
+    })?;
     Ok((url, source.pool_size, source.retries))
 }
 
@@ -106,13 +111,11 @@ pub async fn run(
     let run_id = log.start(&pipeline.name, trigger)?;
     let outcome = run_locked(config, pipeline, &run_id, &log, progress).await;
     let error = match &outcome {
-        Ok(tables) => tables.iter().find_map(|t| t.error.clone()).map(|first| {
-            PipelineError::TablesFailed {
-                pipeline: pipeline.name.clone(),
-                failed: tables.iter().filter(|t| t.error.is_some()).count(),
-                total: tables.len(),
-                first,
-            }
+        Ok(tables) => tables.iter().find_map(|t| t.error.clone()).map(|first| PipelineError::TablesFailed {
+            pipeline: pipeline.name.clone(),
+            failed: tables.iter().filter(|t| t.error.is_some()).count(),
+            total: tables.len(),
+            first,
         }),
         Err(_) => None,
     };
@@ -151,7 +154,9 @@ async fn run_locked(
         let label = table.target.to_string();
         progress.start(&label, None);
         let mut record = TableRecord { target: label.clone(), ..TableRecord::default() };
-        match load_table(pipeline, table, snapshot.as_mut(), &warehouse, &maintenance, run_id, progress, &mut record).await {
+        match load_table(pipeline, table, snapshot.as_mut(), &warehouse, &maintenance, run_id, progress, &mut record)
+            .await
+        {
             Ok(()) => {
                 if let Err(e) = warehouse.maintain(&table.target, &maintenance).await {
                     tracing::warn!(table = %label, error = %e, "maintenance failed; the load itself is committed");
@@ -208,7 +213,13 @@ pub fn select_columns(
         })?;
         if !matches!(
             column.ty,
-            Some(ColumnType::Timestamptz | ColumnType::Timestamp | ColumnType::Int | ColumnType::BigInt | ColumnType::SmallInt)
+            Some(
+                ColumnType::Timestamptz
+                    | ColumnType::Timestamp
+                    | ColumnType::Int
+                    | ColumnType::BigInt
+                    | ColumnType::SmallInt
+            )
         ) {
             return Err(pipeline.table_error(
                 table,
@@ -248,9 +259,12 @@ async fn load_table(
             let key_columns: Vec<SourceColumn> =
                 table.primary_key.iter().filter_map(|k| columns.iter().find(|c| &c.name == k).cloned()).collect();
             let spec = ExtractSpec { table: table.source_table.clone(), columns: key_columns, range: None, batch_rows };
-            let keys: Vec<RecordBatch> = snapshot.extract(spec).await?.try_collect().await.map_err(|e| {
-                WarehouseError::Source { table: table.target.to_string(), reason: e.to_string() }
-            })?;
+            let keys: Vec<RecordBatch> = snapshot
+                .extract(spec)
+                .await?
+                .try_collect()
+                .await
+                .map_err(|e| WarehouseError::Source { table: table.target.to_string(), reason: e.to_string() })?;
             Some(keys)
         }
         _ => None,
@@ -259,9 +273,11 @@ async fn load_table(
     let (mode, range, cursor) = match &table.sync {
         Sync::Full => (SyncMode::Full, None, None),
         Sync::Incremental { cursor } => {
-            let column = columns.iter().find(|c| &c.name == cursor).cloned().ok_or_else(|| {
-                pipeline.table_error(table, format!("cursor column {cursor:?} is missing"))
-            })?;
+            let column = columns
+                .iter()
+                .find(|c| &c.name == cursor)
+                .cloned()
+                .ok_or_else(|| pipeline.table_error(table, format!("cursor column {cursor:?} is missing")))?;
             let newest = snapshot.max_cursor(&table.source_table, &column).await?;
             // The first load reads everything, rows with a NULL cursor included.
             let range = match (&existing, newest) {

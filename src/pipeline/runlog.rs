@@ -79,7 +79,8 @@ impl RunLog {
     /// Records a new run as `running`. Runs of this pipeline still marked `running` were cut short
     /// (the caller holds the lock, so their process is gone): they become `interrupted`.
     pub fn start(&self, pipeline: &str, trigger: &str) -> Result<String, RunLogError> {
-        let id = format!("{}-{}", Utc::now().format("%Y%m%dT%H%M%S%.3fZ"), &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let id =
+            format!("{}-{}", Utc::now().format("%Y%m%dT%H%M%S%.3fZ"), &uuid::Uuid::new_v4().simple().to_string()[..8]);
         self.conn
             .execute(
                 "UPDATE runs SET status = 'interrupted' WHERE pipeline = ?1 AND status = 'running'",

@@ -190,8 +190,11 @@ impl Pipeline {
     }
 
     pub fn load(path: &Path) -> Result<Pipeline, SpecError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| SpecError { path: path.to_path_buf(), line: None, message: e.to_string() })?;
+        let text = std::fs::read_to_string(path).map_err(|e| SpecError {
+            path: path.to_path_buf(),
+            line: None,
+            message: e.to_string(),
+        })?;
         Pipeline::parse(path, &text)
     }
 
@@ -208,15 +211,24 @@ impl Pipeline {
         })?;
         let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
         if !is_identifier(&name) {
-            return Err(err(None, format!("pipeline name {name:?} (the file name) must be lower-case letters, digits and _")));
+            return Err(err(
+                None,
+                format!("pipeline name {name:?} (the file name) must be lower-case letters, digits and _"),
+            ));
         }
         let timezone: chrono_tz::Tz = file.timezone.get_ref().parse().map_err(|_| {
-            err(Some(file.timezone.span().start), format!("key `timezone`: unknown IANA time zone {:?}", file.timezone.get_ref()))
+            err(
+                Some(file.timezone.span().start),
+                format!("key `timezone`: unknown IANA time zone {:?}", file.timezone.get_ref()),
+            )
         })?;
         let schedule = match &file.schedule {
             Some(expr) => Some(Schedule {
                 cron: expr.get_ref().parse::<croner::Cron>().map_err(|e| {
-                    err(Some(expr.span().start), format!("key `schedule`: invalid cron expression {:?}: {e}", expr.get_ref()))
+                    err(
+                        Some(expr.span().start),
+                        format!("key `schedule`: invalid cron expression {:?}: {e}", expr.get_ref()),
+                    )
                 })?,
                 timezone,
             }),
@@ -228,23 +240,35 @@ impl Pipeline {
             let t = spanned.get_ref();
             let what = format!("table {:?}", t.name);
             if t.class == Some(ColumnClass::Secret) {
-                return Err(err(at, format!("{what} is marked secret: secrets never leave the source; remove it from the pipeline")));
+                return Err(err(
+                    at,
+                    format!("{what} is marked secret: secrets never leave the source; remove it from the pipeline"),
+                ));
             }
             if let Some((col, _)) = t.columns.iter().find(|(_, class)| **class == ColumnClass::Secret) {
-                return Err(err(at, format!("{what}, column {col:?} is marked secret: secrets never leave the source; remove the column")));
+                return Err(err(
+                    at,
+                    format!(
+                        "{what}, column {col:?} is marked secret: secrets never leave the source; remove the column"
+                    ),
+                ));
             }
             if t.primary_key.is_empty() {
                 return Err(err(at, format!("{what} has no `primary_key`: every table needs one to merge updates")));
             }
             let target_text = t.target.clone().unwrap_or_else(|| format!("raw.{}", t.name));
-            let target: TableName =
-                target_text.parse().map_err(|e| err(at, format!("{what}, key `target`: {e}")))?;
+            let target: TableName = target_text.parse().map_err(|e| err(at, format!("{what}, key `target`: {e}")))?;
             if tables.iter().any(|other| other.target == target) {
                 return Err(err(at, format!("{what}: target {target} is used twice in this file")));
             }
             for key in t.primary_key.iter().chain(&t.cursor).chain(&t.partition_by) {
                 if !t.columns.is_empty() && !t.columns.contains_key(key) {
-                    return Err(err(at, format!("{what}: column {key:?} is used as a key, cursor or partition but not listed in `columns`")));
+                    return Err(err(
+                        at,
+                        format!(
+                            "{what}: column {key:?} is used as a key, cursor or partition but not listed in `columns`"
+                        ),
+                    ));
                 }
             }
             tables.push(TableSpec {

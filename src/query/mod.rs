@@ -32,9 +32,7 @@ impl From<DataFusionError> for QueryError {
 pub async fn session(warehouse: &Warehouse) -> Result<SessionContext, QueryError> {
     let config = SessionConfig::new().with_information_schema(true).with_default_catalog_and_schema("sokana", "marts");
     let ctx = SessionContext::new_with_config(config);
-    let catalog = ctx
-        .catalog("sokana")
-        .ok_or_else(|| QueryError::Sql("the default catalog is missing".into()))?;
+    let catalog = ctx.catalog("sokana").ok_or_else(|| QueryError::Sql("the default catalog is missing".into()))?;
     for schema in SCHEMAS {
         catalog.register_schema(schema, Arc::new(MemorySchemaProvider::new()))?;
     }

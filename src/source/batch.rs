@@ -41,11 +41,9 @@ impl ColumnBuilder {
             ColumnType::Int => ColumnBuilder::Int32(Int32Builder::with_capacity(capacity)),
             ColumnType::BigInt => ColumnBuilder::Int64(Int64Builder::with_capacity(capacity)),
             ColumnType::Float => ColumnBuilder::Float64(Float64Builder::with_capacity(capacity)),
-            ColumnType::Numeric { precision, scale } => ColumnBuilder::Decimal {
-                builder: Decimal128Builder::with_capacity(capacity),
-                precision,
-                scale,
-            },
+            ColumnType::Numeric { precision, scale } => {
+                ColumnBuilder::Decimal { builder: Decimal128Builder::with_capacity(capacity), precision, scale }
+            }
             ColumnType::Bool => ColumnBuilder::Bool(BooleanBuilder::with_capacity(capacity)),
             ColumnType::Date => ColumnBuilder::Date(Date32Builder::with_capacity(capacity)),
             ColumnType::Timestamptz | ColumnType::Timestamp => {
@@ -62,9 +60,9 @@ impl ColumnBuilder {
             ColumnBuilder::Int32(b) => Arc::new(b.finish()),
             ColumnBuilder::Int64(b) => Arc::new(b.finish()),
             ColumnBuilder::Float64(b) => Arc::new(b.finish()),
-            ColumnBuilder::Decimal { builder, precision, scale } => Arc::new(
-                builder.finish().with_precision_and_scale(*precision, *scale).map_err(|e| e.to_string())?,
-            ),
+            ColumnBuilder::Decimal { builder, precision, scale } => {
+                Arc::new(builder.finish().with_precision_and_scale(*precision, *scale).map_err(|e| e.to_string())?)
+            }
             ColumnBuilder::Bool(b) => Arc::new(b.finish()),
             ColumnBuilder::Date(b) => Arc::new(b.finish()),
             ColumnBuilder::Timestamp(b) => Arc::new(b.finish().with_timezone("UTC")),

@@ -47,12 +47,12 @@ const CLIENTS_PER_SCALE: f64 = 1500.0;
 const BATCH_ROWS: usize = 20_000;
 
 const FIRST_NAMES: &[&str] = &[
-    "Avery", "Jordan", "Maya", "Imani", "Sofia", "Leah", "Nia", "Priya", "Rosa", "Hana", "Keisha", "Elena",
-    "Grace", "Zoe", "Amara", "Lucia", "Tamika", "Mei", "Fatima", "Chloe", "Ines", "Noor", "Riley", "Dana",
+    "Avery", "Jordan", "Maya", "Imani", "Sofia", "Leah", "Nia", "Priya", "Rosa", "Hana", "Keisha", "Elena", "Grace",
+    "Zoe", "Amara", "Lucia", "Tamika", "Mei", "Fatima", "Chloe", "Ines", "Noor", "Riley", "Dana",
 ];
 const LAST_NAMES: &[&str] = &[
-    "Okafor", "Nguyen", "Garcia", "Johnson", "Patel", "Kim", "Williams", "Haddad", "Rossi", "Brown",
-    "Mensah", "Lopez", "Cohen", "Silva", "Tanaka", "Walker", "Diaz", "Moreau", "Adeyemi", "Novak",
+    "Okafor", "Nguyen", "Garcia", "Johnson", "Patel", "Kim", "Williams", "Haddad", "Rossi", "Brown", "Mensah", "Lopez",
+    "Cohen", "Silva", "Tanaka", "Walker", "Diaz", "Moreau", "Adeyemi", "Novak",
 ];
 const CITIES: &[(&str, &str, &str)] = &[
     ("Detroit", "MI", "482"),
@@ -66,7 +66,10 @@ const CITIES: &[(&str, &str, &str)] = &[
 ];
 const STREETS: &[&str] = &["Maple", "Oak", "Cedar", "Elm", "Willow", "Lake", "Hill", "Park", "River"];
 const HOSPITALS: &[&str] = &[
-    "Riverside General", "St. Brigid Medical Center", "Lakeshore Women's Hospital", "University Hospital",
+    "Riverside General",
+    "St. Brigid Medical Center",
+    "Lakeshore Women's Hospital",
+    "University Hospital",
     "Northside Birth Center",
 ];
 const LANGUAGES: &[&str] = &["English", "Spanish", "Arabic", "French", "Mandarin", "Haitian Creole"];
@@ -137,11 +140,7 @@ struct Doula {
 }
 
 impl<'a> Generator<'a> {
-    pub fn new(
-        seed: u64,
-        scale: f64,
-        out: &'a mut dyn FnMut(Output) -> Result<(), super::SourceError>,
-    ) -> Self {
+    pub fn new(seed: u64, scale: f64, out: &'a mut dyn FnMut(Output) -> Result<(), super::SourceError>) -> Self {
         Generator {
             rng: ChaCha8Rng::seed_from_u64(seed),
             scale,
@@ -275,12 +274,8 @@ impl<'a> Generator<'a> {
     fn person(&mut self) -> (String, String, String, String) {
         let first = self.pick(FIRST_NAMES).to_string();
         let last = self.pick(LAST_NAMES).to_string();
-        let email = format!(
-            "{}.{}{}@example.com",
-            first.to_lowercase(),
-            last.to_lowercase(),
-            self.rng.random_range(1..10_000)
-        );
+        let email =
+            format!("{}.{}{}@example.com", first.to_lowercase(), last.to_lowercase(), self.rng.random_range(1..10_000));
         let phone = format!("+1-555-01{:02}-{:04}", self.rng.random_range(0..100), self.rng.random_range(0..10_000));
         (first, last, email, phone)
     }
@@ -415,7 +410,8 @@ impl<'a> Generator<'a> {
         let mut reached: Vec<(&'static str, DateTime<Utc>)> = vec![("lead", created)];
         let mut dropped_at = None;
         for &(stage, p, (lo, hi)) in &STAGES[1..] {
-            let at = reached[reached.len() - 1].1 + Duration::days(self.rng.random_range(lo..=hi))
+            let at = reached[reached.len() - 1].1
+                + Duration::days(self.rng.random_range(lo..=hi))
                 + Duration::minutes(self.rng.random_range(0..600));
             if at >= end {
                 break;
@@ -465,7 +461,8 @@ impl<'a> Generator<'a> {
         let extra = self.rng.random_range(2..8);
         let last_change = stage_at;
         for _ in 0..extra {
-            let at = created + Duration::minutes(self.rng.random_range(0..=(last_change - created).num_minutes().max(1) + 20_000));
+            let at = created
+                + Duration::minutes(self.rng.random_range(0..=(last_change - created).num_minutes().max(1) + 20_000));
             if at >= end {
                 continue;
             }
@@ -486,10 +483,19 @@ impl<'a> Generator<'a> {
         let payment_method = self.weighted(PAYMENT_METHODS);
         let insured = payment_method != "Self-Pay";
         let insurer = if insured { Value::Text(self.pick(INSURERS).into()) } else { Value::Null };
-        let policy = if insured { Value::Text(format!("P{:09}", self.rng.random_range(0..1_000_000_000u64))) } else { Value::Null };
-        let dob = NaiveDate::from_ymd_opt(1980 + self.rng.random_range(0..24), self.rng.random_range(1..=12), self.rng.random_range(1..=28))
-            .unwrap_or_default();
-        let preferred = if self.rng.random_bool(0.2) { Value::Text(self.pick(FIRST_NAMES).into()) } else { Value::Null };
+        let policy = if insured {
+            Value::Text(format!("P{:09}", self.rng.random_range(0..1_000_000_000u64)))
+        } else {
+            Value::Null
+        };
+        let dob = NaiveDate::from_ymd_opt(
+            1980 + self.rng.random_range(0..24),
+            self.rng.random_range(1..=12),
+            self.rng.random_range(1..=28),
+        )
+        .unwrap_or_default();
+        let preferred =
+            if self.rng.random_bool(0.2) { Value::Text(self.pick(FIRST_NAMES).into()) } else { Value::Null };
         let portal = match stage {
             "active" | "complete" => "active",
             "contract" => self.pick(&["invited", "active"]),
@@ -877,7 +883,8 @@ impl<'a> Generator<'a> {
         let end = history_end();
         let mut shifts: Vec<(DateTime<Utc>, i64, Option<&str>)> = Vec::new();
         for _ in 0..self.rng.random_range(1..=3) {
-            let start = due - Duration::days(self.rng.random_range(7..90)) + Duration::hours(self.rng.random_range(0..10));
+            let start =
+                due - Duration::days(self.rng.random_range(7..90)) + Duration::hours(self.rng.random_range(0..10));
             shifts.push((start, self.rng.random_range(60..150), Some("prenatal")));
         }
         if postpartum {
@@ -887,7 +894,11 @@ impl<'a> Generator<'a> {
                 at += Duration::days(self.rng.random_range(2..5));
             }
         } else {
-            shifts.push((due + Duration::hours(self.rng.random_range(-48..72)), self.rng.random_range(6..20) * 60, None));
+            shifts.push((
+                due + Duration::hours(self.rng.random_range(-48..72)),
+                self.rng.random_range(6..20) * 60,
+                None,
+            ));
         }
         for (start, minutes, kind) in shifts {
             let stop = start + Duration::minutes(minutes);

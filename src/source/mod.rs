@@ -35,9 +35,7 @@ pub enum SourceError {
     Query { target: String, reason: String },
     #[error("table {table}, column {column}: cannot read a value as {expected} ({reason})")]
     Value { table: String, column: String, expected: String, reason: String },
-    #[error(
-        "{target} already holds operational data (table {table} has rows); pass --replace to drop and re-seed it"
-    )]
+    #[error("{target} already holds operational data (table {table} has rows); pass --replace to drop and re-seed it")]
     AlreadySeeded { target: String, table: String },
     #[error("extraction stopped: {0}")]
     Stopped(String),
@@ -168,11 +166,7 @@ pub trait Snapshot: Send {
     /// The table's columns from the live catalog, or `None` if the table does not exist.
     async fn columns(&mut self, table: &str) -> Result<Option<Vec<SourceColumn>>, SourceError>;
     /// The largest value of the cursor column in this snapshot.
-    async fn max_cursor(
-        &mut self,
-        table: &str,
-        column: &SourceColumn,
-    ) -> Result<Option<CursorValue>, SourceError>;
+    async fn max_cursor(&mut self, table: &str, column: &SourceColumn) -> Result<Option<CursorValue>, SourceError>;
     async fn count(&mut self, table: &str) -> Result<u64, SourceError>;
     /// Streams the rows in bounded memory, `spec.batch_rows` at a time.
     async fn extract(&mut self, spec: ExtractSpec) -> Result<SendableRecordBatchStream, SourceError>;

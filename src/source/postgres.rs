@@ -52,8 +52,9 @@ where
 impl PgSource {
     pub async fn connect(url: &str, pool_size: usize, retries: u32) -> Result<PgSource, SourceError> {
         let target = redact(url);
-        let config: tokio_postgres::Config =
-            url.parse().map_err(|e: tokio_postgres::Error| SourceError::BadUrl { url: target.clone(), reason: e.to_string() })?;
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e: tokio_postgres::Error| SourceError::BadUrl { url: target.clone(), reason: e.to_string() })?;
         let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(pool_size.max(1))
@@ -167,7 +168,8 @@ impl Snapshot for PgSnapshot {
                    FROM pg_attribute a \
                    WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped \
                    ORDER BY a.attnum";
-        let rows = self.client()?.query(sql, &[&quote_ident(table)]).await.map_err(|e| query_error(&self.target, &e))?;
+        let rows =
+            self.client()?.query(sql, &[&quote_ident(table)]).await.map_err(|e| query_error(&self.target, &e))?;
         let cols: Vec<SourceColumn> = rows
             .iter()
             .map(|r| {
@@ -275,7 +277,10 @@ async fn decode(
 }
 
 fn append(builder: &mut ColumnBuilder, row: &BinaryCopyOutRow, i: usize) -> Result<(), String> {
-    fn get<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a BinaryCopyOutRow, i: usize) -> Result<Option<T>, String> {
+    fn get<'a, T: tokio_postgres::types::FromSql<'a>>(
+        row: &'a BinaryCopyOutRow,
+        i: usize,
+    ) -> Result<Option<T>, String> {
         row.try_get::<Option<T>>(i).map_err(|e| e.to_string())
     }
     match builder {

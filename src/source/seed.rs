@@ -55,7 +55,8 @@ fn seed_sqlite(
 ) -> Result<SeedSummary, SourceError> {
     let target = format!("sqlite://{}", path.display());
     let err = |e: rusqlite::Error| SourceError::Query { target: target.clone(), reason: e.to_string() };
-    let conn = Connection::open(path).map_err(|e| SourceError::NotSqlite { path: path.into(), reason: e.to_string() })?;
+    let conn =
+        Connection::open(path).map_err(|e| SourceError::NotSqlite { path: path.into(), reason: e.to_string() })?;
     conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = OFF;")
         .map_err(|e| SourceError::NotSqlite { path: path.into(), reason: e.to_string() })?;
     for table in TABLES {
@@ -97,7 +98,8 @@ fn seed_sqlite(
                 let sql = delete_sql(table, |i| format!("?{i}"));
                 let mut stmt = conn.prepare_cached(&sql).map_err(err)?;
                 for key in &keys {
-                    summary.deleted += stmt.execute(rusqlite::params_from_iter(key.iter().map(SqliteValue))).map_err(err)? as u64;
+                    summary.deleted +=
+                        stmt.execute(rusqlite::params_from_iter(key.iter().map(SqliteValue))).map_err(err)? as u64;
                 }
                 *summary.rows.entry(table.name).or_default() -= summary.deleted;
             }
@@ -148,22 +150,16 @@ async fn seed_postgres(
 ) -> Result<SeedSummary, SourceError> {
     let target = redact(url);
     let err = |e: tokio_postgres::Error| SourceError::Query { target: target.clone(), reason: e.to_string() };
-    let (client, connection) = tokio_postgres::connect(url, NoTls)
-        .await
-        .map_err(|e| SourceError::Unreachable { target: target.clone(), attempts: 1, reason: e.to_string() })?;
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await.map_err(|e| SourceError::Unreachable {
+        target: target.clone(),
+        attempts: 1,
+        reason: e.to_string(),
+    })?;
     tokio::spawn(connection);
     for table in TABLES {
-        let has_rows = client
-            .query_one(
-                &format!(
-                    "SELECT to_regclass($1) IS NOT NULL AND EXISTS (SELECT 1 FROM pg_class WHERE oid = to_regclass($1) AND reltuples <> 0)"
-                ),
-                &[&table.name],
-            )
-            .await
-            .map_err(err)?
-            .get::<_, bool>(0);
-        let has_rows = has_rows
+        let exists: bool =
+            client.query_one("SELECT to_regclass($1) IS NOT NULL", &[&table.name]).await.map_err(err)?.get(0);
+        let has_rows = exists
             && client
                 .query_one(&format!("SELECT EXISTS (SELECT 1 FROM {})", quote_ident(table.name)), &[])
                 .await
@@ -175,7 +171,10 @@ async fn seed_postgres(
     }
     client.batch_execute("BEGIN").await.map_err(err)?;
     for table in TABLES.iter().rev() {
-        client.batch_execute(&format!("DROP TABLE IF EXISTS {} CASCADE", quote_ident(table.name))).await.map_err(err)?;
+        client
+            .batch_execute(&format!("DROP TABLE IF EXISTS {} CASCADE", quote_ident(table.name)))
+            .await
+            .map_err(err)?;
     }
     for table in TABLES {
         client.batch_execute(&table.create_sql(true)).await.map_err(err)?;
@@ -186,7 +185,8 @@ async fn seed_postgres(
     let (tx, mut rx) = mpsc::channel::<Output>(4);
     let (scale, seed) = (options.scale, options.seed);
     let generator = tokio::task::spawn_blocking(move || {
-        let mut send = |output: Output| tx.blocking_send(output).map_err(|_| SourceError::Stopped("writer ended".into()));
+        let mut send =
+            |output: Output| tx.blocking_send(output).map_err(|_| SourceError::Stopped("writer ended".into()));
         Generator::new(seed, scale, &mut send).run()
     });
     let mut summary = SeedSummary::default();
@@ -243,11 +243,7 @@ fn pg_type(ty: ColumnType) -> Type {
 }
 
 impl ToSql for Value {
-    fn to_sql(
-        &self,
-        ty: &Type,
-        out: &mut bytes::BytesMut,
-    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+    fn to_sql(&self, ty: &Type, out: &mut bytes::BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
         match self {
             Value::Null => Ok(IsNull::Yes),
             Value::Text(s) => s.to_sql(ty, out),

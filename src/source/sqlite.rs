@@ -45,9 +45,7 @@ impl SqliteSource {
             .name("sqlite-snapshot".into())
             .spawn(move || serve(conn, worker_target, inbox, ready_tx))
             .map_err(|e| SourceError::Query { target: target.clone(), reason: e.to_string() })?;
-        ready_rx
-            .recv()
-            .map_err(|_| SourceError::Stopped("SQLite snapshot thread ended".into()))??;
+        ready_rx.recv().map_err(|_| SourceError::Stopped("SQLite snapshot thread ended".into()))??;
         Ok(SqliteSnapshot { requests, target })
     }
 }

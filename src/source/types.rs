@@ -18,7 +18,10 @@ pub enum ColumnType {
     Int,
     BigInt,
     Float,
-    Numeric { precision: u8, scale: i8 },
+    Numeric {
+        precision: u8,
+        scale: i8,
+    },
     Bool,
     Date,
     /// `timestamptz`; stored in the warehouse in UTC.
@@ -47,8 +50,9 @@ impl ColumnType {
         };
         Some(match base {
             "uuid" => ColumnType::Uuid,
-            "text" | "varchar" | "character varying" | "char" | "character" | "bpchar" | "citext"
-            | "clob" | "name" => ColumnType::Text,
+            "text" | "varchar" | "character varying" | "char" | "character" | "bpchar" | "citext" | "clob" | "name" => {
+                ColumnType::Text
+            }
             "smallint" | "int2" => ColumnType::SmallInt,
             "integer" | "int" | "int4" => ColumnType::Int,
             "bigint" | "int8" | "bigserial" | "serial8" => ColumnType::BigInt,
@@ -116,9 +120,7 @@ impl ColumnType {
             ColumnType::Timestamptz | ColumnType::Timestamp => {
                 DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
             }
-            ColumnType::TextArray => {
-                DataType::List(Arc::new(Field::new("item", DataType::Utf8, true)))
-            }
+            ColumnType::TextArray => DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
         }
     }
 }

@@ -16,8 +16,8 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::PartitionStream;
 use datafusion::prelude::{DataFrame, SessionContext};
 use datafusion::scalar::ScalarValue;
-use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::DeltaTable;
+use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::protocol::SaveMode;
 use futures::StreamExt;
@@ -99,7 +99,9 @@ fn stream_frame(ctx: &SessionContext, stream: SendableRecordBatchStream) -> Resu
 }
 
 /// Returns the stream with its first non-empty batch still in it, or `None` if it has no rows.
-async fn non_empty(mut stream: SendableRecordBatchStream) -> Result<Option<SendableRecordBatchStream>, DataFusionError> {
+async fn non_empty(
+    mut stream: SendableRecordBatchStream,
+) -> Result<Option<SendableRecordBatchStream>, DataFusionError> {
     while let Some(batch) = stream.next().await {
         let batch = batch?;
         if batch.num_rows() > 0 {
@@ -159,14 +161,9 @@ impl Warehouse {
         }
 
         let added_columns = check_schema(&handle, &name, &schema)?;
-        ctx.register_table("target", handle.table_provider().await.map_err(df_err)?)
-            .map_err(df_err)?;
-        let target_columns: Vec<String> = schema
-            .fields()
-            .iter()
-            .map(|f| f.name().clone())
-            .filter(|c| !added_columns.contains(c))
-            .collect();
+        ctx.register_table("target", handle.table_provider().await.map_err(df_err)?).map_err(df_err)?;
+        let target_columns: Vec<String> =
+            schema.fields().iter().map(|f| f.name().clone()).filter(|c| !added_columns.contains(c)).collect();
 
         let upserts = match request.mode {
             SyncMode::Incremental => match non_empty(request.rows).await.map_err(df_err)? {
@@ -193,7 +190,8 @@ impl Warehouse {
         };
         let deletes = match request.source_keys {
             Some(keys) => {
-                let keys_schema = keys.first().map(|b| b.schema()).unwrap_or_else(|| key_schema(&schema, &request.primary_key));
+                let keys_schema =
+                    keys.first().map(|b| b.schema()).unwrap_or_else(|| key_schema(&schema, &request.primary_key));
                 let keys_mem = MemTable::try_new(keys_schema, vec![keys]).map_err(df_err)?;
                 let keys_frame = ctx.read_table(Arc::new(keys_mem)).map_err(df_err)?;
                 let pk: Vec<&str> = request.primary_key.iter().map(String::as_str).collect();
@@ -262,9 +260,9 @@ impl Warehouse {
             .when_matched_delete(|d| d.predicate(is_delete.clone()))
             .and_then(|m| {
                 m.when_matched_update(|u| {
-                    columns
-                        .iter()
-                        .fold(u.predicate(is_upsert.clone()), |u, c| u.update(c.as_str(), format!("source.{}", quoted(c))))
+                    columns.iter().fold(u.predicate(is_upsert.clone()), |u, c| {
+                        u.update(c.as_str(), format!("source.{}", quoted(c)))
+                    })
                 })
             })
             .and_then(|m| {
@@ -319,11 +317,7 @@ fn key_schema(schema: &Schema, primary_key: &[String]) -> SchemaRef {
 
 /// Selects the table's existing columns from the source frame, in the same order.
 fn align(frame: DataFrame, schema: &Schema, columns: &[String]) -> Result<DataFrame, DataFusionError> {
-    let exprs: Vec<_> = columns
-        .iter()
-        .filter(|c| schema.field_with_name(c).is_ok())
-        .map(|c| col(quoted(c)))
-        .collect();
+    let exprs: Vec<_> = columns.iter().filter(|c| schema.field_with_name(c).is_ok()).map(|c| col(quoted(c))).collect();
     frame.select(exprs)
 }
 
@@ -334,11 +328,9 @@ fn check_schema(table: &DeltaTable, name: &TableName, source: &Schema) -> Result
     let current = snapshot.schema();
     let mut added = Vec::new();
     for field in source.fields() {
-        let wanted: deltalake::kernel::DataType =
-            field.data_type().try_into_kernel().map_err(|e| WarehouseError::Invalid {
-                table: name.to_string(),
-                reason: format!("column {}: {e}", field.name()),
-            })?;
+        let wanted: deltalake::kernel::DataType = field.data_type().try_into_kernel().map_err(|e| {
+            WarehouseError::Invalid { table: name.to_string(), reason: format!("column {}: {e}", field.name()) }
+        })?;
         match current.field(field.name()) {
             None => added.push(field.name().clone()),
             Some(existing) if *existing.data_type() != wanted => {
@@ -356,9 +348,7 @@ fn check_schema(table: &DeltaTable, name: &TableName, source: &Schema) -> Result
 }
 
 /// Counts the rows that pass through a stream.
-pub fn count_rows(
-    stream: SendableRecordBatchStream,
-) -> (SendableRecordBatchStream, Arc<std::sync::atomic::AtomicU64>) {
+pub fn count_rows(stream: SendableRecordBatchStream) -> (SendableRecordBatchStream, Arc<std::sync::atomic::AtomicU64>) {
     let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let seen = counter.clone();
     let schema = stream.schema();

@@ -10,7 +10,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, Once};
 
-use deltalake::{DeltaTable, DeltaTableError};
+use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 use futures::TryStreamExt;
 use object_store::ObjectStore;
 use object_store::path::Path as StorePath;
@@ -58,9 +58,7 @@ impl FromStr for TableName {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (schema, name) = s
-            .split_once('.')
-            .ok_or_else(|| format!("{s:?} is not schema.table (e.g. raw.{s})"))?;
+        let (schema, name) = s.split_once('.').ok_or_else(|| format!("{s:?} is not schema.table (e.g. raw.{s})"))?;
         if !SCHEMAS.contains(&schema) {
             return Err(format!("{s:?}: schema must be one of {}", SCHEMAS.join(", ")));
         }
@@ -108,27 +106,54 @@ impl Warehouse {
     }
 
     pub fn table_url(&self, table: &TableName) -> Result<Url, WarehouseError> {
-        self.root.join(&format!("{}/{}/", table.schema, table.name)).map_err(|e| WarehouseError::Storage {
-            location: self.root.to_string(),
-            reason: e.to_string(),
-        })
+        self.root
+            .join(&format!("{}/{}/", table.schema, table.name))
+            .map_err(|e| WarehouseError::Storage { location: self.root.to_string(), reason: e.to_string() })
     }
 
     /// Opens a table; `None` if it has never been committed.
     pub async fn open(&self, table: &TableName) -> Result<Option<DeltaTable>, WarehouseError> {
+        // Asking delta-rs about a table that does not exist makes it log an error; list first.
+        let (store, root) = self.store()?;
+        if !self
+            .is_committed(store.as_ref(), &root.clone().join(table.schema.as_str()).join(table.name.as_str()))
+            .await?
+        {
+            return Ok(None);
+        }
         let url = self.table_url(table)?;
         let handle = DeltaTable::try_from_url_with_storage_options(url, self.storage_options.clone())
             .await
             .map_err(|e| WarehouseError::delta(table, e))?;
-        Ok(if handle.version().is_some() { Some(handle) } else { None })
+        Ok(Some(handle))
     }
 
-    /// A handle for a table that may not exist yet.
+    /// A handle for a table that may not exist yet (writing to it creates it).
     pub(crate) async fn handle(&self, table: &TableName) -> Result<DeltaTable, WarehouseError> {
+        if let Some(existing) = self.open(table).await? {
+            return Ok(existing);
+        }
         let url = self.table_url(table)?;
-        DeltaTable::try_from_url_with_storage_options(url, self.storage_options.clone())
-            .await
+        if let Ok(dir) = url.to_file_path() {
+            std::fs::create_dir_all(&dir).map_err(|e| WarehouseError::Storage {
+                location: dir.display().to_string(),
+                reason: format!("cannot create the table directory: {e}"),
+            })?;
+        }
+        DeltaTableBuilder::from_url(url)
+            .map(|b| b.with_storage_options(self.storage_options.clone()))
+            .and_then(|b| b.build())
             .map_err(|e| WarehouseError::delta(table, e))
+    }
+
+    /// Whether the table directory at `dir` has a Delta log.
+    async fn is_committed(&self, store: &dyn ObjectStore, dir: &StorePath) -> Result<bool, WarehouseError> {
+        let log = dir.clone().join("_delta_log");
+        match store.list(Some(&log)).try_next().await {
+            Ok(entry) => Ok(entry.is_some()),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(WarehouseError::Storage { location: self.root.to_string(), reason: e.to_string() }),
+        }
     }
 
     fn store(&self) -> Result<(Arc<dyn ObjectStore>, StorePath), WarehouseError> {
@@ -139,20 +164,16 @@ impl Warehouse {
             .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
             .chain(std::env::vars().filter(|(k, _)| k.starts_with("AWS_")).map(|(k, v)| (k.to_ascii_lowercase(), v)))
             .collect();
-        let (store, path) = object_store::parse_url_opts(&self.root, options).map_err(|e| WarehouseError::Storage {
-            location: self.root.to_string(),
-            reason: e.to_string(),
-        })?;
+        let (store, path) = object_store::parse_url_opts(&self.root, options)
+            .map_err(|e| WarehouseError::Storage { location: self.root.to_string(), reason: e.to_string() })?;
         Ok((Arc::from(store), path))
     }
 
     /// Every committed table, sorted by name.
     pub async fn list_tables(&self) -> Result<Vec<TableName>, WarehouseError> {
         let (store, root) = self.store()?;
-        let storage_error = |e: object_store::Error| WarehouseError::Storage {
-            location: self.root.to_string(),
-            reason: e.to_string(),
-        };
+        let storage_error =
+            |e: object_store::Error| WarehouseError::Storage { location: self.root.to_string(), reason: e.to_string() };
         let mut tables = Vec::new();
         for schema in SCHEMAS {
             let prefix = root.clone().join(*schema);
@@ -163,9 +184,9 @@ impl Warehouse {
             };
             for dir in listing.common_prefixes {
                 let Some(name) = dir.filename() else { continue };
-                let log = dir.clone().join("_delta_log");
-                let committed = store.list(Some(&log)).try_next().await.map_err(storage_error)?.is_some();
-                if committed && let Ok(table) = format!("{schema}.{name}").parse() {
+                if self.is_committed(store.as_ref(), &dir).await?
+                    && let Ok(table) = format!("{schema}.{name}").parse()
+                {
                     tables.push(table);
                 }
             }
@@ -175,7 +196,11 @@ impl Warehouse {
     }
 
     /// The engine's provenance of the newest load commit of `table` (its cursor, run id, …).
-    pub async fn last_load(&self, table: &DeltaTable, name: &TableName) -> Result<Option<serde_json::Value>, WarehouseError> {
+    pub async fn last_load(
+        &self,
+        table: &DeltaTable,
+        name: &TableName,
+    ) -> Result<Option<serde_json::Value>, WarehouseError> {
         let mut history = table.history(None);
         while let Some(info) = history.try_next().await.map_err(|e| WarehouseError::delta(name, e))? {
             if let Some(value) = info.info.get(COMMIT_KEY) {

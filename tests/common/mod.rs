@@ -258,7 +258,10 @@ pub async fn assert_matches_source(project: &Project) {
             continue;
         }
         local
-            .register_table("tgt", Arc::new(MemTable::try_new(tgt_batches[0].schema(), vec![tgt_batches]).expect("mem")))
+            .register_table(
+                "tgt",
+                Arc::new(MemTable::try_new(tgt_batches[0].schema(), vec![tgt_batches]).expect("mem")),
+            )
             .expect("reg");
         for (a, b) in [("src", "tgt"), ("tgt", "src")] {
             let diff = local
