@@ -112,6 +112,23 @@ pub struct SourceConfig {
     /// Further attempts after a transient connection failure.
     #[serde(default = "default_retries")]
     pub retries: u32,
+    /// PostgreSQL tables at least this large are read as parallel page ranges.
+    #[serde(default = "default_parallel_min_mb")]
+    pub parallel_min_mb: u64,
+}
+
+impl SourceConfig {
+    pub fn connect_options(&self) -> crate::source::ConnectOptions {
+        crate::source::ConnectOptions {
+            pool_size: self.pool_size,
+            retries: self.retries,
+            parallel_min_pages: (self.parallel_min_mb * 1024 / 8) as i64,
+        }
+    }
+}
+
+fn default_parallel_min_mb() -> u64 {
+    32
 }
 
 fn default_pool_size() -> usize {

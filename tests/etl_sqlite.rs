@@ -109,14 +109,10 @@ fn a_crash_in_the_middle_of_a_load_loses_and_duplicates_nothing() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let project = runtime.block_on(seeded(0.2));
 
-    // Abort (as kill -9 would) while client_activities streams into new files, before its commit.
-    let out = project
-        .cli()
-        .args(["pipeline", "run", "--all"])
-        .env(sokana::pipeline::FAULT_ABORT_ENV, "raw.client_activities:1000")
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "the process was meant to die");
+    // kill -9 while client_activities streams into new files, before its commit.
+    let mut run = project.cli();
+    run.args(["pipeline", "run", "--all"]);
+    common::kill_at_fault_point(run, "raw.client_activities:1000");
     let config = project.config();
     let committed =
         runtime.block_on(async { sokana::pipeline::warehouse(&config).unwrap().list_tables().await.unwrap() });
@@ -133,13 +129,9 @@ fn a_crash_in_the_middle_of_a_load_loses_and_duplicates_nothing() {
     // Again during an incremental merge: every activity edited, crash while they stream.
     let db = Connection::open(project.sqlite_path()).unwrap();
     db.execute_batch("UPDATE client_activities SET description = description || ' (reviewed)'").unwrap();
-    let out = project
-        .cli()
-        .args(["pipeline", "run", "--all"])
-        .env(sokana::pipeline::FAULT_ABORT_ENV, "raw.client_activities:1")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
+    let mut run = project.cli();
+    run.args(["pipeline", "run", "--all"]);
+    common::kill_at_fault_point(run, "raw.client_activities:1");
     let out = project.cli().args(["pipeline", "run", "--all"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     runtime.block_on(assert_matches_source(&project));

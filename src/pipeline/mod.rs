@@ -17,6 +17,7 @@ use serde_json::json;
 
 use crate::config::Config;
 use crate::progress::Progress;
+use crate::source::ConnectOptions;
 use crate::source::{
     ColumnType, CursorRange, CursorValue, ExtractSpec, Snapshot, SourceColumn, SourceError, SourceUrl,
 };
@@ -24,10 +25,11 @@ use crate::warehouse::{LoadRequest, Maintenance, SyncMode, Warehouse, WarehouseE
 use runlog::{RunLock, RunLog, RunLogError, TableRecord};
 use spec::{Pipeline, SpecError, Sync, TableSpec};
 
-/// Set to `TARGET:ROWS` (e.g. `raw.hours:5000`) to abort the process once that many rows of that
-/// table have streamed into the warehouse writer: the crash tests' stand-in for `kill -9` at an
-/// exact point in a load.
-pub const FAULT_ABORT_ENV: &str = "SOKANA_FAULT_ABORT_AFTER_ROWS";
+/// Set to `TARGET:ROWS` (e.g. `raw.hours:5000`) to stop a load once that many rows of that table
+/// have streamed into the warehouse writer: the process prints [`FAULT_POINT_MESSAGE`] to stderr
+/// and waits there, so that the crash tests can `kill -9` it at an exact point in a load.
+pub const FAULT_PAUSE_ENV: &str = "SOKANA_FAULT_PAUSE_AFTER_ROWS";
+pub const FAULT_POINT_MESSAGE: &str = "fault point reached";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -78,7 +80,7 @@ pub fn warehouse(config: &Config) -> Result<Warehouse, crate::config::ConfigErro
     Ok(Warehouse::new(config.warehouse_url()?))
 }
 
-fn source_url(config: &Config, pipeline: &Pipeline) -> Result<(SourceUrl, usize, u32), SpecError> {
+fn source_url(config: &Config, pipeline: &Pipeline) -> Result<(SourceUrl, ConnectOptions), SpecError> {
     let source = config.sources.get(&pipeline.source).ok_or_else(|| SpecError {
         path: pipeline.path.clone(),
         line: None,
@@ -94,7 +96,7 @@ fn source_url(config: &Config, pipeline: &Pipeline) -> Result<(SourceUrl, usize,
         line: None,
         message: e.to_string(),
     })?;
-    Ok((url, source.pool_size, source.retries))
+    Ok((url, source.connect_options()))
 }
 
 /// Runs one pipeline under its lock, recording the run. A table that fails does not stop the
@@ -139,9 +141,9 @@ async fn run_locked(
     log: &RunLog,
     progress: &Arc<dyn Progress>,
 ) -> Result<Vec<TableRecord>, PipelineError> {
-    let (url, pool_size, retries) = source_url(config, pipeline)?;
+    let (url, options) = source_url(config, pipeline)?;
     let warehouse = warehouse(config)?;
-    let source = url.connect(pool_size, retries).await?;
+    let source = url.connect(&options).await?;
     let mut snapshot = source.snapshot().await?;
     let maintenance = Maintenance {
         compact_min_files: config.warehouse.compact_min_files,
@@ -334,14 +336,14 @@ fn step_back(cursor: CursorValue, seconds: u64) -> CursorValue {
     }
 }
 
-/// Counts rows as they stream, reports progress, and honours [`FAULT_ABORT_ENV`].
+/// Counts rows as they stream, reports progress, and honours [`FAULT_PAUSE_ENV`].
 fn observe(
     stream: SendableRecordBatchStream,
     label: &str,
     read: Arc<AtomicU64>,
     progress: &Arc<dyn Progress>,
 ) -> SendableRecordBatchStream {
-    let abort_after: Option<u64> = std::env::var(FAULT_ABORT_ENV)
+    let pause_after: Option<u64> = std::env::var(FAULT_PAUSE_ENV)
         .ok()
         .and_then(|v| v.rsplit_once(':').filter(|(t, _)| *t == label).and_then(|(_, n)| n.parse().ok()));
     let schema = stream.schema();
@@ -351,8 +353,11 @@ fn observe(
         if let Ok(batch) = batch {
             let total = read.fetch_add(batch.num_rows() as u64, Ordering::Relaxed) + batch.num_rows() as u64;
             progress.update(&label, total);
-            if abort_after.is_some_and(|n| total >= n) {
-                std::process::abort();
+            if pause_after.is_some_and(|n| total >= n) {
+                eprintln!("{FAULT_POINT_MESSAGE}: {label} after {total} rows; waiting to be killed");
+                loop {
+                    std::thread::park();
+                }
             }
         }
     });
@@ -361,8 +366,8 @@ fn observe(
 
 /// Checks a pipeline against its source's live catalog: tables, columns and cursors exist.
 pub async fn check(config: &Config, pipeline: &Pipeline) -> Result<Vec<SpecError>, PipelineError> {
-    let (url, pool_size, retries) = source_url(config, pipeline)?;
-    let source = url.connect(pool_size, retries).await?;
+    let (url, options) = source_url(config, pipeline)?;
+    let source = url.connect(&options).await?;
     let mut snapshot = source.snapshot().await?;
     let mut errors = Vec::new();
     for table in &pipeline.tables {

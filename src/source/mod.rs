@@ -73,12 +73,10 @@ impl SourceUrl {
         Err(bad("expected sqlite://PATH or postgres://USER@HOST/DB"))
     }
 
-    pub async fn connect(&self, pool_size: usize, retries: u32) -> Result<Source, SourceError> {
+    pub async fn connect(&self, options: &ConnectOptions) -> Result<Source, SourceError> {
         match self {
             SourceUrl::Sqlite(path) => Ok(Source::Sqlite(sqlite::SqliteSource::open(path)?)),
-            SourceUrl::Postgres(url) => {
-                Ok(Source::Postgres(postgres::PgSource::connect(url, pool_size, retries).await?))
-            }
+            SourceUrl::Postgres(url) => Ok(Source::Postgres(postgres::PgSource::connect(url, options).await?)),
         }
     }
 }
@@ -100,6 +98,22 @@ pub fn redact(url: &str) -> String {
             parsed.to_string()
         }
         _ => url.to_string(),
+    }
+}
+
+/// How to connect to a source.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    pub pool_size: usize,
+    /// Further attempts after a transient connection failure.
+    pub retries: u32,
+    /// PostgreSQL tables at least this large (in 8 KiB pages) are read as parallel page ranges.
+    pub parallel_min_pages: i64,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions { pool_size: 4, retries: 3, parallel_min_pages: 4096 }
     }
 }
 

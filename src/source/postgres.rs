@@ -19,12 +19,13 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::batch::{BatchBuilder, ColumnBuilder, days_since_epoch, parse_decimal};
 use super::types::{ColumnType, SourceColumn};
-use super::{CursorValue, ExtractSpec, Snapshot, SourceError, quote_ident, redact};
+use super::{ConnectOptions, CursorValue, ExtractSpec, Snapshot, SourceError, quote_ident, redact};
 
 pub struct PgSource {
     pool: Pool,
     target: String,
     retries: u32,
+    parallel_min_pages: i64,
 }
 
 /// Runs `attempt` until it succeeds or `retries` more tries have failed, doubling the pause.
@@ -50,17 +51,18 @@ where
 }
 
 impl PgSource {
-    pub async fn connect(url: &str, pool_size: usize, retries: u32) -> Result<PgSource, SourceError> {
+    pub async fn connect(url: &str, options: &ConnectOptions) -> Result<PgSource, SourceError> {
         let target = redact(url);
         let config: tokio_postgres::Config = url
             .parse()
             .map_err(|e: tokio_postgres::Error| SourceError::BadUrl { url: target.clone(), reason: e.to_string() })?;
         let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
-            .max_size(pool_size.max(1))
+            .max_size(options.pool_size.max(1))
             .build()
             .map_err(|e| SourceError::BadUrl { url: target.clone(), reason: e.to_string() })?;
-        let source = PgSource { pool, target, retries };
+        let source =
+            PgSource { pool, target, retries: options.retries, parallel_min_pages: options.parallel_min_pages };
         // Connect once now, so that an unreachable server is reported before any work starts.
         drop(source.client().await?);
         Ok(source)
@@ -80,7 +82,16 @@ impl PgSource {
             .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await
             .map_err(|e| query_error(&self.target, &e))?;
-        Ok(PgSnapshot { client: Some(client), target: self.target.clone() })
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Ok(PgSnapshot {
+            client: Some(client),
+            target: self.target.clone(),
+            pool: self.pool.clone(),
+            retries: self.retries,
+            parallelism: (self.pool.status().max_size.saturating_sub(1)).clamp(1, cores),
+            exported: None,
+            parallel_min_pages: self.parallel_min_pages,
+        })
     }
 }
 
@@ -113,6 +124,13 @@ fn query_error(target: &str, e: &tokio_postgres::Error) -> SourceError {
 pub struct PgSnapshot {
     client: Option<Object>,
     target: String,
+    pool: Pool,
+    retries: u32,
+    /// Streams a large table is split into (ctid page ranges read on separate connections).
+    parallelism: usize,
+    /// Set once a parallel read has exported this snapshot for its workers.
+    exported: Option<String>,
+    parallel_min_pages: i64,
 }
 
 impl Drop for PgSnapshot {
@@ -129,6 +147,19 @@ impl Drop for PgSnapshot {
 }
 
 impl PgSnapshot {
+    /// The table's current size in pages.
+    async fn pages(&self, table: &str) -> Result<i64, SourceError> {
+        let row = self
+            .client()?
+            .query_one(
+                "SELECT pg_relation_size(to_regclass($1)) / current_setting('block_size')::bigint",
+                &[&quote_ident(table)],
+            )
+            .await
+            .map_err(|e| query_error(&self.target, &e))?;
+        Ok(row.get::<_, Option<i64>>(0).unwrap_or(0))
+    }
+
     fn client(&self) -> Result<&Object, SourceError> {
         self.client.as_ref().ok_or_else(|| SourceError::Stopped("snapshot closed".into()))
     }
@@ -220,27 +251,95 @@ impl Snapshot for PgSnapshot {
 
     async fn extract(&mut self, spec: ExtractSpec) -> Result<SendableRecordBatchStream, SourceError> {
         let (exprs, types): (Vec<String>, Vec<Type>) = spec.columns.iter().map(select_expr).unzip();
-        let mut sql = format!("SELECT {} FROM {}", exprs.join(", "), quote_ident(&spec.table));
+        let mut conditions = Vec::new();
         if let Some(range) = &spec.range {
             let col = quote_ident(&range.column);
-            sql.push_str(&format!(" WHERE {col} <= {}", cursor_literal(&range.upto)));
+            conditions.push(format!("{col} <= {}", cursor_literal(&range.upto)));
             if let Some(after) = &range.after {
-                sql.push_str(&format!(" AND {col} > {}", cursor_literal(after)));
+                conditions.push(format!("{col} > {}", cursor_literal(after)));
             }
         }
-        let copy = format!("COPY ({sql}) TO STDOUT (FORMAT binary)");
-        let stream = self.client()?.copy_out(&copy).await.map_err(|e| query_error(&self.target, &e))?;
-        let rows = BinaryCopyOutStream::new(stream, &types);
+        let select = format!("SELECT {} FROM {}", exprs.join(", "), quote_ident(&spec.table));
         let schema = spec.arrow_schema();
-        let (tx, rx) = mpsc::channel(2);
-        let target = self.target.clone();
-        tokio::spawn(async move {
-            if let Err(e) = decode(rows, &spec, &target, &tx).await {
-                let _ = tx.send(Err(DataFusionError::External(Box::new(e)))).await;
+        let (tx, rx) = mpsc::channel(2 * self.parallelism);
+        let spec = std::sync::Arc::new(spec);
+
+        let pages = if self.parallelism > 1 { self.pages(&spec.table).await? } else { 0 };
+        if self.parallelism < 2 || pages < self.parallel_min_pages.max(1) {
+            let sql = with_conditions(&select, &conditions);
+            let copy = format!("COPY ({sql}) TO STDOUT (FORMAT binary)");
+            let stream = self.client()?.copy_out(&copy).await.map_err(|e| query_error(&self.target, &e))?;
+            spawn_decoder(BinaryCopyOutStream::new(stream, &types), spec, self.target.clone(), tx);
+            return Ok(Box::pin(RecordBatchStreamAdapter::new(schema, ReceiverStream::new(rx))));
+        }
+
+        // A large table: page ranges read in parallel, each worker on its own connection inside
+        // this snapshot (exported once, imported by each worker), so the result is consistent.
+        let snapshot_id = match &self.exported {
+            Some(id) => id.clone(),
+            None => {
+                let row = self
+                    .client()?
+                    .query_one("SELECT pg_export_snapshot()", &[])
+                    .await
+                    .map_err(|e| query_error(&self.target, &e))?;
+                let id: String = row.get(0);
+                self.exported = Some(id.clone());
+                id
             }
-        });
+        };
+        let parts = self.parallelism as i64;
+        tracing::debug!(table = %spec.table, pages, parts, "reading page ranges in parallel");
+        for part in 0..parts {
+            let start = pages * part / parts;
+            let mut bounds = conditions.clone();
+            bounds.push(format!("ctid >= '({start},0)'::tid"));
+            if part + 1 < parts {
+                bounds.push(format!("ctid < '({},0)'::tid", pages * (part + 1) / parts));
+            }
+            let copy = format!("COPY ({}) TO STDOUT (FORMAT binary)", with_conditions(&select, &bounds));
+            let client = with_retries(self.retries, || self.pool.get()).await.map_err(|(attempts, e)| {
+                SourceError::Unreachable { target: self.target.clone(), attempts, reason: pool_error_reason(&e) }
+            })?;
+            let (target, types, spec, tx, snapshot_id) =
+                (self.target.clone(), types.clone(), spec.clone(), tx.clone(), snapshot_id.clone());
+            tokio::spawn(async move {
+                let read = async {
+                    client
+                        .batch_execute(&format!(
+                            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{snapshot_id}'"
+                        ))
+                        .await
+                        .map_err(|e| query_error(&target, &e))?;
+                    let stream = client.copy_out(&copy).await.map_err(|e| query_error(&target, &e))?;
+                    decode(BinaryCopyOutStream::new(stream, &types), &spec, &target, &tx).await?;
+                    client.batch_execute("COMMIT").await.map_err(|e| query_error(&target, &e))
+                };
+                if let Err(e) = read.await {
+                    let _ = client.batch_execute("ROLLBACK").await;
+                    let _ = tx.send(Err(DataFusionError::External(Box::new(e)))).await;
+                }
+            });
+        }
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, ReceiverStream::new(rx))))
     }
+}
+
+fn with_conditions(select: &str, conditions: &[String]) -> String {
+    if conditions.is_empty() { select.to_string() } else { format!("{select} WHERE {}", conditions.join(" AND ")) }
+}
+
+fn spawn_decoder(
+    rows: BinaryCopyOutStream,
+    spec: std::sync::Arc<ExtractSpec>,
+    target: String,
+    tx: mpsc::Sender<Result<RecordBatch, DataFusionError>>,
+) {
+    tokio::spawn(async move {
+        if let Err(e) = decode(rows, &spec, &target, &tx).await {
+            let _ = tx.send(Err(DataFusionError::External(Box::new(e)))).await;
+        }
+    });
 }
 
 async fn decode(

@@ -231,7 +231,7 @@ pub async fn assert_matches_source(project: &Project) {
     let config = project.config();
     let p = project.pipeline();
     let url = SourceUrl::parse(&config.sources["core"].url, &config.base_dir).expect("url");
-    let source = url.connect(1, 0).await.expect("source");
+    let source = url.connect(&config.sources["core"].connect_options()).await.expect("source");
     let mut snapshot = source.snapshot().await.expect("snapshot");
     let warehouse = pipeline::warehouse(&config).expect("warehouse");
     let ctx = sokana::query::session(&warehouse).await.expect("session");
@@ -293,4 +293,30 @@ pub async fn warehouse_count(config: &Config, sql: &str) -> i64 {
         .downcast_ref::<datafusion::arrow::array::Int64Array>()
         .expect("int")
         .value(0)
+}
+
+/// Runs `cmd` with a fault point at `fault` (`TARGET:ROWS`), waits until the process reports that
+/// it reached it (mid-load, before the commit), and kills it with SIGKILL.
+pub fn kill_at_fault_point(mut cmd: Command, fault: &str) {
+    use std::io::BufRead;
+    let mut child = cmd
+        .env(sokana::pipeline::FAULT_PAUSE_ENV, fault)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sokana");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut seen = Vec::new();
+    for line in std::io::BufReader::new(stderr).lines() {
+        let line = line.expect("stderr line");
+        let reached = line.contains(sokana::pipeline::FAULT_POINT_MESSAGE);
+        seen.push(line);
+        if reached {
+            child.kill().expect("kill -9");
+            child.wait().expect("wait");
+            return;
+        }
+    }
+    let status = child.wait().expect("wait");
+    panic!("the fault point {fault} was never reached ({status}):\n{}", seen.join("\n"));
 }
