@@ -104,7 +104,7 @@ fn pool_error_reason(e: &deadpool_postgres::PoolError) -> String {
 
 /// The server's message, or the I/O cause of a connection failure; tokio-postgres' top-level
 /// Display alone ("error connecting to server") hides it.
-fn db_error_reason(e: &tokio_postgres::Error) -> String {
+pub(super) fn db_error_reason(e: &tokio_postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {
         return format!("{} ({})", db.message(), db.code().code());
     }

@@ -12,6 +12,7 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 
 use super::generate::{Generator, Output, Value};
+use super::postgres::db_error_reason;
 use super::schema::{TABLES, TableDef};
 use super::sqlite::TIMESTAMP_FORMAT;
 use super::types::ColumnType;
@@ -149,11 +150,11 @@ async fn seed_postgres(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<SeedSummary, SourceError> {
     let target = redact(url);
-    let err = |e: tokio_postgres::Error| SourceError::Query { target: target.clone(), reason: e.to_string() };
+    let err = |e: tokio_postgres::Error| SourceError::Query { target: target.clone(), reason: db_error_reason(&e) };
     let (client, connection) = tokio_postgres::connect(url, NoTls).await.map_err(|e| SourceError::Unreachable {
         target: target.clone(),
         attempts: 1,
-        reason: e.to_string(),
+        reason: db_error_reason(&e),
     })?;
     tokio::spawn(connection);
     for table in TABLES {
