@@ -120,3 +120,24 @@ async fn parallel_page_range_reads_are_one_consistent_snapshot() {
     assert!(run.tables.iter().find(|t| t.target == "raw.hours").unwrap().updated > 0);
     assert_matches_source(&project).await;
 }
+
+#[test]
+fn demo_seeds_and_uses_a_postgres_source() {
+    let pg = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sokana"))
+        .args(["demo", "--no-serve", "--scale", "0.05", "--source", &pg.url(), "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!dir.path().join("operational.db").exists(), "the PostgreSQL database is the source");
+    let config = std::fs::read_to_string(dir.path().join("sokana.toml")).unwrap();
+    assert!(config.contains(&pg.url()), "{config}");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let expected: i64 = runtime.block_on(async {
+        pg.client().await.query_one("SELECT count(*) FROM payments", &[]).await.unwrap().get(0)
+    });
+    let config = sokana::config::Config::load_with_env(Some(&dir.path().join("sokana.toml")), []).unwrap();
+    assert_eq!(runtime.block_on(common::warehouse_count(&config, "SELECT count(*) FROM raw.payments")), expected);
+}

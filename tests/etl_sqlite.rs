@@ -195,3 +195,37 @@ async fn a_missing_source_file_is_reported_and_nothing_committed() {
     let tables = sokana::pipeline::warehouse(&project.config()).unwrap().list_tables().await.unwrap();
     assert!(tables.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn small_files_are_compacted_and_old_versions_vacuumed() {
+    let project = Project::with_config(
+        "sqlite://operational.db",
+        sokana::SOKANA_CORE_PIPELINE,
+        "uri = \"warehouse\"\ncompact_min_files = 3\nretention_hours = 0",
+    );
+    common::seed("sqlite://operational.db", project.dir.path(), 0.05).await;
+    project.run().await.expect("first run");
+    let db = Connection::open(project.sqlite_path()).unwrap();
+    // Each run adds one doula: a new small file per run, until compaction folds them into one.
+    for day in 21..23 {
+        db.execute(
+            "INSERT INTO doulas (id, full_name, account_status, created_at, updated_at)
+             VALUES (?1, 'New Doula', 'pending', ?2, ?2)",
+            [format!("00000000-0000-4000-8000-0000000000{day}"), format!("2026-11-{day}T00:00:00.000000Z")],
+        )
+        .unwrap();
+        assert_eq!(project.run().await.expect("incremental run").tables[1].inserted, 1);
+    }
+    let config = project.config();
+    let warehouse = sokana::pipeline::warehouse(&config).unwrap();
+    let name: sokana::warehouse::TableName = "raw.doulas".parse().unwrap();
+    let table = warehouse.open(&name).await.unwrap().unwrap();
+    let active: Vec<String> = table.get_file_uris().unwrap().collect();
+    assert_eq!(active.len(), 1, "compacted into one file: {active:?}");
+    let on_disk = std::fs::read_dir(project.dir.path().join("warehouse/raw/doulas"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "parquet"))
+        .count();
+    assert_eq!(on_disk, 1, "files of old versions are vacuumed");
+    assert_matches_source(&project).await;
+}

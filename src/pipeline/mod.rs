@@ -160,7 +160,7 @@ async fn run_locked(
             .await
         {
             Ok(()) => {
-                if let Err(e) = warehouse.maintain(&table.target, &maintenance).await {
+                if let Err(e) = warehouse.maintain(&table.target, &maintenance, record.version.is_some()).await {
                     tracing::warn!(table = %label, error = %e, "maintenance failed; the load itself is committed");
                 }
                 record.status = "succeeded".into();

@@ -369,26 +369,33 @@ pub struct Maintenance {
 }
 
 impl Warehouse {
-    /// Compacts a table once it has `compact_min_files` files, then vacuums files older than the
-    /// retention. Returns whether it compacted.
-    pub async fn maintain(&self, name: &TableName, settings: &Maintenance) -> Result<bool, WarehouseError> {
-        let Some(table) = self.open(name).await? else { return Ok(false) };
-        let files = table.snapshot().map_err(|e| WarehouseError::delta(name, e))?.log_data().num_files();
-        if files < settings.compact_min_files {
-            return Ok(false);
+    /// Compacts a table once it has `compact_min_files` files; after a compaction or a load that
+    /// committed (`changed`), vacuums files that no version younger than the retention needs.
+    /// Returns whether it compacted.
+    pub async fn maintain(
+        &self,
+        name: &TableName,
+        settings: &Maintenance,
+        changed: bool,
+    ) -> Result<bool, WarehouseError> {
+        let Some(mut table) = self.open(name).await? else { return Ok(false) };
+        let delta_err = |e| WarehouseError::delta(name, e);
+        let files = table.snapshot().map_err(delta_err)?.log_data().num_files();
+        let compact = files >= settings.compact_min_files;
+        if compact {
+            let target = std::num::NonZeroU64::new(settings.target_file_size).unwrap_or(std::num::NonZeroU64::MIN);
+            (table, _) = table.optimize().with_target_size(target).await.map_err(delta_err)?;
         }
-        let (table, _) = table
-            .optimize()
-            .with_target_size(std::num::NonZeroU64::new(settings.target_file_size).unwrap_or(std::num::NonZeroU64::MIN))
-            .with_commit_properties(CommitProperties::default())
-            .await
-            .map_err(|e| WarehouseError::delta(name, e))?;
-        table
-            .vacuum()
-            .with_retention_period(chrono::Duration::hours(settings.retention_hours as i64))
-            .with_enforce_retention_duration(false)
-            .await
-            .map_err(|e| WarehouseError::delta(name, e))?;
-        Ok(true)
+        if compact || changed {
+            table
+                .vacuum()
+                .with_retention_period(chrono::Duration::hours(settings.retention_hours as i64))
+                .with_enforce_retention_duration(false)
+                // Full mode also removes files a crashed load wrote but never committed.
+                .with_mode(deltalake::operations::vacuum::VacuumMode::Full)
+                .await
+                .map_err(delta_err)?;
+        }
+        Ok(compact)
     }
 }
