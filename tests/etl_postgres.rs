@@ -135,9 +135,8 @@ fn demo_seeds_and_uses_a_postgres_source() {
     let config = std::fs::read_to_string(dir.path().join("sokana.toml")).unwrap();
     assert!(config.contains(&pg.url()), "{config}");
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let expected: i64 = runtime.block_on(async {
-        pg.client().await.query_one("SELECT count(*) FROM payments", &[]).await.unwrap().get(0)
-    });
+    let expected: i64 = runtime
+        .block_on(async { pg.client().await.query_one("SELECT count(*) FROM payments", &[]).await.unwrap().get(0) });
     let config = sokana::config::Config::load_with_env(Some(&dir.path().join("sokana.toml")), []).unwrap();
     assert_eq!(runtime.block_on(common::warehouse_count(&config, "SELECT count(*) FROM raw.payments")), expected);
 }

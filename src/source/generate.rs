@@ -417,8 +417,9 @@ impl<'a> Generator<'a> {
                 break;
             }
             if !self.rng.random_bool(p) {
+                // Most drop-outs are closed as `not hired`; the rest go stale at their stage.
                 let left = at + Duration::days(self.rng.random_range(0..10));
-                if left < end {
+                if left < end && self.rng.random_bool(0.7) {
                     dropped_at = Some(left);
                 }
                 break;
@@ -923,5 +924,100 @@ impl<'a> Generator<'a> {
             )?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn generate(seed: u64, scale: f64) -> (HashMap<&'static str, Vec<Row>>, Vec<Row>) {
+        let mut tables: HashMap<&'static str, Vec<Row>> = HashMap::new();
+        let mut deleted = Vec::new();
+        let mut out = |o: Output| {
+            match o {
+                Output::Rows(t, rows) => tables.entry(t.name).or_default().extend(rows),
+                Output::Delete(_, keys) => deleted.extend(keys),
+            }
+            Ok(())
+        };
+        Generator::new(seed, scale, &mut out).run().unwrap();
+        (tables, deleted)
+    }
+
+    fn col<'a>(table: &TableDef, row: &'a Row, name: &str) -> &'a Value {
+        &row[table.column_index(name).unwrap()]
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_rows_and_another_seed_does_not() {
+        let (a, da) = generate(9, 0.05);
+        let (b, db) = generate(9, 0.05);
+        assert_eq!(a, b);
+        assert_eq!(da, db);
+        let (c, _) = generate(10, 0.05);
+        assert_ne!(a[&"phi_clients"], c[&"phi_clients"]);
+    }
+
+    #[test]
+    fn data_is_messy_and_follows_the_price_rules() {
+        let (tables, deleted) = generate(1, 0.5);
+        let clients = &tables["phi_clients"];
+        assert!((600..900).contains(&clients.len()), "{} clients at scale 0.5", clients.len());
+        let statuses: Vec<&str> = clients
+            .iter()
+            .filter_map(|r| match col(&schema::PHI_CLIENTS, r, "status") {
+                Value::Text(s) => Some(s.as_str()),
+                _ => None,
+            })
+            .collect();
+        for expected in ["lead", "contacted", "not hired", "active", "complete", "pending", "customer"] {
+            assert!(statuses.contains(&expected), "status {expected:?} never occurs");
+        }
+        assert!(statuses.iter().any(|s| s.chars().any(char::is_uppercase)), "mixed case statuses");
+        assert!(!deleted.is_empty(), "some assignments are hard-deleted");
+        let payments = &tables["payments"];
+        assert!(payments.iter().any(|r| *col(&schema::PAYMENTS, r, "client_id") == Value::Null));
+        assert!(payments.iter().any(|r| *col(&schema::PAYMENTS, r, "invoice_id") == Value::Null));
+        let ids: Vec<i64> = payments
+            .iter()
+            .map(|r| match col(&schema::PAYMENTS, r, "id") {
+                Value::Int(i) => *i,
+                _ => 0,
+            })
+            .collect();
+        assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "payment ids increase with time");
+
+        let money = |v: &Value| match v {
+            Value::Money(c) => *c,
+            _ => 0,
+        };
+        for contract in &tables["phi_contracts"] {
+            let t = &schema::PHI_CONTRACTS;
+            let (total, deposit) = (money(col(t, contract, "total_amount")), money(col(t, contract, "deposit_amount")));
+            assert!(deposit * 10 >= total && deposit * 2 <= total, "deposit 10–50 %: {deposit} of {total}");
+            match (col(t, contract, "total_hours"), col(t, contract, "hourly_rate")) {
+                (Value::Money(hours), Value::Money(rate)) => assert_eq!(total, hours * rate / 100),
+                _ => assert!((180_000..=350_000).contains(&total), "labor package {total}"),
+            }
+        }
+        let key = |v: &Value| match v {
+            Value::Uuid(u) => *u,
+            _ => Uuid::nil(),
+        };
+        let mut by_schedule: HashMap<Uuid, i64> = HashMap::new();
+        for i in &tables["payment_installments"] {
+            let t = &schema::PAYMENT_INSTALLMENTS;
+            *by_schedule.entry(key(col(t, i, "schedule_id"))).or_default() += money(col(t, i, "amount"));
+        }
+        for s in &tables["payment_schedules"] {
+            let t = &schema::PAYMENT_SCHEDULES;
+            assert_eq!(by_schedule[&key(col(t, s, "id"))], money(col(t, s, "total_amount")), "installments add up");
+        }
+        let hour_types: Vec<&Value> = tables["hours"].iter().map(|r| col(&schema::HOURS, r, "type")).collect();
+        assert!(hour_types.contains(&&Value::Text("prenatal".into())));
+        assert!(hour_types.contains(&&Value::Text("postpartum".into())));
+        assert!(hour_types.contains(&&Value::Null));
     }
 }
