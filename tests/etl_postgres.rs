@@ -64,6 +64,23 @@ async fn types_arrive_exactly_uuid_numeric_timestamptz_arrays_json() {
     .unwrap();
     let text = sokana::query::format(&batches, sokana::query::OutputFormat::Csv).unwrap();
     assert!(text.contains("List") && text.contains("UTC"), "{text}");
+
+    let row = client
+        .query_one(
+            "SELECT (sum(due_date - DATE '1970-01-01'))::text, (sum(floor(extract(epoch FROM created_at))))::bigint::text,
+                    min(id::text), max(id::text) FROM phi_clients",
+            &[],
+        )
+        .await
+        .unwrap();
+    let expected = format!(
+        "{},{},{},{}",
+        row.get::<_, String>(0),
+        row.get::<_, String>(1),
+        row.get::<_, String>(2),
+        row.get::<_, String>(3)
+    );
+    assert_eq!(common::client_fingerprint(&config).await, expected);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -24,6 +24,16 @@ async fn full_load_then_incremental_changes_match_the_source_row_for_row() {
     assert!(first.tables.iter().all(|t| t.status == "succeeded"));
     assert!(table(&first, "raw.phi_clients").inserted > 200);
     assert_matches_source(&project).await;
+    let expected: String = Connection::open(project.sqlite_path())
+        .unwrap()
+        .query_row(
+            "SELECT CAST(sum(julianday(due_date) - 2440587.5) AS INTEGER) || ',' ||
+                    sum(CAST(strftime('%s', created_at) AS INTEGER)) || ',' || min(id) || ',' || max(id) FROM phi_clients",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(common::client_fingerprint(&project.config()).await, expected, "dates, timestamps, uuids");
 
     let db = Connection::open(project.sqlite_path()).unwrap();
     let later = "2026-11-20T10:00:00.000000Z";

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use chrono::{DateTime, NaiveDateTime, Utc};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
@@ -13,11 +13,11 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_postgres::NoTls;
-use tokio_postgres::binary_copy::{BinaryCopyOutRow, BinaryCopyOutStream};
+use tokio_postgres::binary_copy::BinaryCopyOutStream;
 use tokio_postgres::types::Type;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::batch::{BatchBuilder, ColumnBuilder, days_since_epoch, parse_decimal};
+use super::batch::{BatchBuilder, ColumnBuilder, parse_decimal};
 use super::types::{ColumnType, SourceColumn};
 use super::{ConnectOptions, CursorValue, ExtractSpec, Snapshot, SourceError, quote_ident, redact};
 
@@ -348,17 +348,21 @@ async fn decode(
     target: &str,
     out: &mpsc::Sender<Result<RecordBatch, DataFusionError>>,
 ) -> Result<(), SourceError> {
+    let types: Vec<Type> = spec.columns.iter().map(|c| select_expr(c).1).collect();
     let mut rows = std::pin::pin!(rows);
     let mut builder = BatchBuilder::new(&spec.columns, spec.batch_rows);
     while let Some(row) = rows.next().await {
         let row = row.map_err(|e| query_error(target, &e))?;
         for (i, column) in spec.columns.iter().enumerate() {
-            append(&mut builder.columns[i], &row, i).map_err(|reason| SourceError::Value {
-                table: spec.table.clone(),
-                column: column.name.clone(),
-                expected: column.effective_type().to_string(),
-                reason,
-            })?;
+            let value = row.try_get::<Option<Raw>>(i).map(|v| v.map(|r| r.0));
+            value.map_err(|e| e.to_string()).and_then(|v| append(&mut builder.columns[i], &types[i], v)).map_err(
+                |reason| SourceError::Value {
+                    table: spec.table.clone(),
+                    column: column.name.clone(),
+                    expected: column.effective_type().to_string(),
+                    reason,
+                },
+            )?;
         }
         builder.rows += 1;
         if builder.rows >= spec.batch_rows {
@@ -375,41 +379,61 @@ async fn decode(
     Ok(())
 }
 
-fn append(builder: &mut ColumnBuilder, row: &BinaryCopyOutRow, i: usize) -> Result<(), String> {
-    fn get<'a, T: tokio_postgres::types::FromSql<'a>>(
-        row: &'a BinaryCopyOutRow,
-        i: usize,
-    ) -> Result<Option<T>, String> {
-        row.try_get::<Option<T>>(i).map_err(|e| e.to_string())
+/// A value's bytes in PostgreSQL's binary format, decoded below without intermediate allocations
+/// (tokio-postgres' typed `FromSql` would build a chrono or uuid value per cell first).
+struct Raw<'a>(&'a [u8]);
+
+impl<'a> tokio_postgres::types::FromSql<'a> for Raw<'a> {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Raw(raw))
     }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+}
+
+/// Days and microseconds between the Unix epoch and PostgreSQL's (2000-01-01).
+const PG_EPOCH_DAYS: i32 = 10_957;
+const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+
+fn fixed<const N: usize>(raw: &[u8]) -> Result<[u8; N], String> {
+    raw.try_into().map_err(|_| format!("expected {N} bytes, got {}", raw.len()))
+}
+
+fn utf8(raw: &[u8]) -> Result<&str, String> {
+    std::str::from_utf8(raw).map_err(|_| "text is not UTF-8".to_string())
+}
+
+fn append(builder: &mut ColumnBuilder, ty: &Type, raw: Option<&[u8]>) -> Result<(), String> {
+    let Some(raw) = raw else {
+        builder.append_null();
+        return Ok(());
+    };
     match builder {
-        ColumnBuilder::Utf8(b) => match row.try_get::<Option<uuid::Uuid>>(i) {
-            Ok(v) => b.append_option(v.map(|u| u.to_string())),
-            Err(_) => b.append_option(get::<&str>(row, i)?),
-        },
-        ColumnBuilder::Int16(b) => b.append_option(get::<i16>(row, i)?),
-        ColumnBuilder::Int32(b) => b.append_option(get::<i32>(row, i)?),
-        ColumnBuilder::Int64(b) => b.append_option(get::<i64>(row, i)?),
-        ColumnBuilder::Float64(b) => b.append_option(get::<f64>(row, i)?),
-        ColumnBuilder::Decimal { builder, scale, .. } => match get::<&str>(row, i)? {
-            Some(text) => builder.append_value(parse_decimal(text, *scale).ok_or("not a finite number")?),
-            None => builder.append_null(),
-        },
-        ColumnBuilder::Bool(b) => b.append_option(get::<bool>(row, i)?),
-        ColumnBuilder::Date(b) => b.append_option(get::<NaiveDate>(row, i)?.map(days_since_epoch)),
-        ColumnBuilder::Timestamp(b) => match row.try_get::<Option<DateTime<Utc>>>(i) {
-            Ok(v) => b.append_option(v.map(|t| t.timestamp_micros())),
-            Err(_) => b.append_option(get::<NaiveDateTime>(row, i)?.map(|t| t.and_utc().timestamp_micros())),
-        },
-        ColumnBuilder::List(b) => match get::<Vec<Option<String>>>(row, i)? {
-            Some(items) => {
-                for item in items {
-                    b.values().append_option(item);
-                }
-                b.append(true)
+        ColumnBuilder::Utf8(b) if *ty == Type::UUID => {
+            let uuid = uuid::Uuid::from_bytes(fixed(raw)?);
+            b.append_value(uuid.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()))
+        }
+        ColumnBuilder::Utf8(b) => b.append_value(utf8(raw)?),
+        ColumnBuilder::Int16(b) => b.append_value(i16::from_be_bytes(fixed(raw)?)),
+        ColumnBuilder::Int32(b) => b.append_value(i32::from_be_bytes(fixed(raw)?)),
+        ColumnBuilder::Int64(b) => b.append_value(i64::from_be_bytes(fixed(raw)?)),
+        ColumnBuilder::Float64(b) => b.append_value(f64::from_be_bytes(fixed(raw)?)),
+        ColumnBuilder::Decimal { builder, scale, .. } => {
+            builder.append_value(parse_decimal(utf8(raw)?, *scale).ok_or("not a finite number")?)
+        }
+        ColumnBuilder::Bool(b) => b.append_value(fixed::<1>(raw)?[0] != 0),
+        ColumnBuilder::Date(b) => b.append_value(i32::from_be_bytes(fixed(raw)?).saturating_add(PG_EPOCH_DAYS)),
+        ColumnBuilder::Timestamp(b) => b.append_value(i64::from_be_bytes(fixed(raw)?).saturating_add(PG_EPOCH_MICROS)),
+        ColumnBuilder::List(b) => {
+            let items: Vec<Option<&str>> =
+                tokio_postgres::types::FromSql::from_sql(&Type::TEXT_ARRAY, raw).map_err(|e| e.to_string())?;
+            for item in items {
+                b.values().append_option(item);
             }
-            None => b.append_null(),
-        },
+            b.append(true)
+        }
     }
     Ok(())
 }

@@ -320,3 +320,16 @@ pub fn kill_at_fault_point(mut cmd: Command, fault: &str) {
     let status = child.wait().expect("wait");
     panic!("the fault point {fault} was never reached ({status}):\n{}", seen.join("\n"));
 }
+
+/// Day numbers of `due_date`, whole seconds of `created_at`, and the smallest and largest id of
+/// `raw.phi_clients`, as one line: compared with the same figures computed by the source itself,
+/// it checks dates, timestamps and uuids independently of the extractor.
+pub const CLIENT_FINGERPRINT_SQL: &str = "SELECT sum(CAST(date_part('epoch', due_date) AS BIGINT)) / 86400 AS d, \
+     sum(CAST(date_part('epoch', created_at) AS BIGINT)) AS c, min(id) AS lo, max(id) AS hi FROM raw.phi_clients";
+
+pub async fn client_fingerprint(config: &Config) -> String {
+    let ctx = sokana::query::session(&pipeline::warehouse(config).expect("warehouse")).await.expect("session");
+    let batches = sokana::query::run(&ctx, CLIENT_FINGERPRINT_SQL).await.expect("query");
+    let csv = sokana::query::format(&batches, sokana::query::OutputFormat::Csv).expect("csv");
+    csv.lines().nth(1).expect("a row").to_string()
+}
