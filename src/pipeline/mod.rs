@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::progress::Progress;
 use crate::source::ConnectOptions;
 use crate::source::{
-    ColumnType, CursorRange, CursorValue, ExtractSpec, Snapshot, SourceColumn, SourceError, SourceUrl,
+    ColumnType, CursorRange, CursorValue, ExtractSpec, Snapshot, SourceColumn, SourceError, SourceUrl, merge_partitions,
 };
 use crate::warehouse::{LoadRequest, Maintenance, SyncMode, Warehouse, WarehouseError};
 use runlog::{RunLock, RunLog, RunLogError, TableRecord};
@@ -261,9 +261,8 @@ async fn load_table(
             let key_columns: Vec<SourceColumn> =
                 table.primary_key.iter().filter_map(|k| columns.iter().find(|c| &c.name == k).cloned()).collect();
             let spec = ExtractSpec { table: table.source_table.clone(), columns: key_columns, range: None, batch_rows };
-            let keys: Vec<RecordBatch> = snapshot
-                .extract(spec)
-                .await?
+            let schema = spec.arrow_schema();
+            let keys: Vec<RecordBatch> = merge_partitions(schema, snapshot.extract(spec).await?)
                 .try_collect()
                 .await
                 .map_err(|e| WarehouseError::Source { table: table.target.to_string(), reason: e.to_string() })?;
@@ -296,19 +295,16 @@ async fn load_table(
     let unchanged = matches!(&range, Some(r) if r.after.is_some_and(|a| a >= r.upto));
     let spec = ExtractSpec { table: table.source_table.clone(), columns, range, batch_rows };
     let schema = spec.arrow_schema();
-    let rows: SendableRecordBatchStream = if unchanged {
-        Box::pin(RecordBatchStreamAdapter::new(schema, futures::stream::empty()))
-    } else {
-        snapshot.extract(spec).await?
-    };
+    let partitions = if unchanged { Vec::new() } else { snapshot.extract(spec).await? };
     let read = Arc::new(AtomicU64::new(0));
-    let rows = observe(rows, &table.target.to_string(), read.clone(), progress);
+    let rows = partitions.into_iter().map(|p| observe(p, &table.target.to_string(), read.clone(), progress)).collect();
     let outcome = warehouse
         .load(LoadRequest {
             table: table.target.clone(),
             primary_key: table.primary_key.clone(),
             partition_by: table.partition_by.clone(),
             mode,
+            schema,
             rows,
             source_keys,
             provenance: json!({

@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::execution::SendableRecordBatchStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use serde::{Deserialize, Serialize};
 
 pub use seed::{SeedOptions, SeedSummary, seed};
@@ -168,7 +170,7 @@ pub struct ExtractSpec {
 }
 
 impl ExtractSpec {
-    pub fn arrow_schema(&self) -> datafusion::arrow::datatypes::SchemaRef {
+    pub fn arrow_schema(&self) -> SchemaRef {
         batch::arrow_schema(&self.columns)
     }
 }
@@ -182,8 +184,14 @@ pub trait Snapshot: Send {
     /// The largest value of the cursor column in this snapshot.
     async fn max_cursor(&mut self, table: &str, column: &SourceColumn) -> Result<Option<CursorValue>, SourceError>;
     async fn count(&mut self, table: &str) -> Result<u64, SourceError>;
-    /// Streams the rows in bounded memory, `spec.batch_rows` at a time.
-    async fn extract(&mut self, spec: ExtractSpec) -> Result<SendableRecordBatchStream, SourceError>;
+    /// Streams the rows in bounded memory, `spec.batch_rows` at a time, as one or more partitions
+    /// that together hold every row once (a large PostgreSQL table is read in parallel ranges).
+    async fn extract(&mut self, spec: ExtractSpec) -> Result<Vec<SendableRecordBatchStream>, SourceError>;
+}
+
+/// One stream of all the partitions' batches, in whatever order they arrive.
+pub fn merge_partitions(schema: SchemaRef, partitions: Vec<SendableRecordBatchStream>) -> SendableRecordBatchStream {
+    Box::pin(RecordBatchStreamAdapter::new(schema, futures::stream::select_all(partitions)))
 }
 
 /// Quotes an identifier for SQL (both PostgreSQL and SQLite use double quotes).

@@ -17,7 +17,7 @@ use tokio_postgres::binary_copy::BinaryCopyOutStream;
 use tokio_postgres::types::Type;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::batch::{BatchBuilder, ColumnBuilder, parse_decimal};
+use super::batch::{BatchBuilder, ColumnBuilder};
 use super::types::{ColumnType, SourceColumn};
 use super::{ConnectOptions, CursorValue, ExtractSpec, Snapshot, SourceError, quote_ident, redact};
 
@@ -174,8 +174,7 @@ fn select_expr(column: &SourceColumn) -> (String, Type) {
         Some(ColumnType::Int) => (name, Type::INT4),
         Some(ColumnType::BigInt) => (name, Type::INT8),
         Some(ColumnType::Float) => (format!("{name}::float8"), Type::FLOAT8),
-        // Text keeps any precision exactly; the builder scales it.
-        Some(ColumnType::Numeric { .. }) => (format!("{name}::text"), Type::TEXT),
+        Some(ColumnType::Numeric { .. }) => (name, Type::NUMERIC),
         Some(ColumnType::Bool) => (name, Type::BOOL),
         Some(ColumnType::Date) => (name, Type::DATE),
         Some(ColumnType::Timestamptz) => (name, Type::TIMESTAMPTZ),
@@ -249,7 +248,7 @@ impl Snapshot for PgSnapshot {
         Ok(row.get::<_, i64>(0) as u64)
     }
 
-    async fn extract(&mut self, spec: ExtractSpec) -> Result<SendableRecordBatchStream, SourceError> {
+    async fn extract(&mut self, spec: ExtractSpec) -> Result<Vec<SendableRecordBatchStream>, SourceError> {
         let (exprs, types): (Vec<String>, Vec<Type>) = spec.columns.iter().map(select_expr).unzip();
         let mut conditions = Vec::new();
         if let Some(range) = &spec.range {
@@ -261,16 +260,19 @@ impl Snapshot for PgSnapshot {
         }
         let select = format!("SELECT {} FROM {}", exprs.join(", "), quote_ident(&spec.table));
         let schema = spec.arrow_schema();
-        let (tx, rx) = mpsc::channel(2 * self.parallelism);
         let spec = std::sync::Arc::new(spec);
+        let partition = |rx| -> SendableRecordBatchStream {
+            Box::pin(RecordBatchStreamAdapter::new(schema.clone(), ReceiverStream::new(rx)))
+        };
 
         let pages = if self.parallelism > 1 { self.pages(&spec.table).await? } else { 0 };
         if self.parallelism < 2 || pages < self.parallel_min_pages.max(1) {
             let sql = with_conditions(&select, &conditions);
             let copy = format!("COPY ({sql}) TO STDOUT (FORMAT binary)");
             let stream = self.client()?.copy_out(&copy).await.map_err(|e| query_error(&self.target, &e))?;
+            let (tx, rx) = mpsc::channel(2);
             spawn_decoder(BinaryCopyOutStream::new(stream, &types), spec, self.target.clone(), tx);
-            return Ok(Box::pin(RecordBatchStreamAdapter::new(schema, ReceiverStream::new(rx))));
+            return Ok(vec![partition(rx)]);
         }
 
         // A large table: page ranges read in parallel, each worker on its own connection inside
@@ -289,6 +291,7 @@ impl Snapshot for PgSnapshot {
             }
         };
         let parts = self.parallelism as i64;
+        let mut partitions = Vec::new();
         tracing::debug!(table = %spec.table, pages, parts, "reading page ranges in parallel");
         for part in 0..parts {
             let start = pages * part / parts;
@@ -301,8 +304,10 @@ impl Snapshot for PgSnapshot {
             let client = with_retries(self.retries, || self.pool.get()).await.map_err(|(attempts, e)| {
                 SourceError::Unreachable { target: self.target.clone(), attempts, reason: pool_error_reason(&e) }
             })?;
-            let (target, types, spec, tx, snapshot_id) =
-                (self.target.clone(), types.clone(), spec.clone(), tx.clone(), snapshot_id.clone());
+            let (tx, rx) = mpsc::channel(2);
+            partitions.push(partition(rx));
+            let (target, types, spec, snapshot_id) =
+                (self.target.clone(), types.clone(), spec.clone(), snapshot_id.clone());
             tokio::spawn(async move {
                 let read = async {
                     client
@@ -321,7 +326,7 @@ impl Snapshot for PgSnapshot {
                 }
             });
         }
-        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, ReceiverStream::new(rx))))
+        Ok(partitions)
     }
 }
 
@@ -420,9 +425,7 @@ fn append(builder: &mut ColumnBuilder, ty: &Type, raw: Option<&[u8]>) -> Result<
         ColumnBuilder::Int32(b) => b.append_value(i32::from_be_bytes(fixed(raw)?)),
         ColumnBuilder::Int64(b) => b.append_value(i64::from_be_bytes(fixed(raw)?)),
         ColumnBuilder::Float64(b) => b.append_value(f64::from_be_bytes(fixed(raw)?)),
-        ColumnBuilder::Decimal { builder, scale, .. } => {
-            builder.append_value(parse_decimal(utf8(raw)?, *scale).ok_or("not a finite number")?)
-        }
+        ColumnBuilder::Decimal { builder, scale, .. } => builder.append_value(numeric_to_scaled(raw, *scale)?),
         ColumnBuilder::Bool(b) => b.append_value(fixed::<1>(raw)?[0] != 0),
         ColumnBuilder::Date(b) => b.append_value(i32::from_be_bytes(fixed(raw)?).saturating_add(PG_EPOCH_DAYS)),
         ColumnBuilder::Timestamp(b) => b.append_value(i64::from_be_bytes(fixed(raw)?).saturating_add(PG_EPOCH_MICROS)),
@@ -436,4 +439,67 @@ fn append(builder: &mut ColumnBuilder, ty: &Type, raw: Option<&[u8]>) -> Result<
         }
     }
     Ok(())
+}
+
+/// Decodes PostgreSQL's binary `numeric` (base-10000 digits with a weight) into an integer scaled by
+/// `10^scale`, rounding half away from zero. Written here because the crates that decode it stop at
+/// 28 digits (rust_decimal) or allocate per value (bigdecimal); warehouse decimals go to 38.
+fn numeric_to_scaled(raw: &[u8], scale: i8) -> Result<i128, String> {
+    let word = |i: usize| -> Result<i16, String> {
+        raw.get(2 * i..2 * i + 2)
+            .map(|b| i16::from_be_bytes([b[0], b[1]]))
+            .ok_or_else(|| "truncated numeric".to_string())
+    };
+    let (ndigits, weight, sign) = (word(0)? as i64, word(1)? as i64, word(2)? as u16);
+    match sign {
+        0x0000 | 0x4000 => {}
+        0xC000 => return Err("NaN has no decimal value".into()),
+        _ => return Err("infinity has no decimal value".into()),
+    }
+    let overflow = || "out of range for the column's precision".to_string();
+    let mut acc: i128 = 0;
+    for i in 0..ndigits as usize {
+        let digit = word(4 + i)? as i128;
+        acc = acc.checked_mul(10_000).and_then(|a| a.checked_add(digit)).ok_or_else(overflow)?;
+    }
+    // acc holds the value times 10^exponent.
+    let exponent = 4 * (ndigits - 1 - weight);
+    let shift = scale as i64 - exponent;
+    let scaled = if shift >= 0 {
+        10i128.checked_pow(shift as u32).and_then(|f| acc.checked_mul(f)).ok_or_else(overflow)?
+    } else {
+        let divisor = 10i128.checked_pow((-shift) as u32);
+        match divisor {
+            Some(d) => acc / d + i128::from(acc % d * 2 >= d),
+            None => 0,
+        }
+    };
+    Ok(if sign == 0x4000 { -scaled } else { scaled })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_postgres::types::ToSql;
+
+    fn encode(text: &str) -> Vec<u8> {
+        let mut buf = bytes::BytesMut::new();
+        let value: rust_decimal::Decimal = text.parse().unwrap();
+        value.to_sql(&Type::NUMERIC, &mut buf).unwrap();
+        buf.to_vec()
+    }
+
+    #[test]
+    fn binary_numerics_scale_exactly() {
+        assert_eq!(numeric_to_scaled(&encode("4200.00"), 2), Ok(420_000));
+        assert_eq!(numeric_to_scaled(&encode("0.05"), 2), Ok(5));
+        assert_eq!(numeric_to_scaled(&encode("-123456789.12"), 2), Ok(-12_345_678_912));
+        assert_eq!(numeric_to_scaled(&encode("10000"), 2), Ok(1_000_000));
+        assert_eq!(numeric_to_scaled(&encode("1.005"), 2), Ok(101));
+        assert_eq!(numeric_to_scaled(&encode("0"), 2), Ok(0));
+        assert_eq!(numeric_to_scaled(&encode("0.00001"), 9), Ok(10_000));
+        assert_eq!(numeric_to_scaled(&encode("79228162514264337593543950335"), 9).map(|v| v > 0), Ok(true));
+        assert!(numeric_to_scaled(&[0, 0, 0, 0, 0xC0, 0, 0, 0], 2).is_err(), "NaN");
+        assert!(numeric_to_scaled(&[0, 1], 2).is_err(), "truncated");
+    }
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::pin::pin;
 
 use rusqlite::Connection;
-use rusqlite::types::ToSqlOutput;
+use rusqlite::types::{ToSqlOutput, ValueRef};
 use tokio::sync::mpsc;
 use tokio_postgres::NoTls;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
@@ -14,7 +14,6 @@ use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use super::generate::{Generator, Output, Value};
 use super::postgres::db_error_reason;
 use super::schema::{TABLES, TableDef};
-use super::sqlite::TIMESTAMP_FORMAT;
 use super::types::ColumnType;
 use super::{SourceError, SourceUrl, quote_ident, redact};
 
@@ -58,8 +57,12 @@ fn seed_sqlite(
     let err = |e: rusqlite::Error| SourceError::Query { target: target.clone(), reason: e.to_string() };
     let conn =
         Connection::open(path).map_err(|e| SourceError::NotSqlite { path: path.into(), reason: e.to_string() })?;
-    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = OFF;")
-        .map_err(|e| SourceError::NotSqlite { path: path.into(), reason: e.to_string() })?;
+    // One big transaction with no journal and a large page cache: a failed seed leaves a database
+    // to re-seed with --replace, and a finished one is switched to WAL like the CRM would run it.
+    conn.execute_batch(
+        "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA cache_size = -524288; PRAGMA temp_store = MEMORY;",
+    )
+    .map_err(|e| SourceError::NotSqlite { path: path.into(), reason: e.to_string() })?;
     for table in TABLES {
         let exists: bool = conn
             .query_row("SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1", [table.name], |r| {
@@ -109,7 +112,7 @@ fn seed_sqlite(
     };
     let clients = Generator::new(options.seed, options.scale, &mut write).run()?;
     summary.clients = clients;
-    conn.execute_batch("COMMIT; PRAGMA synchronous = FULL;").map_err(err)?;
+    conn.execute_batch("COMMIT; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;").map_err(err)?;
     Ok(summary)
 }
 
@@ -130,13 +133,14 @@ impl rusqlite::ToSql for SqliteValue<'_> {
         use rusqlite::types::Value as V;
         Ok(ToSqlOutput::Owned(match self.0 {
             Value::Null => V::Null,
-            Value::Text(s) | Value::Json(s) => V::Text(s.clone()),
+            Value::Text(s) | Value::Json(s) => return Ok(ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes()))),
             Value::Int(i) => V::Integer(*i),
             Value::Uuid(u) => V::Text(u.to_string()),
             Value::Money(cents) => V::Text(format!("{}.{:02}", cents / 100, (cents % 100).abs())),
             Value::Bool(b) => V::Integer(*b as i64),
-            Value::Date(d) => V::Text(d.format("%Y-%m-%d").to_string()),
-            Value::Ts(ts) => V::Text(ts.format(TIMESTAMP_FORMAT).to_string()),
+            Value::Date(d) => V::Text(d.to_string()),
+            // The canonical form compared by the SQLite extractor (see `sqlite.rs`).
+            Value::Ts(ts) => V::Text(ts.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
             Value::TextArray(items) => {
                 V::Text(serde_json::to_string(items).map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))?)
             }

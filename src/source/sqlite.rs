@@ -19,8 +19,8 @@ use super::batch::{BatchBuilder, ColumnBuilder, days_since_epoch, parse_decimal,
 use super::types::{ColumnType, SourceColumn};
 use super::{CursorValue, ExtractSpec, Snapshot, SourceError, quote_ident};
 
-/// The canonical text form of a timestamp in SQLite sources; it sorts like the instant it names.
-pub const TIMESTAMP_FORMAT: &str = "%Y-%m-%dT%H:%M:%S%.6fZ";
+// Timestamps in SQLite sources are compared as text in their canonical form, RFC 3339 in UTC with
+// microseconds (`2026-01-02T03:04:05.000006Z`), which sorts like the instants it names.
 
 pub struct SqliteSource {
     path: PathBuf,
@@ -141,7 +141,9 @@ fn affinity(declared: &str) -> ColumnType {
 
 fn cursor_param(value: &CursorValue) -> rusqlite::types::Value {
     match value {
-        CursorValue::Timestamp(ts) => rusqlite::types::Value::Text(ts.format(TIMESTAMP_FORMAT).to_string()),
+        CursorValue::Timestamp(ts) => {
+            rusqlite::types::Value::Text(ts.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+        }
         CursorValue::Integer(i) => rusqlite::types::Value::Integer(*i),
     }
 }
@@ -335,10 +337,10 @@ impl Snapshot for SqliteSnapshot {
         self.ask(|reply| Request::Count(table.to_string(), reply)).await
     }
 
-    async fn extract(&mut self, spec: ExtractSpec) -> Result<SendableRecordBatchStream, SourceError> {
+    async fn extract(&mut self, spec: ExtractSpec) -> Result<Vec<SendableRecordBatchStream>, SourceError> {
         let schema = spec.arrow_schema();
         let (tx, rx) = mpsc::channel(2);
         self.requests.send(Request::Extract(spec, tx)).map_err(|_| self.stopped())?;
-        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, ReceiverStream::new(rx))))
+        Ok(vec![Box::pin(RecordBatchStreamAdapter::new(schema, ReceiverStream::new(rx)))])
     }
 }

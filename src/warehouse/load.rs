@@ -3,6 +3,7 @@
 //! crash before the commit leaves only unreferenced files, which vacuum removes; the table stays at
 //! its last good version.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
@@ -41,7 +42,9 @@ pub struct LoadRequest {
     pub primary_key: Vec<String>,
     pub partition_by: Vec<String>,
     pub mode: SyncMode,
-    pub rows: SendableRecordBatchStream,
+    pub schema: SchemaRef,
+    /// The rows, in partitions that are written in parallel.
+    pub rows: Vec<SendableRecordBatchStream>,
     /// Every key present in the source, for delete detection (required for [`SyncMode::Full`]).
     pub source_keys: Option<Vec<RecordBatch>>,
     /// Provenance stored in the commit under [`COMMIT_KEY`].
@@ -91,26 +94,35 @@ impl PartitionStream for OneShot {
     }
 }
 
-fn stream_frame(ctx: &SessionContext, stream: SendableRecordBatchStream) -> Result<DataFrame, DataFusionError> {
-    let schema = stream.schema();
-    let partition = Arc::new(OneShot { schema: schema.clone(), stream: Mutex::new(Some(stream)) });
-    let table = StreamingTable::try_new(schema, vec![partition])?;
+fn stream_frame(
+    ctx: &SessionContext,
+    schema: &SchemaRef,
+    streams: Vec<SendableRecordBatchStream>,
+) -> Result<DataFrame, DataFusionError> {
+    let partitions: Vec<Arc<dyn PartitionStream>> = streams
+        .into_iter()
+        .map(|s| Arc::new(OneShot { schema: schema.clone(), stream: Mutex::new(Some(s)) }) as Arc<dyn PartitionStream>)
+        .collect();
+    let table = StreamingTable::try_new(schema.clone(), partitions)?;
     ctx.read_table(Arc::new(table))
 }
 
-/// Returns the stream with its first non-empty batch still in it, or `None` if it has no rows.
-async fn non_empty(
-    mut stream: SendableRecordBatchStream,
-) -> Result<Option<SendableRecordBatchStream>, DataFusionError> {
-    while let Some(batch) = stream.next().await {
-        let batch = batch?;
-        if batch.num_rows() > 0 {
-            let schema = stream.schema();
-            let chained = futures::stream::once(async { Ok(batch) }).chain(stream);
-            return Ok(Some(Box::pin(RecordBatchStreamAdapter::new(schema, chained))));
+/// Drops the partitions that hold no rows, keeping each other one whole (its first batch is put
+/// back in front). Empty when there are no rows at all.
+async fn non_empty(streams: Vec<SendableRecordBatchStream>) -> Result<Vec<SendableRecordBatchStream>, DataFusionError> {
+    let mut kept: Vec<SendableRecordBatchStream> = Vec::new();
+    for mut stream in streams {
+        while let Some(batch) = stream.next().await {
+            let batch = batch?;
+            if batch.num_rows() > 0 {
+                let schema = stream.schema();
+                let chained = futures::stream::once(async { Ok(batch) }).chain(stream);
+                kept.push(Box::pin(RecordBatchStreamAdapter::new(schema, chained)));
+                break;
+            }
         }
     }
-    Ok(None)
+    Ok(kept)
 }
 
 fn quoted(name: &str) -> String {
@@ -123,7 +135,7 @@ impl Warehouse {
         let name = request.table.clone();
         let delta_err = |e| WarehouseError::delta(&name, e);
         let df_err = |e: DataFusionError| WarehouseError::Source { table: name.to_string(), reason: e.to_string() };
-        let schema = request.rows.schema();
+        let schema = request.schema.clone();
         for key in request.primary_key.iter().chain(&request.partition_by) {
             if schema.field_with_name(key).is_err() {
                 return Err(WarehouseError::Invalid {
@@ -138,11 +150,13 @@ impl Warehouse {
 
         if handle.version().is_none() {
             // First load: stream every row into new files, one commit creates the table.
-            let Some(rows) = non_empty(request.rows).await.map_err(df_err)? else {
+            let rows = non_empty(request.rows).await.map_err(df_err)?;
+            if rows.is_empty() {
                 return self.create_empty(handle, &name, schema, &request.partition_by, commit).await;
-            };
-            let (counted, counter) = count_rows(rows);
-            let plan = stream_frame(&ctx, counted).map_err(df_err)?.into_unoptimized_plan();
+            }
+            let counter = Arc::new(AtomicU64::new(0));
+            let counted = rows.into_iter().map(|r| count_rows(r, counter.clone())).collect();
+            let plan = stream_frame(&ctx, &schema, counted).map_err(df_err)?.into_unoptimized_plan();
             let table = handle
                 .write(Vec::new())
                 .with_input_plan(plan)
@@ -154,7 +168,7 @@ impl Warehouse {
                 .map_err(delta_err)?;
             return Ok(LoadOutcome {
                 version: table.version().map(|v| v as i64),
-                inserted: counter.load(std::sync::atomic::Ordering::Relaxed),
+                inserted: counter.load(Ordering::Relaxed),
                 created: true,
                 ..LoadOutcome::default()
             });
@@ -166,13 +180,13 @@ impl Warehouse {
             schema.fields().iter().map(|f| f.name().clone()).filter(|c| !added_columns.contains(c)).collect();
 
         let upserts = match request.mode {
-            SyncMode::Incremental => match non_empty(request.rows).await.map_err(df_err)? {
-                Some(rows) => Some(stream_frame(&ctx, rows).map_err(df_err)?),
-                None => None,
-            },
+            SyncMode::Incremental => {
+                let rows = non_empty(request.rows).await.map_err(df_err)?;
+                if rows.is_empty() { None } else { Some(stream_frame(&ctx, &schema, rows).map_err(df_err)?) }
+            }
             SyncMode::Full => {
                 // Only the rows that differ from the table (new or changed) are merged.
-                let source = stream_frame(&ctx, request.rows).map_err(df_err)?;
+                let source = stream_frame(&ctx, &schema, request.rows).map_err(df_err)?;
                 let current = ctx
                     .table("target")
                     .await
@@ -347,17 +361,15 @@ fn check_schema(table: &DeltaTable, name: &TableName, source: &Schema) -> Result
     Ok(added)
 }
 
-/// Counts the rows that pass through a stream.
-pub fn count_rows(stream: SendableRecordBatchStream) -> (SendableRecordBatchStream, Arc<std::sync::atomic::AtomicU64>) {
-    let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let seen = counter.clone();
+/// Adds the rows that pass through a stream to `counter`.
+fn count_rows(stream: SendableRecordBatchStream, counter: Arc<AtomicU64>) -> SendableRecordBatchStream {
     let schema = stream.schema();
     let counted = stream.inspect(move |batch| {
         if let Ok(batch) = batch {
-            seen.fetch_add(batch.num_rows() as u64, std::sync::atomic::Ordering::Relaxed);
+            counter.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
         }
     });
-    (Box::pin(RecordBatchStreamAdapter::new(schema, counted)), counter)
+    Box::pin(RecordBatchStreamAdapter::new(schema, counted))
 }
 
 /// Compaction and vacuum settings.

@@ -241,7 +241,9 @@ pub async fn assert_matches_source(project: &Project) {
         let names: Vec<String> = columns.iter().map(|c| format!("\"{}\"", c.name)).collect();
         let spec = ExtractSpec { table: table.source_table.clone(), columns, range: None, batch_rows: 8192 };
         let schema = spec.arrow_schema();
-        let batches: Vec<_> = snapshot.extract(spec).await.expect("extract").try_collect().await.expect("rows");
+        let partitions = snapshot.extract(spec).await.expect("extract");
+        let batches: Vec<_> =
+            sokana::source::merge_partitions(schema.clone(), partitions).try_collect().await.expect("rows");
         let source_rows: usize = batches.iter().map(|b| b.num_rows()).sum();
         let local = SessionContext::new();
         local.register_table("src", Arc::new(MemTable::try_new(schema, vec![batches]).expect("mem"))).expect("reg");
