@@ -20,6 +20,8 @@ use datafusion::scalar::ScalarValue;
 use deltalake::DeltaTable;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::transaction::CommitProperties;
+use deltalake::parquet::basic::{Compression, ZstdLevel};
+use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::protocol::SaveMode;
 use futures::StreamExt;
 
@@ -163,6 +165,7 @@ impl Warehouse {
                 .with_save_mode(SaveMode::Append)
                 .with_partition_columns(request.partition_by.clone())
                 .with_target_file_size(std::num::NonZeroU64::new(request.target_file_size))
+                .with_writer_properties(writer_properties())
                 .with_commit_properties(commit)
                 .await
                 .map_err(delta_err)?;
@@ -271,6 +274,7 @@ impl Warehouse {
             .with_merge_schema(!added_columns.is_empty())
             .with_streaming(request.mode == SyncMode::Incremental)
             .with_commit_properties(commit)
+            .with_writer_properties(writer_properties())
             .when_matched_delete(|d| d.predicate(is_delete.clone()))
             .and_then(|m| {
                 m.when_matched_update(|u| {
@@ -361,6 +365,17 @@ fn check_schema(table: &DeltaTable, name: &TableName, source: &Schema) -> Result
     Ok(added)
 }
 
+/// Parquet settings for every file the warehouse writes: zstd, and row groups of 128 Ki rows so
+/// that a writer holds one modest row group in memory (and readers can skip at that grain).
+fn writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .build()
+}
+
+const ROW_GROUP_ROWS: usize = 128 * 1024;
+
 /// Adds the rows that pass through a stream to `counter`.
 fn count_rows(stream: SendableRecordBatchStream, counter: Arc<AtomicU64>) -> SendableRecordBatchStream {
     let schema = stream.schema();
@@ -396,7 +411,12 @@ impl Warehouse {
         let compact = files >= settings.compact_min_files;
         if compact {
             let target = std::num::NonZeroU64::new(settings.target_file_size).unwrap_or(std::num::NonZeroU64::MIN);
-            (table, _) = table.optimize().with_target_size(target).await.map_err(delta_err)?;
+            (table, _) = table
+                .optimize()
+                .with_target_size(target)
+                .with_writer_properties(writer_properties())
+                .await
+                .map_err(delta_err)?;
         }
         if compact || changed {
             table
