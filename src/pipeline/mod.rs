@@ -316,6 +316,15 @@ async fn load_table(
             target_file_size: maintenance.target_file_size,
         })
         .await?;
+    if !outcome.added_columns.is_empty() {
+        tracing::warn!(
+            table = %table.target,
+            class = %pipeline.defaults.new_column_class,
+            columns = %outcome.added_columns.join(", "),
+            "new source columns added to the warehouse table; classify them in {}",
+            pipeline.path.display()
+        );
+    }
     record.rows_read = read.load(Ordering::Relaxed);
     record.inserted = outcome.inserted;
     record.updated = outcome.updated;

@@ -5,8 +5,8 @@
 use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
 
-use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OptionalExtension, params};
+use chrono::Utc;
+use rusqlite::{Connection, params};
 use serde::Serialize;
 
 #[derive(Debug, thiserror::Error)]
@@ -184,21 +184,6 @@ impl RunLog {
                 .map_err(|e| self.err(e))?;
         }
         Ok(runs)
-    }
-
-    /// When the pipeline last finished successfully.
-    pub fn last_success(&self, pipeline: &str) -> Result<Option<DateTime<Utc>>, RunLogError> {
-        let at: Option<String> = self
-            .conn
-            .query_row(
-                "SELECT max(finished_at) FROM runs WHERE pipeline = ?1 AND status = 'succeeded'",
-                params![pipeline],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(|e| self.err(e))?
-            .flatten();
-        Ok(at.and_then(|t| DateTime::parse_from_rfc3339(&t).ok()).map(|t| t.with_timezone(&Utc)))
     }
 }
 

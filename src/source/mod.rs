@@ -43,13 +43,6 @@ pub enum SourceError {
     Stopped(String),
 }
 
-impl SourceError {
-    /// Whether trying again may succeed (a dropped connection, a busy database, a restart).
-    pub fn is_transient(&self) -> bool {
-        matches!(self, SourceError::Unreachable { .. })
-    }
-}
-
 /// Where the operational data lives.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SourceUrl {

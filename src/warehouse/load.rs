@@ -61,7 +61,6 @@ pub struct LoadOutcome {
     pub inserted: u64,
     pub updated: u64,
     pub deleted: u64,
-    pub created: bool,
     pub added_columns: Vec<String>,
 }
 
@@ -172,7 +171,6 @@ impl Warehouse {
             return Ok(LoadOutcome {
                 version: table.version().map(|v| v as i64),
                 inserted: counter.load(Ordering::Relaxed),
-                created: true,
                 ..LoadOutcome::default()
             });
         }
@@ -298,7 +296,6 @@ impl Warehouse {
             inserted: metrics.num_target_rows_inserted as u64,
             updated: metrics.num_target_rows_updated as u64,
             deleted: metrics.num_target_rows_deleted as u64,
-            created: false,
             added_columns,
         })
     }
@@ -323,7 +320,7 @@ impl Warehouse {
             .with_commit_properties(commit)
             .await
             .map_err(|e| WarehouseError::delta(name, e))?;
-        Ok(LoadOutcome { version: table.version().map(|v| v as i64), created: true, ..LoadOutcome::default() })
+        Ok(LoadOutcome { version: table.version().map(|v| v as i64), ..LoadOutcome::default() })
     }
 }
 

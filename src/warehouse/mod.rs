@@ -101,10 +101,6 @@ impl Warehouse {
         Warehouse { root, storage_options }
     }
 
-    pub fn root(&self) -> &Url {
-        &self.root
-    }
-
     pub fn table_url(&self, table: &TableName) -> Result<Url, WarehouseError> {
         self.root
             .join(&format!("{}/{}/", table.schema, table.name))
