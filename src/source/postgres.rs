@@ -12,9 +12,9 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use futures::StreamExt;
 use tokio::sync::mpsc;
-use tokio_postgres::NoTls;
 use tokio_postgres::binary_copy::BinaryCopyOutStream;
 use tokio_postgres::types::Type;
+use tokio_postgres::{CopyOutStream, NoTls};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::batch::{BatchBuilder, ColumnBuilder};
@@ -271,7 +271,7 @@ impl Snapshot for PgSnapshot {
             let copy = format!("COPY ({sql}) TO STDOUT (FORMAT binary)");
             let stream = self.client()?.copy_out(&copy).await.map_err(|e| query_error(&self.target, &e))?;
             let (tx, rx) = mpsc::channel(2);
-            spawn_decoder(BinaryCopyOutStream::new(stream, &types), spec, self.target.clone(), tx);
+            spawn_decoder(stream, types, spec, self.target.clone(), tx);
             return Ok(vec![partition(rx)]);
         }
 
@@ -317,7 +317,7 @@ impl Snapshot for PgSnapshot {
                         .await
                         .map_err(|e| query_error(&target, &e))?;
                     let stream = client.copy_out(&copy).await.map_err(|e| query_error(&target, &e))?;
-                    decode(BinaryCopyOutStream::new(stream, &types), &spec, &target, &tx).await?;
+                    decode(stream, &types, &spec, &target, &tx).await?;
                     client.batch_execute("COMMIT").await.map_err(|e| query_error(&target, &e))
                 };
                 if let Err(e) = read.await {
@@ -335,26 +335,28 @@ fn with_conditions(select: &str, conditions: &[String]) -> String {
 }
 
 fn spawn_decoder(
-    rows: BinaryCopyOutStream,
+    stream: CopyOutStream,
+    types: Vec<Type>,
     spec: std::sync::Arc<ExtractSpec>,
     target: String,
     tx: mpsc::Sender<Result<RecordBatch, DataFusionError>>,
 ) {
     tokio::spawn(async move {
-        if let Err(e) = decode(rows, &spec, &target, &tx).await {
+        if let Err(e) = decode(stream, &types, &spec, &target, &tx).await {
             let _ = tx.send(Err(DataFusionError::External(Box::new(e)))).await;
         }
     });
 }
 
+/// Decodes a binary COPY stream whose columns have the wire `types` into batches sent to `out`.
 async fn decode(
-    rows: BinaryCopyOutStream,
+    stream: CopyOutStream,
+    types: &[Type],
     spec: &ExtractSpec,
     target: &str,
     out: &mpsc::Sender<Result<RecordBatch, DataFusionError>>,
 ) -> Result<(), SourceError> {
-    let types: Vec<Type> = spec.columns.iter().map(|c| select_expr(c).1).collect();
-    let mut rows = std::pin::pin!(rows);
+    let mut rows = std::pin::pin!(BinaryCopyOutStream::new(stream, types));
     let mut builder = BatchBuilder::new(&spec.columns, spec.batch_rows);
     while let Some(row) = rows.next().await {
         let row = row.map_err(|e| query_error(target, &e))?;

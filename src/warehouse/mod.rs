@@ -37,7 +37,8 @@ pub enum WarehouseError {
     TypeChanged { table: String, column: String, was: String, now: String },
     #[error("warehouse table {table}: {reason}")]
     Invalid { table: String, reason: String },
-    #[error("warehouse table {table}: reading the source failed: {reason}")]
+    /// Reading the source's rows, or computing the changes and deletes from them, failed.
+    #[error("warehouse table {table}: preparing the load failed: {reason}")]
     Source { table: String, reason: String },
 }
 
