@@ -58,6 +58,12 @@ fn main() {
     runtime.block_on(load_lineitem(&pg, sf));
     eprintln!("lineitem SF{sf} loaded into PostgreSQL in {:.1}s", started.elapsed().as_secs_f64());
     let lineitem = runtime.block_on(expected(&pg.url(), &["lineitem"]));
+    if std::env::var_os("SOKANA_BENCH_HOLD").is_some() {
+        // For profiling by hand: keep the loaded cluster until stdin closes.
+        eprintln!("holding; lineitem at {}", pg.url());
+        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
+        return;
+    }
     report.push(workload(&runtime, &pg.url(), &format!("TPC-H lineitem SF{sf}"), LINEITEM_PIPELINE, &lineitem, rounds));
 
     let started = Instant::now();

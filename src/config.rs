@@ -115,6 +115,9 @@ pub struct SourceConfig {
     /// PostgreSQL tables at least this large are read as parallel page ranges.
     #[serde(default = "default_parallel_min_mb")]
     pub parallel_min_mb: u64,
+    /// How many page ranges such a table is read as at once; by default one per core, or one per
+    /// two cores when the server runs on this machine, and never more than `pool_size - 1`.
+    pub parallel_streams: Option<usize>,
 }
 
 impl SourceConfig {
@@ -123,6 +126,7 @@ impl SourceConfig {
             pool_size: self.pool_size,
             retries: self.retries,
             parallel_min_pages: (self.parallel_min_mb * 1024 / 8) as i64,
+            parallel_streams: self.parallel_streams,
         }
     }
 }
@@ -241,6 +245,9 @@ impl Config {
                 .map_err(|e| invalid(&format!("sources.{name}.url"), e.to_string()))?;
             if source.pool_size == 0 {
                 return Err(invalid(&format!("sources.{name}.pool_size"), "must be at least 1".into()));
+            }
+            if source.parallel_streams == Some(0) {
+                return Err(invalid(&format!("sources.{name}.parallel_streams"), "must be at least 1".into()));
             }
         }
         if self.warehouse.uri.trim().is_empty() {

@@ -123,7 +123,7 @@ async fn parallel_page_range_reads_are_one_consistent_snapshot() {
     let project = Project::new(&pg.url());
     // Every table, however small, is read as parallel ctid ranges by the pool's connections.
     let mut config = std::fs::read_to_string(&project.config_path).unwrap();
-    config.push_str("parallel_min_mb = 0\npool_size = 3\n");
+    config.push_str("parallel_min_mb = 0\npool_size = 3\nparallel_streams = 2\n");
     std::fs::write(&project.config_path, config).unwrap();
     common::seed(&pg.url(), project.dir.path(), 0.2).await;
     project.run().await.expect("parallel first load");

@@ -5,6 +5,7 @@
 
 mod batch;
 pub mod generate;
+mod pgcopy;
 mod postgres;
 pub mod schema;
 mod seed;
@@ -104,11 +105,13 @@ pub struct ConnectOptions {
     pub retries: u32,
     /// PostgreSQL tables at least this large (in 8 KiB pages) are read as parallel page ranges.
     pub parallel_min_pages: i64,
+    /// Page ranges read at once; `None` chooses from the cores (see `config::SourceConfig`).
+    pub parallel_streams: Option<usize>,
 }
 
 impl Default for ConnectOptions {
     fn default() -> Self {
-        ConnectOptions { pool_size: 4, retries: 3, parallel_min_pages: 4096 }
+        ConnectOptions { pool_size: 4, retries: 3, parallel_min_pages: 4096, parallel_streams: None }
     }
 }
 

@@ -20,11 +20,10 @@ use datafusion::scalar::ScalarValue;
 use deltalake::DeltaTable;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::transaction::CommitProperties;
-use deltalake::parquet::basic::{Compression, ZstdLevel};
-use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::protocol::SaveMode;
 use futures::StreamExt;
 
+use super::parquet::writer_properties;
 use super::{COMMIT_KEY, TableName, Warehouse, WarehouseError};
 
 const OP_COLUMN: &str = "__sokana_op";
@@ -110,12 +109,17 @@ fn stream_frame(
 
 /// Drops the partitions that hold no rows, keeping each other one whole (its first batch is put
 /// back in front). Empty when there are no rows at all.
-async fn non_empty(streams: Vec<SendableRecordBatchStream>) -> Result<Vec<SendableRecordBatchStream>, DataFusionError> {
+/// Drops the streams that yield no rows; also returns the first batch seen, as a sample of the rows.
+async fn non_empty(
+    streams: Vec<SendableRecordBatchStream>,
+) -> Result<(Vec<SendableRecordBatchStream>, Option<RecordBatch>), DataFusionError> {
     let mut kept: Vec<SendableRecordBatchStream> = Vec::new();
+    let mut sample = None;
     for mut stream in streams {
         while let Some(batch) = stream.next().await {
             let batch = batch?;
             if batch.num_rows() > 0 {
+                sample.get_or_insert_with(|| batch.clone());
                 let schema = stream.schema();
                 let chained = futures::stream::once(async { Ok(batch) }).chain(stream);
                 kept.push(Box::pin(RecordBatchStreamAdapter::new(schema, chained)));
@@ -123,7 +127,7 @@ async fn non_empty(streams: Vec<SendableRecordBatchStream>) -> Result<Vec<Sendab
             }
         }
     }
-    Ok(kept)
+    Ok((kept, sample))
 }
 
 fn quoted(name: &str) -> String {
@@ -151,7 +155,7 @@ impl Warehouse {
 
         if handle.version().is_none() {
             // First load: stream every row into new files, one commit creates the table.
-            let rows = non_empty(request.rows).await.map_err(df_err)?;
+            let (rows, sample) = non_empty(request.rows).await.map_err(df_err)?;
             if rows.is_empty() {
                 return self.create_empty(handle, &name, schema, &request.partition_by, commit).await;
             }
@@ -164,7 +168,7 @@ impl Warehouse {
                 .with_save_mode(SaveMode::Append)
                 .with_partition_columns(request.partition_by.clone())
                 .with_target_file_size(std::num::NonZeroU64::new(request.target_file_size))
-                .with_writer_properties(writer_properties())
+                .with_writer_properties(writer_properties(sample.as_ref()))
                 .with_commit_properties(commit)
                 .await
                 .map_err(delta_err)?;
@@ -180,9 +184,11 @@ impl Warehouse {
         let target_columns: Vec<String> =
             schema.fields().iter().map(|f| f.name().clone()).filter(|c| !added_columns.contains(c)).collect();
 
+        let mut sample = None;
         let upserts = match request.mode {
             SyncMode::Incremental => {
-                let rows = non_empty(request.rows).await.map_err(df_err)?;
+                let rows;
+                (rows, sample) = non_empty(request.rows).await.map_err(df_err)?;
                 if rows.is_empty() { None } else { Some(stream_frame(&ctx, &schema, rows).map_err(df_err)?) }
             }
             SyncMode::Full => {
@@ -198,6 +204,7 @@ impl Warehouse {
                 if changed.iter().all(|b| b.num_rows() == 0) {
                     None
                 } else {
+                    sample = changed.iter().find(|b| b.num_rows() > 0).cloned();
                     let mem = MemTable::try_new(changed[0].schema(), vec![changed]).map_err(df_err)?;
                     Some(ctx.read_table(Arc::new(mem)).map_err(df_err)?)
                 }
@@ -272,7 +279,7 @@ impl Warehouse {
             .with_merge_schema(!added_columns.is_empty())
             .with_streaming(request.mode == SyncMode::Incremental)
             .with_commit_properties(commit)
-            .with_writer_properties(writer_properties())
+            .with_writer_properties(writer_properties(sample.as_ref()))
             .when_matched_delete(|d| d.predicate(is_delete.clone()))
             .and_then(|m| {
                 m.when_matched_update(|u| {
@@ -362,17 +369,6 @@ fn check_schema(table: &DeltaTable, name: &TableName, source: &Schema) -> Result
     Ok(added)
 }
 
-/// Parquet settings for every file the warehouse writes: zstd, and row groups of 128 Ki rows so
-/// that a writer holds one modest row group in memory (and readers can skip at that grain).
-fn writer_properties() -> WriterProperties {
-    WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::default()))
-        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-        .build()
-}
-
-const ROW_GROUP_ROWS: usize = 128 * 1024;
-
 /// Adds the rows that pass through a stream to `counter`.
 fn count_rows(stream: SendableRecordBatchStream, counter: Arc<AtomicU64>) -> SendableRecordBatchStream {
     let schema = stream.schema();
@@ -411,7 +407,7 @@ impl Warehouse {
             (table, _) = table
                 .optimize()
                 .with_target_size(target)
-                .with_writer_properties(writer_properties())
+                .with_writer_properties(writer_properties(None))
                 .await
                 .map_err(delta_err)?;
         }

@@ -4,6 +4,7 @@
 //! HTTP: callers hand it Arrow streams.
 
 mod load;
+mod parquet;
 
 use std::collections::HashMap;
 use std::fmt;

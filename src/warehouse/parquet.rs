@@ -1,0 +1,66 @@
+//! Parquet settings for every file the warehouse writes: zstd, row groups of 128 Ki rows (a writer
+//! holds one modest row group in memory, readers skip at that grain), and dictionary encoding only
+//! for the columns where it pays. It owns no I/O; the loads and the compaction pass these settings
+//! to delta-rs.
+
+use std::collections::HashSet;
+
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::row::{RowConverter, SortField};
+use deltalake::parquet::basic::{Compression, ZstdLevel};
+use deltalake::parquet::file::properties::WriterProperties;
+use deltalake::parquet::schema::types::ColumnPath;
+
+const ROW_GROUP_ROWS: usize = 128 * 1024;
+
+/// How many leading rows of a sample are looked at to judge a column's cardinality.
+const SAMPLE_ROWS: usize = 4096;
+
+/// Writer settings; with a `sample` of the rows to come, dictionary encoding is turned off for the
+/// columns whose values are mostly distinct in it. The Parquet writer would otherwise try a
+/// dictionary in every row group of such a column (hashing each value) before falling back to plain
+/// encoding: measured on TPC-H lineitem, that was about a fifth of the loader's CPU time.
+pub fn writer_properties(sample: Option<&RecordBatch>) -> WriterProperties {
+    let mut builder = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS));
+    if let Some(sample) = sample {
+        for (field, column) in sample.schema().fields().iter().zip(sample.columns()) {
+            let rows = column.len().min(SAMPLE_ROWS);
+            if rows > 0 && !mostly_repeated(column, rows) {
+                builder = builder.set_column_dictionary_enabled(ColumnPath::from(field.name().as_str()), false);
+            }
+        }
+    }
+    builder.build()
+}
+
+/// Whether the first `rows` values of `column` have at most half as many distinct values as rows.
+/// Columns whose type the row format cannot encode keep the writer's default (dictionary on).
+fn mostly_repeated(column: &datafusion::arrow::array::ArrayRef, rows: usize) -> bool {
+    let Ok(converter) = RowConverter::new(vec![SortField::new(column.data_type().clone())]) else { return true };
+    let Ok(encoded) = converter.convert_columns(&[column.slice(0, rows)]) else { return true };
+    let distinct: HashSet<&[u8]> = encoded.iter().map(|row| row.data()).collect();
+    distinct.len() * 2 <= rows
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{ArrayRef, Int64Array, StringArray};
+
+    use super::*;
+
+    #[test]
+    fn dictionary_only_for_repeated_columns() {
+        let ids: ArrayRef = Arc::new(Int64Array::from_iter_values(0..1000));
+        let statuses: ArrayRef =
+            Arc::new(StringArray::from_iter_values((0..1000).map(|i| ["active", "lead", "closed"][i % 3])));
+        let sample = RecordBatch::try_from_iter([("id", ids), ("status", statuses)]).expect("batch");
+        let props = writer_properties(Some(&sample));
+        assert!(!props.dictionary_enabled(&ColumnPath::from("id")));
+        assert!(props.dictionary_enabled(&ColumnPath::from("status")));
+        assert!(writer_properties(None).dictionary_enabled(&ColumnPath::from("id")));
+    }
+}
