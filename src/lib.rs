@@ -13,3 +13,18 @@ pub mod warehouse;
 
 /// The pipeline shipped for Sokana's core, embedded so that `sokana demo` works from any directory.
 pub const SOKANA_CORE_PIPELINE: &str = include_str!("../pipelines/sokana_core.toml");
+
+/// The SQL models of the Sokana marts (`pipelines/models/`), for projects outside this repository.
+pub const SOKANA_CORE_MODELS: &[(&str, &str)] = &[
+    ("dim_clients.sql", include_str!("../pipelines/models/dim_clients.sql")),
+    ("dim_doulas.sql", include_str!("../pipelines/models/dim_doulas.sql")),
+    ("fct_contracts.sql", include_str!("../pipelines/models/fct_contracts.sql")),
+    ("fct_hours.sql", include_str!("../pipelines/models/fct_hours.sql")),
+    ("fct_installments.sql", include_str!("../pipelines/models/fct_installments.sql")),
+    ("fct_payments.sql", include_str!("../pipelines/models/fct_payments.sql")),
+    ("mart_ar_aging.sql", include_str!("../pipelines/models/mart_ar_aging.sql")),
+    ("mart_client_funnel.sql", include_str!("../pipelines/models/mart_client_funnel.sql")),
+    ("mart_doula_utilization.sql", include_str!("../pipelines/models/mart_doula_utilization.sql")),
+    ("mart_referral_attribution.sql", include_str!("../pipelines/models/mart_referral_attribution.sql")),
+    ("mart_revenue_monthly.sql", include_str!("../pipelines/models/mart_revenue_monthly.sql")),
+];

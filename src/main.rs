@@ -64,6 +64,11 @@ enum Command {
         #[command(subcommand)]
         command: PipelineCommand,
     },
+    /// Build the SQL models (`pipelines/models/*.sql`) and show their graph.
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
     /// Run SQL over the warehouse.
     Sql {
         #[arg(long, value_enum, default_value = "table")]
@@ -93,6 +98,19 @@ enum PipelineCommand {
         limit: usize,
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Build models now (all, or the named ones and the models they read); models whose inputs and
+    /// SQL are unchanged since their last build are left as they are.
+    Build { names: Vec<String> },
+    /// The models in build order with the tables each reads.
+    Graph {
+        /// Graphviz DOT instead of text.
+        #[arg(long)]
+        dot: bool,
     },
 }
 
@@ -133,6 +151,10 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Pipeline { command } => {
             let config = Config::load(cli.config.as_deref())?;
             pipeline_command(&config, command).await
+        }
+        Command::Model { command } => {
+            let config = Config::load(cli.config.as_deref())?;
+            model_command(&config, command).await
         }
         Command::Sql { format, sql } => {
             let config = Config::load(cli.config.as_deref())?;
@@ -318,9 +340,30 @@ async fn pipeline_command(config: &Config, command: PipelineCommand) -> Result<(
     }
 }
 
+async fn model_command(config: &Config, command: ModelCommand) -> Result<()> {
+    match command {
+        ModelCommand::Build { names } => {
+            let summary = pipeline::build_models(config, &names, "manual", &Bars::shared()).await?;
+            eprintln!("models built (run {})", summary.run_id);
+        }
+        ModelCommand::Graph { dot } => {
+            let graph = pipeline::load_models(config, &pipeline::load_pipelines(config)?)?;
+            print!("{}", if dot { graph.to_dot() } else { graph.to_text() });
+        }
+    }
+    Ok(())
+}
+
 async fn check(config: &Config) -> Result<()> {
     let pipelines = pipeline::load_pipelines(config)?;
     let mut problems = 0;
+    match pipeline::load_models(config, &pipelines) {
+        Ok(graph) => println!("ok    {} model(s) in {}", graph.models.len(), config.pipelines_dir().join("models").display()),
+        Err(e) => {
+            problems += 1;
+            println!("error {e}");
+        }
+    }
     for p in &pipelines {
         match pipeline::check(config, p).await {
             Ok(errors) if errors.is_empty() => println!("ok    {}", p.path.display()),
@@ -371,6 +414,10 @@ async fn demo(dir: &Path, no_serve: bool, source: Option<String>, scale: f64, se
             let pipelines = dir.join("pipelines");
             std::fs::create_dir_all(&pipelines)?;
             std::fs::write(pipelines.join("sokana_core.toml"), sokana::SOKANA_CORE_PIPELINE)?;
+            std::fs::create_dir_all(pipelines.join("models"))?;
+            for (name, sql) in sokana::SOKANA_CORE_MODELS {
+                std::fs::write(pipelines.join("models").join(name), sql)?;
+            }
             dir.clone()
         }
     };

@@ -2,9 +2,12 @@
 //! the warehouse, record every run). Owns the run log and the per-pipeline lock. It reads sources and
 //! writes the warehouse only through their modules, and knows nothing of HTTP or rendering.
 
+pub mod build;
+pub mod model;
 pub mod runlog;
 pub mod spec;
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -21,8 +24,9 @@ use crate::source::ConnectOptions;
 use crate::source::{
     ColumnType, CursorRange, CursorValue, ExtractSpec, Snapshot, SourceColumn, SourceError, SourceUrl, merge_partitions,
 };
-use crate::warehouse::{LoadRequest, Maintenance, SyncMode, Warehouse, WarehouseError};
+use crate::warehouse::{LoadRequest, Maintenance, SyncMode, TableName, Warehouse, WarehouseError};
 use runlog::{RunLock, RunLog, RunLogError, TableRecord};
+use model::ModelGraph;
 use spec::{Pipeline, SpecError, Sync, TableSpec};
 
 /// Set to `TARGET:ROWS` (e.g. `raw.hours:5000`) to stop a load once that many rows of that table
@@ -45,9 +49,20 @@ pub enum PipelineError {
     Config(#[from] crate::config::ConfigError),
     #[error("pipeline {pipeline}: {failed} of {total} table(s) failed; first: {first}")]
     TablesFailed { pipeline: String, failed: usize, total: usize, first: String },
+    #[error("{}: {message}", path.display())]
+    Model { path: std::path::PathBuf, message: String },
+    #[error("query session: {0}")]
+    Query(String),
+    #[error("pseudonym key: {0}")]
+    Key(String),
     #[error("no pipeline named {name:?} in {dir} (have: {have})")]
     UnknownPipeline { name: String, dir: String, have: String },
 }
+
+/// The run log's name for builds of models alone (`sokana model build`), and the lock that keeps
+/// two builds of the models from running at once.
+pub const MODELS_RUN: &str = "models";
+const MODELS_LOCK: &str = "models.build";
 
 /// What one run did.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -74,6 +89,62 @@ pub fn select<'a>(all: &'a [Pipeline], names: &[String], config: &Config) -> Res
             })
         })
         .collect()
+}
+
+/// The project's models (`pipelines/models/*.sql`), checked against the tables `pipelines` load.
+pub fn load_models(config: &Config, pipelines: &[Pipeline]) -> Result<ModelGraph, SpecError> {
+    let raw: BTreeSet<TableName> = pipelines.iter().flat_map(|p| p.tables.iter().map(|t| t.target.clone())).collect();
+    ModelGraph::load(&config.pipelines_dir().join("models"), &raw)
+}
+
+/// Builds the named models (all if none) and the models they read, as a run of [`MODELS_RUN`].
+pub async fn build_models(
+    config: &Config,
+    names: &[String],
+    trigger: &str,
+    progress: &Arc<dyn Progress>,
+) -> Result<RunSummary, PipelineError> {
+    let graph = load_models(config, &load_pipelines(config)?)?;
+    let models = graph.select(names).map_err(|message| SpecError {
+        path: config.pipelines_dir().join("models"),
+        line: None,
+        message,
+    })?;
+    let state_dir = config.state_dir();
+    let _lock = RunLock::wait(&state_dir, MODELS_LOCK).await?;
+    let log = RunLog::open(&state_dir)?;
+    let run_id = log.start(MODELS_RUN, trigger)?;
+    let outcome = build::build(config, &models, &BTreeSet::new(), &run_id, &log, progress).await;
+    finish_run(&log, run_id, MODELS_RUN, outcome)
+}
+
+/// Records the end of a run: it failed if it could not go on, or if any table or model failed.
+fn finish_run(
+    log: &RunLog,
+    run_id: String,
+    pipeline: &str,
+    outcome: Result<Vec<TableRecord>, PipelineError>,
+) -> Result<RunSummary, PipelineError> {
+    let error = match &outcome {
+        Ok(tables) => tables.iter().find_map(|t| t.error.clone()).map(|first| PipelineError::TablesFailed {
+            pipeline: pipeline.to_string(),
+            failed: tables.iter().filter(|t| t.error.is_some()).count(),
+            total: tables.len(),
+            first,
+        }),
+        Err(_) => None,
+    };
+    let message = match (&outcome, &error) {
+        (Err(e), _) => Some(e.to_string()),
+        (_, Some(e)) => Some(e.to_string()),
+        _ => None,
+    };
+    log.finish(&run_id, message.as_deref())?;
+    let tables = outcome?;
+    match error {
+        Some(e) => Err(e),
+        None => Ok(RunSummary { run_id, pipeline: pipeline.to_string(), tables }),
+    }
 }
 
 pub fn warehouse(config: &Config) -> Result<Warehouse, crate::config::ConfigError> {
@@ -111,27 +182,36 @@ pub async fn run(
     let _lock = RunLock::acquire(&state_dir, &pipeline.name)?;
     let log = RunLog::open(&state_dir)?;
     let run_id = log.start(&pipeline.name, trigger)?;
-    let outcome = run_locked(config, pipeline, &run_id, &log, progress).await;
-    let error = match &outcome {
-        Ok(tables) => tables.iter().find_map(|t| t.error.clone()).map(|first| PipelineError::TablesFailed {
-            pipeline: pipeline.name.clone(),
-            failed: tables.iter().filter(|t| t.error.is_some()).count(),
-            total: tables.len(),
-            first,
+    let outcome = match run_locked(config, pipeline, &run_id, &log, progress).await {
+        Ok(mut tables) => build_after_loads(config, pipeline, &tables, &run_id, &log, progress).await.map(|models| {
+            tables.extend(models);
+            tables
         }),
-        Err(_) => None,
+        Err(e) => Err(e),
     };
-    let message = match (&outcome, &error) {
-        (Err(e), _) => Some(e.to_string()),
-        (_, Some(e)) => Some(e.to_string()),
-        _ => None,
-    };
-    log.finish(&run_id, message.as_deref())?;
-    let tables = outcome?;
-    match error {
-        Some(e) => Err(e),
-        None => Ok(RunSummary { run_id, pipeline: pipeline.name.clone(), tables }),
+    finish_run(&log, run_id, &pipeline.name, outcome)
+}
+
+/// Builds the models downstream of the tables a pipeline loads; models reading a table whose load
+/// failed in this run are skipped.
+async fn build_after_loads(
+    config: &Config,
+    pipeline: &Pipeline,
+    tables: &[TableRecord],
+    run_id: &str,
+    log: &RunLog,
+    progress: &Arc<dyn Progress>,
+) -> Result<Vec<TableRecord>, PipelineError> {
+    let graph = load_models(config, &load_pipelines(config)?)?;
+    let loaded: BTreeSet<TableName> = pipeline.tables.iter().map(|t| t.target.clone()).collect();
+    let models = graph.downstream_of(&loaded);
+    if models.is_empty() {
+        return Ok(Vec::new());
     }
+    let failed: BTreeSet<TableName> =
+        tables.iter().filter(|t| t.error.is_some()).filter_map(|t| t.target.parse().ok()).collect();
+    let _lock = RunLock::wait(&config.state_dir(), MODELS_LOCK).await?;
+    build::build(config, &models, &failed, run_id, log, progress).await
 }
 
 async fn run_locked(
@@ -145,11 +225,7 @@ async fn run_locked(
     let warehouse = warehouse(config)?;
     let source = url.connect(&options).await?;
     let mut snapshot = source.snapshot().await?;
-    let maintenance = Maintenance {
-        compact_min_files: config.warehouse.compact_min_files,
-        target_file_size: config.warehouse.target_file_mb * 1024 * 1024,
-        retention_hours: config.warehouse.retention_hours,
-    };
+    let maintenance = Maintenance::from_config(config);
     let mut records = Vec::new();
     for table in &pipeline.tables {
         let started = Instant::now();

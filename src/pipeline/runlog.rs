@@ -197,16 +197,33 @@ pub struct RunLock {
 }
 
 impl RunLock {
+    /// Takes the lock, or fails at once if another process holds it.
     pub fn acquire(state_dir: &Path, pipeline: &str) -> Result<RunLock, RunLogError> {
-        let dir = state_dir.join("locks");
-        let path = dir.join(format!("{pipeline}.lock"));
-        let store_err = |e: std::io::Error| RunLogError::Store { path: path.clone(), reason: e.to_string() };
-        std::fs::create_dir_all(&dir).map_err(store_err)?;
-        let file = File::options().create(true).truncate(false).write(true).open(&path).map_err(store_err)?;
+        let (file, path) = lock_file(state_dir, pipeline)?;
         match file.try_lock() {
             Ok(()) => Ok(RunLock { _file: file }),
             Err(TryLockError::WouldBlock) => Err(RunLogError::AlreadyRunning { pipeline: pipeline.into(), path }),
-            Err(TryLockError::Error(e)) => Err(store_err(e)),
+            Err(TryLockError::Error(e)) => Err(RunLogError::Store { path, reason: e.to_string() }),
         }
     }
+
+    /// Takes the lock, waiting for another holder to finish.
+    pub async fn wait(state_dir: &Path, name: &str) -> Result<RunLock, RunLogError> {
+        let (file, path) = lock_file(state_dir, name)?;
+        let locked = tokio::task::spawn_blocking(move || file.lock().map(|()| file)).await;
+        match locked {
+            Ok(Ok(file)) => Ok(RunLock { _file: file }),
+            Ok(Err(e)) => Err(RunLogError::Store { path, reason: e.to_string() }),
+            Err(e) => Err(RunLogError::Store { path, reason: e.to_string() }),
+        }
+    }
+}
+
+fn lock_file(state_dir: &Path, name: &str) -> Result<(File, std::path::PathBuf), RunLogError> {
+    let dir = state_dir.join("locks");
+    let path = dir.join(format!("{name}.lock"));
+    let store_err = |e: std::io::Error| RunLogError::Store { path: path.clone(), reason: e.to_string() };
+    std::fs::create_dir_all(&dir).map_err(store_err)?;
+    let file = File::options().create(true).truncate(false).write(true).open(&path).map_err(store_err)?;
+    Ok((file, path))
 }

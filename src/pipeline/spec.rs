@@ -216,6 +216,9 @@ impl Pipeline {
                 format!("pipeline name {name:?} (the file name) must be lower-case letters, digits and _"),
             ));
         }
+        if name == super::MODELS_RUN {
+            return Err(err(None, format!("the pipeline name {name:?} is reserved for model builds; rename the file")));
+        }
         let timezone: chrono_tz::Tz = file.timezone.get_ref().parse().map_err(|_| {
             err(
                 Some(file.timezone.span().start),

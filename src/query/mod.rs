@@ -11,6 +11,8 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 
 use crate::warehouse::{SCHEMAS, TableName, Warehouse, WarehouseError};
 
+pub mod functions;
+
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
     #[error(transparent)]
@@ -40,6 +42,16 @@ pub async fn session(warehouse: &Warehouse) -> Result<SessionContext, QueryError
         register(&ctx, warehouse, &name).await?;
     }
     Ok(ctx)
+}
+
+/// Points `name` in the session at the table's newest version (after a build committed one).
+pub async fn refresh(ctx: &SessionContext, warehouse: &Warehouse, name: &TableName) -> Result<(), QueryError> {
+    let schema = ctx
+        .catalog("sokana")
+        .and_then(|c| c.schema(&name.schema))
+        .ok_or_else(|| QueryError::Sql(format!("schema {} is missing", name.schema)))?;
+    schema.deregister_table(&name.name)?;
+    register(ctx, warehouse, name).await
 }
 
 async fn register(ctx: &SessionContext, warehouse: &Warehouse, name: &TableName) -> Result<(), QueryError> {

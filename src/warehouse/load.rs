@@ -53,6 +53,19 @@ pub struct LoadRequest {
     pub target_file_size: u64,
 }
 
+/// Rows that replace a table's contents (see [`Warehouse::replace`]).
+pub struct ReplaceRequest {
+    pub table: TableName,
+    pub schema: SchemaRef,
+    pub rows: Vec<SendableRecordBatchStream>,
+    /// A SQL predicate over the table's columns: only matching rows are replaced.
+    pub replace_where: Option<String>,
+    pub partition_by: Vec<String>,
+    /// Provenance stored in the commit under [`COMMIT_KEY`].
+    pub provenance: serde_json::Value,
+    pub target_file_size: u64,
+}
+
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct LoadOutcome {
     /// The version committed, or `None` when there was nothing to write.
@@ -108,8 +121,8 @@ fn stream_frame(
 }
 
 /// Drops the partitions that hold no rows, keeping each other one whole (its first batch is put
-/// back in front). Empty when there are no rows at all.
-/// Drops the streams that yield no rows; also returns the first batch seen, as a sample of the rows.
+/// back in front), and returns the first batch seen as a sample of the rows. Empty when there are
+/// no rows at all.
 async fn non_empty(
     streams: Vec<SendableRecordBatchStream>,
 ) -> Result<(Vec<SendableRecordBatchStream>, Option<RecordBatch>), DataFusionError> {
@@ -307,6 +320,46 @@ impl Warehouse {
         })
     }
 
+    /// Replaces a table's rows in one commit: all of them, or only those matching `replace_where`
+    /// (e.g. the partitions an incremental model recomputed). Creates the table on first use. New
+    /// columns are added to the table; a column whose type changed is refused.
+    pub async fn replace(&self, request: ReplaceRequest) -> Result<LoadOutcome, WarehouseError> {
+        let name = request.table.clone();
+        let df_err = |e: DataFusionError| WarehouseError::Source { table: name.to_string(), reason: e.to_string() };
+        let handle = self.handle(&name).await?;
+        let added_columns = match handle.version() {
+            Some(_) => check_schema(&handle, &name, &request.schema)?,
+            None => Vec::new(),
+        };
+        let commit = CommitProperties::default().with_metadata([(COMMIT_KEY.to_string(), request.provenance.clone())]);
+        let (rows, sample) = non_empty(request.rows).await.map_err(df_err)?;
+        let counter = Arc::new(AtomicU64::new(0));
+        let counted: Vec<_> = rows.into_iter().map(|r| count_rows(r, counter.clone())).collect();
+        let ctx = SessionContext::new();
+        let plan = stream_frame(&ctx, &request.schema, counted).map_err(df_err)?.into_unoptimized_plan();
+        let mut write = handle
+            .write(Vec::new())
+            .with_input_plan(plan)
+            .with_save_mode(SaveMode::Overwrite)
+            .with_partition_columns(request.partition_by.clone())
+            .with_target_file_size(std::num::NonZeroU64::new(request.target_file_size))
+            .with_writer_properties(writer_properties(sample.as_ref()))
+            .with_commit_properties(commit);
+        if !added_columns.is_empty() {
+            write = write.with_schema_mode(deltalake::operations::write::SchemaMode::Merge);
+        }
+        if let Some(predicate) = request.replace_where {
+            write = write.with_replace_where(predicate);
+        }
+        let table = write.await.map_err(|e| WarehouseError::delta(&name, e))?;
+        Ok(LoadOutcome {
+            version: table.version().map(|v| v as i64),
+            inserted: counter.load(Ordering::Relaxed),
+            added_columns,
+            ..LoadOutcome::default()
+        })
+    }
+
     async fn create_empty(
         &self,
         handle: DeltaTable,
@@ -386,6 +439,17 @@ pub struct Maintenance {
     pub compact_min_files: usize,
     pub target_file_size: u64,
     pub retention_hours: u64,
+}
+
+impl Maintenance {
+    /// The settings of the config's `[warehouse]` section.
+    pub fn from_config(config: &crate::config::Config) -> Maintenance {
+        Maintenance {
+            compact_min_files: config.warehouse.compact_min_files,
+            target_file_size: config.warehouse.target_file_mb * 1024 * 1024,
+            retention_hours: config.warehouse.retention_hours,
+        }
+    }
 }
 
 impl Warehouse {

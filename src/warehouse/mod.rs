@@ -17,7 +17,7 @@ use object_store::ObjectStore;
 use object_store::path::Path as StorePath;
 use url::Url;
 
-pub use load::{LoadOutcome, LoadRequest, Maintenance, SyncMode};
+pub use load::{LoadOutcome, LoadRequest, Maintenance, ReplaceRequest, SyncMode};
 
 /// The schemas tables live in.
 pub const SCHEMAS: &[&str] = &["raw", "marts"];

@@ -1,0 +1,254 @@
+//! Building SQL models into `marts.*`: each model's query runs through `query` over the current
+//! versions of the tables it reads, and its result replaces the table in one commit. A model whose
+//! inputs and SQL are unchanged since its last build is left alone; a model that fails keeps its
+//! previous version and the models that read it are skipped, while the others are built.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::error::DataFusionError;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::logical_expr::{cast, col, lit};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::prelude::{DataFrame, SessionContext};
+use datafusion::scalar::ScalarValue;
+use chrono::Utc;
+use futures::StreamExt;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use super::model::Model;
+use super::runlog::{RunLog, TableRecord};
+use super::{PipelineError, warehouse};
+use crate::config::Config;
+use crate::progress::Progress;
+use crate::query;
+use crate::warehouse::{Maintenance, ReplaceRequest, TableName, Warehouse};
+
+/// Where the key of `pseudonym()` comes from: this variable, or else a key file in the state
+/// directory that the first build creates.
+pub const PSEUDONYM_KEY_ENV: &str = "SOKANA_PSEUDONYM_KEY";
+const PSEUDONYM_KEY_FILE: &str = "pseudonym.key";
+
+/// Builds `models` (in build order), recording each in the run log under `run_id`. Models that
+/// read an `unavailable` table (its load failed) are skipped.
+pub async fn build(
+    config: &Config,
+    models: &[&Model],
+    unavailable: &BTreeSet<TableName>,
+    run_id: &str,
+    log: &RunLog,
+    progress: &Arc<dyn Progress>,
+) -> Result<Vec<TableRecord>, PipelineError> {
+    let warehouse = warehouse(config)?;
+    let ctx = query::session(&warehouse).await.map_err(|e| PipelineError::Query(e.to_string()))?;
+    ctx.register_udf(query::functions::pseudonym(&pseudonym_key(&config.state_dir())?));
+    let maintenance = Maintenance::from_config(config);
+    let mut failed: BTreeSet<TableName> = unavailable.clone();
+    let mut records = Vec::new();
+    for model in models {
+        let started = Instant::now();
+        let label = model.target.to_string();
+        progress.start(&label, None);
+        let mut record = TableRecord { target: label.clone(), ..TableRecord::default() };
+        if let Some(input) = model.reads.keys().find(|t| failed.contains(t)) {
+            failed.insert(model.target.clone());
+            record.status = "skipped".into();
+            record.error = Some(format!("not built: it reads {input}, which failed in this run"));
+        } else {
+            match build_one(&ctx, &warehouse, model, run_id, &maintenance).await {
+                Ok(Built::Unchanged) => record.status = "unchanged".into(),
+                Ok(Built::Replaced { rows, version }) => {
+                    record.status = "succeeded".into();
+                    (record.inserted, record.version) = (rows, Some(version));
+                    query::refresh(&ctx, &warehouse, &model.target)
+                        .await
+                        .map_err(|e| PipelineError::Query(e.to_string()))?;
+                    if let Err(e) = warehouse.maintain(&model.target, &maintenance, true).await {
+                        tracing::warn!(table = %label, error = %e, "maintenance failed; the build itself is committed");
+                    }
+                }
+                Err(e) => {
+                    failed.insert(model.target.clone());
+                    record.status = "failed".into();
+                    record.error = Some(match e {
+                        PipelineError::Model { .. } => e.to_string(),
+                        other => format!("{}: {other}", model.path.display()),
+                    });
+                }
+            }
+        }
+        progress.finish(
+            &label,
+            &match (&record.status[..], &record.error) {
+                (_, Some(e)) => format!("{}: {e}", record.status),
+                ("unchanged", None) => "unchanged (inputs and SQL as at the last build)".into(),
+                _ => format!("{} rows", record.inserted),
+            },
+        );
+        record.duration_ms = started.elapsed().as_millis() as u64;
+        log.record_table(run_id, &record)?;
+        records.push(record);
+    }
+    Ok(records)
+}
+
+enum Built {
+    Unchanged,
+    Replaced { rows: u64, version: i64 },
+}
+
+async fn build_one(
+    ctx: &SessionContext,
+    warehouse: &Warehouse,
+    model: &Model,
+    run_id: &str,
+    maintenance: &Maintenance,
+) -> Result<Built, PipelineError> {
+    let model_err = |message: String| PipelineError::Model { path: model.path.clone(), message };
+    let mut inputs: BTreeMap<String, u64> = BTreeMap::new();
+    for table in model.reads.keys() {
+        let version = match warehouse.open(table).await? {
+            Some(t) => t.version(),
+            None => None,
+        };
+        let version = version.ok_or_else(|| model_err(format!("reads {table}, which has not been loaded yet")))?;
+        inputs.insert(table.to_string(), version);
+    }
+    let sql_hash = hex::encode(Sha256::digest(model.sql.as_bytes()));
+    // A model that reads the clock (days overdue "as of the build") is stale the next day even
+    // when nothing else changed.
+    let as_of = reads_clock(&model.sql).then(|| Utc::now().date_naive().to_string());
+    let existing = warehouse.open(&model.target).await?;
+    if let Some(table) = &existing {
+        let last = warehouse.last_load(table, &model.target).await?;
+        let field = |key: &str| last.as_ref().and_then(|p| p.get(key)).cloned().unwrap_or_default();
+        if field("inputs") == json!(inputs) && field("sql_sha256") == json!(sql_hash) && field("as_of") == json!(as_of) {
+            return Ok(Built::Unchanged);
+        }
+    }
+
+    let sql_err = |e: DataFusionError| model_err(e.find_root().to_string());
+    let frame = ctx.sql(&model.sql).await.map_err(sql_err)?;
+    let frame = match &existing {
+        Some(table) => {
+            let current = table.snapshot().map_err(|e| model_err(e.to_string()))?.snapshot().arrow_schema();
+            keep_dropped_columns(frame, &current, model).map_err(sql_err)?
+        }
+        None => frame,
+    };
+    for column in &model.partition_by {
+        if frame.schema().field_with_unqualified_name(column).is_err() {
+            return Err(model_err(format!("@partition_by column {column:?} is not among the model's columns")));
+        }
+    }
+    let plan = frame.create_physical_plan().await.map_err(sql_err)?;
+    let schema = stored(&plan.schema());
+    let streams = datafusion::physical_plan::execute_stream_partitioned(plan, ctx.task_ctx()).map_err(sql_err)?;
+    let outcome = warehouse
+        .replace(ReplaceRequest {
+            table: model.target.clone(),
+            schema: schema.clone(),
+            rows: streams.into_iter().map(|s| with_schema(s, schema.clone())).collect(),
+            replace_where: None,
+            partition_by: model.partition_by.clone(),
+            provenance: json!({ "run_id": run_id, "model": model.path.display().to_string(),
+                                "inputs": inputs, "sql_sha256": sql_hash, "as_of": as_of }),
+            target_file_size: maintenance.target_file_size,
+        })
+        .await?;
+    if !outcome.added_columns.is_empty() {
+        tracing::warn!(model = %model.target, columns = %outcome.added_columns.join(", "), "model has new columns");
+    }
+    Ok(Built::Replaced { rows: outcome.inserted, version: outcome.version.unwrap_or_default() })
+}
+
+/// Whether SQL calls a function whose value depends on when it runs.
+fn reads_clock(sql: &str) -> bool {
+    let sql = sql.to_lowercase();
+    ["now(", "current_date", "current_timestamp", "current_time", "today("].iter().any(|f| sql.contains(f))
+}
+
+/// Columns the table has and the model no longer produces are kept, as NULL, like a column dropped
+/// from a source (readers of the mart keep working; the type rules apply to the rest).
+fn keep_dropped_columns(frame: DataFrame, current: &Schema, model: &Model) -> Result<DataFrame, DataFusionError> {
+    let produced: BTreeSet<String> = frame.schema().fields().iter().map(|f| f.name().clone()).collect();
+    let dropped: Vec<_> = current.fields().iter().filter(|f| !produced.contains(f.name())).collect();
+    if dropped.is_empty() {
+        return Ok(frame);
+    }
+    tracing::warn!(
+        model = %model.target,
+        columns = %dropped.iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", "),
+        "the model no longer produces these columns; they are kept as NULL"
+    );
+    let mut exprs: Vec<_> = produced.iter().map(|name| col(format!("\"{}\"", name.replace('"', "\"\"")))).collect();
+    exprs.extend(dropped.iter().map(|f| cast(lit(ScalarValue::Null), f.data_type().clone()).alias(f.name())));
+    frame.select(exprs)
+}
+
+/// The schema a model's table is stored with: every field nullable (a column may be non-null in one
+/// build and not the next), and DataFusion's view types as the plain types Delta tables hold.
+fn stored(schema: &Schema) -> SchemaRef {
+    let field = |f: &datafusion::arrow::datatypes::Field| {
+        let ty = match f.data_type() {
+            DataType::Utf8View => DataType::Utf8,
+            DataType::BinaryView => DataType::Binary,
+            other => other.clone(),
+        };
+        f.clone().with_data_type(ty).with_nullable(true)
+    };
+    Arc::new(Schema::new(schema.fields().iter().map(|f| field(f)).collect::<Vec<_>>()))
+}
+
+/// Casts each batch to `schema` (see [`stored`]).
+fn with_schema(stream: SendableRecordBatchStream, schema: SchemaRef) -> SendableRecordBatchStream {
+    let converted = {
+        let schema = schema.clone();
+        stream.map(move |batch| {
+            let batch = batch?;
+            let columns = batch
+                .columns()
+                .iter()
+                .zip(schema.fields())
+                .map(|(column, field)| datafusion::arrow::compute::cast(column, field.data_type()))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(RecordBatch::try_new(schema.clone(), columns)?)
+        })
+    };
+    Box::pin(RecordBatchStreamAdapter::new(schema, converted))
+}
+
+/// The key for `pseudonym()`: from [`PSEUDONYM_KEY_ENV`], or the state directory's key file,
+/// created (owner-only) with 32 random bytes on first use.
+fn pseudonym_key(state_dir: &Path) -> Result<Vec<u8>, PipelineError> {
+    if let Ok(key) = std::env::var(PSEUDONYM_KEY_ENV) {
+        if key.len() < 16 {
+            return Err(PipelineError::Key(format!("{PSEUDONYM_KEY_ENV} must be at least 16 characters")));
+        }
+        return Ok(key.into_bytes());
+    }
+    let path = state_dir.join(PSEUDONYM_KEY_FILE);
+    let key_err = |e: std::io::Error| PipelineError::Key(format!("{}: {e}", path.display()));
+    match std::fs::read_to_string(&path) {
+        Ok(text) => return hex::decode(text.trim()).map_err(|e| PipelineError::Key(format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(key_err(e)),
+        Err(_) => {}
+    }
+    let mut key = [0u8; 32];
+    rand::TryRngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut key)
+        .map_err(|e| PipelineError::Key(format!("no randomness for a new key: {e}")))?;
+    std::fs::create_dir_all(state_dir).map_err(key_err)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&path).map_err(key_err)?;
+    std::io::Write::write_all(&mut file, hex::encode(key).as_bytes()).map_err(key_err)?;
+    tracing::warn!(path = %path.display(), "created a pseudonym key; set {PSEUDONYM_KEY_ENV} to manage it yourself");
+    Ok(key.to_vec())
+}
