@@ -358,7 +358,9 @@ async fn check(config: &Config) -> Result<()> {
     let pipelines = pipeline::load_pipelines(config)?;
     let mut problems = 0;
     match pipeline::load_models(config, &pipelines) {
-        Ok(graph) => println!("ok    {} model(s) in {}", graph.models.len(), config.pipelines_dir().join("models").display()),
+        Ok(graph) => {
+            println!("ok    {} model(s) in {}", graph.models.len(), config.pipelines_dir().join("models").display())
+        }
         Err(e) => {
             problems += 1;
             println!("error {e}");
@@ -386,9 +388,12 @@ async fn check(config: &Config) -> Result<()> {
 }
 
 async fn serve(config: &Config) -> Result<()> {
-    let state = sokana::api::AppState { warehouse: pipeline::warehouse(config)? };
+    let state = sokana::api::AppState { config: Arc::new(config.clone()), warehouse: pipeline::warehouse(config)? };
     let listen = config.server.listen;
-    eprintln!("serving on http://{listen}  (health: /health/live, /health/ready; Ctrl-C stops)");
+    eprintln!(
+        "serving on http://{listen}  (health: /health/live, /health/ready; pipelines: /api/v1/pipelines; \
+         scheduled pipelines run on time; Ctrl-C stops)"
+    );
     sokana::api::serve(listen, state).await.with_context(|| format!("serving on {listen}"))
 }
 

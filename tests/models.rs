@@ -115,7 +115,8 @@ async fn sokana_marts_match_independent_figures_from_the_source() {
         "SELECT column_name FROM information_schema.columns WHERE table_schema = 'marts' AND table_name = 'dim_clients'",
     )
     .await;
-    for personal in ["id", "client_number", "first_name", "email", "phone", "date_of_birth", "address_line1", "health_history"]
+    for personal in
+        ["id", "client_number", "first_name", "email", "phone", "date_of_birth", "address_line1", "health_history"]
     {
         assert!(!columns.iter().any(|c| c[0] == personal), "dim_clients must not hold {personal}");
     }
@@ -178,9 +179,11 @@ async fn sokana_marts_match_independent_figures_from_the_source() {
     // mart_ar_aging: open invoice balances by days past due today (New York).
     let today = ny_today();
     let mut buckets: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
-    for (due, balance, status) in query_map(&db, "SELECT due_date, printf('%.2f', balance_amount), status FROM phi_invoices", |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
-    }) {
+    for (due, balance, status) in
+        query_map(&db, "SELECT due_date, printf('%.2f', balance_amount), status FROM phi_invoices", |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+        })
+    {
         let balance = cents(&balance);
         if balance <= 0 || status.trim().eq_ignore_ascii_case("paid") {
             continue;
@@ -198,7 +201,11 @@ async fn sokana_marts_match_independent_figures_from_the_source() {
         entry.0 += 1;
         entry.1 += balance;
     }
-    let aging = rows(&config, "SELECT bucket, invoices, CAST(balance AS VARCHAR) FROM marts.mart_ar_aging ORDER BY bucket_order").await;
+    let aging = rows(
+        &config,
+        "SELECT bucket, invoices, CAST(balance AS VARCHAR) FROM marts.mart_ar_aging ORDER BY bucket_order",
+    )
+    .await;
     assert_eq!(aging.iter().map(|r| r[0].as_str()).collect::<Vec<_>>(), ["current", "1-30", "31-60", "61-90", "90+"]);
     for row in &aging {
         let (n, balance) = buckets.get(row[0].as_str()).copied().unwrap_or_default();
@@ -215,8 +222,11 @@ async fn sokana_marts_match_independent_figures_from_the_source() {
         let hundredths = ((end - start).num_seconds() as f64 / 36.0).round() as i64;
         *hours.entry((pseudonym(&doula), ny_month(start))).or_default() += hundredths;
     }
-    let utilization =
-        rows(&config, "SELECT doula_key, CAST(month AS VARCHAR), CAST(hours AS VARCHAR) FROM marts.mart_doula_utilization").await;
+    let utilization = rows(
+        &config,
+        "SELECT doula_key, CAST(month AS VARCHAR), CAST(hours AS VARCHAR) FROM marts.mart_doula_utilization",
+    )
+    .await;
     for row in &utilization {
         let expected = hours.get(&(row[0].clone(), row[1].clone())).copied().unwrap_or(0);
         assert_eq!(row[2], money(expected), "hours of a doula in {}", row[1]);
@@ -296,7 +306,11 @@ async fn a_failing_model_keeps_its_last_version_and_skips_only_its_dependants() 
     assert!(status["marts.fragile"].1.is_some_and(|e| e.contains("fragile.sql")), "{:?}", status["marts.fragile"]);
     assert_eq!(status["marts.downstream"].0, "skipped");
 
-    assert_eq!(rows(&config, "SELECT method, n FROM marts.fragile ORDER BY method").await, before, "previous version kept");
+    assert_eq!(
+        rows(&config, "SELECT method, n FROM marts.fragile ORDER BY method").await,
+        before,
+        "previous version kept"
+    );
     let methods = rows(&config, "SELECT count(*) FROM marts.payments_by_method WHERE method = 'zz'").await;
     assert_eq!(methods[0][0], "1", "the healthy model saw the new rows");
 }

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
+use chrono::Utc;
 use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::error::DataFusionError;
@@ -16,7 +17,6 @@ use datafusion::logical_expr::{cast, col, lit};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::{DataFrame, SessionContext};
 use datafusion::scalar::ScalarValue;
-use chrono::Utc;
 use futures::StreamExt;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -127,7 +127,8 @@ async fn build_one(
     if let Some(table) = &existing {
         let last = warehouse.last_load(table, &model.target).await?;
         let field = |key: &str| last.as_ref().and_then(|p| p.get(key)).cloned().unwrap_or_default();
-        if field("inputs") == json!(inputs) && field("sql_sha256") == json!(sql_hash) && field("as_of") == json!(as_of) {
+        if field("inputs") == json!(inputs) && field("sql_sha256") == json!(sql_hash) && field("as_of") == json!(as_of)
+        {
             return Ok(Built::Unchanged);
         }
     }
@@ -235,7 +236,9 @@ fn pseudonym_key(state_dir: &Path) -> Result<Vec<u8>, PipelineError> {
     let path = state_dir.join(PSEUDONYM_KEY_FILE);
     let key_err = |e: std::io::Error| PipelineError::Key(format!("{}: {e}", path.display()));
     match std::fs::read_to_string(&path) {
-        Ok(text) => return hex::decode(text.trim()).map_err(|e| PipelineError::Key(format!("{}: {e}", path.display()))),
+        Ok(text) => {
+            return hex::decode(text.trim()).map_err(|e| PipelineError::Key(format!("{}: {e}", path.display())));
+        }
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(key_err(e)),
         Err(_) => {}
     }

@@ -5,6 +5,7 @@
 pub mod build;
 pub mod model;
 pub mod runlog;
+pub mod schedule;
 pub mod spec;
 
 use std::collections::BTreeSet;
@@ -25,8 +26,8 @@ use crate::source::{
     ColumnType, CursorRange, CursorValue, ExtractSpec, Snapshot, SourceColumn, SourceError, SourceUrl, merge_partitions,
 };
 use crate::warehouse::{LoadRequest, Maintenance, SyncMode, TableName, Warehouse, WarehouseError};
-use runlog::{RunLock, RunLog, RunLogError, TableRecord};
 use model::ModelGraph;
+use runlog::{RunLock, RunLog, RunLogError, TableRecord};
 use spec::{Pipeline, SpecError, Sync, TableSpec};
 
 /// Set to `TARGET:ROWS` (e.g. `raw.hours:5000`) to stop a load once that many rows of that table

@@ -52,7 +52,10 @@ impl Model {
         let err = |line: Option<usize>, message: String| SpecError { path: path.to_path_buf(), line, message };
         let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
         if !is_identifier(stem) {
-            return Err(err(None, "a model's file name must be lower-case letters, digits and _ (e.g. dim_clients.sql)".into()));
+            return Err(err(
+                None,
+                "a model's file name must be lower-case letters, digits and _ (e.g. dim_clients.sql)".into(),
+            ));
         }
         let mut model = Model {
             target: TableName { schema: "marts".into(), name: stem.into() },

@@ -5,8 +5,8 @@
 use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
 
-use chrono::Utc;
-use rusqlite::{Connection, params};
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
 #[derive(Debug, thiserror::Error)]
@@ -18,7 +18,7 @@ pub enum RunLogError {
 }
 
 pub struct RunLog {
-    conn: Connection,
+    conn: std::sync::Mutex<Connection>,
     path: PathBuf,
 }
 
@@ -32,6 +32,19 @@ pub struct RunRecord {
     pub finished_at: Option<String>,
     pub error: Option<String>,
     pub tables: Vec<TableRecord>,
+}
+
+/// One decision of the scheduler: `fired`, `skipped`, `caught_up`, `retrying` or `failed`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Decision {
+    pub pipeline: String,
+    /// The schedule time it concerns.
+    pub slot: Option<DateTime<Utc>>,
+    pub decision: String,
+    pub detail: Option<String>,
+    pub run_id: Option<String>,
+    /// When it was recorded (set by the log).
+    pub at: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -66,10 +79,24 @@ impl RunLog {
                rows_read INTEGER NOT NULL DEFAULT 0, inserted INTEGER NOT NULL DEFAULT 0,
                updated INTEGER NOT NULL DEFAULT 0, deleted INTEGER NOT NULL DEFAULT 0,
                version INTEGER, cursor TEXT, duration_ms INTEGER NOT NULL DEFAULT 0, error TEXT,
-               PRIMARY KEY (run_id, target));",
+               PRIMARY KEY (run_id, target));
+             CREATE TABLE IF NOT EXISTS schedule_slots (
+               pipeline TEXT PRIMARY KEY, slot TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS schedule_decisions (
+               at TEXT NOT NULL, pipeline TEXT NOT NULL, slot TEXT, decision TEXT NOT NULL,
+               detail TEXT, run_id TEXT);
+             CREATE INDEX IF NOT EXISTS decisions_by_pipeline ON schedule_decisions (pipeline, at);",
         )
         .map_err(|e| store_err(&e))?;
-        Ok(RunLog { conn, path })
+        Ok(RunLog { conn: std::sync::Mutex::new(conn), path })
+    }
+
+    /// The connection; the log is shared by the scheduler's tasks, one statement at a time.
+    fn db(&self) -> Result<std::sync::MutexGuard<'_, Connection>, RunLogError> {
+        self.conn.lock().map_err(|_| RunLogError::Store {
+            path: self.path.clone(),
+            reason: "a thread panicked while writing the run log".into(),
+        })
     }
 
     fn err(&self, e: rusqlite::Error) -> RunLogError {
@@ -81,13 +108,13 @@ impl RunLog {
     pub fn start(&self, pipeline: &str, trigger: &str) -> Result<String, RunLogError> {
         let id =
             format!("{}-{}", Utc::now().format("%Y%m%dT%H%M%S%.3fZ"), &uuid::Uuid::new_v4().simple().to_string()[..8]);
-        self.conn
+        self.db()?
             .execute(
                 "UPDATE runs SET status = 'interrupted' WHERE pipeline = ?1 AND status = 'running'",
                 params![pipeline],
             )
             .map_err(|e| self.err(e))?;
-        self.conn
+        self.db()?
             .execute(
                 "INSERT INTO runs (id, pipeline, trigger, status, started_at) VALUES (?1, ?2, ?3, 'running', ?4)",
                 params![id, pipeline, trigger, now()],
@@ -97,7 +124,7 @@ impl RunLog {
     }
 
     pub fn record_table(&self, run_id: &str, table: &TableRecord) -> Result<(), RunLogError> {
-        self.conn
+        self.db()?
             .execute(
                 "INSERT OR REPLACE INTO run_tables
                    (run_id, target, status, rows_read, inserted, updated, deleted, version, cursor, duration_ms, error)
@@ -122,7 +149,7 @@ impl RunLog {
 
     pub fn finish(&self, run_id: &str, error: Option<&str>) -> Result<(), RunLogError> {
         let status = if error.is_some() { "failed" } else { "succeeded" };
-        self.conn
+        self.db()?
             .execute(
                 "UPDATE runs SET status = ?2, finished_at = ?3, error = ?4 WHERE id = ?1",
                 params![run_id, status, now(), error],
@@ -132,9 +159,74 @@ impl RunLog {
     }
 
     /// The newest runs first, optionally of one pipeline.
+    /// The newest schedule time the scheduler has dealt with for `pipeline`.
+    pub fn schedule_slot(&self, pipeline: &str) -> Result<Option<DateTime<Utc>>, RunLogError> {
+        let slot: Option<String> = self
+            .db()?
+            .query_row("SELECT slot FROM schedule_slots WHERE pipeline = ?1", params![pipeline], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.err(e))?;
+        Ok(slot.and_then(|s| DateTime::parse_from_rfc3339(&s).ok()).map(|t| t.with_timezone(&Utc)))
+    }
+
+    pub fn set_schedule_slot(&self, pipeline: &str, slot: DateTime<Utc>) -> Result<(), RunLogError> {
+        self.db()?
+            .execute(
+                "INSERT INTO schedule_slots (pipeline, slot) VALUES (?1, ?2)
+                 ON CONFLICT (pipeline) DO UPDATE SET slot = excluded.slot",
+                params![pipeline, timestamp(slot)],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Records what the scheduler decided for one of its times.
+    pub fn record_decision(&self, decision: &Decision) -> Result<(), RunLogError> {
+        self.db()?
+            .execute(
+                "INSERT INTO schedule_decisions (at, pipeline, slot, decision, detail, run_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    now(),
+                    decision.pipeline,
+                    decision.slot.map(timestamp),
+                    decision.decision,
+                    decision.detail,
+                    decision.run_id
+                ],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// The scheduler's decisions, newest first.
+    pub fn decisions(&self, pipeline: Option<&str>, limit: usize) -> Result<Vec<Decision>, RunLogError> {
+        let db = self.db()?;
+        let mut stmt = db
+            .prepare(
+                "SELECT pipeline, slot, decision, detail, run_id, at FROM schedule_decisions
+                 WHERE ?1 IS NULL OR pipeline = ?1 ORDER BY at DESC, rowid DESC LIMIT ?2",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![pipeline, limit as i64], |r| {
+                let slot: Option<String> = r.get(1)?;
+                Ok(Decision {
+                    pipeline: r.get(0)?,
+                    slot: slot.and_then(|s| DateTime::parse_from_rfc3339(&s).ok()).map(|t| t.with_timezone(&Utc)),
+                    decision: r.get(2)?,
+                    detail: r.get(3)?,
+                    run_id: r.get(4)?,
+                    at: r.get(5)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+
     pub fn runs(&self, pipeline: Option<&str>, limit: usize) -> Result<Vec<RunRecord>, RunLogError> {
-        let mut stmt = self
-            .conn
+        let db = self.db()?;
+        let mut stmt = db
             .prepare(
                 "SELECT id, pipeline, trigger, status, started_at, finished_at, error FROM runs
                  WHERE ?1 IS NULL OR pipeline = ?1 ORDER BY started_at DESC, id DESC LIMIT ?2",
@@ -156,8 +248,7 @@ impl RunLog {
             .map_err(|e| self.err(e))?
             .collect::<Result<_, _>>()
             .map_err(|e| self.err(e))?;
-        let mut tables = self
-            .conn
+        let mut tables = db
             .prepare(
                 "SELECT target, status, rows_read, inserted, updated, deleted, version, cursor, duration_ms, error
                  FROM run_tables WHERE run_id = ?1 ORDER BY target",
@@ -188,7 +279,11 @@ impl RunLog {
 }
 
 fn now() -> String {
-    Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    timestamp(Utc::now())
+}
+
+fn timestamp(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// An exclusive lock on one pipeline, released when dropped (or when the process dies).

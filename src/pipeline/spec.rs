@@ -50,7 +50,7 @@ impl fmt::Display for ColumnClass {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CatchUp {
     /// Runs missed while the server was down are not made up.
@@ -68,6 +68,11 @@ struct PipelineFile {
     timezone: Spanned<String>,
     #[serde(default = "default_catch_up")]
     catch_up: CatchUp,
+    /// A scheduled run that fails is retried this many times, after `retry_delay_seconds`, doubling.
+    #[serde(default = "default_retries")]
+    retries: u32,
+    #[serde(default = "default_retry_delay")]
+    retry_delay_seconds: u64,
     #[serde(default)]
     defaults: Defaults,
     #[serde(default)]
@@ -79,6 +84,12 @@ fn default_timezone() -> Spanned<String> {
 }
 fn default_catch_up() -> CatchUp {
     CatchUp::Latest
+}
+fn default_retries() -> u32 {
+    3
+}
+fn default_retry_delay() -> u64 {
+    60
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -139,8 +150,17 @@ pub struct Pipeline {
     pub source: String,
     pub schedule: Option<Schedule>,
     pub catch_up: CatchUp,
+    pub retry: Retry,
     pub defaults: Defaults,
     pub tables: Vec<TableSpec>,
+}
+
+/// How a failed scheduled run is retried: `attempts` more times, the first after `delay`, each
+/// later one after twice the wait before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    pub attempts: u32,
+    pub delay: std::time::Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -297,6 +317,7 @@ impl Pipeline {
             source: file.source.into_inner(),
             schedule,
             catch_up: file.catch_up,
+            retry: Retry { attempts: file.retries, delay: std::time::Duration::from_secs(file.retry_delay_seconds) },
             defaults: file.defaults,
             tables,
         })
