@@ -237,5 +237,10 @@ async fn small_files_are_compacted_and_old_versions_vacuumed() {
         .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "parquet"))
         .count();
     assert_eq!(on_disk, 1, "files of old versions are vacuumed");
+    let checkpoints = std::fs::read_dir(project.dir.path().join("warehouse/raw/doulas/_delta_log"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".checkpoint.parquet"))
+        .count();
+    assert_eq!(checkpoints, 1, "a checkpoint after the compaction");
     assert_matches_source(&project).await;
 }

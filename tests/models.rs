@@ -339,6 +339,47 @@ async fn model_columns_evolve_like_raw_tables() {
     assert_eq!(after[0][0], got[0][2]);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn an_incremental_model_recomputes_only_the_touched_partitions() {
+    let sql = "-- @materialized: incremental\n-- @partition_by: month\n\
+               SELECT CAST(date_trunc('month', txn_date) AS DATE) AS month, sum(amount) AS total, count(*) AS n \
+               FROM raw.payments GROUP BY 1";
+    let project = project(0.1, Some(&[("monthly", sql)])).await;
+    let first = project.run().await.expect("first build");
+    let config = project.config();
+    let months: usize = rows(&config, "SELECT count(*) FROM marts.monthly").await[0][0].parse().expect("n");
+    assert!(months > 12, "a few years of months: {months}");
+    assert_eq!(first.tables.iter().find(|t| t.target == "marts.monthly").map(|t| t.inserted), Some(months as u64));
+
+    // One new payment in an old month: only that month is recomputed and replaced.
+    source(&project)
+        .execute("INSERT INTO payments (id, txn_date, amount, method) VALUES (99999999, '2022-03-15T12:00:00.000000Z', '10.00', 'card')", [])
+        .expect("new payment");
+    let second = project.run().await.expect("incremental build");
+    let record = second.tables.iter().find(|t| t.target == "marts.monthly").expect("model record");
+    assert_eq!((record.status.as_str(), record.inserted), ("succeeded", 1), "one partition rewritten: {record:?}");
+
+    // The table equals a full recomputation, and the source's own figures.
+    let full = "SELECT CAST(date_trunc('month', txn_date) AS DATE) AS month, sum(amount) AS total, count(*) AS n \
+                FROM raw.payments GROUP BY 1";
+    let expected =
+        rows(&config, &format!("SELECT CAST(month AS VARCHAR), CAST(total AS VARCHAR), n FROM ({full}) ORDER BY 1"))
+            .await;
+    let got =
+        rows(&config, "SELECT CAST(month AS VARCHAR), CAST(total AS VARCHAR), n FROM marts.monthly ORDER BY 1").await;
+    assert_eq!(got, expected);
+    let march: Vec<String> = query_map(
+        &source(&project),
+        "SELECT printf('%.2f', sum(amount)) FROM payments WHERE txn_date >= '2022-03' AND txn_date < '2022-04'",
+        |r| r.get(0),
+    );
+    assert!(got.iter().any(|r| r[0] == "2022-03-01" && r[1] == march[0]), "{got:?}");
+
+    // Nothing new: nothing recomputed.
+    let third = project.run().await.expect("no-op build");
+    assert!(third.tables.iter().any(|t| t.target == "marts.monthly" && t.status == "unchanged"));
+}
+
 #[test]
 fn bad_model_files_are_reported_by_check_with_file_and_line() {
     let project = Project::new("sqlite://operational.db");

@@ -1,4 +1,8 @@
 -- @description: One row per payment received, with its month (America/New_York) and the client's key where the payment or its contract names one.
+-- @materialized: incremental
+-- @partition_by: month
+-- Payments only arrive, so a run usually recomputes the current month alone (a change to a
+-- contract reaches every month through the join, and rebuilds the table).
 SELECT
     p.id AS payment_id,
     p.txn_date,

@@ -3,7 +3,7 @@
 //! inputs and SQL are unchanged since its last build is left alone; a model that fails keeps its
 //! previous version and the models that read it are skipped, while the others are built.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,7 +13,8 @@ use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
-use datafusion::logical_expr::{cast, col, lit};
+use datafusion::logical_expr::utils::{conjunction, disjunction};
+use datafusion::logical_expr::{Expr, cast, col, lit};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::{DataFrame, SessionContext};
 use datafusion::scalar::ScalarValue;
@@ -21,7 +22,7 @@ use futures::StreamExt;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use super::model::Model;
+use super::model::{Materialized, Model};
 use super::runlog::{RunLog, TableRecord};
 use super::{PipelineError, warehouse};
 use crate::config::Config;
@@ -45,8 +46,8 @@ pub async fn build(
     progress: &Arc<dyn Progress>,
 ) -> Result<Vec<TableRecord>, PipelineError> {
     let warehouse = warehouse(config)?;
-    let ctx = query::session(&warehouse).await.map_err(|e| PipelineError::Query(e.to_string()))?;
-    ctx.register_udf(query::functions::pseudonym(&pseudonym_key(&config.state_dir())?));
+    let key = pseudonym_key(&config.state_dir())?;
+    let ctx = model_session(&warehouse, &key).await?;
     let maintenance = Maintenance::from_config(config);
     let mut failed: BTreeSet<TableName> = unavailable.clone();
     let mut records = Vec::new();
@@ -60,7 +61,7 @@ pub async fn build(
             record.status = "skipped".into();
             record.error = Some(format!("not built: it reads {input}, which failed in this run"));
         } else {
-            match build_one(&ctx, &warehouse, model, run_id, &maintenance).await {
+            match build_one(&ctx, &warehouse, &key, model, run_id, &maintenance).await {
                 Ok(Built::Unchanged) => record.status = "unchanged".into(),
                 Ok(Built::Replaced { rows, version }) => {
                     record.status = "succeeded".into();
@@ -102,9 +103,17 @@ enum Built {
     Replaced { rows: u64, version: i64 },
 }
 
+/// A session over the warehouse with the functions models may call.
+async fn model_session(warehouse: &Warehouse, key: &[u8]) -> Result<SessionContext, PipelineError> {
+    let ctx = query::session(warehouse).await.map_err(|e| PipelineError::Query(e.to_string()))?;
+    ctx.register_udf(query::functions::pseudonym(key));
+    Ok(ctx)
+}
+
 async fn build_one(
     ctx: &SessionContext,
     warehouse: &Warehouse,
+    key: &[u8],
     model: &Model,
     run_id: &str,
     maintenance: &Maintenance,
@@ -124,18 +133,35 @@ async fn build_one(
     // when nothing else changed.
     let as_of = reads_clock(&model.sql).then(|| Utc::now().date_naive().to_string());
     let existing = warehouse.open(&model.target).await?;
+    let mut built_from: Option<BTreeMap<String, u64>> = None;
     if let Some(table) = &existing {
         let last = warehouse.last_load(table, &model.target).await?;
         let field = |key: &str| last.as_ref().and_then(|p| p.get(key)).cloned().unwrap_or_default();
-        if field("inputs") == json!(inputs) && field("sql_sha256") == json!(sql_hash) && field("as_of") == json!(as_of)
-        {
+        let same_sql = field("sql_sha256") == json!(sql_hash) && field("as_of") == json!(as_of);
+        if same_sql && field("inputs") == json!(inputs) {
             return Ok(Built::Unchanged);
+        }
+        if same_sql {
+            built_from = serde_json::from_value(field("inputs")).ok();
+        }
+    }
+    // An incremental model recomputes only the partitions that its inputs' changes since the last
+    // build can reach; anything it cannot judge exactly makes it rebuild in full.
+    let mut only: Option<Expr> = None;
+    if let (Materialized::Incremental, Some(built_from)) = (&model.materialized, &built_from) {
+        match touched(warehouse, key, model, built_from, &inputs).await {
+            Ok(Touched::Nothing) => return Ok(Built::Unchanged),
+            Ok(Touched::Only(predicate)) => only = Some(predicate),
+            Ok(Touched::All) => {}
+            Err(e) => {
+                tracing::warn!(model = %model.target, error = %e, "finding the changed partitions failed; rebuilding in full")
+            }
         }
     }
 
     let sql_err = |e: DataFusionError| model_err(e.find_root().to_string());
     let frame = ctx.sql(&model.sql).await.map_err(sql_err)?;
-    let frame = match &existing {
+    let mut frame = match &existing {
         Some(table) => {
             let current = table.snapshot().map_err(|e| model_err(e.to_string()))?.snapshot().arrow_schema();
             keep_dropped_columns(frame, &current, model).map_err(sql_err)?
@@ -147,6 +173,15 @@ async fn build_one(
             return Err(model_err(format!("@partition_by column {column:?} is not among the model's columns")));
         }
     }
+    if let (Some(predicate), Some(table)) = (&only, &existing) {
+        // A partial replacement must not change the table's columns; a full rebuild may.
+        let current = table.snapshot().map_err(|e| model_err(e.to_string()))?.snapshot().arrow_schema();
+        if stored(frame.schema().as_arrow()).fields() != stored(&current).fields() {
+            only = None;
+        } else {
+            frame = frame.filter(predicate.clone()).map_err(sql_err)?;
+        }
+    }
     let plan = frame.create_physical_plan().await.map_err(sql_err)?;
     let schema = stored(&plan.schema());
     let streams = datafusion::physical_plan::execute_stream_partitioned(plan, ctx.task_ctx()).map_err(sql_err)?;
@@ -155,7 +190,7 @@ async fn build_one(
             table: model.target.clone(),
             schema: schema.clone(),
             rows: streams.into_iter().map(|s| with_schema(s, schema.clone())).collect(),
-            replace_where: None,
+            replace_where: only,
             partition_by: model.partition_by.clone(),
             provenance: json!({ "run_id": run_id, "model": model.path.display().to_string(),
                                 "inputs": inputs, "sql_sha256": sql_hash, "as_of": as_of }),
@@ -166,6 +201,100 @@ async fn build_one(
         tracing::warn!(model = %model.target, columns = %outcome.added_columns.join(", "), "model has new columns");
     }
     Ok(Built::Replaced { rows: outcome.inserted, version: outcome.version.unwrap_or_default() })
+}
+
+/// Which partitions of an incremental model the changes to its inputs reach.
+enum Touched {
+    Nothing,
+    /// Those matching the predicate.
+    Only(Expr),
+    All,
+}
+
+/// More touched partitions than this are rebuilt as a whole.
+const MAX_TOUCHED: usize = 1000;
+
+/// Finds the partitions of `model` that the changes to its inputs between the versions it was
+/// last built from (`before`) and now can reach. A change is a data file added or removed between
+/// the two versions of an input; the model's SQL runs once per changed input with that input
+/// replaced by the rows of those files (old and new), and the partition values it yields are the
+/// ones to recompute. Exact for models whose every output row's partition comes from the input
+/// rows behind it (group-by-month and row-wise models); outer joins over a changed input reach
+/// every partition, which is still correct, only not cheaper.
+async fn touched(
+    warehouse: &Warehouse,
+    key: &[u8],
+    model: &Model,
+    before: &BTreeMap<String, u64>,
+    now: &BTreeMap<String, u64>,
+) -> Result<Touched, PipelineError> {
+    let df_err = |e: DataFusionError| PipelineError::Query(e.find_root().to_string());
+    let delta_err = |e: deltalake::DeltaTableError| PipelineError::Query(e.to_string());
+    let mut partitions: HashSet<Vec<ScalarValue>> = HashSet::new();
+    for (name, version) in now {
+        let Some(then) = before.get(name) else { return Ok(Touched::All) };
+        if then == version {
+            continue;
+        }
+        let table: TableName = name.parse().map_err(PipelineError::Query)?;
+        let Some(current) = warehouse.open(&table).await? else { return Ok(Touched::All) };
+        let mut old = current.clone();
+        if old.load_version(*then).await.is_err() {
+            // That version's log or files are gone (retention): nothing to compare with.
+            return Ok(Touched::All);
+        }
+        let files = |t: &deltalake::DeltaTable| -> Result<BTreeSet<String>, PipelineError> {
+            Ok(t.snapshot().map_err(delta_err)?.log_data().iter().map(|f| f.path().to_string()).collect())
+        };
+        let (files_now, files_then) = (files(&current)?, files(&old)?);
+        let added: Vec<String> = files_now.difference(&files_then).cloned().collect();
+        let removed: Vec<String> = files_then.difference(&files_now).cloned().collect();
+        let ctx = model_session(warehouse, key).await?;
+        let mut changes: Option<DataFrame> = None;
+        for (side, paths) in [(&current, added), (&old, removed)] {
+            if paths.is_empty() {
+                continue;
+            }
+            let provider = side.table_provider().with_file_paths(paths).build().await.map_err(df_err)?;
+            let frame = ctx.read_table(Arc::new(provider)).map_err(df_err)?;
+            changes = Some(match changes {
+                Some(other) => other.union(frame).map_err(df_err)?,
+                None => frame,
+            });
+        }
+        let Some(changes) = changes else { continue };
+        let schema = ctx
+            .catalog("sokana")
+            .and_then(|c| c.schema(&table.schema))
+            .ok_or_else(|| PipelineError::Query(format!("schema {} is missing", table.schema)))?;
+        schema.deregister_table(&table.name).map_err(df_err)?;
+        schema.register_table(table.name.clone(), changes.into_view()).map_err(df_err)?;
+        let columns: Vec<&str> = model.partition_by.iter().map(String::as_str).collect();
+        let reached = ctx.sql(&model.sql).await.and_then(|f| f.select_columns(&columns)).and_then(|f| f.distinct());
+        for batch in reached.map_err(df_err)?.collect().await.map_err(df_err)? {
+            for row in 0..batch.num_rows() {
+                let values = (0..batch.num_columns())
+                    .map(|c| ScalarValue::try_from_array(batch.column(c), row))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(df_err)?;
+                partitions.insert(values);
+            }
+        }
+        if partitions.len() > MAX_TOUCHED {
+            return Ok(Touched::All);
+        }
+    }
+    let matches = partitions.into_iter().map(|values| {
+        let terms = model.partition_by.iter().zip(values).map(|(column, value)| {
+            let column = col(format!("\"{}\"", column.replace('"', "\"\"")));
+            if value.is_null() { column.is_null() } else { column.eq(lit(value)) }
+        });
+        conjunction(terms).unwrap_or_else(|| lit(true))
+    });
+    Ok(match disjunction(matches) {
+        Some(predicate) => Touched::Only(predicate),
+        None => Touched::Nothing,
+    })
 }
 
 /// Whether SQL calls a function whose value depends on when it runs.

@@ -58,8 +58,8 @@ pub struct ReplaceRequest {
     pub table: TableName,
     pub schema: SchemaRef,
     pub rows: Vec<SendableRecordBatchStream>,
-    /// A SQL predicate over the table's columns: only matching rows are replaced.
-    pub replace_where: Option<String>,
+    /// A predicate over the table's columns: only matching rows are replaced.
+    pub replace_where: Option<datafusion::logical_expr::Expr>,
     pub partition_by: Vec<String>,
     /// Provenance stored in the commit under [`COMMIT_KEY`].
     pub provenance: serde_json::Value,
@@ -474,6 +474,9 @@ impl Warehouse {
                 .with_writer_properties(writer_properties(None))
                 .await
                 .map_err(delta_err)?;
+            // A checkpoint after each compaction keeps the log that readers replay short (delta-rs
+            // also writes one every `delta.checkpointInterval` commits, 100 by default).
+            deltalake::checkpoints::create_checkpoint(&table, None).await.map_err(delta_err)?;
         }
         if compact || changed {
             table
