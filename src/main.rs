@@ -98,6 +98,9 @@ enum PipelineCommand {
         limit: usize,
         #[arg(long)]
         json: bool,
+        /// The scheduler's decisions (fired, skipped, caught up, retrying, failed) instead of runs.
+        #[arg(long)]
+        decisions: bool,
     },
 }
 
@@ -304,7 +307,27 @@ async fn pipeline_command(config: &Config, command: PipelineCommand) -> Result<(
             Ok(())
         }
         PipelineCommand::Run { names, all } => run_pipelines(config, &names, all, "manual").await,
-        PipelineCommand::Runs { name, limit, json } => {
+        PipelineCommand::Runs { name, limit, json, decisions: true } => {
+            let log = pipeline::runlog::RunLog::open(&config.state_dir())?;
+            let decisions = log.decisions(name.as_deref(), limit)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&decisions)?);
+                return Ok(());
+            }
+            for d in decisions {
+                println!(
+                    "{}  {:<14} {:<10} slot {}  {}{}",
+                    d.at,
+                    d.pipeline,
+                    d.decision,
+                    d.slot.map_or("-".into(), |s| s.to_rfc3339()),
+                    d.run_id.map(|r| format!("run {r}  ")).unwrap_or_default(),
+                    d.detail.unwrap_or_default()
+                );
+            }
+            Ok(())
+        }
+        PipelineCommand::Runs { name, limit, json, decisions: false } => {
             let log = pipeline::runlog::RunLog::open(&config.state_dir())?;
             let runs = log.runs(name.as_deref(), limit)?;
             if json {
@@ -322,7 +345,7 @@ async fn pipeline_command(config: &Config, command: PipelineCommand) -> Result<(
                 );
                 for t in run.tables {
                     println!(
-                        "    {:<28} {:<9} read {:>9}  +{:<8} ~{:<8} -{:<6} v{}  {} ms{}",
+                        "    {:<32} {:<9} read {:>9}  +{:<8} ~{:<8} -{:<6} v{}  {} ms{}",
                         t.target,
                         t.status,
                         t.rows_read,

@@ -251,7 +251,7 @@ impl RunLog {
         let mut tables = db
             .prepare(
                 "SELECT target, status, rows_read, inserted, updated, deleted, version, cursor, duration_ms, error
-                 FROM run_tables WHERE run_id = ?1 ORDER BY target",
+                 FROM run_tables WHERE run_id = ?1 ORDER BY rowid",
             )
             .map_err(|e| self.err(e))?;
         for run in &mut runs {

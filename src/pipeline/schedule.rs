@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use chrono::{DateTime, Offset, TimeZone, Utc};
+use chrono::{DateTime, Offset, TimeZone, Timelike, Utc};
 
 use super::runlog::{Decision, RunLog, RunLogError};
 use super::spec::{CatchUp, Pipeline, Schedule};
@@ -18,6 +18,8 @@ use crate::progress::Silent;
 
 /// The first time of `schedule` strictly after `after`.
 pub fn next_slot(schedule: &Schedule, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    // Cron times are whole seconds; croner would carry the fraction of `after` into its answer.
+    let after = after.with_nanosecond(0)?;
     let zone = schedule.timezone;
     let in_zone = schedule.cron.find_next_occurrence(&after.with_timezone(&zone), false).ok()?.with_timezone(&Utc);
     if schedule.cron.determine_job_type() == croner::JobType::FixedTime {
@@ -209,6 +211,8 @@ mod tests {
         let s = schedule("0 2 * * *", "America/New_York");
         // 02:00 EST is 07:00 UTC; 02:00 EDT is 06:00 UTC.
         assert_eq!(next_slot(&s, utc(2026, 3, 6, 12, 0)), Some(utc(2026, 3, 7, 7, 0)));
+        let with_fraction = utc(2026, 3, 6, 12, 0) + chrono::Duration::milliseconds(250);
+        assert_eq!(next_slot(&s, with_fraction), Some(utc(2026, 3, 7, 7, 0)), "whole seconds");
         // 2026-03-08: 02:00 does not exist (02:00 → 03:00); the job runs when the clock resumes, 03:00 EDT.
         assert_eq!(next_slot(&s, utc(2026, 3, 7, 12, 0)), Some(utc(2026, 3, 8, 7, 0)));
         assert_eq!(next_slot(&s, utc(2026, 3, 8, 12, 0)), Some(utc(2026, 3, 9, 6, 0)));
