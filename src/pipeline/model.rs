@@ -383,6 +383,12 @@ mod tests {
         assert_eq!(order, ["b", "a", "c"]);
         let chosen: Vec<&str> = graph.select(&["a".into()]).expect("select").into_iter().map(Model::name).collect();
         assert_eq!(chosen, ["b", "a"]);
+        assert!(graph.to_text().contains("  1. marts.b ← raw.payments"), "{}", graph.to_text());
+        let dot = graph.to_dot();
+        assert!(
+            dot.contains("\"raw.payments\" -> \"marts.b\";") && dot.contains("\"marts.a\" -> \"marts.c\";"),
+            "{dot}"
+        );
 
         let e = ModelGraph::order(vec![b.clone()], &raw(&["hours"])).unwrap_err();
         assert!(e.message.contains("unknown table raw.payments"), "{e}");
