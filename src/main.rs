@@ -308,11 +308,9 @@ async fn pipeline_command(config: &Config, command: PipelineCommand) -> Result<(
         }
         PipelineCommand::Run { names, all } => run_pipelines(config, &names, all, "manual").await,
         PipelineCommand::Runs { name, limit, json, decisions: true } => {
-            let log = pipeline::runlog::RunLog::open(&config.state_dir())?;
-            let decisions = log.decisions(name.as_deref(), limit)?;
+            let decisions = pipeline::runlog::RunLog::open(&config.state_dir())?.decisions(name.as_deref(), limit)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&decisions)?);
-                return Ok(());
+                return print_json(&decisions);
             }
             for d in decisions {
                 println!(
@@ -328,11 +326,9 @@ async fn pipeline_command(config: &Config, command: PipelineCommand) -> Result<(
             Ok(())
         }
         PipelineCommand::Runs { name, limit, json, decisions: false } => {
-            let log = pipeline::runlog::RunLog::open(&config.state_dir())?;
-            let runs = log.runs(name.as_deref(), limit)?;
+            let runs = pipeline::runlog::RunLog::open(&config.state_dir())?.runs(name.as_deref(), limit)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&runs)?);
-                return Ok(());
+                return print_json(&runs);
             }
             for run in runs {
                 println!(
@@ -361,6 +357,11 @@ async fn pipeline_command(config: &Config, command: PipelineCommand) -> Result<(
             Ok(())
         }
     }
+}
+
+fn print_json(value: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
 }
 
 async fn model_command(config: &Config, command: ModelCommand) -> Result<()> {

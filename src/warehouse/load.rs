@@ -172,19 +172,11 @@ impl Warehouse {
             if rows.is_empty() {
                 return self.create_empty(handle, &name, schema, &request.partition_by, commit).await;
             }
-            let counter = Arc::new(AtomicU64::new(0));
-            let counted = rows.into_iter().map(|r| count_rows(r, counter.clone())).collect();
-            let plan = stream_frame(&ctx, &schema, counted).map_err(df_err)?.into_unoptimized_plan();
-            let table = handle
-                .write(Vec::new())
-                .with_input_plan(plan)
-                .with_save_mode(SaveMode::Append)
-                .with_partition_columns(request.partition_by.clone())
-                .with_target_file_size(std::num::NonZeroU64::new(request.target_file_size))
-                .with_writer_properties(writer_properties(sample.as_ref()))
-                .with_commit_properties(commit)
-                .await
-                .map_err(delta_err)?;
+            let (write, counter) =
+                streamed_write(handle, &schema, rows, sample.as_ref(), &request.partition_by, request.target_file_size)
+                    .map_err(df_err)?;
+            let table =
+                write.with_save_mode(SaveMode::Append).with_commit_properties(commit).await.map_err(delta_err)?;
             return Ok(LoadOutcome {
                 version: table.version().map(|v| v as i64),
                 inserted: counter.load(Ordering::Relaxed),
@@ -333,18 +325,16 @@ impl Warehouse {
         };
         let commit = CommitProperties::default().with_metadata([(COMMIT_KEY.to_string(), request.provenance.clone())]);
         let (rows, sample) = non_empty(request.rows).await.map_err(df_err)?;
-        let counter = Arc::new(AtomicU64::new(0));
-        let counted: Vec<_> = rows.into_iter().map(|r| count_rows(r, counter.clone())).collect();
-        let ctx = SessionContext::new();
-        let plan = stream_frame(&ctx, &request.schema, counted).map_err(df_err)?.into_unoptimized_plan();
-        let mut write = handle
-            .write(Vec::new())
-            .with_input_plan(plan)
-            .with_save_mode(SaveMode::Overwrite)
-            .with_partition_columns(request.partition_by.clone())
-            .with_target_file_size(std::num::NonZeroU64::new(request.target_file_size))
-            .with_writer_properties(writer_properties(sample.as_ref()))
-            .with_commit_properties(commit);
+        let (write, counter) = streamed_write(
+            handle,
+            &request.schema,
+            rows,
+            sample.as_ref(),
+            &request.partition_by,
+            request.target_file_size,
+        )
+        .map_err(df_err)?;
+        let mut write = write.with_save_mode(SaveMode::Overwrite).with_commit_properties(commit);
         if !added_columns.is_empty() {
             write = write.with_schema_mode(deltalake::operations::write::SchemaMode::Merge);
         }
@@ -420,6 +410,28 @@ fn check_schema(table: &DeltaTable, name: &TableName, source: &Schema) -> Result
         }
     }
     Ok(added)
+}
+
+/// A Delta write that streams `rows` into files with the warehouse's Parquet settings, counting the
+/// rows written into the returned counter; the caller sets the save mode and commit.
+fn streamed_write(
+    handle: DeltaTable,
+    schema: &SchemaRef,
+    rows: Vec<SendableRecordBatchStream>,
+    sample: Option<&RecordBatch>,
+    partition_by: &[String],
+    target_file_size: u64,
+) -> Result<(deltalake::operations::write::WriteBuilder, Arc<AtomicU64>), DataFusionError> {
+    let counter = Arc::new(AtomicU64::new(0));
+    let counted = rows.into_iter().map(|r| count_rows(r, counter.clone())).collect();
+    let plan = stream_frame(&SessionContext::new(), schema, counted)?.into_unoptimized_plan();
+    let write = handle
+        .write(Vec::new())
+        .with_input_plan(plan)
+        .with_partition_columns(partition_by.to_vec())
+        .with_target_file_size(std::num::NonZeroU64::new(target_file_size))
+        .with_writer_properties(writer_properties(sample));
+    Ok((write, counter))
 }
 
 /// Adds the rows that pass through a stream to `counter`.
