@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use datafusion::common::TableReference;
@@ -111,6 +112,9 @@ impl Model {
         }
 
         let statement = parse_query(text).map_err(|(line, message)| err(line, message))?;
+        if model.materialized == Materialized::Incremental {
+            incremental_is_exact(&statement).map_err(|message| err(None, message))?;
+        }
         let (references, _ctes) =
             resolve_table_references(&statement, true).map_err(|e| err(None, e.find_root().to_string()))?;
         for reference in references {
@@ -141,6 +145,33 @@ fn parse_query(text: &str) -> Result<Statement, (Option<usize>, String)> {
         }
         _ => Err((None, "a model must be a query (SELECT or WITH … SELECT), not DDL or DML".into())),
     }
+}
+
+/// Refuses the shapes for which recomputing only the partitions that changed rows reach would
+/// miss others: a window function (a running total carries one month into the next) and a table
+/// or CTE read twice (a self-join would pair changed rows only with changed rows).
+fn incremental_is_exact(statement: &Statement) -> Result<(), String> {
+    use datafusion::sql::sqlparser::ast::{Expr, visit_expressions, visit_relations};
+    let Statement::Statement(query) = statement else { return Ok(()) };
+    let window = visit_expressions(query.as_ref(), |expr| match expr {
+        Expr::Function(f) if f.over.is_some() => ControlFlow::Break(f.name.to_string()),
+        _ => ControlFlow::Continue(()),
+    });
+    if let ControlFlow::Break(function) = window {
+        return Err(format!(
+            "an incremental model cannot use window functions ({function} … OVER): use `@materialized: table`"
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    let twice = visit_relations(query.as_ref(), |name| {
+        // CTEs count too: a CTE over a changed table, read twice, is the same self-join.
+        let name = name.to_string().to_lowercase();
+        if seen.insert(name.clone()) { ControlFlow::Continue(()) } else { ControlFlow::Break(name) }
+    });
+    if let ControlFlow::Break(table) = twice {
+        return Err(format!("an incremental model cannot read a table twice ({table}): use `@materialized: table`"));
+    }
+    Ok(())
 }
 
 /// The warehouse table a reference in a model names; it must be qualified (`raw.x`, `marts.x`).
@@ -371,6 +402,17 @@ mod tests {
         assert!(model("m", "DELETE FROM raw.payments").unwrap_err().message.contains("must be a query"));
         assert!(model("m", "SELECT * FROM payments").unwrap_err().message.contains("must be qualified"));
         assert!(model("m", "SELECT 1; SELECT 2").unwrap_err().message.contains("exactly one"));
+        let incremental = "-- @materialized: incremental\n-- @partition_by: month\n";
+        let e = model("m", &format!("{incremental}SELECT month, sum(n) OVER (ORDER BY month) FROM raw.t")).unwrap_err();
+        assert!(e.message.contains("window functions"), "{e}");
+        let e =
+            model("m", &format!("{incremental}SELECT a.month FROM raw.t a JOIN raw.t b ON a.id = b.id")).unwrap_err();
+        assert!(e.message.contains("read a table twice (raw.t)"), "{e}");
+        let e =
+            model("m", &format!("{incremental}WITH c AS (SELECT * FROM raw.t) SELECT c.month FROM c JOIN c d ON true"))
+                .unwrap_err();
+        assert!(e.message.contains("read a table twice (c)"), "{e}");
+        assert!(model("m", &format!("{incremental}SELECT month, count(*) FROM raw.t GROUP BY 1")).is_ok());
     }
 
     #[test]
