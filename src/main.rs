@@ -73,6 +73,9 @@ enum Command {
     Sql {
         #[arg(long, value_enum, default_value = "table")]
         format: OutputFormat,
+        /// Which engine answers: DataFusion, or DuckDB over the same files.
+        #[arg(long, value_enum, default_value = "datafusion")]
+        engine: Engine,
         sql: String,
     },
     /// Validate every pipeline file against the live source catalogs.
@@ -102,6 +105,12 @@ enum PipelineCommand {
         #[arg(long)]
         decisions: bool,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Engine {
+    Datafusion,
+    Duckdb,
 }
 
 #[derive(Subcommand)]
@@ -159,10 +168,13 @@ async fn run(cli: Cli) -> Result<()> {
             let config = Config::load(cli.config.as_deref())?;
             model_command(&config, command).await
         }
-        Command::Sql { format, sql } => {
+        Command::Sql { format, engine, sql } => {
             let config = Config::load(cli.config.as_deref())?;
-            let ctx = query::session(&pipeline::warehouse(&config)?).await?;
-            let batches = query::run(&ctx, &sql).await?;
+            let warehouse = pipeline::warehouse(&config)?;
+            let batches = match engine {
+                Engine::Datafusion => query::run(&query::session(&warehouse).await?, &sql).await?,
+                Engine::Duckdb => query::duck::DuckSession::open(&warehouse).await?.query(&sql)?.1,
+            };
             println!("{}", query::format(&batches, format)?);
             Ok(())
         }

@@ -20,23 +20,19 @@ const KEY: &str = "test-pseudonym-key-0123456789";
 async fn project(scale: f64, models: Option<&[(&str, &str)]>) -> Project {
     let project = Project::new("sqlite://operational.db");
     seed("sqlite://operational.db", project.dir.path(), scale).await;
-    let dir = project.dir.path().join("pipelines/models");
-    std::fs::create_dir_all(&dir).expect("models dir");
     match models {
         Some(models) => {
+            project.add_core_models(KEY);
+            let dir = project.dir.path().join("pipelines/models");
+            for entry in std::fs::read_dir(&dir).expect("models") {
+                std::fs::remove_file(entry.expect("entry").path()).expect("remove shipped model");
+            }
             for (name, sql) in models {
                 std::fs::write(dir.join(format!("{name}.sql")), sql).expect("write model");
             }
         }
-        None => {
-            for (name, sql) in sokana::SOKANA_CORE_MODELS {
-                std::fs::write(dir.join(name), sql).expect("write model");
-            }
-        }
+        None => project.add_core_models(KEY),
     }
-    let state = project.dir.path().join("state");
-    std::fs::create_dir_all(&state).expect("state dir");
-    std::fs::write(state.join("pseudonym.key"), hex::encode(KEY)).expect("pseudonym key");
     project
 }
 

@@ -11,6 +11,8 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 
 use crate::warehouse::{SCHEMAS, TableName, Warehouse, WarehouseError};
 
+pub mod duck;
+pub mod duckdb_arrow;
 pub mod functions;
 
 #[derive(Debug, thiserror::Error)]

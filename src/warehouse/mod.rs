@@ -103,6 +103,11 @@ impl Warehouse {
         Warehouse { root, storage_options }
     }
 
+    /// The warehouse folder, when the warehouse is on local disk.
+    pub fn local_root(&self) -> Option<std::path::PathBuf> {
+        self.root.to_file_path().ok()
+    }
+
     pub fn table_url(&self, table: &TableName) -> Result<Url, WarehouseError> {
         self.root
             .join(&format!("{}/{}/", table.schema, table.name))

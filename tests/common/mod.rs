@@ -208,6 +208,18 @@ impl Project {
         pipeline::run(&config, &p, "test", &silent()).await
     }
 
+    /// Adds the shipped models, with a fixed pseudonym key in the state directory.
+    pub fn add_core_models(&self, key: &str) {
+        let dir = self.dir.path().join("pipelines/models");
+        std::fs::create_dir_all(&dir).expect("models dir");
+        for (name, sql) in sokana::SOKANA_CORE_MODELS {
+            std::fs::write(dir.join(name), sql).expect("write model");
+        }
+        let state = self.dir.path().join("state");
+        std::fs::create_dir_all(&state).expect("state dir");
+        std::fs::write(state.join("pseudonym.key"), hex::encode(key)).expect("pseudonym key");
+    }
+
     pub fn sqlite_path(&self) -> PathBuf {
         self.dir.path().join("operational.db")
     }
