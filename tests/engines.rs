@@ -59,4 +59,18 @@ async fn duckdb_cannot_reach_outside_the_warehouse() {
     }
     assert!(!escape.exists() && !inside.exists(), "nothing was written");
     assert!(duck.query("SELECT count(*) FROM raw.phi_clients").is_ok(), "the warehouse itself stays readable");
+
+    let datafusion = query::session(&warehouse).await.expect("datafusion");
+    for sql in [
+        "CREATE EXTERNAL TABLE passwd STORED AS CSV LOCATION '/etc/passwd'".to_string(),
+        "SELECT * FROM '/etc/passwd'".to_string(),
+        format!("COPY (SELECT 1) TO '{}'", escape.display()),
+        "INSERT INTO raw.payments (id) VALUES (1)".to_string(),
+        "DROP TABLE raw.payments".to_string(),
+        "SET datafusion.execution.batch_size = 1".to_string(),
+    ] {
+        assert!(query::run(&datafusion, &sql).await.is_err(), "must be refused: {sql}");
+    }
+    assert!(!escape.exists(), "nothing was written");
+    assert!(query::run(&datafusion, "SELECT count(*) FROM raw.phi_clients").await.is_ok());
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use arrow::record_batch::RecordBatch;
 use datafusion::catalog::MemorySchemaProvider;
 use datafusion::error::DataFusionError;
+use datafusion::execution::context::SQLOptions;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 use crate::warehouse::{SCHEMAS, TableName, Warehouse, WarehouseError};
@@ -68,8 +69,11 @@ async fn register(ctx: &SessionContext, warehouse: &Warehouse, name: &TableName)
 }
 
 /// Runs one statement and collects its result.
+/// Runs one query and collects its result. Only queries run: DDL (`CREATE EXTERNAL TABLE` could
+/// read any file), DML, `COPY … TO` and `SET` are refused before planning.
 pub async fn run(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>, QueryError> {
-    Ok(ctx.sql(sql).await?.collect().await?)
+    let read_only = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
+    Ok(ctx.sql_with_options(sql, read_only).await?.collect().await?)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
