@@ -80,6 +80,8 @@ pub fn plan_catch_up(
     }
 }
 
+const RESUME_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Starts one task per scheduled pipeline; they run until the process ends.
 pub fn start(config: Arc<Config>, pipelines: Vec<Pipeline>) -> Vec<tokio::task::JoinHandle<()>> {
     pipelines
@@ -88,8 +90,11 @@ pub fn start(config: Arc<Config>, pipelines: Vec<Pipeline>) -> Vec<tokio::task::
         .map(|pipeline| {
             let config = config.clone();
             tokio::spawn(async move {
-                if let Err(e) = schedule_loop(&config, &pipeline).await {
-                    tracing::error!(pipeline = %pipeline.name, error = %e, "the scheduler stopped for this pipeline");
+                // An error of the run log (e.g. the disk is full) pauses this pipeline's schedule;
+                // on resuming, the times missed meanwhile follow the catch-up policy.
+                while let Err(e) = schedule_loop(&config, &pipeline).await {
+                    tracing::error!(pipeline = %pipeline.name, error = %e, "scheduler error; resuming in {}s", RESUME_AFTER.as_secs());
+                    tokio::time::sleep(RESUME_AFTER).await;
                 }
             })
         })
