@@ -231,6 +231,7 @@ async fn touched(
     let df_err = |e: DataFusionError| PipelineError::Query(e.find_root().to_string());
     let delta_err = |e: deltalake::DeltaTableError| PipelineError::Query(e.to_string());
     let mut partitions: HashSet<Vec<ScalarValue>> = HashSet::new();
+    let mut session: Option<SessionContext> = None;
     for (name, version) in now {
         let Some(then) = before.get(name) else { return Ok(Touched::All) };
         if then == version {
@@ -249,7 +250,10 @@ async fn touched(
         let (files_now, files_then) = (files(&current)?, files(&old)?);
         let added: Vec<String> = files_now.difference(&files_then).cloned().collect();
         let removed: Vec<String> = files_then.difference(&files_now).cloned().collect();
-        let ctx = model_session(warehouse, key).await?;
+        let ctx = match &session {
+            Some(ctx) => ctx,
+            None => session.insert(model_session(warehouse, key).await?),
+        };
         let mut changes: Option<DataFrame> = None;
         for (side, paths) in [(&current, added), (&old, removed)] {
             if paths.is_empty() {
@@ -280,6 +284,8 @@ async fn touched(
                 partitions.insert(values);
             }
         }
+        // Back to the whole table for the next input's turn.
+        query::refresh(ctx, warehouse, &table).await.map_err(|e| PipelineError::Query(e.to_string()))?;
         if partitions.len() > MAX_TOUCHED {
             return Ok(Touched::All);
         }
