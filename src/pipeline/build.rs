@@ -66,12 +66,15 @@ pub async fn build(
                 Ok(Built::Replaced { rows, version }) => {
                     record.status = "succeeded".into();
                     (record.inserted, record.version) = (rows, Some(version));
-                    query::refresh(&ctx, &warehouse, &model.target)
-                        .await
-                        .map_err(|e| PipelineError::Query(e.to_string()))?;
+                    // Maintenance first: a compaction makes a newer version, and vacuum may remove
+                    // the files of the one just built, so the models that read this one must see
+                    // the version maintenance leaves.
                     if let Err(e) = warehouse.maintain(&model.target, &maintenance, true).await {
                         tracing::warn!(table = %label, error = %e, "maintenance failed; the build itself is committed");
                     }
+                    query::refresh(&ctx, &warehouse, &model.target)
+                        .await
+                        .map_err(|e| PipelineError::Query(e.to_string()))?;
                 }
                 Err(e) => {
                     failed.insert(model.target.clone());
