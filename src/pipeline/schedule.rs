@@ -105,14 +105,7 @@ async fn schedule_loop(config: &Config, pipeline: &Pipeline) -> Result<(), RunLo
     let Some(schedule) = &pipeline.schedule else { return Ok(()) };
     let log = RunLog::open(&config.state_dir())?;
     let decide = |slot: Option<DateTime<Utc>>, decision: &str, detail: Option<String>, run_id: Option<String>| {
-        log.record_decision(&Decision {
-            pipeline: pipeline.name.clone(),
-            slot,
-            decision: decision.into(),
-            detail,
-            run_id,
-            at: String::new(),
-        })
+        record(&log, &pipeline.name, slot, decision, detail, run_id)
     };
     let now = Utc::now();
     let mut last = now;
@@ -156,17 +149,29 @@ async fn schedule_loop(config: &Config, pipeline: &Pipeline) -> Result<(), RunLo
     }
 }
 
+/// Records one decision of the scheduler in the run log.
+fn record(
+    log: &RunLog,
+    pipeline: &str,
+    slot: Option<DateTime<Utc>>,
+    decision: &str,
+    detail: Option<String>,
+    run_id: Option<String>,
+) -> Result<(), RunLogError> {
+    log.record_decision(&Decision {
+        pipeline: pipeline.to_string(),
+        slot,
+        decision: decision.into(),
+        detail,
+        run_id,
+        at: String::new(),
+    })
+}
+
 /// Runs the pipeline for `slot`, retrying failures with back-off, and records each decision.
 async fn fire(config: &Config, pipeline: &Pipeline, slot: DateTime<Utc>, log: &RunLog) -> Result<(), RunLogError> {
     let decide = |decision: &str, detail: Option<String>, run_id: Option<String>| {
-        log.record_decision(&Decision {
-            pipeline: pipeline.name.clone(),
-            slot: Some(slot),
-            decision: decision.into(),
-            detail,
-            run_id,
-            at: String::new(),
-        })
+        record(log, &pipeline.name, Some(slot), decision, detail, run_id)
     };
     // Marked as dealt with before running: a crash mid-run is not re-run as a missed time (the
     // interrupted run shows in the run log, and the next run completes the work).

@@ -62,17 +62,10 @@ impl DuckSession {
             let schema: SchemaRef = snapshot.snapshot().arrow_schema();
             let partitions: Vec<String> = snapshot.metadata().partition_columns().to_vec();
             let files: Vec<String> = table.get_file_uris().map_err(delta_err)?.collect();
-            let columns = schema
-                .fields()
-                .iter()
-                .map(|f| {
-                    Ok(format!("CAST({} AS {}) AS {}", quoted(f.name()), duck_type(f.data_type())?, quoted(f.name())))
-                })
-                .collect::<Result<Vec<_>, QueryError>>()?
-                .join(", ");
+            let columns = cast_columns(&schema, quoted)?;
             let source = if files.is_empty() {
                 // No files yet: an empty relation with the table's columns.
-                format!("(SELECT {} WHERE false)", null_columns(&schema)?)
+                format!("(SELECT {} WHERE false)", cast_columns(&schema, |_| "NULL".into())?)
             } else {
                 let list = files.iter().map(|f| quote(f)).collect::<Vec<_>>().join(", ");
                 let hive_types = schema
@@ -132,11 +125,12 @@ fn quoted(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-fn null_columns(schema: &SchemaRef) -> Result<String, QueryError> {
+/// `CAST(value AS type) AS "name", …` for every column of `schema`, the value given by `value(name)`.
+fn cast_columns(schema: &SchemaRef, value: impl Fn(&str) -> String) -> Result<String, QueryError> {
     Ok(schema
         .fields()
         .iter()
-        .map(|f| Ok(format!("CAST(NULL AS {}) AS {}", duck_type(f.data_type())?, quoted(f.name()))))
+        .map(|f| Ok(format!("CAST({} AS {}) AS {}", value(f.name()), duck_type(f.data_type())?, quoted(f.name()))))
         .collect::<Result<Vec<_>, QueryError>>()?
         .join(", "))
 }
