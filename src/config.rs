@@ -36,6 +36,8 @@ pub struct Config {
     pub server: ServerConfig,
     #[serde(default)]
     pub state: StateConfig,
+    #[serde(default)]
+    pub query: QueryConfig,
     /// The directory the config file sits in; relative paths are resolved against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -164,6 +166,67 @@ fn default_pgwire() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 5433))
 }
 
+/// Limits and caching for queries from the CLI, the API, dashboards and the wire endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryConfig {
+    /// `datafusion`, `duckdb` or `auto` (learned per plan shape from the query log).
+    #[serde(default = "default_engine")]
+    pub engine: String,
+    #[serde(default = "default_timeout_seconds")]
+    pub timeout_seconds: f64,
+    /// Per query for DataFusion (which spills to disk beyond it); for the whole DuckDB database.
+    #[serde(default = "default_memory_limit_mb")]
+    pub memory_limit_mb: u64,
+    /// Rows a collected result may have; exports stream and are not capped.
+    #[serde(default = "default_max_rows")]
+    pub max_rows: u64,
+    /// Result cache size; 0 turns the cache off.
+    #[serde(default = "default_cache_mb")]
+    pub cache_mb: u64,
+    #[serde(default = "default_cache_ttl_seconds")]
+    pub cache_ttl_seconds: u64,
+    /// Directory of saved queries (`*.sql`), relative to the project directory.
+    #[serde(default = "default_queries_dir")]
+    pub dir: PathBuf,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        QueryConfig {
+            engine: default_engine(),
+            timeout_seconds: default_timeout_seconds(),
+            memory_limit_mb: default_memory_limit_mb(),
+            max_rows: default_max_rows(),
+            cache_mb: default_cache_mb(),
+            cache_ttl_seconds: default_cache_ttl_seconds(),
+            dir: default_queries_dir(),
+        }
+    }
+}
+
+fn default_engine() -> String {
+    "datafusion".into()
+}
+fn default_timeout_seconds() -> f64 {
+    60.0
+}
+fn default_memory_limit_mb() -> u64 {
+    2048
+}
+fn default_max_rows() -> u64 {
+    100_000
+}
+fn default_cache_mb() -> u64 {
+    256
+}
+fn default_cache_ttl_seconds() -> u64 {
+    3600
+}
+fn default_queries_dir() -> PathBuf {
+    PathBuf::from("queries")
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StateConfig {
@@ -253,6 +316,18 @@ impl Config {
         if self.warehouse.uri.trim().is_empty() {
             return Err(invalid("warehouse.uri", "must not be empty".into()));
         }
+        if !["datafusion", "duckdb", "auto"].contains(&self.query.engine.as_str()) {
+            return Err(invalid("query.engine", format!("{:?} is not one of datafusion, duckdb, auto", self.query.engine)));
+        }
+        if !(self.query.timeout_seconds > 0.0 && self.query.timeout_seconds.is_finite()) {
+            return Err(invalid("query.timeout_seconds", "must be a positive number of seconds".into()));
+        }
+        if self.query.memory_limit_mb == 0 {
+            return Err(invalid("query.memory_limit_mb", "must be at least 1".into()));
+        }
+        if self.query.max_rows == 0 {
+            return Err(invalid("query.max_rows", "must be at least 1".into()));
+        }
         if self.warehouse.target_file_mb == 0 {
             return Err(invalid("warehouse.target_file_mb", "must be at least 1".into()));
         }
@@ -269,6 +344,10 @@ impl Config {
 
     pub fn pipelines_dir(&self) -> PathBuf {
         self.project_dir().join("pipelines")
+    }
+
+    pub fn queries_dir(&self) -> PathBuf {
+        self.project_dir().join(&self.query.dir)
     }
 
     pub fn state_dir(&self) -> PathBuf {

@@ -14,7 +14,12 @@ use sokana::config::Config;
 use sokana::pipeline::{self, spec::Pipeline};
 use sokana::progress::Progress;
 use sokana::query::{self, OutputFormat};
+use sokana::query::engine::EngineChoice;
+use sokana::query::log::StatsOrder;
 use sokana::source::{self, SeedOptions, SourceError, SourceUrl};
+
+mod sql_cli;
+use sql_cli::CliFormat;
 
 #[derive(Parser)]
 #[command(name = "sokana", version, about = "Embedded analytics for Sokana Collective")]
@@ -69,14 +74,38 @@ enum Command {
         #[command(subcommand)]
         command: ModelCommand,
     },
-    /// Run SQL over the warehouse.
+    /// Run SQL over the warehouse; with no SQL, an interactive shell.
     Sql {
         #[arg(long, value_enum, default_value = "table")]
-        format: OutputFormat,
-        /// Which engine answers: DataFusion, or DuckDB over the same files.
-        #[arg(long, value_enum, default_value = "datafusion")]
-        engine: Engine,
-        sql: String,
+        format: CliFormat,
+        /// Which engine answers: DataFusion, DuckDB over the same files, or auto (the faster for
+        /// the query's plan shape, learned from the query log). Default: `query.engine` in the config.
+        #[arg(long, value_enum)]
+        engine: Option<EngineChoice>,
+        /// A value for a placeholder: `--param 1=42` for $1, `--param since=2024-01-01` for $since.
+        #[arg(long = "param", value_name = "NAME=VALUE")]
+        params: Vec<String>,
+        /// Stream the result into FILE (any format; needed for arrow and parquet on a terminal).
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Show the query log instead: the slowest or most frequent queries.
+        #[arg(long, conflicts_with = "sql")]
+        log: bool,
+        #[arg(long, value_enum, default_value = "slowest", requires = "log")]
+        by: StatsOrder,
+        #[arg(long, requires = "log")]
+        json: bool,
+        sql: Option<String>,
+    },
+    /// Saved queries (`queries/*.sql`).
+    Query {
+        #[command(subcommand)]
+        command: QueryCommand,
+    },
+    /// Export the warehouse for other tools.
+    Export {
+        #[command(subcommand)]
+        command: ExportCommand,
     },
     /// Validate every pipeline file against the live source catalogs.
     Check,
@@ -107,10 +136,33 @@ enum PipelineCommand {
     },
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum Engine {
-    Datafusion,
-    Duckdb,
+#[derive(Subcommand)]
+enum QueryCommand {
+    /// The saved queries and their parameters.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a saved query by name.
+    Run {
+        name: String,
+        /// A parameter value, checked against the type in the query's header.
+        #[arg(long = "param", value_name = "NAME=VALUE")]
+        params: Vec<String>,
+        #[arg(long, value_enum)]
+        engine: Option<EngineChoice>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: CliFormat,
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ExportCommand {
+    /// A DuckDB database file with a view per warehouse table (`raw.*`, `marts.*`), for the DuckDB
+    /// CLI or Python.
+    Duckdb { file: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -168,15 +220,25 @@ async fn run(cli: Cli) -> Result<()> {
             let config = Config::load(cli.config.as_deref())?;
             model_command(&config, command).await
         }
-        Command::Sql { format, engine, sql } => {
+        Command::Sql { format, engine, params, output, log, by, json, sql } => {
             let config = Config::load(cli.config.as_deref())?;
-            let warehouse = pipeline::warehouse(&config)?;
-            let batches = match engine {
-                Engine::Datafusion => query::run(&query::session(&warehouse).await?, &sql).await?,
-                Engine::Duckdb => query::duck::DuckSession::open(&warehouse).await?.query(&sql)?.1,
-            };
-            println!("{}", query::format(&batches, format)?);
-            Ok(())
+            if log {
+                return sql_cli::show_log(&config, by, json).await;
+            }
+            sql_cli::sql(&config, sql_cli::SqlArgs { sql, format, engine, params, output }).await
+        }
+        Command::Query { command } => {
+            let config = Config::load(cli.config.as_deref())?;
+            match command {
+                QueryCommand::List { json } => sql_cli::list_saved(&config, json),
+                QueryCommand::Run { name, params, engine, format, output } => {
+                    sql_cli::run_saved(&config, &name, &params, engine, format, output.as_deref()).await
+                }
+            }
+        }
+        Command::Export { command: ExportCommand::Duckdb { file } } => {
+            let config = Config::load(cli.config.as_deref())?;
+            sql_cli::export_duckdb(&config, &file).await
         }
         Command::Check => {
             let config = Config::load(cli.config.as_deref())?;

@@ -4,18 +4,22 @@
 //! are locked, so a query cannot reach other files, URLs or extensions. Results cross into the
 //! engine's Arrow through `duckdb_arrow`. It reads the warehouse and never writes it.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
+use datafusion::scalar::ScalarValue;
 
-use super::QueryError;
-use super::duckdb_arrow;
-use crate::warehouse::{SCHEMAS, Warehouse};
+use super::catalog::WarehouseCatalog;
+use super::{Params, QueryError, duckdb_arrow};
+use crate::warehouse::{SCHEMAS, TableName};
 
-/// A DuckDB session over the warehouse's versions at the time it was opened.
+/// A DuckDB database over the warehouse tables at the versions it was opened with. Each query runs
+/// on its own connection to it, so queries run side by side.
 pub struct DuckSession {
-    conn: Mutex<duckdb::Connection>,
+    root: Mutex<duckdb::Connection>,
+    versions: HashMap<TableName, i64>,
 }
 
 fn duck_err(e: duckdb::Error) -> QueryError {
@@ -46,76 +50,194 @@ fn duck_type(ty: &DataType) -> Result<String, QueryError> {
 }
 
 impl DuckSession {
-    /// Opens DuckDB with a view per committed table of a warehouse on local disk.
-    pub async fn open(warehouse: &Warehouse) -> Result<DuckSession, QueryError> {
-        let root = warehouse.local_root().ok_or_else(|| {
+    /// Opens DuckDB with a view per committed table (at its newest version) of a warehouse on local
+    /// disk. `memory_limit_mb` bounds the whole DuckDB database.
+    pub async fn open(catalog: &WarehouseCatalog, memory_limit_mb: Option<u64>) -> Result<DuckSession, QueryError> {
+        let root = catalog.warehouse().local_root().ok_or_else(|| {
             QueryError::Sql("the DuckDB engine reads warehouses on local disk only; use the datafusion engine".into())
         })?;
         let conn = duckdb::Connection::open_in_memory().map_err(duck_err)?;
-        for schema in SCHEMAS {
-            conn.execute_batch(&format!("CREATE SCHEMA {schema}")).map_err(duck_err)?;
-        }
-        for name in warehouse.list_tables().await? {
-            let Some(table) = warehouse.open(&name).await? else { continue };
-            let delta_err = |e: deltalake::DeltaTableError| QueryError::Sql(format!("{name}: {e}"));
-            let snapshot = table.snapshot().map_err(delta_err)?;
-            let schema: SchemaRef = snapshot.snapshot().arrow_schema();
-            let partitions: Vec<String> = snapshot.metadata().partition_columns().to_vec();
-            let files: Vec<String> = table.get_file_uris().map_err(delta_err)?.collect();
-            let columns = cast_columns(&schema, quoted)?;
-            let source = if files.is_empty() {
-                // No files yet: an empty relation with the table's columns.
-                format!("(SELECT {} WHERE false)", cast_columns(&schema, |_| "NULL".into())?)
-            } else {
-                let list = files.iter().map(|f| quote(f)).collect::<Vec<_>>().join(", ");
-                let hive_types = schema
-                    .fields()
-                    .iter()
-                    .filter(|f| partitions.contains(f.name()))
-                    .map(|f| Ok(format!("{}: {}", quote(f.name()), duck_type(f.data_type())?)))
-                    .collect::<Result<Vec<_>, QueryError>>()?;
-                let hive = if hive_types.is_empty() {
-                    String::new()
-                } else {
-                    format!(", hive_partitioning = true, hive_types = {{{}}}", hive_types.join(", "))
-                };
-                // union_by_name: files written before a column was added lack it; they read as NULL.
-                format!("read_parquet([{list}], union_by_name = true{hive})")
-            };
-            let view = format!("CREATE VIEW {}.{} AS SELECT {columns} FROM {source}", name.schema, quoted(&name.name));
-            conn.execute_batch(&view).map_err(duck_err)?;
-        }
+        let versions = create_views(&conn, catalog).await?;
+        let memory = memory_limit_mb.map(|mb| format!("SET memory_limit = '{mb}MB';")).unwrap_or_default();
         let root = root.to_string_lossy();
         conn.execute_batch(&format!(
-            "SET allowed_directories = [{}]; SET enable_external_access = false; SET autoinstall_known_extensions = false;
-             SET autoload_known_extensions = false; SET lock_configuration = true;",
+            "{memory} SET allowed_directories = [{}]; SET enable_external_access = false;
+             SET autoinstall_known_extensions = false; SET autoload_known_extensions = false;
+             SET lock_configuration = true;",
             quote(&root)
         ))
         .map_err(duck_err)?;
-        Ok(DuckSession { conn: Mutex::new(conn) })
+        Ok(DuckSession { root: Mutex::new(conn), versions })
     }
 
-    /// Runs one query (a single `SELECT` or `WITH … SELECT`; anything else is refused, because the
-    /// folder DuckDB may read is also one it could write); the result in the engine's Arrow.
-    pub fn query(&self, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>), QueryError> {
-        ensure_query(sql)?;
-        let conn = self.conn.lock().map_err(|_| QueryError::Sql("the DuckDB session was poisoned".into()))?;
-        let mut statement = conn.prepare(sql).map_err(duck_err)?;
-        let arrow = statement.query_arrow([]).map_err(duck_err)?;
-        let schema = duckdb_arrow::schema_to_engine(&arrow.get_schema()).map_err(|e| QueryError::Sql(e.to_string()))?;
-        let batches = arrow
-            .map(|b| duckdb_arrow::to_engine(b).map_err(|e| QueryError::Sql(e.to_string())))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok((schema, batches))
+    /// The version each table's view reads.
+    pub fn version(&self, table: &TableName) -> Option<i64> {
+        self.versions.get(table).copied()
     }
+
+    /// A new connection to this database, for one query.
+    pub fn connect(&self) -> Result<duckdb::Connection, QueryError> {
+        let root = self.root.lock().map_err(|_| QueryError::Sql("the DuckDB session was poisoned".into()))?;
+        root.try_clone().map_err(duck_err)
+    }
+
+    /// Runs one query on a fresh connection and collects it (see [`run`]).
+    pub fn query(&self, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>), QueryError> {
+        run(&self.connect()?, sql, &Params::None, None)
+    }
+}
+
+/// Creates schemas `raw` and `marts` and a view per committed table over the Parquet files of its
+/// newest version; returns the versions.
+async fn create_views(conn: &duckdb::Connection, catalog: &WarehouseCatalog) -> Result<HashMap<TableName, i64>, QueryError> {
+    for schema in SCHEMAS {
+        conn.execute_batch(&format!("CREATE SCHEMA {schema}")).map_err(duck_err)?;
+    }
+    let mut versions = HashMap::new();
+    for name in catalog.warehouse().list_tables().await? {
+        let Some(table) = catalog.delta(&name).await? else { continue };
+        let delta_err = |e: deltalake::DeltaTableError| QueryError::Sql(format!("{name}: {e}"));
+        let snapshot = table.snapshot().map_err(delta_err)?;
+        let schema: SchemaRef = snapshot.snapshot().arrow_schema();
+        let partitions: Vec<String> = snapshot.metadata().partition_columns().to_vec();
+        let files: Vec<String> = table.get_file_uris().map_err(delta_err)?.collect();
+        let columns = cast_columns(&schema, quoted)?;
+        let source = if files.is_empty() {
+            // No files yet: an empty relation with the table's columns.
+            format!("(SELECT {} WHERE false)", cast_columns(&schema, |_| "NULL".into())?)
+        } else {
+            let list = files.iter().map(|f| quote(f)).collect::<Vec<_>>().join(", ");
+            let hive_types = schema
+                .fields()
+                .iter()
+                .filter(|f| partitions.contains(f.name()))
+                .map(|f| Ok(format!("{}: {}", quote(f.name()), duck_type(f.data_type())?)))
+                .collect::<Result<Vec<_>, QueryError>>()?;
+            let hive = if hive_types.is_empty() {
+                String::new()
+            } else {
+                format!(", hive_partitioning = true, hive_types = {{{}}}", hive_types.join(", "))
+            };
+            // union_by_name: files written before a column was added lack it; they read as NULL.
+            format!("read_parquet([{list}], union_by_name = true{hive})")
+        };
+        let view = format!("CREATE VIEW {}.{} AS SELECT {columns} FROM {source}", name.schema, quoted(&name.name));
+        conn.execute_batch(&view).map_err(duck_err)?;
+        versions.insert(name.clone(), table.version().unwrap_or(0) as i64);
+    }
+    Ok(versions)
+}
+
+/// Writes a DuckDB database file at `path` with the same views as the engine's (no sandbox: the
+/// file is the analyst's own); returns how many views it holds. Written beside `path` and renamed,
+/// so an interrupted export leaves no half-made database under the name asked for.
+pub async fn export_database(catalog: &WarehouseCatalog, path: &std::path::Path) -> Result<usize, QueryError> {
+    if catalog.warehouse().local_root().is_none() {
+        return Err(QueryError::Sql("a DuckDB export needs a warehouse on local disk".into()));
+    }
+    let partial = path.with_extension("duckdb.partial");
+    let io = |e: std::io::Error| QueryError::Sql(format!("{}: {e}", path.display()));
+    if partial.exists() {
+        std::fs::remove_file(&partial).map_err(io)?;
+    }
+    let conn = duckdb::Connection::open(&partial).map_err(duck_err)?;
+    let versions = create_views(&conn, catalog).await?;
+    conn.close().map_err(|(_, e)| duck_err(e))?;
+    std::fs::rename(&partial, path).map_err(io)?;
+    Ok(versions.len())
+}
+
+/// Runs one query (a single `SELECT` or `WITH … SELECT`; anything else is refused, because the
+/// folder DuckDB may read is also one it could write) with `params` bound by DuckDB, never spliced
+/// into the text; the result in the engine's Arrow. More than `row_cap` rows is an error.
+pub fn run(
+    conn: &duckdb::Connection,
+    sql: &str,
+    params: &Params,
+    row_cap: Option<u64>,
+) -> Result<(SchemaRef, Vec<RecordBatch>), QueryError> {
+    ensure_query(sql)?;
+    let mut statement = conn.prepare(sql).map_err(duck_err)?;
+    let arrow = match params {
+        Params::None => statement.query_arrow([]).map_err(duck_err)?,
+        Params::Positional(list) => {
+            let values = list.iter().map(duck_value).collect::<Result<Vec<_>, _>>()?;
+            let bound: Vec<&dyn duckdb::ToSql> = values.iter().map(|v| v as &dyn duckdb::ToSql).collect();
+            statement.query_arrow(bound.as_slice()).map_err(duck_err)?
+        }
+        Params::Named(map) => {
+            let values = map.iter().map(|(k, v)| Ok((k.clone(), duck_value(v)?))).collect::<Result<Vec<_>, QueryError>>()?;
+            let bound: Vec<(&str, &dyn duckdb::ToSql)> =
+                values.iter().map(|(k, v)| (k.as_str(), v as &dyn duckdb::ToSql)).collect();
+            statement.query_arrow(bound.as_slice()).map_err(duck_err)?
+        }
+    };
+    let schema = duckdb_arrow::schema_to_engine(&arrow.get_schema()).map_err(|e| QueryError::Sql(e.to_string()))?;
+    let mut batches = Vec::new();
+    let mut rows = 0u64;
+    for batch in arrow {
+        rows += batch.num_rows() as u64;
+        if let Some(cap) = row_cap
+            && rows > cap
+        {
+            return Err(QueryError::TooManyRows { cap });
+        }
+        batches.push(duckdb_arrow::to_engine(batch).map_err(|e| QueryError::Sql(e.to_string()))?);
+    }
+    Ok((schema, batches))
+}
+
+/// A parameter value as DuckDB binds it.
+fn duck_value(value: &ScalarValue) -> Result<duckdb::types::Value, QueryError> {
+    use duckdb::types::Value;
+    Ok(match value {
+        v if v.is_null() => Value::Null,
+        ScalarValue::Boolean(Some(b)) => Value::Boolean(*b),
+        ScalarValue::Int64(Some(i)) => Value::BigInt(*i),
+        ScalarValue::Int32(Some(i)) => Value::Int(*i),
+        ScalarValue::Float64(Some(f)) => Value::Double(*f),
+        ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)) | ScalarValue::LargeUtf8(Some(s)) => {
+            Value::Text(s.clone())
+        }
+        ScalarValue::Date32(Some(d)) => Value::Date32(*d),
+        ScalarValue::TimestampMicrosecond(Some(t), _) => Value::Timestamp(duckdb::types::TimeUnit::Microsecond, *t),
+        // Decimals cross as text, which DuckDB casts to the parameter's type without rounding.
+        ScalarValue::Decimal128(Some(_), _, _) => Value::Text(value.to_string()),
+        other => return Err(QueryError::Sql(format!("DuckDB: no binding for a parameter of type {}", other.data_type()))),
+    })
 }
 
 /// Accepts exactly one statement that is a query.
 fn ensure_query(sql: &str) -> Result<(), QueryError> {
-    use datafusion::sql::sqlparser::{ast::Statement, dialect::DuckDbDialect, parser::Parser};
+    inspect(sql).map(|_| ())
+}
+
+/// A query as DuckDB will run it: its text normalised by the parser (keywords, spacing) and the
+/// warehouse tables it names.
+#[derive(Debug)]
+pub struct Inspected {
+    pub normalised: String,
+    pub tables: Vec<TableName>,
+}
+
+/// Parses `sql` as DuckDB's dialect; exactly one query statement is accepted.
+pub fn inspect(sql: &str) -> Result<Inspected, QueryError> {
+    use datafusion::sql::sqlparser::{ast::Statement, ast::visit_relations, dialect::DuckDbDialect, parser::Parser};
     let statements = Parser::parse_sql(&DuckDbDialect {}, sql).map_err(|e| QueryError::Sql(format!("DuckDB: {e}")))?;
     match statements.as_slice() {
-        [Statement::Query(_)] => Ok(()),
+        [statement @ Statement::Query(_)] => {
+            let mut tables = Vec::new();
+            let _ = visit_relations(statement, |relation| {
+                let name = relation.0.iter().map(|part| part.to_string().trim_matches('"').to_string());
+                if let Ok(table) = name.collect::<Vec<_>>().join(".").parse::<TableName>() {
+                    tables.push(table);
+                }
+                std::ops::ControlFlow::<()>::Continue(())
+            });
+            tables.sort();
+            tables.dedup();
+            Ok(Inspected { normalised: statement.to_string(), tables })
+        }
         [_] => Err(QueryError::Sql("only queries (SELECT, WITH … SELECT) run on the warehouse".into())),
         _ => Err(QueryError::Sql("send one statement at a time".into())),
     }

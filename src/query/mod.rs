@@ -12,9 +12,15 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 
 use crate::warehouse::{SCHEMAS, TableName, Warehouse, WarehouseError};
 
+pub mod cache;
+pub mod catalog;
 pub mod duck;
 pub mod duckdb_arrow;
+pub mod engine;
+pub mod export;
 pub mod functions;
+pub mod log;
+pub mod saved;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
@@ -24,6 +30,47 @@ pub enum QueryError {
     Sql(String),
     #[error("formatting the result: {0}")]
     Format(String),
+    #[error("the query ran longer than its limit of {seconds} s and was cancelled")]
+    Timeout { seconds: f64 },
+    #[error("the query needed more memory than its limit of {limit_mb} MB: {detail}")]
+    Memory { limit_mb: u64, detail: String },
+    #[error(
+        "the result has more than {cap} rows; page through it (limit and offset, or the cursor), or export it as CSV, Arrow or Parquet, which stream"
+    )]
+    TooManyRows { cap: u64 },
+    #[error("parameter {name}: {message}")]
+    Param { name: String, message: String },
+    #[error("{0}")]
+    Saved(String),
+    #[error(transparent)]
+    Log(#[from] log::QueryLogError),
+}
+
+impl QueryError {
+    /// A stable code for API errors.
+    pub fn code(&self) -> &'static str {
+        match self {
+            QueryError::Warehouse(_) => "warehouse",
+            QueryError::Sql(_) => "sql",
+            QueryError::Format(_) => "format",
+            QueryError::Timeout { .. } => "timeout",
+            QueryError::Memory { .. } => "memory_limit",
+            QueryError::TooManyRows { .. } => "too_many_rows",
+            QueryError::Param { .. } => "parameter",
+            QueryError::Saved(_) => "saved_query",
+            QueryError::Log(_) => "query_log",
+        }
+    }
+
+    /// Where in the SQL text the error is, when the parser said: (line, column), both from 1.
+    pub fn position(&self) -> Option<(u64, u64)> {
+        let QueryError::Sql(message) = self else { return None };
+        let at = message.rfind("Line: ")?;
+        let rest = &message[at + "Line: ".len()..];
+        let (line, rest) = rest.split_once(", Column: ")?;
+        let column: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        Some((line.trim().parse().ok()?, column.parse().ok()?))
+    }
 }
 
 impl From<DataFusionError> for QueryError {
@@ -33,10 +80,45 @@ impl From<DataFusionError> for QueryError {
     }
 }
 
-/// A session over the warehouse's current versions.
+/// Values for a query's placeholders: `$1, $2, …` or `$name`. They are bound by the engine, never
+/// spliced into the SQL text.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Params {
+    #[default]
+    None,
+    Positional(Vec<datafusion::scalar::ScalarValue>),
+    Named(std::collections::BTreeMap<String, datafusion::scalar::ScalarValue>),
+}
+
+impl Params {
+    pub fn is_empty(&self) -> bool {
+        match self {
+            Params::None => true,
+            Params::Positional(v) => v.is_empty(),
+            Params::Named(m) => m.is_empty(),
+        }
+    }
+
+    /// As DataFusion binds them.
+    pub fn to_datafusion(&self) -> datafusion::common::ParamValues {
+        use datafusion::common::ParamValues;
+        match self {
+            Params::None => ParamValues::List(Vec::new()),
+            Params::Positional(v) => ParamValues::from(v.clone()),
+            Params::Named(m) => ParamValues::from(m.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<Vec<_>>()),
+        }
+    }
+}
+
+/// The session settings both the models' sessions and the query engine use.
+pub(crate) fn session_config() -> SessionConfig {
+    SessionConfig::new().with_information_schema(true).with_default_catalog_and_schema("sokana", "marts")
+}
+
+/// A session over the warehouse's versions as they are now, whose tables can be re-pointed (model
+/// builds use it; the serving engine, [`engine::QueryEngine`], follows new versions by itself).
 pub async fn session(warehouse: &Warehouse) -> Result<SessionContext, QueryError> {
-    let config = SessionConfig::new().with_information_schema(true).with_default_catalog_and_schema("sokana", "marts");
-    let ctx = SessionContext::new_with_config(config);
+    let ctx = SessionContext::new_with_config(session_config());
     let catalog = ctx.catalog("sokana").ok_or_else(|| QueryError::Sql("the default catalog is missing".into()))?;
     for schema in SCHEMAS {
         catalog.register_schema(schema, Arc::new(MemorySchemaProvider::new()))?;
@@ -68,7 +150,6 @@ async fn register(ctx: &SessionContext, warehouse: &Warehouse, name: &TableName)
     Ok(())
 }
 
-/// Runs one statement and collects its result.
 /// Runs one query and collects its result. Only queries run: DDL (`CREATE EXTERNAL TABLE` could
 /// read any file), DML, `COPY … TO` and `SET` are refused before planning.
 pub async fn run(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>, QueryError> {
@@ -85,32 +166,13 @@ pub enum OutputFormat {
 
 /// Writes batches as an aligned table, CSV with a header, or a JSON array of objects.
 pub fn format(batches: &[RecordBatch], format: OutputFormat) -> Result<String, QueryError> {
-    let err = |e: arrow::error::ArrowError| QueryError::Format(e.to_string());
+    let as_text = |bytes: Vec<u8>| String::from_utf8(bytes).map_err(|e| QueryError::Format(e.to_string()));
+    let schema = || batches.first().map(|b| b.schema()).unwrap_or_else(|| Arc::new(arrow::datatypes::Schema::empty()));
     match format {
-        OutputFormat::Table => Ok(arrow::util::pretty::pretty_format_batches(batches).map_err(err)?.to_string()),
-        OutputFormat::Csv => {
-            let mut out = Vec::new();
-            {
-                let mut writer = arrow::csv::WriterBuilder::new().with_header(true).build(&mut out);
-                for batch in batches {
-                    writer.write(batch).map_err(err)?;
-                }
-            }
-            String::from_utf8(out).map_err(|e| QueryError::Format(e.to_string()))
-        }
-        OutputFormat::Json => {
-            let mut out = Vec::new();
-            {
-                let mut writer = arrow::json::ArrayWriter::new(&mut out);
-                for batch in batches {
-                    writer.write(batch).map_err(err)?;
-                }
-                writer.finish().map_err(err)?;
-            }
-            if out.is_empty() {
-                out.extend_from_slice(b"[]");
-            }
-            String::from_utf8(out).map_err(|e| QueryError::Format(e.to_string()))
-        }
+        OutputFormat::Table => Ok(arrow::util::pretty::pretty_format_batches(batches)
+            .map_err(|e| QueryError::Format(e.to_string()))?
+            .to_string()),
+        OutputFormat::Csv => as_text(export::encode(export::ExportFormat::Csv, schema(), batches)?),
+        OutputFormat::Json => as_text(export::encode(export::ExportFormat::Json, schema(), batches)?),
     }
 }

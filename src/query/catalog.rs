@@ -1,0 +1,217 @@
+//! The warehouse as DataFusion sees it: schemas `raw` and `marts` whose tables resolve, each time a
+//! query is planned, to the table's newest committed version. A resolved table is a
+//! [`VersionedTable`], so a plan carries the exact version of every table it reads; the result
+//! cache keys on those versions and DuckDB's views are rebuilt from them. It reads the Delta log
+//! and never writes the warehouse.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+use datafusion::catalog::{SchemaProvider, Session, TableProvider};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{Constraints, Statistics};
+use datafusion::datasource::{TableType, source_as_provider};
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::logical_expr::{Expr, LogicalPlan, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
+use deltalake::DeltaTable;
+
+use crate::warehouse::{TableName, Warehouse, WarehouseError};
+
+/// How long the list of table names (for `information_schema` and `\d`) is trusted. Queries that
+/// name a table never depend on it: a name is looked up in the warehouse when it is not listed.
+const NAMES_TTL: Duration = Duration::from_secs(1);
+
+/// A table pinned to one committed version; it answers scans exactly as delta-rs's provider does.
+#[derive(Debug)]
+pub struct VersionedTable {
+    pub name: TableName,
+    pub version: i64,
+    inner: Arc<dyn TableProvider>,
+}
+
+#[async_trait]
+impl TableProvider for VersionedTable {
+    fn schema(&self) -> SchemaRef {
+        self.inner.schema()
+    }
+    fn constraints(&self) -> Option<&Constraints> {
+        self.inner.constraints()
+    }
+    fn table_type(&self) -> TableType {
+        self.inner.table_type()
+    }
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        self.inner.scan(state, projection, filters, limit).await
+    }
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        self.inner.supports_filters_pushdown(filters)
+    }
+    fn statistics(&self) -> Option<Statistics> {
+        self.inner.statistics()
+    }
+}
+
+/// One table's open Delta handle and the provider for its loaded version.
+struct Entry {
+    table: DeltaTable,
+    provider: Arc<VersionedTable>,
+}
+
+/// Every committed warehouse table, each kept at its newest version.
+pub struct WarehouseCatalog {
+    warehouse: Warehouse,
+    tables: tokio::sync::Mutex<HashMap<TableName, Entry>>,
+    names: Mutex<(Vec<TableName>, Option<Instant>)>,
+}
+
+impl std::fmt::Debug for WarehouseCatalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WarehouseCatalog").field("warehouse", &self.warehouse).finish_non_exhaustive()
+    }
+}
+
+impl WarehouseCatalog {
+    pub fn new(warehouse: Warehouse) -> WarehouseCatalog {
+        WarehouseCatalog {
+            warehouse,
+            tables: tokio::sync::Mutex::new(HashMap::new()),
+            names: Mutex::new((Vec::new(), None)),
+        }
+    }
+
+    pub fn warehouse(&self) -> &Warehouse {
+        &self.warehouse
+    }
+
+    /// The table at its newest committed version, or `None` if it was never committed. One listing
+    /// of the table's log when the table is already open; a full load only when it changed.
+    pub async fn current(&self, name: &TableName) -> Result<Option<Arc<VersionedTable>>, WarehouseError> {
+        let mut tables = self.tables.lock().await;
+        if let Some(entry) = tables.get_mut(name) {
+            let loaded = entry.provider.version;
+            match entry.table.get_latest_version().await {
+                Ok(latest) if latest as i64 == loaded => return Ok(Some(entry.provider.clone())),
+                Ok(_) => {
+                    entry.table.update_incremental(None).await.map_err(|e| WarehouseError::delta(name, e))?;
+                    entry.provider = pin(name, &entry.table).await?;
+                    return Ok(Some(entry.provider.clone()));
+                }
+                // The loaded version's log was cleaned up (or the table removed): open afresh.
+                Err(_) => {
+                    tables.remove(name);
+                }
+            }
+        }
+        let Some(table) = self.warehouse.open(name).await? else { return Ok(None) };
+        let provider = pin(name, &table).await?;
+        tables.insert(name.clone(), Entry { table, provider: provider.clone() });
+        Ok(Some(provider))
+    }
+
+    /// The table's Delta handle at its newest version (for DuckDB's views over its files).
+    pub async fn delta(&self, name: &TableName) -> Result<Option<DeltaTable>, WarehouseError> {
+        if self.current(name).await?.is_none() {
+            return Ok(None);
+        }
+        Ok(self.tables.lock().await.get(name).map(|e| e.table.clone()))
+    }
+
+    /// The newest version of each table (`None` for a table that is not committed).
+    pub async fn versions(&self, names: &[TableName]) -> Result<Vec<Option<i64>>, WarehouseError> {
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            out.push(self.current(name).await?.map(|t| t.version));
+        }
+        Ok(out)
+    }
+
+    /// Re-lists the warehouse's tables when the cached list is older than [`NAMES_TTL`].
+    pub async fn refresh_names(&self) -> Result<(), WarehouseError> {
+        let fresh = self.names.lock().map(|n| n.1.is_some_and(|at| at.elapsed() < NAMES_TTL)).unwrap_or(false);
+        if !fresh {
+            let listed = self.warehouse.list_tables().await?;
+            if let Ok(mut names) = self.names.lock() {
+                *names = (listed, Some(Instant::now()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The table names last listed.
+    pub fn names(&self) -> Vec<TableName> {
+        self.names.lock().map(|n| n.0.clone()).unwrap_or_default()
+    }
+
+    /// A DataFusion schema provider for `schema` (`raw` or `marts`).
+    pub fn schema_provider(self: &Arc<Self>, schema: &str) -> Arc<dyn SchemaProvider> {
+        Arc::new(WarehouseSchema { schema: schema.to_string(), catalog: self.clone() })
+    }
+}
+
+async fn pin(name: &TableName, table: &DeltaTable) -> Result<Arc<VersionedTable>, WarehouseError> {
+    let version = table.version().unwrap_or(0) as i64;
+    let inner = table
+        .table_provider()
+        .await
+        .map_err(|e| WarehouseError::Invalid { table: name.to_string(), reason: e.to_string() })?;
+    Ok(Arc::new(VersionedTable { name: name.clone(), version, inner }))
+}
+
+/// One warehouse schema (`raw` or `marts`) as a DataFusion [`SchemaProvider`].
+#[derive(Debug)]
+struct WarehouseSchema {
+    schema: String,
+    catalog: Arc<WarehouseCatalog>,
+}
+
+impl WarehouseSchema {
+    fn table_name(&self, name: &str) -> Option<TableName> {
+        format!("{}.{name}", self.schema).parse().ok()
+    }
+}
+
+#[async_trait]
+impl SchemaProvider for WarehouseSchema {
+
+    fn table_names(&self) -> Vec<String> {
+        self.catalog.names().into_iter().filter(|t| t.schema == self.schema).map(|t| t.name).collect()
+    }
+
+    async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        let Some(table) = self.table_name(name) else { return Ok(None) };
+        let found = self.catalog.current(&table).await.map_err(|e| DataFusionError::External(Box::new(e)))?;
+        Ok(found.map(|t| t as Arc<dyn TableProvider>))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.table_name(name).is_some_and(|t| self.catalog.names().contains(&t))
+    }
+}
+
+/// The warehouse tables a plan reads, with the version each is pinned to, sorted and deduplicated.
+pub fn tables_read(plan: &LogicalPlan) -> Vec<(TableName, i64)> {
+    let mut out = Vec::new();
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node
+            && let Ok(provider) = source_as_provider(&scan.source)
+            && let Some(table) = (provider.as_ref() as &dyn Any).downcast_ref::<VersionedTable>()
+        {
+            out.push((table.name.clone(), table.version));
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    out.sort();
+    out.dedup();
+    out
+}

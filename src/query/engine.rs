@@ -1,0 +1,742 @@
+//! The query engine every reader goes through (CLI, HTTP, the wire endpoint, dashboards): one
+//! read-only SQL query in, Arrow out, on DataFusion or DuckDB or whichever `auto` has learned is
+//! faster for the query's plan shape. It applies the limits (time, memory, rows), the result cache
+//! and the query log. It knows callers only as a name and a data-access scope; who may call it is
+//! decided above it.
+
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use chrono::{SecondsFormat, Utc};
+use datafusion::error::DataFusionError;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::context::SQLOptions;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::{DataFrame, SessionContext};
+use futures::{Stream, StreamExt};
+
+use super::cache::{CachedResult, KeyParts, ResultCache};
+use super::catalog::{WarehouseCatalog, tables_read};
+use super::duck::{self, DuckSession};
+use super::log::{QueryLog, QueryRecord};
+use super::{Params, QueryError, session_config};
+use crate::config::Config;
+use crate::warehouse::{SCHEMAS, TableName};
+
+/// Which engine answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineChoice {
+    Datafusion,
+    Duckdb,
+    Auto,
+}
+
+impl EngineChoice {
+    pub fn parse(text: &str) -> Option<EngineChoice> {
+        match text {
+            "datafusion" => Some(EngineChoice::Datafusion),
+            "duckdb" => Some(EngineChoice::Duckdb),
+            "auto" => Some(EngineChoice::Auto),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            EngineChoice::Datafusion => "datafusion",
+            EngineChoice::Duckdb => "duckdb",
+            EngineChoice::Auto => "auto",
+        }
+    }
+}
+
+/// Who asks, as far as the engine needs to know: a name for the log and the scope that decides
+/// what data they may see (part of every cache key).
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub user: String,
+    pub scope: String,
+    /// `cli`, `http`, `pgwire` or `dashboard`.
+    pub origin: &'static str,
+    pub request_id: String,
+}
+
+impl Caller {
+    /// The person at the terminal, who can read the warehouse's files anyway.
+    pub fn cli() -> Caller {
+        Caller {
+            user: std::env::var("USER").unwrap_or_else(|_| "cli".into()),
+            scope: "admin".into(),
+            origin: "cli",
+            request_id: uuid::Uuid::new_v4().to_string(),
+        }
+    }
+}
+
+/// A page of a result: `limit` rows after skipping `offset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    pub offset: u64,
+    pub limit: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct QueryRequest {
+    pub sql: String,
+    pub engine: EngineChoice,
+    pub params: Params,
+    pub page: Option<Page>,
+    pub caller: Caller,
+}
+
+/// A collected answer.
+#[derive(Debug, Clone)]
+pub struct QueryOutput {
+    pub result: Arc<CachedResult>,
+    /// The cache key, also the `ETag`.
+    pub key: String,
+    pub cache_hit: bool,
+    /// The tables read and the version of each.
+    pub tables: Vec<(TableName, i64)>,
+}
+
+/// A streamed answer: batches as the engine produces them.
+pub struct QueryStream {
+    pub schema: SchemaRef,
+    pub engine: &'static str,
+    pub batches: Pin<Box<dyn Stream<Item = Result<RecordBatch, QueryError>> + Send>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub timeout: Duration,
+    pub memory_limit_mb: u64,
+    pub max_rows: u64,
+}
+
+/// What planning told us about a query text, kept so that a repeated query is answered from the
+/// cache without being planned again.
+#[derive(Debug)]
+struct Prepared {
+    /// DataFusion's logical plan, indented (normalises spelling, spacing and `SELECT *`).
+    plan: Result<String, String>,
+    /// DuckDB's parse of the text, and the tables it names.
+    duck: Result<duck::Inspected, String>,
+    tables: Vec<TableName>,
+    shape: String,
+}
+
+pub struct QueryEngine {
+    catalog: Arc<WarehouseCatalog>,
+    base: SessionContext,
+    duck: tokio::sync::Mutex<Option<Arc<DuckSession>>>,
+    duck_available: bool,
+    cache: ResultCache,
+    prepared: moka::sync::Cache<(String, String), Arc<Prepared>>,
+    log: Option<QueryLog>,
+    routing: Mutex<Routing>,
+    limits: Limits,
+    default_engine: EngineChoice,
+    pub queries: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+fn read_only() -> SQLOptions {
+    SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false)
+}
+
+impl QueryEngine {
+    /// The engine over the configured warehouse, logging to `STATE_DIR/queries.db`.
+    pub fn open(config: &Config) -> Result<QueryEngine, QueryError> {
+        let warehouse = crate::pipeline::warehouse(config).map_err(|e| QueryError::Sql(e.to_string()))?;
+        let log = QueryLog::open(&config.state_dir())?;
+        let q = &config.query;
+        let limits = Limits {
+            timeout: Duration::from_secs_f64(q.timeout_seconds),
+            memory_limit_mb: q.memory_limit_mb,
+            max_rows: q.max_rows,
+        };
+        let mut engine = QueryEngine::new(
+            Arc::new(WarehouseCatalog::new(warehouse)),
+            limits,
+            ResultCache::new(q.cache_mb * 1024 * 1024, Duration::from_secs(q.cache_ttl_seconds)),
+            Some(log),
+        )?;
+        engine.default_engine = EngineChoice::parse(&q.engine).unwrap_or(EngineChoice::Datafusion);
+        match super::log::timings(&config.state_dir(), 10_000) {
+            Ok(timings) => {
+                if let Ok(mut routing) = engine.routing.lock() {
+                    for (shape, engine, us) in timings {
+                        routing.observe(&shape, &engine, us);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "auto routing starts without the query log's timings"),
+        }
+        Ok(engine)
+    }
+
+    pub fn new(
+        catalog: Arc<WarehouseCatalog>,
+        limits: Limits,
+        cache: ResultCache,
+        log: Option<QueryLog>,
+    ) -> Result<QueryEngine, QueryError> {
+        let base = SessionContext::new_with_config(session_config());
+        let sokana = base.catalog("sokana").ok_or_else(|| QueryError::Sql("the default catalog is missing".into()))?;
+        for schema in SCHEMAS {
+            sokana.register_schema(schema, catalog.schema_provider(schema))?;
+        }
+        let duck_available = catalog.warehouse().local_root().is_some();
+        Ok(QueryEngine {
+            catalog,
+            base,
+            duck: tokio::sync::Mutex::new(None),
+            duck_available,
+            cache,
+            prepared: moka::sync::Cache::new(10_000),
+            log,
+            routing: Mutex::new(Routing::default()),
+            limits,
+            default_engine: EngineChoice::Datafusion,
+            queries: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+        })
+    }
+
+    pub fn default_engine(&self) -> EngineChoice {
+        self.default_engine
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    pub fn catalog(&self) -> &Arc<WarehouseCatalog> {
+        &self.catalog
+    }
+
+    pub fn cache(&self) -> &ResultCache {
+        &self.cache
+    }
+
+    pub fn log(&self) -> Option<&QueryLog> {
+        self.log.as_ref()
+    }
+
+    /// A session for one query: the shared catalog, with its own memory pool (spilling to disk
+    /// when a sort or join outgrows it).
+    pub fn session(&self) -> Result<SessionContext, QueryError> {
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_limit(self.limits.memory_limit_mb as usize * 1024 * 1024, 1.0)
+            .build_arc()?;
+        let state = SessionStateBuilder::new_from_existing(self.base.state()).with_runtime_env(runtime).build();
+        Ok(SessionContext::new_with_state(state))
+    }
+
+    /// Runs a query and collects its answer, from the cache when the same query over the same
+    /// table versions was answered before.
+    pub async fn query(&self, request: &QueryRequest) -> Result<QueryOutput, QueryError> {
+        let started = Instant::now();
+        let at = Utc::now();
+        let mut record = QueryRecord::default();
+        let result = self.query_logged(request, &mut record).await;
+        self.finish(request, record, at, started, result.as_ref().err());
+        result
+    }
+
+    async fn query_logged(&self, request: &QueryRequest, record: &mut QueryRecord) -> Result<QueryOutput, QueryError> {
+        let prepared = self.prepare(request).await?;
+        let engine = self.resolve(request.engine, &prepared)?;
+        let normalised = match engine {
+            EngineChoice::Duckdb if request.engine == EngineChoice::Duckdb => {
+                prepared.duck.as_ref().map(|d| d.normalised.clone()).map_err(|e| QueryError::Sql(e.clone()))?
+            }
+            _ => prepared.plan.clone().map_err(QueryError::Sql)?,
+        };
+        record.engine = engine.name().into();
+        record.shape = prepared.shape.clone();
+        record.tables = prepared.tables.iter().map(ToString::to_string).collect();
+        let versions = self.catalog.versions(&prepared.tables).await?;
+        let tables: Vec<(TableName, i64)> =
+            prepared.tables.iter().zip(versions).filter_map(|(t, v)| v.map(|v| (t.clone(), v))).collect();
+        let key_for = |tables: &[(TableName, i64)]| {
+            KeyParts {
+                normalised: &normalised,
+                params: &request.params,
+                scope: &request.caller.scope,
+                // Results are keyed by the engine asked for: `auto` answers are the same whichever ran.
+                engine: request.engine.name(),
+                page: request.page.map(|p| (p.offset, p.limit)),
+                tables,
+            }
+            .key()
+        };
+        let key = key_for(&tables);
+        if let Some(hit) = self.cache.get(&key).await {
+            record.cache_hit = true;
+            (record.rows, record.bytes) = (hit.rows, hit.bytes);
+            return Ok(QueryOutput { result: hit, key, cache_hit: true, tables });
+        }
+        let run_started = Instant::now();
+        let cap = if request.page.is_some() { None } else { Some(self.limits.max_rows) };
+        let run = async {
+            match engine {
+                EngineChoice::Duckdb => self.run_duckdb(request, &prepared.tables, cap).await,
+                _ => self.run_datafusion(request, cap).await,
+            }
+        };
+        let seconds = self.limits.timeout.as_secs_f64();
+        let (schema, mut batches, read) =
+            tokio::time::timeout(self.limits.timeout, run).await.map_err(|_| QueryError::Timeout { seconds })??;
+        if !prepared.shape.is_empty()
+            && let Ok(mut routing) = self.routing.lock()
+        {
+            routing.observe(&prepared.shape, engine.name(), run_started.elapsed().as_micros() as u64);
+        }
+        let mut has_more = false;
+        if let Some(page) = request.page {
+            has_more = batches.iter().map(|b| b.num_rows() as u64).sum::<u64>() > page.limit;
+            batches = truncate(batches, page.limit);
+        }
+        let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
+        let bytes = batches.iter().map(|b| b.get_array_memory_size() as u64).sum();
+        (record.rows, record.bytes) = (rows, bytes);
+        let result = Arc::new(CachedResult { schema, batches, engine: engine.name(), rows, bytes, has_more });
+        // The key of what actually ran: a commit between the version check and planning moves it.
+        let key = key_for(&read);
+        self.cache.insert(key.clone(), result.clone()).await;
+        Ok(QueryOutput { result, key, cache_hit: false, tables: read })
+    }
+
+    /// Streams a query's answer without collecting it (exports). DataFusion streams in bounded
+    /// memory; a query sent to DuckDB is collected first, within the row cap.
+    pub async fn stream(self: &Arc<Self>, request: &QueryRequest) -> Result<QueryStream, QueryError> {
+        let started = Instant::now();
+        let at = Utc::now();
+        let mut record = QueryRecord::default();
+        let opened = self.open_stream(request, &mut record).await;
+        let stream = match opened {
+            Ok(stream) => stream,
+            Err(e) => {
+                self.finish(request, record, at, started, Some(&e));
+                return Err(e);
+            }
+        };
+        let deadline = tokio::time::Instant::now() + self.limits.timeout;
+        let seconds = self.limits.timeout.as_secs_f64();
+        let logger = StreamLog { engine: self.clone(), request: request.clone(), record, at, started, error: None, done: false };
+        let state = (stream.batches, logger);
+        let batches = futures::stream::unfold(state, move |(mut inner, mut logger)| async move {
+            if logger.done {
+                return None;
+            }
+            let item = match tokio::time::timeout_at(deadline, inner.next()).await {
+                Err(_) => Some(Err(QueryError::Timeout { seconds })),
+                Ok(item) => item,
+            };
+            match item {
+                None => {
+                    logger.done = true;
+                    logger.finish();
+                    None
+                }
+                Some(Ok(batch)) => {
+                    logger.record.rows += batch.num_rows() as u64;
+                    logger.record.bytes += batch.get_array_memory_size() as u64;
+                    Some((Ok(batch), (inner, logger)))
+                }
+                Some(Err(e)) => {
+                    logger.error = Some(e.to_string());
+                    logger.done = true;
+                    logger.finish();
+                    Some((Err(e), (inner, logger)))
+                }
+            }
+        });
+        Ok(QueryStream { schema: stream.schema, engine: stream.engine, batches: Box::pin(batches) })
+    }
+
+    async fn open_stream(&self, request: &QueryRequest, record: &mut QueryRecord) -> Result<Stream0, QueryError> {
+        let prepared = self.prepare(request).await?;
+        let engine = self.resolve(request.engine, &prepared)?;
+        record.engine = engine.name().into();
+        record.shape = prepared.shape.clone();
+        record.tables = prepared.tables.iter().map(ToString::to_string).collect();
+        if engine == EngineChoice::Duckdb {
+            let run = self.run_duckdb(request, &prepared.tables, Some(self.limits.max_rows));
+            let seconds = self.limits.timeout.as_secs_f64();
+            let (schema, batches, _) =
+                tokio::time::timeout(self.limits.timeout, run).await.map_err(|_| QueryError::Timeout { seconds })??;
+            let batches = futures::stream::iter(batches.into_iter().map(Ok));
+            return Ok(Stream0 { schema, engine: "duckdb", batches: Box::pin(batches) });
+        }
+        let frame = self.frame(request).await?;
+        let limit = self.limits.memory_limit_mb;
+        let stream = frame.execute_stream().await.map_err(|e| df_error(e, limit))?;
+        let schema = stream.schema();
+        let batches = stream.map(move |b| b.map_err(|e| df_error(e, limit)));
+        Ok(Stream0 { schema, engine: "datafusion", batches: Box::pin(batches) })
+    }
+
+    /// Plans `request` on a fresh session, parameters bound and the page applied (one more row
+    /// than the page, to tell whether another follows).
+    async fn frame(&self, request: &QueryRequest) -> Result<DataFrame, QueryError> {
+        let ctx = self.session()?;
+        let mut frame = ctx.sql_with_options(&request.sql, read_only()).await?;
+        if !request.params.is_empty() {
+            frame = frame.with_param_values(request.params.to_datafusion())?;
+        }
+        if let Some(page) = request.page {
+            frame = frame.limit(page.offset as usize, Some(page.limit as usize + 1))?;
+        }
+        Ok(frame)
+    }
+
+    async fn run_datafusion(
+        &self,
+        request: &QueryRequest,
+        cap: Option<u64>,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>, Vec<(TableName, i64)>), QueryError> {
+        let frame = self.frame(request).await?;
+        let read = tables_read(frame.logical_plan());
+        let limit = self.limits.memory_limit_mb;
+        let mut stream = frame.execute_stream().await.map_err(|e| df_error(e, limit))?;
+        let schema = stream.schema();
+        let mut batches = Vec::new();
+        let mut rows = 0u64;
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(|e| df_error(e, limit))?;
+            rows += batch.num_rows() as u64;
+            if let Some(cap) = cap
+                && rows > cap
+            {
+                return Err(QueryError::TooManyRows { cap });
+            }
+            batches.push(batch);
+        }
+        Ok((schema, batches, read))
+    }
+
+    async fn run_duckdb(
+        &self,
+        request: &QueryRequest,
+        tables: &[TableName],
+        cap: Option<u64>,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>, Vec<(TableName, i64)>), QueryError> {
+        let session = self.duck_session(tables).await?;
+        let read: Vec<(TableName, i64)> =
+            tables.iter().filter_map(|t| session.version(t).map(|v| (t.clone(), v))).collect();
+        let conn = session.connect()?;
+        let interrupt = conn.interrupt_handle();
+        let sql = match request.page {
+            // Numbers only are added to the text; the query itself is unchanged inside.
+            Some(page) => format!("SELECT * FROM ({}) AS page LIMIT {} OFFSET {}", request.sql, page.limit + 1, page.offset),
+            None => request.sql.clone(),
+        };
+        let params = request.params.clone();
+        let limit_mb = self.limits.memory_limit_mb;
+        let task = tokio::task::spawn_blocking(move || duck::run(&conn, &sql, &params, cap));
+        // Dropped (timeout, client gone) before DuckDB finished: interrupt it so the thread is freed.
+        let guard = Interrupt(Some(interrupt));
+        let joined = task.await;
+        guard.disarm();
+        let (schema, batches) = joined.map_err(|e| QueryError::Sql(format!("DuckDB: {e}")))?.map_err(|e| match e {
+            QueryError::Sql(m) if m.contains("Out of Memory") => QueryError::Memory { limit_mb, detail: m },
+            other => other,
+        })?;
+        Ok((schema, batches, read))
+    }
+
+    /// The DuckDB database, rebuilt when a table the query reads has a newer version than its view.
+    async fn duck_session(&self, tables: &[TableName]) -> Result<Arc<DuckSession>, QueryError> {
+        let versions = self.catalog.versions(tables).await?;
+        let mut current = self.duck.lock().await;
+        if let Some(session) = current.as_ref()
+            && tables.iter().zip(&versions).all(|(t, v)| session.version(t) == *v)
+        {
+            return Ok(session.clone());
+        }
+        let session = Arc::new(DuckSession::open(&self.catalog, Some(self.limits.memory_limit_mb)).await?);
+        *current = Some(session.clone());
+        Ok(session)
+    }
+
+    /// Plans the text once per (text, scope): later runs of the same text reuse what planning found.
+    async fn prepare(&self, request: &QueryRequest) -> Result<Arc<Prepared>, QueryError> {
+        let memo = (request.sql.clone(), request.caller.scope.clone());
+        if let Some(found) = self.prepared.get(&memo) {
+            return Ok(found);
+        }
+        self.catalog.refresh_names().await?;
+        let plan = match self.session()?.sql_with_options(&request.sql, read_only()).await {
+            Ok(frame) => Ok(frame.into_unoptimized_plan()),
+            Err(e) => Err(QueryError::from(e).to_string()),
+        };
+        let duck = duck::inspect(&request.sql).map_err(|e| e.to_string());
+        let (tables, shape) = match (&plan, &duck) {
+            (Ok(plan), _) => (tables_read(plan).into_iter().map(|(t, _)| t).collect(), shape(plan)),
+            (Err(_), Ok(duck)) => (duck.tables.clone(), String::new()),
+            (Err(e), Err(_)) => return Err(QueryError::Sql(e.clone())),
+        };
+        let prepared = Arc::new(Prepared { plan: plan.map(|p| p.display_indent().to_string()), duck, tables, shape });
+        // A text that neither engine could plan is not kept: the table it names may come later.
+        self.prepared.insert(memo, prepared.clone());
+        Ok(prepared)
+    }
+
+    /// The engine that runs the query: the one asked for, or for `auto` the faster for its shape.
+    fn resolve(&self, choice: EngineChoice, prepared: &Prepared) -> Result<EngineChoice, QueryError> {
+        match choice {
+            EngineChoice::Datafusion => {
+                prepared.plan.as_ref().map_err(|e| QueryError::Sql(e.clone()))?;
+                Ok(EngineChoice::Datafusion)
+            }
+            EngineChoice::Duckdb => {
+                if !self.duck_available {
+                    return Err(QueryError::Sql(
+                        "the DuckDB engine reads warehouses on local disk only; use the datafusion engine".into(),
+                    ));
+                }
+                prepared.duck.as_ref().map_err(|e| QueryError::Sql(e.clone()))?;
+                Ok(EngineChoice::Duckdb)
+            }
+            EngineChoice::Auto => {
+                prepared.plan.as_ref().map_err(|e| QueryError::Sql(e.clone()))?;
+                if !self.duck_available || prepared.duck.is_err() {
+                    return Ok(EngineChoice::Datafusion);
+                }
+                let chosen = self.routing.lock().map(|mut r| r.choose(&prepared.shape)).unwrap_or("datafusion");
+                Ok(if chosen == "duckdb" { EngineChoice::Duckdb } else { EngineChoice::Datafusion })
+            }
+        }
+    }
+
+    fn finish(&self, request: &QueryRequest, mut record: QueryRecord, at: chrono::DateTime<Utc>, started: Instant, error: Option<&QueryError>) {
+        self.queries.fetch_add(1, Ordering::Relaxed);
+        if error.is_some() {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        let Some(log) = &self.log else { return };
+        record.at = at.to_rfc3339_opts(SecondsFormat::Micros, true);
+        record.user = request.caller.user.clone();
+        record.origin = request.caller.origin.into();
+        record.request_id = request.caller.request_id.clone();
+        record.sql = normalise_for_log(&request.sql);
+        record.duration_us = started.elapsed().as_micros() as u64;
+        record.error = error.map(|e| e.code().to_string());
+        if record.engine.is_empty() {
+            record.engine = request.engine.name().into();
+        }
+        log.record(record);
+    }
+}
+
+/// Batches and schema of an opened stream, before it is wrapped for the log and the deadline.
+struct Stream0 {
+    schema: SchemaRef,
+    engine: &'static str,
+    batches: Pin<Box<dyn Stream<Item = Result<RecordBatch, QueryError>> + Send>>,
+}
+
+/// Logs a streamed query when it ends, or when the reader goes away before the end.
+struct StreamLog {
+    engine: Arc<QueryEngine>,
+    request: QueryRequest,
+    record: QueryRecord,
+    at: chrono::DateTime<Utc>,
+    started: Instant,
+    error: Option<String>,
+    done: bool,
+}
+
+impl StreamLog {
+    fn finish(&mut self) {
+        let error = self.error.take().map(QueryError::Sql);
+        let record = std::mem::take(&mut self.record);
+        self.engine.finish(&self.request, record, self.at, self.started, error.as_ref());
+    }
+}
+
+impl Drop for StreamLog {
+    fn drop(&mut self) {
+        if !self.done {
+            self.error = Some("the reader went away before the end".into());
+            self.done = true;
+            self.finish();
+        }
+    }
+}
+
+/// Interrupts a DuckDB query when dropped before being disarmed.
+struct Interrupt(Option<Arc<duckdb::InterruptHandle>>);
+
+impl Interrupt {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Interrupt {
+    fn drop(&mut self) {
+        if let Some(handle) = self.0.take() {
+            handle.interrupt();
+        }
+    }
+}
+
+fn df_error(e: DataFusionError, limit_mb: u64) -> QueryError {
+    match e.find_root() {
+        DataFusionError::ResourcesExhausted(detail) => QueryError::Memory { limit_mb, detail: detail.clone() },
+        _ => QueryError::from(e),
+    }
+}
+
+/// The first `limit` rows of `batches`.
+fn truncate(batches: Vec<RecordBatch>, limit: u64) -> Vec<RecordBatch> {
+    let mut left = limit as usize;
+    let mut out = Vec::new();
+    for batch in batches {
+        if left == 0 {
+            break;
+        }
+        let take = batch.num_rows().min(left);
+        out.push(batch.slice(0, take));
+        left -= take;
+    }
+    out
+}
+
+/// A plan's shape: its operators and the tables it reads, without expressions or literals. Queries
+/// of one shape tend to favour the same engine.
+fn shape(plan: &LogicalPlan) -> String {
+    plan.display_indent()
+        .to_string()
+        .lines()
+        .map(|line| {
+            let depth = line.len() - line.trim_start().len();
+            let node = line.trim_start();
+            let name = match node.split_once(':') {
+                Some(("TableScan", rest)) => format!("TableScan:{}", rest.split_whitespace().next().unwrap_or("")),
+                Some((name, _)) => name.to_string(),
+                None => node.to_string(),
+            };
+            format!("{depth}{name}")
+        })
+        .collect::<Vec<_>>()
+        .join("|")
+}
+
+/// The SQL as the log keeps it: parsed and printed again, every literal replaced by `?`, so the
+/// log groups queries that differ only in values and never holds the values (which may be
+/// personal data). Text that does not parse is kept as a marker only.
+pub fn normalise_for_log(sql: &str) -> String {
+    use datafusion::sql::sqlparser::ast::{Expr, Value, visit_expressions_mut};
+    use datafusion::sql::sqlparser::{dialect::GenericDialect, parser::Parser};
+    let Ok(mut statements) = Parser::parse_sql(&GenericDialect {}, sql) else {
+        return "<SQL that did not parse>".into();
+    };
+    let _ = visit_expressions_mut(&mut statements, |expr| {
+        if let Expr::Value(value) = expr
+            && !matches!(value.value, Value::Placeholder(_))
+        {
+            value.value = Value::Placeholder("?".into());
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+    statements.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+}
+
+/// Per plan shape, the recent times of each engine; `auto` picks the faster.
+#[derive(Default)]
+struct Routing {
+    shapes: HashMap<String, ShapeTimes>,
+}
+
+#[derive(Default)]
+struct ShapeTimes {
+    datafusion: VecDeque<u64>,
+    duckdb: VecDeque<u64>,
+    runs: u64,
+}
+
+/// Samples kept per engine and shape; and how many each engine needs before the choice is made on
+/// times alone.
+const KEEP: usize = 20;
+const ENOUGH: usize = 3;
+/// Once decided, one run in this many goes to the other engine, so a change in the data shows.
+const RECHECK: u64 = 20;
+
+impl Routing {
+    fn observe(&mut self, shape: &str, engine: &str, micros: u64) {
+        let times = self.shapes.entry(shape.to_string()).or_default();
+        let samples = if engine == "duckdb" { &mut times.duckdb } else { &mut times.datafusion };
+        if samples.len() == KEEP {
+            samples.pop_front();
+        }
+        samples.push_back(micros);
+    }
+
+    fn choose(&mut self, shape: &str) -> &'static str {
+        let times = self.shapes.entry(shape.to_string()).or_default();
+        times.runs += 1;
+        // Learning: each engine runs the shape until it has a few samples (DuckDB first: it is
+        // faster on most analytical shapes in our benchmark).
+        if times.duckdb.len() < ENOUGH || times.datafusion.len() < ENOUGH {
+            return if times.duckdb.len() <= times.datafusion.len() { "duckdb" } else { "datafusion" };
+        }
+        let faster = if median(&times.duckdb) <= median(&times.datafusion) { "duckdb" } else { "datafusion" };
+        if times.runs.is_multiple_of(RECHECK) {
+            return if faster == "duckdb" { "datafusion" } else { "duckdb" };
+        }
+        faster
+    }
+}
+
+fn median(samples: &VecDeque<u64>) -> u64 {
+    let mut sorted: Vec<u64> = samples.iter().copied().collect();
+    sorted.sort_unstable();
+    sorted[sorted.len() / 2]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_learns_the_faster_engine_per_shape_and_rechecks() {
+        let mut routing = Routing::default();
+        let mut picks = Vec::new();
+        for _ in 0..6 {
+            let pick = routing.choose("s");
+            picks.push(pick);
+            routing.observe("s", pick, if pick == "duckdb" { 900 } else { 300 });
+        }
+        assert_eq!(picks.iter().filter(|p| **p == "duckdb").count(), 3, "{picks:?}");
+        let later: Vec<&str> = (0..40).map(|_| routing.choose("s")).collect();
+        assert_eq!(later.iter().filter(|p| **p == "duckdb").count(), 2, "one recheck in {RECHECK}: {later:?}");
+        assert_eq!(routing.choose("other"), "duckdb", "a new shape starts learning");
+    }
+
+    #[test]
+    fn the_log_keeps_no_literals() {
+        let sql = "select * from raw.phi_clients where first_name = 'Jane' and id > 41 and x = $1";
+        let logged = normalise_for_log(sql);
+        assert!(!logged.contains("Jane") && !logged.contains("41"), "{logged}");
+        assert!(logged.contains("$1"), "{logged}");
+        assert_eq!(normalise_for_log("selec oops 'Jane'"), "<SQL that did not parse>");
+    }
+
+    #[test]
+    fn errors_point_at_the_sql_position() {
+        let e = QueryError::Sql("SQL error: ParserError(\"Expected: end of statement, found: x at Line: 2, Column: 8\")".into());
+        assert_eq!(e.position(), Some((2, 8)));
+    }
+}
