@@ -4,6 +4,7 @@
 //! first two. Each module's own documentation says what it owns and what it must not touch.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod pipeline;
 pub mod progress;

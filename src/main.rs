@@ -486,11 +486,15 @@ async fn check(config: &Config) -> Result<()> {
 }
 
 async fn serve(config: &Config) -> Result<()> {
-    let state = sokana::api::AppState { config: Arc::new(config.clone()), warehouse: pipeline::warehouse(config)? };
+    let state = sokana::api::AppState::open(config)?;
     let listen = config.server.listen;
     eprintln!(
-        "serving on http://{listen}  (health: /health/live, /health/ready; pipelines: /api/v1/pipelines; \
-         scheduled pipelines run on time; Ctrl-C stops)"
+        "serving on http://{listen}  (health: /health/live, /health/ready; queries: POST /api/v1/query; \
+         pipelines: /api/v1/pipelines; scheduled pipelines run on time; Ctrl-C stops)\n\
+         PostgreSQL wire protocol on {pg}: psql -h {host} -p {port} -U admin sokana",
+        pg = config.server.pgwire,
+        host = config.server.pgwire.ip(),
+        port = config.server.pgwire.port(),
     );
     sokana::api::serve(listen, state).await.with_context(|| format!("serving on {listen}"))
 }
@@ -534,6 +538,13 @@ async fn demo(dir: &Path, no_serve: bool, source: Option<String>, scale: f64, se
     let config = Config::load(Some(&config_path))?;
     eprintln!("config: {}", config_path.display());
 
+    // The demo's login: SOKANA_DEMO_PASSWORD, or a new generated password printed below.
+    let (password, generated) = match std::env::var("SOKANA_DEMO_PASSWORD") {
+        Ok(p) if !p.is_empty() => (p, false),
+        _ => (sokana::auth::generate_password(), true),
+    };
+    sokana::auth::set_admin_password(&config.state_dir(), &password)?;
+
     run_pipelines(&config, &[], true, "demo").await?;
     let ctx = query::session(&pipeline::warehouse(&config)?).await?;
     let batches = query::run(
@@ -546,6 +557,16 @@ async fn demo(dir: &Path, no_serve: bool, source: Option<String>, scale: f64, se
     eprintln!(
         "try: cargo run --release -- sql --config {} \"SELECT status, count(*) FROM raw.phi_clients GROUP BY 1 ORDER BY 2 DESC\"",
         config_path.display()
+    );
+    let shown = if generated { password.as_str() } else { "(the value of SOKANA_DEMO_PASSWORD)" };
+    eprintln!(
+        "login: user {user}, password {shown}\n  psql: PGPASSWORD=... psql -h {host} -p {port} -U {user} sokana\n  \
+         HTTP: curl -u {user}:... http://{listen}/api/v1/query -H 'content-type: application/json' \
+         -d '{{\"sql\": \"select count(*) from raw.phi_clients\"}}'",
+        user = sokana::auth::ADMIN,
+        host = config.server.pgwire.ip(),
+        port = config.server.pgwire.port(),
+        listen = config.server.listen,
     );
     if no_serve {
         return Ok(());

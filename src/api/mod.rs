@@ -1,40 +1,102 @@
-//! The HTTP server: health endpoints and the pipelines API today; the query API, dashboards and
-//! the PostgreSQL wire endpoint join it as their issues land. Thin: it translates requests into
-//! calls on the modules above and holds no business rules of its own.
+//! The HTTP server and the PostgreSQL wire endpoint: health, the pipelines API, the query API
+//! (`query`) and the wire protocol (`pgwire`); dashboards join as their issue lands. Thin: it
+//! translates requests into calls on the modules above and holds no business rules of its own.
+
+mod pgwire;
+mod query;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::extract::{FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Json, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use chrono::Utc;
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::pipeline::runlog::{RunLock, RunLog, RunLogError};
 use crate::pipeline::spec::Pipeline;
 use crate::pipeline::{self, schedule};
 use crate::progress::{Progress, Silent};
+use crate::query::engine::QueryEngine;
 use crate::warehouse::Warehouse;
+
+/// Request bodies larger than this are refused (a query is text, not data).
+const MAX_BODY: usize = 1024 * 1024;
 
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<Config>,
     pub warehouse: Warehouse,
+    pub engine: Arc<QueryEngine>,
+    pub auth: Arc<Authenticator>,
+}
+
+impl AppState {
+    /// The state for `config`: its warehouse, a query engine, and its logins.
+    pub fn open(config: &Config) -> Result<AppState, crate::query::QueryError> {
+        Ok(AppState {
+            config: Arc::new(config.clone()),
+            warehouse: crate::pipeline::warehouse(config).map_err(|e| crate::query::QueryError::Sql(e.to_string()))?,
+            engine: Arc::new(QueryEngine::open(config)?),
+            auth: Arc::new(Authenticator::new(&config.state_dir())),
+        })
+    }
 }
 
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
+        .route("/metrics", get(query::metrics))
         .route("/api/v1/pipelines", get(list_pipelines))
         .route("/api/v1/pipelines/{name}/runs", get(list_runs).post(start_run))
         .route("/api/v1/pipelines/{name}/decisions", get(list_decisions))
+        .route("/api/v1/query", post(query::post_query))
+        .route("/api/v1/queries", get(query::list_saved))
+        .route("/api/v1/queries/{name}/run", post(query::run_saved))
+        .route("/api/v1/tables", get(query::list_tables))
+        .route("/api/v1/query-log", get(query::query_log))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(tower_http::compression::CompressionLayer::new())
+        .layer(axum::middleware::from_fn(request_id))
         .with_state(state)
+}
+
+/// The id of one request: the caller's `X-Request-Id` if it sent a short one, else a new UUID. It
+/// is echoed in the response header, in error bodies and in the query log.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestId {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts.extensions.get::<RequestId>().cloned().unwrap_or_else(|| RequestId(uuid::Uuid::new_v4().to_string())))
+    }
+}
+
+async fn request_id(mut request: Request, next: Next) -> Response {
+    let id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 64 && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    request.extensions_mut().insert(RequestId(id.clone()));
+    let mut response = next.run(request).await;
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
 }
 
 async fn live() -> impl IntoResponse {
@@ -49,32 +111,50 @@ async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     }
 }
 
-/// An error answered as JSON: `{"error": {"code", "message"}}`.
+/// An error answered as JSON: `{"error": {"code", "message", "position"?, "request_id"?}}`.
 struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// Line and column in the SQL, when the error is there.
+    position: Option<(u64, u64)>,
+    request_id: Option<String>,
 }
 
 impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: String) -> ApiError {
+        ApiError { status, code, message, position: None, request_id: None }
+    }
+
     fn internal(e: impl std::fmt::Display) -> ApiError {
-        ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, code: "internal", message: e.to_string() }
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+    }
+
+    fn with_request_id(mut self, id: &RequestId) -> ApiError {
+        self.request_id = Some(id.0.clone());
+        self
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({ "error": { "code": self.code, "message": self.message } }))).into_response()
+        let mut error = json!({ "code": self.code, "message": self.message });
+        if let Some((line, column)) = self.position {
+            error["position"] = json!({ "line": line, "column": column });
+        }
+        if let Some(id) = self.request_id {
+            error["request_id"] = json!(id);
+        }
+        (self.status, Json(json!({ "error": error }))).into_response()
     }
 }
 
 fn find(state: &AppState, name: &str) -> Result<Pipeline, ApiError> {
     let pipelines = pipeline::load_pipelines(&state.config).map_err(ApiError::internal)?;
-    pipelines.into_iter().find(|p| p.name == name).ok_or_else(|| ApiError {
-        status: StatusCode::NOT_FOUND,
-        code: "unknown_pipeline",
-        message: format!("no pipeline named {name:?}"),
-    })
+    pipelines
+        .into_iter()
+        .find(|p| p.name == name)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "unknown_pipeline", format!("no pipeline named {name:?}")))
 }
 
 fn run_log(state: &AppState) -> Result<RunLog, ApiError> {
@@ -138,11 +218,7 @@ async fn start_run(State(state): State<AppState>, Path(name): Path<String>) -> R
     match RunLock::acquire(&state.config.state_dir(), &name) {
         Ok(lock) => drop(lock),
         Err(RunLogError::AlreadyRunning { .. }) => {
-            return Err(ApiError {
-                status: StatusCode::CONFLICT,
-                code: "already_running",
-                message: format!("pipeline {name} is running"),
-            });
+            return Err(ApiError::new(StatusCode::CONFLICT, "already_running", format!("pipeline {name} is running")));
         }
         Err(e) => return Err(ApiError::internal(e)),
     }
@@ -156,11 +232,13 @@ async fn start_run(State(state): State<AppState>, Path(name): Path<String>) -> R
     Ok((StatusCode::ACCEPTED, Json(json!({ "pipeline": name, "status": "started" }))).into_response())
 }
 
-/// Serves until the process is stopped (Ctrl-C), with the scheduler running beside the server.
+/// Serves until the process is stopped (Ctrl-C), with the scheduler and the PostgreSQL wire
+/// endpoint (on `server.pgwire`) running beside the server.
 pub async fn serve(listen: SocketAddr, state: AppState) -> std::io::Result<()> {
     let pipelines = pipeline::load_pipelines(&state.config).map_err(std::io::Error::other)?;
-    let scheduled = schedule::start(state.config.clone(), pipelines);
     let listener = tokio::net::TcpListener::bind(listen).await?;
+    let wire = pgwire::start(state.config.server.pgwire, state.engine.clone(), state.auth.clone()).await?;
+    let scheduled = schedule::start(state.config.clone(), pipelines);
     let served = axum::serve(listener, router(state))
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
@@ -169,5 +247,6 @@ pub async fn serve(listen: SocketAddr, state: AppState) -> std::io::Result<()> {
     for task in scheduled {
         task.abort();
     }
+    wire.abort();
     served
 }

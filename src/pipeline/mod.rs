@@ -78,6 +78,19 @@ pub fn load_pipelines(config: &Config) -> Result<Vec<Pipeline>, SpecError> {
     Pipeline::load_dir(&config.pipelines_dir())
 }
 
+/// The class of every raw column the pipelines declare, by (table, column).
+pub fn column_classes(config: &Config) -> Result<std::collections::HashMap<(TableName, String), spec::ColumnClass>, SpecError> {
+    let mut classes = std::collections::HashMap::new();
+    for pipeline in load_pipelines(config)? {
+        for table in pipeline.tables {
+            for (column, class) in table.columns {
+                classes.insert((table.target.clone(), column), class);
+            }
+        }
+    }
+    Ok(classes)
+}
+
 /// Picks pipelines by name, in the order given.
 pub fn select<'a>(all: &'a [Pipeline], names: &[String], config: &Config) -> Result<Vec<&'a Pipeline>, PipelineError> {
     names

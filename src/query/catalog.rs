@@ -215,3 +215,17 @@ pub fn tables_read(plan: &LogicalPlan) -> Vec<(TableName, i64)> {
     out.dedup();
     out
 }
+
+/// Whether every table a plan scans is a warehouse table.
+pub fn scans_only_warehouse(plan: &LogicalPlan) -> bool {
+    let mut only = true;
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            let warehouse = source_as_provider(&scan.source)
+                .is_ok_and(|p| (p.as_ref() as &dyn Any).downcast_ref::<VersionedTable>().is_some());
+            only &= warehouse;
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    only
+}

@@ -56,8 +56,9 @@ impl DuckSession {
         let root = catalog.warehouse().local_root().ok_or_else(|| {
             QueryError::Sql("the DuckDB engine reads warehouses on local disk only; use the datafusion engine".into())
         })?;
+        let (statements, versions) = views(catalog).await?;
         let conn = duckdb::Connection::open_in_memory().map_err(duck_err)?;
-        let versions = create_views(&conn, catalog).await?;
+        execute_all(&conn, &statements)?;
         let memory = memory_limit_mb.map(|mb| format!("SET memory_limit = '{mb}MB';")).unwrap_or_default();
         let root = root.to_string_lossy();
         conn.execute_batch(&format!(
@@ -87,12 +88,11 @@ impl DuckSession {
     }
 }
 
-/// Creates schemas `raw` and `marts` and a view per committed table over the Parquet files of its
-/// newest version; returns the versions.
-async fn create_views(conn: &duckdb::Connection, catalog: &WarehouseCatalog) -> Result<HashMap<TableName, i64>, QueryError> {
-    for schema in SCHEMAS {
-        conn.execute_batch(&format!("CREATE SCHEMA {schema}")).map_err(duck_err)?;
-    }
+/// The statements that create schemas `raw` and `marts` and a view per committed table over the
+/// Parquet files of its newest version; and the versions. (Made before DuckDB is opened: a DuckDB
+/// connection may not be held across an await.)
+async fn views(catalog: &WarehouseCatalog) -> Result<(Vec<String>, HashMap<TableName, i64>), QueryError> {
+    let mut statements: Vec<String> = SCHEMAS.iter().map(|schema| format!("CREATE SCHEMA {schema}")).collect();
     let mut versions = HashMap::new();
     for name in catalog.warehouse().list_tables().await? {
         let Some(table) = catalog.delta(&name).await? else { continue };
@@ -121,11 +121,14 @@ async fn create_views(conn: &duckdb::Connection, catalog: &WarehouseCatalog) -> 
             // union_by_name: files written before a column was added lack it; they read as NULL.
             format!("read_parquet([{list}], union_by_name = true{hive})")
         };
-        let view = format!("CREATE VIEW {}.{} AS SELECT {columns} FROM {source}", name.schema, quoted(&name.name));
-        conn.execute_batch(&view).map_err(duck_err)?;
+        statements.push(format!("CREATE VIEW {}.{} AS SELECT {columns} FROM {source}", name.schema, quoted(&name.name)));
         versions.insert(name.clone(), table.version().unwrap_or(0) as i64);
     }
-    Ok(versions)
+    Ok((statements, versions))
+}
+
+fn execute_all(conn: &duckdb::Connection, statements: &[String]) -> Result<(), QueryError> {
+    statements.iter().try_for_each(|statement| conn.execute_batch(statement).map_err(duck_err))
 }
 
 /// Writes a DuckDB database file at `path` with the same views as the engine's (no sandbox: the
@@ -140,8 +143,9 @@ pub async fn export_database(catalog: &WarehouseCatalog, path: &std::path::Path)
     if partial.exists() {
         std::fs::remove_file(&partial).map_err(io)?;
     }
+    let (statements, versions) = views(catalog).await?;
     let conn = duckdb::Connection::open(&partial).map_err(duck_err)?;
-    let versions = create_views(&conn, catalog).await?;
+    execute_all(&conn, &statements)?;
     conn.close().map_err(|(_, e)| duck_err(e))?;
     std::fs::rename(&partial, path).map_err(io)?;
     Ok(versions.len())

@@ -22,7 +22,7 @@ use datafusion::prelude::{DataFrame, SessionContext};
 use futures::{Stream, StreamExt};
 
 use super::cache::{CachedResult, KeyParts, ResultCache};
-use super::catalog::{WarehouseCatalog, tables_read};
+use super::catalog::{self, WarehouseCatalog, tables_read};
 use super::duck::{self, DuckSession};
 use super::log::{QueryLog, QueryRecord};
 use super::{Params, QueryError, session_config};
@@ -129,6 +129,9 @@ struct Prepared {
     plan: Result<String, String>,
     /// DuckDB's parse of the text, and the tables it names.
     duck: Result<duck::Inspected, String>,
+    /// Whether every table the plan scans is a warehouse table (not `information_schema` or
+    /// `pg_catalog`, which DuckDB has its own, different, versions of).
+    warehouse_only: bool,
     tables: Vec<TableName>,
     shape: String,
 }
@@ -229,6 +232,14 @@ impl QueryEngine {
 
     pub fn log(&self) -> Option<&QueryLog> {
         self.log.as_ref()
+    }
+
+    /// Adds PostgreSQL's catalog (`pg_catalog` and its functions; `current_database()` is
+    /// `sokana`) for wire-protocol clients, which query it on connect. Sessions made afterwards
+    /// have it.
+    pub fn install_pg_catalog(&self) -> Result<(), QueryError> {
+        use datafusion_postgres::datafusion_pg_catalog::pg_catalog::{context::EmptyContextProvider, setup_pg_catalog};
+        setup_pg_catalog(&self.base, "sokana", EmptyContextProvider).map_err(|e| QueryError::from(*e))
     }
 
     /// A session for one query: the shared catalog, with its own memory pool (spilling to disk
@@ -481,12 +492,16 @@ impl QueryEngine {
             Err(e) => Err(QueryError::from(e).to_string()),
         };
         let duck = duck::inspect(&request.sql).map_err(|e| e.to_string());
-        let (tables, shape) = match (&plan, &duck) {
-            (Ok(plan), _) => (tables_read(plan).into_iter().map(|(t, _)| t).collect(), shape(plan)),
-            (Err(_), Ok(duck)) => (duck.tables.clone(), String::new()),
+        let (tables, shape, warehouse_only) = match (&plan, &duck) {
+            (Ok(plan), _) => {
+                let read: Vec<TableName> = tables_read(plan).into_iter().map(|(t, _)| t).collect();
+                (read, shape(plan), catalog::scans_only_warehouse(plan))
+            }
+            (Err(_), Ok(duck)) => (duck.tables.clone(), String::new(), true),
             (Err(e), Err(_)) => return Err(QueryError::Sql(e.clone())),
         };
-        let prepared = Arc::new(Prepared { plan: plan.map(|p| p.display_indent().to_string()), duck, tables, shape });
+        let plan = plan.map(|p| p.display_indent().to_string());
+        let prepared = Arc::new(Prepared { plan, duck, warehouse_only, tables, shape });
         // A text that neither engine could plan is not kept: the table it names may come later.
         self.prepared.insert(memo, prepared.clone());
         Ok(prepared)
@@ -510,7 +525,7 @@ impl QueryEngine {
             }
             EngineChoice::Auto => {
                 prepared.plan.as_ref().map_err(|e| QueryError::Sql(e.clone()))?;
-                if !self.duck_available || prepared.duck.is_err() {
+                if !self.duck_available || prepared.duck.is_err() || !prepared.warehouse_only {
                     return Ok(EngineChoice::Datafusion);
                 }
                 let chosen = self.routing.lock().map(|mut r| r.choose(&prepared.shape)).unwrap_or("datafusion");
