@@ -4,7 +4,7 @@
 mod common;
 
 use common::{Project, seed};
-use sokana::query::{self, OutputFormat, duck::DuckSession};
+use sokana::query::{self, OutputFormat, catalog::WarehouseCatalog, duck::DuckSession};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn duckdb_answers_like_datafusion_from_the_same_files() {
@@ -14,7 +14,7 @@ async fn duckdb_answers_like_datafusion_from_the_same_files() {
     project.run().await.expect("pipeline with models");
     let warehouse = sokana::pipeline::warehouse(&project.config()).expect("warehouse");
     let datafusion = query::session(&warehouse).await.expect("datafusion");
-    let duck = DuckSession::open(&warehouse).await.expect("duckdb");
+    let duck = DuckSession::open(&WarehouseCatalog::new(warehouse.clone()), None).await.expect("duckdb");
     for sql in [
         "SELECT count(*) AS n, CAST(sum(amount) AS VARCHAR) AS total FROM raw.payments",
         // fct_payments is partitioned by month: the column comes from the file paths.
@@ -38,7 +38,7 @@ async fn duckdb_cannot_reach_outside_the_warehouse() {
     seed("sqlite://operational.db", project.dir.path(), 0.02).await;
     project.run().await.expect("pipeline");
     let warehouse = sokana::pipeline::warehouse(&project.config()).expect("warehouse");
-    let duck = DuckSession::open(&warehouse).await.expect("duckdb");
+    let duck = DuckSession::open(&WarehouseCatalog::new(warehouse.clone()), None).await.expect("duckdb");
     let escape = project.dir.path().join("escaped.csv");
     let inside = project.dir.path().join("warehouse/raw/planted.csv");
     let operational = project.sqlite_path();

@@ -122,6 +122,11 @@ async fn views(catalog: &WarehouseCatalog) -> Result<(Vec<String>, HashMap<Table
             format!("read_parquet([{list}], union_by_name = true{hive})")
         };
         statements.push(format!("CREATE VIEW {}.{} AS SELECT {columns} FROM {source}", name.schema, quoted(&name.name)));
+        // Unqualified names mean `marts`, as in DataFusion. (A search path would be per connection,
+        // and connections are made after the configuration is locked.)
+        if name.schema == "marts" {
+            statements.push(format!("CREATE VIEW main.{0} AS SELECT * FROM marts.{0}", quoted(&name.name)));
+        }
         versions.insert(name.clone(), table.version().unwrap_or(0) as i64);
     }
     Ok((statements, versions))

@@ -259,7 +259,7 @@ impl QueryEngine {
         let at = Utc::now();
         let mut record = QueryRecord::default();
         let result = self.query_logged(request, &mut record).await;
-        self.finish(request, record, at, started, result.as_ref().err());
+        self.finish(request, record, at, started, result.as_ref().err().map(QueryError::code));
         result
     }
 
@@ -337,7 +337,7 @@ impl QueryEngine {
         let stream = match opened {
             Ok(stream) => stream,
             Err(e) => {
-                self.finish(request, record, at, started, Some(&e));
+                self.finish(request, record, at, started, Some(e.code()));
                 return Err(e);
             }
         };
@@ -365,7 +365,7 @@ impl QueryEngine {
                     Some((Ok(batch), (inner, logger)))
                 }
                 Some(Err(e)) => {
-                    logger.error = Some(e.to_string());
+                    logger.error = Some(e.code());
                     logger.done = true;
                     logger.finish();
                     Some((Err(e), (inner, logger)))
@@ -534,7 +534,9 @@ impl QueryEngine {
         }
     }
 
-    fn finish(&self, request: &QueryRequest, mut record: QueryRecord, at: chrono::DateTime<Utc>, started: Instant, error: Option<&QueryError>) {
+    /// Counts and logs one query; `error` is the error's code (the log keeps no messages, which
+    /// may quote the SQL).
+    fn finish(&self, request: &QueryRequest, mut record: QueryRecord, at: chrono::DateTime<Utc>, started: Instant, error: Option<&str>) {
         self.queries.fetch_add(1, Ordering::Relaxed);
         if error.is_some() {
             self.errors.fetch_add(1, Ordering::Relaxed);
@@ -546,7 +548,7 @@ impl QueryEngine {
         record.request_id = request.caller.request_id.clone();
         record.sql = normalise_for_log(&request.sql);
         record.duration_us = started.elapsed().as_micros() as u64;
-        record.error = error.map(|e| e.code().to_string());
+        record.error = error.map(str::to_string);
         if record.engine.is_empty() {
             record.engine = request.engine.name().into();
         }
@@ -568,22 +570,21 @@ struct StreamLog {
     record: QueryRecord,
     at: chrono::DateTime<Utc>,
     started: Instant,
-    error: Option<String>,
+    error: Option<&'static str>,
     done: bool,
 }
 
 impl StreamLog {
     fn finish(&mut self) {
-        let error = self.error.take().map(QueryError::Sql);
         let record = std::mem::take(&mut self.record);
-        self.engine.finish(&self.request, record, self.at, self.started, error.as_ref());
+        self.engine.finish(&self.request, record, self.at, self.started, self.error);
     }
 }
 
 impl Drop for StreamLog {
     fn drop(&mut self) {
         if !self.done {
-            self.error = Some("the reader went away before the end".into());
+            self.error = Some("disconnected");
             self.done = true;
             self.finish();
         }

@@ -78,7 +78,7 @@ pub struct Encoder {
     buffer: Shared,
     writer: Writer,
     schema: SchemaRef,
-    wrote: bool,
+    rows: usize,
 }
 
 fn err(e: impl std::fmt::Display) -> QueryError {
@@ -100,11 +100,11 @@ impl Encoder {
                 Writer::Parquet(Box::new(ArrowWriter::try_new(buffer.clone(), schema.clone(), Some(properties)).map_err(err)?))
             }
         };
-        Ok(Encoder { buffer, writer, schema, wrote: false })
+        Ok(Encoder { buffer, writer, schema, rows: 0 })
     }
 
     pub fn write(&mut self, batch: &RecordBatch) -> Result<Vec<u8>, QueryError> {
-        self.wrote = true;
+        self.rows += batch.num_rows();
         match &mut self.writer {
             Writer::Csv(w) => w.write(batch).map_err(err)?,
             Writer::Json(w) => w.write(batch).map_err(err)?,
@@ -116,13 +116,15 @@ impl Encoder {
 
     /// The closing bytes (JSON's `]`, Arrow's end marker, Parquet's footer).
     pub fn finish(mut self) -> Result<Vec<u8>, QueryError> {
-        if !self.wrote {
-            // An empty result still has its header (CSV) or its brackets (JSON).
-            let empty = RecordBatch::new_empty(self.schema.clone());
-            self.write(&empty)?;
-        }
         match self.writer {
-            Writer::Csv(w) => drop(w.into_inner()),
+            Writer::Csv(w) => {
+                drop(w.into_inner());
+                if self.rows == 0 {
+                    // Arrow's writer writes the header with the first row; an empty result keeps it.
+                    let names: Vec<String> = self.schema.fields().iter().map(|f| csv_field(f.name())).collect();
+                    self.buffer.write_all(format!("{}\n", names.join(",")).as_bytes()).map_err(err)?;
+                }
+            }
             Writer::Json(mut w) => {
                 w.finish().map_err(err)?;
                 if self.buffer.0.lock().map(|b| b.is_empty()).unwrap_or(false) {
@@ -136,6 +138,11 @@ impl Encoder {
         }
         Ok(self.buffer.take())
     }
+}
+
+/// A CSV field, quoted when it holds a comma, a quote or a line break.
+fn csv_field(text: &str) -> String {
+    if text.contains([',', '"', '\n', '\r']) { format!("\"{}\"", text.replace('"', "\"\"")) } else { text.to_string() }
 }
 
 /// All of `batches` in one buffer.

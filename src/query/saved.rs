@@ -163,7 +163,10 @@ fn parse(path: &Path, text: &str) -> Result<SavedQuery, QueryError> {
     let mut params: Vec<ParamSpec> = Vec::new();
     for (number, line) in text.lines().enumerate() {
         let Some(directive) = line.trim().strip_prefix("-- @") else { continue };
-        let (key, value) = directive.split_once(':').ok_or_else(|| err(number, format!("expected `-- @key: value`, got {line:?}")))?;
+        // `@description: text` or `@param name: type [= default]`.
+        let (key, value) = directive
+            .split_once(|c: char| c == ':' || c.is_whitespace())
+            .ok_or_else(|| err(number, format!("expected `-- @key: value`, got {line:?}")))?;
         match key.trim() {
             "description" => description = Some(value.trim().to_string()),
             "param" => {

@@ -2,6 +2,8 @@
 //! S3-protocol server), demo projects in temporary directories, and source-vs-warehouse checks.
 #![allow(dead_code)]
 
+pub mod tpch;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -33,7 +35,7 @@ pub fn wait_for_port(port: u16, limit: Duration, what: &str) {
     }
 }
 
-fn pg_bin_dir() -> PathBuf {
+pub fn pg_bin_dir() -> PathBuf {
     if let Ok(out) = Command::new("pg_config").arg("--bindir").output()
         && out.status.success()
     {

@@ -1,0 +1,176 @@
+//! Query benchmark: the 22 TPC-H queries over the warehouse at `SOKANA_BENCH_SF` (default 1), each
+//! run five ways in the same process on the same Parquet files:
+//!
+//! - DataFusion through our layer (`QueryEngine`, cache off) and DataFusion alone (a bare
+//!   `SessionContext` over delta-rs's providers);
+//! - DuckDB through our layer and DuckDB alone (an in-memory DuckDB with plain views over the
+//!   same files);
+//! - `auto` through our layer, after the runs above taught it the faster engine per plan shape.
+//!
+//! Each query is run once to warm up, then `SOKANA_BENCH_ROUNDS` times (default 3) per way,
+//! alternating ways; medians are reported with per-query ratios and geometric means as Markdown for
+//! benches/README.md. A last pass measures cached repeats (server time inside the engine).
+//! Run: `cargo bench --bench query`.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use datafusion::prelude::{SessionConfig, SessionContext};
+use sokana::query::cache::ResultCache;
+use sokana::query::catalog::WarehouseCatalog;
+use sokana::query::engine::{Caller, EngineChoice, Limits, QueryEngine, QueryRequest};
+use sokana::query::{Params, duckdb_arrow};
+use sokana::warehouse::Warehouse;
+
+fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
+    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn median(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(|a, b| a.total_cmp(b));
+    samples[samples.len() / 2]
+}
+
+fn geomean(values: &[f64]) -> f64 {
+    (values.iter().map(|v| v.ln()).sum::<f64>() / values.len() as f64).exp()
+}
+
+const WAYS: [&str; 5] = ["datafusion (layer)", "datafusion (bare)", "duckdb (layer)", "duckdb (bare)", "auto (layer)"];
+
+fn main() {
+    let sf: f64 = env_or("SOKANA_BENCH_SF", 1.0);
+    let rounds: usize = env_or("SOKANA_BENCH_ROUNDS", 3);
+    eprintln!("cpu pressure before start:\n{}", std::fs::read_to_string("/proc/pressure/cpu").unwrap_or_default());
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let dir = tempfile::Builder::new().prefix("sokana-bench-query-").tempdir().expect("temp dir");
+    let root = url::Url::from_directory_path(dir.path().join("warehouse")).expect("url");
+    let warehouse = Warehouse::new(root);
+    let started = Instant::now();
+    runtime.block_on(common::tpch::load(&warehouse, sf));
+    eprintln!("TPC-H SF{sf} written in {:.1}s", started.elapsed().as_secs_f64());
+
+    let limits = Limits { timeout: Duration::from_secs(600), memory_limit_mb: 16 * 1024, max_rows: u64::MAX };
+    let catalog = Arc::new(WarehouseCatalog::new(warehouse.clone()));
+    let layer = QueryEngine::new(catalog.clone(), limits, ResultCache::new(0, Duration::from_secs(1)), None).expect("engine");
+    let bare_df = runtime.block_on(bare_datafusion(&warehouse));
+    let bare_duck = runtime.block_on(bare_duckdb(&catalog));
+
+    let request = |n: i32, engine: EngineChoice| QueryRequest {
+        sql: common::tpch::query(n),
+        engine,
+        params: Params::None,
+        page: None,
+        caller: Caller::cli(),
+    };
+    let run = |way: usize, n: i32| -> (f64, u64) {
+        let sql = common::tpch::query(n);
+        let started = Instant::now();
+        let rows = match way {
+            0 => runtime.block_on(layer.query(&request(n, EngineChoice::Datafusion))).expect("layer df").result.rows,
+            1 => runtime.block_on(async {
+                let batches = bare_df.sql(&sql).await.expect("plan").collect().await.expect("run");
+                batches.iter().map(|b| b.num_rows() as u64).sum()
+            }),
+            2 => runtime.block_on(layer.query(&request(n, EngineChoice::Duckdb))).expect("layer duck").result.rows,
+            3 => {
+                let mut statement = bare_duck.prepare(&sql).expect("prepare");
+                let batches: Vec<_> = statement.query_arrow([]).expect("run").collect();
+                // The bare run converts to our Arrow too, as our layer must: same work per row.
+                batches.into_iter().map(|b| duckdb_arrow::to_engine(b).expect("bridge").num_rows() as u64).sum()
+            }
+            _ => runtime.block_on(layer.query(&request(n, EngineChoice::Auto))).expect("layer auto").result.rows,
+        };
+        (started.elapsed().as_secs_f64() * 1000.0, rows)
+    };
+
+    let mut table = vec![format!(
+        "| query | {} | df layer / bare | duck layer / bare | df / duck (bare) | auto / duck bare |\n|---|{}---|---|---|---|",
+        WAYS.iter().map(|w| format!("{w} ms")).collect::<Vec<_>>().join(" | "),
+        "---|".repeat(WAYS.len())
+    )];
+    let mut ratios: [Vec<f64>; 4] = Default::default();
+    let mut totals = [0.0f64; 5];
+    for n in 1..=22 {
+        // Warm-up: file metadata, DuckDB's views, and auto's first samples.
+        let mut rows = Vec::new();
+        for way in 0..WAYS.len() {
+            rows.push(run(way, n).1);
+        }
+        assert!(rows.windows(2).all(|w| w[0] == w[1]), "Q{n}: the ways disagree on row counts: {rows:?}");
+        let mut samples: [Vec<f64>; 5] = Default::default();
+        for _ in 0..rounds {
+            for (way, bucket) in samples.iter_mut().enumerate() {
+                bucket.push(run(way, n).0);
+            }
+        }
+        let m: Vec<f64> = samples.iter().map(|s| median(s.clone())).collect();
+        for (total, value) in totals.iter_mut().zip(&m) {
+            *total += value;
+        }
+        let r = [m[0] / m[1], m[2] / m[3], m[1] / m[3], m[4] / m[3]];
+        for (bucket, value) in ratios.iter_mut().zip(r) {
+            bucket.push(value);
+        }
+        table.push(format!(
+            "| Q{n} | {} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            m.iter().map(|v| format!("{v:.1}")).collect::<Vec<_>>().join(" | "),
+            r[0],
+            r[1],
+            r[2],
+            r[3]
+        ));
+        eprintln!("{}", table.last().map(String::as_str).unwrap_or(""));
+    }
+    table.push(format!(
+        "| total / geomean | {} | {:.3} | {:.3} | {:.3} | {:.3} |",
+        totals.iter().map(|v| format!("{v:.0}")).collect::<Vec<_>>().join(" | "),
+        geomean(&ratios[0]),
+        geomean(&ratios[1]),
+        geomean(&ratios[2]),
+        geomean(&ratios[3])
+    ));
+
+    // Cached repeats: the same request twice on an engine with the cache on; the second's time.
+    let cached = QueryEngine::new(catalog, limits, ResultCache::new(1 << 30, Duration::from_secs(3600)), None).expect("engine");
+    let mut hits = Vec::new();
+    for n in 1..=22 {
+        let first = runtime.block_on(cached.query(&request(n, EngineChoice::Datafusion))).expect("first");
+        assert!(!first.cache_hit);
+        let started = Instant::now();
+        let again = runtime.block_on(cached.query(&request(n, EngineChoice::Datafusion))).expect("again");
+        hits.push(started.elapsed().as_secs_f64() * 1e6);
+        assert!(again.cache_hit, "Q{n} repeat must hit");
+    }
+    println!("TPC-H SF{sf}, {rounds} rounds, medians in ms:\n\n{}\n", table.join("\n"));
+    println!(
+        "cached repeats (22 queries, in-engine time): median {:.0} µs, max {:.0} µs",
+        median(hits.clone()),
+        hits.iter().copied().fold(0.0, f64::max)
+    );
+    eprintln!("cpu pressure after:\n{}", std::fs::read_to_string("/proc/pressure/cpu").unwrap_or_default());
+}
+
+/// DataFusion alone: the tables registered straight from delta-rs, default settings.
+async fn bare_datafusion(warehouse: &Warehouse) -> SessionContext {
+    let ctx = SessionContext::new_with_config(SessionConfig::new());
+    for name in warehouse.list_tables().await.expect("tables") {
+        let table = warehouse.open(&name).await.expect("open").expect("committed");
+        ctx.register_table(name.name.as_str(), table.table_provider().await.expect("provider")).expect("register");
+    }
+    ctx
+}
+
+/// DuckDB alone: plain views over the same Parquet files, default settings.
+async fn bare_duckdb(catalog: &WarehouseCatalog) -> duckdb::Connection {
+    let conn = duckdb::Connection::open_in_memory().expect("duckdb");
+    for name in catalog.warehouse().list_tables().await.expect("tables") {
+        let table = catalog.delta(&name).await.expect("open").expect("committed");
+        let files: Vec<String> = table.get_file_uris().expect("files").map(|f| format!("'{f}'")).collect();
+        conn.execute_batch(&format!("CREATE VIEW {} AS SELECT * FROM read_parquet([{}])", name.name, files.join(", ")))
+            .expect("view");
+    }
+    conn
+}

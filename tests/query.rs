@@ -1,0 +1,391 @@
+//! The query layer end to end: TPC-H agrees across engines; the HTTP API answers in four formats
+//! with identical contents, pages, caches exactly and refuses bad input clearly; psql and psycopg
+//! use the PostgreSQL wire endpoint.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::{Child, Command};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::record_batch::RecordBatch;
+use common::{Project, seed, tpch};
+use serde_json::{Value, json};
+use sokana::query::cache::ResultCache;
+use sokana::query::catalog::WarehouseCatalog;
+use sokana::query::engine::{Caller, EngineChoice, Limits, QueryEngine, QueryRequest};
+use sokana::query::{OutputFormat, Params, QueryError};
+
+const PASSWORD: &str = "query-test-password";
+
+fn request(sql: &str, engine: EngineChoice) -> QueryRequest {
+    QueryRequest { sql: sql.into(), engine, params: Params::None, page: None, caller: Caller::cli() }
+}
+
+fn engine(config: &sokana::config::Config, limits: Limits) -> Arc<QueryEngine> {
+    let catalog = Arc::new(WarehouseCatalog::new(sokana::pipeline::warehouse(config).expect("warehouse")));
+    Arc::new(QueryEngine::new(catalog, limits, ResultCache::new(64 << 20, Duration::from_secs(600)), None).expect("engine"))
+}
+
+fn generous() -> Limits {
+    Limits { timeout: Duration::from_secs(120), memory_limit_mb: 2048, max_rows: 1_000_000 }
+}
+
+/// The rows as cells of text, sorted (ties may come in either order) by their text with numbers
+/// coarsened, so that rows whose numbers differ only in the last digits sort alike.
+fn rows(batches: &[RecordBatch]) -> Vec<Vec<String>> {
+    let csv = sokana::query::format(batches, OutputFormat::Csv).expect("csv");
+    let coarse = |cell: &String| match cell.parse::<f64>() {
+        Ok(x) => format!("{x:.2e}"),
+        Err(_) => cell.clone(),
+    };
+    let mut rows: Vec<Vec<String>> = csv.lines().skip(1).map(|l| l.split(',').map(str::to_string).collect()).collect();
+    rows.sort_by_key(|row| row.iter().map(coarse).collect::<Vec<_>>());
+    rows
+}
+
+/// Equal cell for cell, numbers within a relative 1e-6 (one engine averages decimals into
+/// decimals, the other into doubles).
+fn agree(a: &[Vec<String>], b: &[Vec<String>]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            x.len() == y.len()
+                && x.iter().zip(y).all(|(p, q)| match (p.parse::<f64>(), q.parse::<f64>()) {
+                    (Ok(p), Ok(q)) => (p - q).abs() <= 1e-6 * p.abs().max(q.abs()).max(1.0),
+                    _ => p == q,
+                })
+        })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tpch_queries_agree_across_engines() {
+    let project = Project::new("sqlite://operational.db");
+    let config = project.config();
+    tpch::load(&sokana::pipeline::warehouse(&config).expect("warehouse"), 0.01).await;
+    let engine = engine(&config, generous());
+    for n in 1..=22 {
+        let sql = tpch::query(n);
+        let datafusion = engine.query(&request(&sql, EngineChoice::Datafusion)).await.unwrap_or_else(|e| panic!("Q{n} on DataFusion: {e}"));
+        let duckdb = engine.query(&request(&sql, EngineChoice::Duckdb)).await.unwrap_or_else(|e| panic!("Q{n} on DuckDB: {e}"));
+        let (a, b) = (rows(&datafusion.result.batches), rows(&duckdb.result.batches));
+        assert!(agree(&a, &b), "Q{n}: DataFusion and DuckDB disagree:\n{a:?}\n{b:?}");
+        assert_eq!(datafusion.result.engine, "datafusion");
+        assert_eq!(duckdb.result.engine, "duckdb");
+    }
+    // Q1 has rows at any scale: the comparison above compared something.
+    let q1 = engine.query(&request(&tpch::query(1), EngineChoice::Auto)).await.expect("Q1 on auto");
+    assert_eq!(q1.result.rows, 4, "Q1 groups by return flag and line status");
+}
+
+/// A demo-like project (small Sokana data, pipelines and marts) with the admin login set.
+async fn sokana_project(extra_config: &str) -> (Project, u16, u16) {
+    let project = Project::new("sqlite://operational.db");
+    seed("sqlite://operational.db", project.dir.path(), 0.05).await;
+    project.add_core_models("query-test-key-0123456789");
+    let (http, pg) = (common::free_port(), common::free_port());
+    let mut text = std::fs::read_to_string(&project.config_path).expect("config");
+    text.push_str(&format!("\n[server]\nlisten = \"127.0.0.1:{http}\"\npgwire = \"127.0.0.1:{pg}\"\n{extra_config}\n"));
+    std::fs::write(&project.config_path, text).expect("config");
+    project.run().await.expect("pipeline");
+    sokana::auth::set_admin_password(&project.config().state_dir(), PASSWORD).expect("password");
+    (project, http, pg)
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve(project: &Project, http: u16, pg: u16) -> Server {
+    let child = project.cli().arg("serve").spawn().expect("sokana serve");
+    let server = Server(child);
+    common::wait_for_port(http, Duration::from_secs(60), "sokana serve (HTTP)");
+    common::wait_for_port(pg, Duration::from_secs(60), "sokana serve (pgwire)");
+    server
+}
+
+struct Api {
+    client: reqwest::Client,
+    base: String,
+}
+
+impl Api {
+    fn new(port: u16) -> Api {
+        Api { client: reqwest::Client::new(), base: format!("http://127.0.0.1:{port}") }
+    }
+
+    fn post(&self, path: &str, body: Value) -> reqwest::RequestBuilder {
+        self.client.post(format!("{}{path}", self.base)).basic_auth("admin", Some(PASSWORD)).json(&body)
+    }
+
+    async fn json(&self, body: Value) -> (u16, HashMap<String, String>, Value) {
+        let response = self.post("/api/v1/query", body).send().await.expect("request");
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect();
+        (status, headers, response.json().await.expect("json body"))
+    }
+}
+
+fn csv_of(batches: &[RecordBatch]) -> String {
+    sokana::query::format(batches, OutputFormat::Csv).expect("csv")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_api_formats_pages_cache_and_errors() {
+    let (project, http, pg) = sokana_project("[query]\nmax_rows = 2000\n").await;
+    let _server = serve(&project, http, pg);
+    let api = Api::new(http);
+    let sql = "SELECT payment_id, client_key, CAST(amount AS VARCHAR) AS amount, txn_date FROM marts.fct_payments ORDER BY payment_id";
+
+    // The same rows in JSON, CSV, Arrow and Parquet.
+    let (status, headers, json) = api.json(json!({ "sql": sql })).await;
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(headers["x-cache"], "miss");
+    let rows = json["rows"].as_array().expect("rows").clone();
+    assert!(!rows.is_empty());
+    let csv_body = api.post("/api/v1/query", json!({ "sql": sql })).header("accept", "text/csv").send().await.expect("csv");
+    assert_eq!(csv_body.headers()["content-type"], "text/csv; charset=utf-8");
+    let csv_text = csv_body.text().await.expect("csv text");
+    assert_eq!(csv_text.lines().count(), rows.len() + 1);
+    let arrow = api.post("/api/v1/query?format=arrow", json!({ "sql": sql })).send().await.expect("arrow").bytes().await.expect("bytes");
+    let arrow_batches: Vec<RecordBatch> = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(arrow), None)
+        .expect("arrow stream")
+        .map(|b| b.expect("batch"))
+        .collect();
+    let parquet = api.post("/api/v1/query", json!({ "sql": sql, "format": "parquet" })).send().await.expect("parquet").bytes().await.expect("bytes");
+    let parquet_batches: Vec<RecordBatch> =
+        datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(parquet, 8192)
+            .expect("parquet")
+            .map(|b| b.expect("batch"))
+            .collect();
+    assert_eq!(csv_of(&arrow_batches), csv_text, "Arrow and CSV hold the same rows");
+    assert_eq!(csv_of(&parquet_batches), csv_text, "Parquet and CSV hold the same rows");
+    let first_csv_id = csv_text.lines().nth(1).and_then(|l| l.split(',').next()).expect("first id");
+    assert_eq!(rows[0]["payment_id"].to_string(), first_csv_id, "JSON and CSV agree");
+
+    // Compression when asked for.
+    let gz = api.post("/api/v1/query", json!({ "sql": sql })).header("accept-encoding", "gzip").send().await.expect("gzip");
+    assert_eq!(gz.headers().get("content-encoding").map(|v| v.to_str().unwrap_or("")), Some("gzip"));
+
+    // Cache: a repeat hits; the ETag answers 304.
+    let (_, headers, _) = api.json(json!({ "sql": sql })).await;
+    assert_eq!(headers["x-cache"], "hit");
+    let etag = headers["etag"].clone();
+    let not_modified = api.post("/api/v1/query", json!({ "sql": sql })).header("if-none-match", &etag).send().await.expect("304");
+    assert_eq!(not_modified.status().as_u16(), 304);
+
+    // Pages: limit, then the cursor; together they are the first rows in order; fields select.
+    let (_, _, first) = api.json(json!({ "sql": sql, "limit": 5, "fields": ["payment_id", "amount"] })).await;
+    assert_eq!(first["row_count"], 5);
+    assert_eq!(first["has_more"], true);
+    assert_eq!(first["columns"].as_array().map(Vec::len), Some(2));
+    let cursor = first["next_cursor"].as_str().expect("cursor").to_string();
+    let (_, _, second) = api.json(json!({ "sql": sql, "cursor": cursor, "fields": ["payment_id", "amount"] })).await;
+    let paged: Vec<Value> = first["rows"].as_array().unwrap().iter().chain(second["rows"].as_array().unwrap()).cloned().collect();
+    let expected: Vec<Value> = rows[..10].iter().map(|r| json!({ "payment_id": r["payment_id"], "amount": r["amount"] })).collect();
+    assert_eq!(paged, expected);
+
+    // A commit to a table the query reads misses; one to another table keeps the hit.
+    let other = "SELECT count(*) AS n FROM raw.doulas";
+    let (_, headers, before) = api.json(json!({ "sql": other })).await;
+    assert_eq!(headers["x-cache"], "miss");
+    let payments_sql = "SELECT count(*) AS n FROM raw.payments";
+    let (_, _, payments_before) = api.json(json!({ "sql": payments_sql })).await;
+    let conn = rusqlite::Connection::open(project.sqlite_path()).expect("sqlite");
+    conn.execute(
+        "INSERT INTO payments (id, txn_date, amount, method, gateway, transaction_id, description)
+         SELECT max(id) + 1, '2026-01-01T00:00:00Z', '10.00', 'cash', NULL, 'txn_query_test', 'test' FROM payments",
+        [],
+    )
+    .expect("new payment");
+    project.run().await.expect("second run");
+    let (_, headers, payments_after) = api.json(json!({ "sql": payments_sql })).await;
+    assert_eq!(headers["x-cache"], "miss", "raw.payments changed");
+    assert_eq!(payments_after["rows"][0]["n"].as_i64(), payments_before["rows"][0]["n"].as_i64().map(|n| n + 1));
+    let (_, headers, after) = api.json(json!({ "sql": other })).await;
+    assert_eq!(headers["x-cache"], "hit", "raw.doulas did not change");
+    assert_eq!(after["rows"], before["rows"]);
+
+    // Bad input: errors name what is wrong, with the SQL position and the request id.
+    let (status, _, error) = api.json(json!({ "sql": "SELECT id FROM raw.payments\nWHER id > 1" })).await;
+    assert_eq!(status, 400);
+    assert_eq!(error["error"]["position"]["line"], 2, "{error}");
+    assert!(error["error"]["request_id"].as_str().is_some_and(|id| !id.is_empty()));
+    let (status, _, error) = api.json(json!({ "sql": "SELECT * FROM raw.nope" })).await;
+    assert_eq!(status, 400);
+    assert!(error["error"]["message"].as_str().unwrap_or("").contains("raw.nope"), "{error}");
+    let (status, _, error) = api.json(json!({ "sql": "SELECT nope FROM raw.payments" })).await;
+    assert_eq!(status, 400);
+    assert!(error["error"]["message"].as_str().unwrap_or("").contains("nope"), "{error}");
+    for escape in [
+        "CREATE EXTERNAL TABLE p STORED AS CSV LOCATION '/etc/passwd'",
+        "DROP TABLE raw.payments",
+        "COPY (SELECT 1) TO '/tmp/sokana-escape.csv'",
+        "SELECT * FROM '/etc/passwd'",
+    ] {
+        let (status, _, error) = api.json(json!({ "sql": escape })).await;
+        assert_eq!(status, 400, "{escape}: {error}");
+    }
+    for escape in ["SELECT * FROM read_csv('/etc/passwd')", "ATTACH 'x.db' AS x", "INSTALL httpfs"] {
+        let (status, _, error) = api.json(json!({ "sql": escape, "engine": "duckdb" })).await;
+        assert_eq!(status, 400, "{escape}: {error}");
+    }
+    // More rows than the cap in JSON is refused with advice; the CSV export streams them all.
+    let big = "SELECT a.id FROM raw.payments a CROSS JOIN raw.payments b";
+    let (status, _, error) = api.json(json!({ "sql": big })).await;
+    assert_eq!(status, 413, "{error}");
+    assert_eq!(error["error"]["code"], "too_many_rows");
+    let export = api.post("/api/v1/query?format=csv", json!({ "sql": big })).send().await.expect("export").text().await.expect("text");
+    let n = payments_after["rows"][0]["n"].as_i64().unwrap_or(0);
+    assert_eq!(export.lines().count() as i64, n * n + 1);
+    // Without credentials nothing is answered.
+    let anonymous = api.client.post(format!("{}/api/v1/query", api.base)).json(&json!({ "sql": "SELECT 1" })).send().await.expect("anon");
+    assert_eq!(anonymous.status().as_u16(), 401);
+
+    // Saved queries: listed, run with typed parameters, a wrong type named.
+    std::fs::create_dir_all(project.dir.path().join("queries")).expect("queries dir");
+    std::fs::write(
+        project.dir.path().join("queries/payments_since.sql"),
+        "-- @description: Payments on or after a day\n-- @param since: date = 2020-01-01\n\
+         SELECT count(*) AS n FROM raw.payments WHERE txn_date >= $since\n",
+    )
+    .expect("saved query");
+    let listed: Value = api.client.get(format!("{}/api/v1/queries", api.base)).basic_auth("admin", Some(PASSWORD)).send().await.expect("list").json().await.expect("json");
+    assert_eq!(listed["queries"][0]["name"], "payments_since");
+    assert_eq!(listed["queries"][0]["params"][0]["type"], "date");
+    let ran: Value = api.post("/api/v1/queries/payments_since/run", json!({ "params": { "since": "2000-01-01" } })).send().await.expect("run").json().await.expect("json");
+    assert_eq!(ran["rows"][0]["n"], payments_after["rows"][0]["n"], "{ran}");
+    let wrong = api.post("/api/v1/queries/payments_since/run", json!({ "params": { "since": "last tuesday" } })).send().await.expect("run");
+    assert_eq!(wrong.status().as_u16(), 400);
+    let wrong: Value = wrong.json().await.expect("json");
+    assert!(wrong["error"]["message"].as_str().unwrap_or("").contains("parameter since"), "{wrong}");
+
+    // A client that leaves mid-stream: the server goes on answering, and the log says so.
+    {
+        use std::io::{Read, Write};
+        let huge = "SELECT a.id FROM raw.payments a CROSS JOIN raw.payments b CROSS JOIN raw.payments c";
+        let body = json!({ "sql": huge, "format": "csv" }).to_string();
+        let mut socket = std::net::TcpStream::connect(("127.0.0.1", http)).expect("connect");
+        let auth = base64_basic();
+        write!(
+            socket,
+            "POST /api/v1/query HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .expect("send");
+        let mut some = [0u8; 4096];
+        let read = socket.read(&mut some).expect("read some");
+        assert!(read > 0);
+    }
+    let (status, _, _) = api.json(json!({ "sql": "SELECT 1 AS one" })).await;
+    assert_eq!(status, 200, "the server still answers");
+    let log: Value = loop {
+        let log: Value = api.client.get(format!("{}/api/v1/query-log?limit=50", api.base)).basic_auth("admin", Some(PASSWORD)).send().await.expect("log").json().await.expect("json");
+        if log["recent"].as_array().is_some_and(|r| r.iter().any(|q| q["error"] == "disconnected")) {
+            break log;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let recent = log["recent"].as_array().expect("recent");
+    assert!(recent.iter().any(|q| q["cache_hit"] == true));
+    assert!(recent.iter().all(|q| !q["sql"].as_str().unwrap_or("").contains("2000-01-01")), "the log keeps no values");
+    let tables: Value = api.client.get(format!("{}/api/v1/tables", api.base)).basic_auth("admin", Some(PASSWORD)).send().await.expect("tables").json().await.expect("json");
+    let clients = tables["tables"].as_array().expect("tables").iter().find(|t| t["table"] == "raw.phi_clients").expect("phi_clients listed").clone();
+    assert!(clients["rows"].as_u64().is_some_and(|n| n > 0));
+    assert!(clients["columns"].as_array().expect("columns").iter().any(|c| c["class"] == "phi"), "{clients}");
+}
+
+fn base64_basic() -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(format!("admin:{PASSWORD}"))
+}
+
+fn psql() -> Command {
+    let bin = common::pg_bin_dir().join("psql");
+    let mut cmd = Command::new(if bin.exists() { bin } else { "psql".into() });
+    cmd.env("PGPASSWORD", PASSWORD).env("PGCONNECT_TIMEOUT", "10");
+    cmd
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn psql_and_psycopg_use_the_wire_endpoint() {
+    let (project, http, pg) = sokana_project("").await;
+    let _server = serve(&project, http, pg);
+    let source_count: i64 = rusqlite::Connection::open(project.sqlite_path())
+        .expect("sqlite")
+        .query_row("SELECT count(*) FROM phi_clients", [], |r| r.get(0))
+        .expect("count");
+
+    let port = pg.to_string();
+    let out = psql()
+        .args(["-h", "127.0.0.1", "-p", &port, "-U", "admin", "-d", "sokana", "-tA", "-c", "select count(*) from raw.phi_clients"])
+        .output()
+        .expect("psql");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), source_count.to_string());
+    // The catalog queries behind \dt work.
+    let out = psql().args(["-h", "127.0.0.1", "-p", &port, "-U", "admin", "-d", "sokana", "-c", "\\dt marts.*"]).output().expect("psql");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("dim_clients"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = psql().args(["-h", "127.0.0.1", "-p", &port, "-U", "admin", "-d", "sokana", "-c", "drop table raw.phi_clients"]).output().expect("psql");
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("only queries"));
+    let out = psql()
+        .env("PGPASSWORD", "wrong")
+        .args(["-h", "127.0.0.1", "-p", &port, "-U", "admin", "-d", "sokana", "-c", "select 1"])
+        .output()
+        .expect("psql");
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("password authentication failed"));
+
+    // Garbage on the port ends that connection only.
+    {
+        use std::io::Write;
+        let mut socket = std::net::TcpStream::connect(("127.0.0.1", pg)).expect("connect");
+        let _ = socket.write_all(&[0xde, 0xad, 0xbe, 0xef, 0, 0, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    }
+
+    let script = format!(
+        "import psycopg\n\
+         with psycopg.connect(host='127.0.0.1', port={pg}, user='admin', password='{PASSWORD}', dbname='sokana') as c:\n\
+         \x20   print(c.execute('select count(*) from raw.phi_clients where status = %s or %s', ('lead', True)).fetchone()[0])\n\
+         \x20   print(c.execute('select count(*) from raw.phi_clients').fetchone()[0])\n"
+    );
+    let out = Command::new("python3").arg("-c").arg(&script).output().expect("python3");
+    assert!(out.status.success(), "psycopg: {}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
+    assert_eq!(lines, vec![source_count.to_string(), source_count.to_string()]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn limits_end_runaway_queries_with_clear_errors() {
+    let project = Project::new("sqlite://operational.db");
+    seed("sqlite://operational.db", project.dir.path(), 0.05).await;
+    project.run().await.expect("pipeline");
+    let config = project.config();
+    let runaway = "SELECT count(*) FROM raw.payments a, raw.payments b, raw.payments c WHERE a.amount + b.amount > c.amount";
+    for choice in [EngineChoice::Datafusion, EngineChoice::Duckdb] {
+        let quick = engine(&config, Limits { timeout: Duration::from_millis(200), ..generous() });
+        let started = std::time::Instant::now();
+        let e = quick.query(&request(runaway, choice)).await.expect_err("times out");
+        assert!(matches!(e, QueryError::Timeout { .. }), "{choice:?}: {e}");
+        assert!(started.elapsed() < Duration::from_secs(30), "{choice:?}: the timeout ended the query");
+        assert!(quick.query(&request("SELECT count(*) AS n FROM raw.payments", choice)).await.is_ok(), "{choice:?} still answers");
+    }
+    let small = engine(&config, Limits { memory_limit_mb: 1, ..generous() });
+    let hungry = "SELECT a.id, b.id FROM raw.payments a JOIN raw.payments b ON a.client_id = b.client_id ORDER BY a.txn_date, b.txn_date";
+    let e = small.query(&request(hungry, EngineChoice::Datafusion)).await.expect_err("over the memory limit");
+    assert!(matches!(e, QueryError::Memory { .. }), "{e}");
+    let capped = engine(&config, Limits { max_rows: 10, ..generous() });
+    let e = capped.query(&request("SELECT id FROM raw.payments", EngineChoice::Duckdb)).await.expect_err("row cap");
+    assert!(matches!(e, QueryError::TooManyRows { cap: 10 }), "{e}");
+    let mut typed = request("SELECT count(*) FROM raw.payments WHERE amount > $1", EngineChoice::Datafusion);
+    typed.params = Params::Positional(vec!["not a number".into()]);
+    assert!(capped.query(&typed).await.is_err(), "a text value for a numeric comparison is refused");
+}
