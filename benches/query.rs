@@ -54,7 +54,8 @@ fn main() {
 
     let limits = Limits { timeout: Duration::from_secs(600), memory_limit_mb: 16 * 1024, max_rows: u64::MAX };
     let catalog = Arc::new(WarehouseCatalog::new(warehouse.clone()));
-    let layer = QueryEngine::new(catalog.clone(), limits, ResultCache::new(0, Duration::from_secs(1)), None).expect("engine");
+    let layer =
+        QueryEngine::new(catalog.clone(), limits, ResultCache::new(0, Duration::from_secs(1)), None).expect("engine");
     let bare_df = runtime.block_on(bare_datafusion(&warehouse));
     let bare_duck = runtime.block_on(bare_duckdb(&catalog));
 
@@ -134,7 +135,8 @@ fn main() {
     ));
 
     // Cached repeats: the same request twice on an engine with the cache on; the second's time.
-    let cached = QueryEngine::new(catalog, limits, ResultCache::new(1 << 30, Duration::from_secs(3600)), None).expect("engine");
+    let cached =
+        QueryEngine::new(catalog, limits, ResultCache::new(1 << 30, Duration::from_secs(3600)), None).expect("engine");
     let mut hits = Vec::new();
     for n in 1..=22 {
         let first = runtime.block_on(cached.query(&request(n, EngineChoice::Datafusion))).expect("first");

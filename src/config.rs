@@ -317,7 +317,10 @@ impl Config {
             return Err(invalid("warehouse.uri", "must not be empty".into()));
         }
         if !["datafusion", "duckdb", "auto"].contains(&self.query.engine.as_str()) {
-            return Err(invalid("query.engine", format!("{:?} is not one of datafusion, duckdb, auto", self.query.engine)));
+            return Err(invalid(
+                "query.engine",
+                format!("{:?} is not one of datafusion, duckdb, auto", self.query.engine),
+            ));
         }
         if !(self.query.timeout_seconds > 0.0 && self.query.timeout_seconds.is_finite()) {
             return Err(invalid("query.timeout_seconds", "must be a positive number of seconds".into()));

@@ -29,3 +29,10 @@ pub const SOKANA_CORE_MODELS: &[(&str, &str)] = &[
     ("mart_referral_attribution.sql", include_str!("../pipelines/models/mart_referral_attribution.sql")),
     ("mart_revenue_monthly.sql", include_str!("../pipelines/models/mart_revenue_monthly.sql")),
 ];
+
+/// The saved queries shipped with the product (`queries/`), for projects outside this repository.
+pub const SOKANA_CORE_QUERIES: &[(&str, &str)] = &[
+    ("ar_aging.sql", include_str!("../queries/ar_aging.sql")),
+    ("doula_utilization.sql", include_str!("../queries/doula_utilization.sql")),
+    ("revenue_by_month.sql", include_str!("../queries/revenue_by_month.sql")),
+];

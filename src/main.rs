@@ -13,9 +13,9 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use sokana::config::Config;
 use sokana::pipeline::{self, spec::Pipeline};
 use sokana::progress::Progress;
-use sokana::query::{self, OutputFormat};
 use sokana::query::engine::EngineChoice;
 use sokana::query::log::StatsOrder;
+use sokana::query::{self, OutputFormat};
 use sokana::source::{self, SeedOptions, SourceError, SourceUrl};
 
 mod sql_cli;
@@ -107,7 +107,7 @@ enum Command {
         #[command(subcommand)]
         command: ExportCommand,
     },
-    /// Validate every pipeline file against the live source catalogs.
+    /// Validate every pipeline, model and saved query against the live source and warehouse.
     Check,
     /// Serve the HTTP endpoints.
     Serve,
@@ -464,6 +464,24 @@ async fn check(config: &Config) -> Result<()> {
             println!("error {e}");
         }
     }
+    match query::saved::load_all(&config.queries_dir()) {
+        Ok(saved) => {
+            let engine = query::engine::QueryEngine::open(config)?;
+            for q in saved {
+                match engine.validate(&q.sql).await {
+                    Ok(()) => println!("ok    {}", q.path.display()),
+                    Err(e) => {
+                        problems += 1;
+                        println!("error {}: {e}", q.path.display());
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            problems += 1;
+            println!("error {e}");
+        }
+    }
     for p in &pipelines {
         match pipeline::check(config, p).await {
             Ok(errors) if errors.is_empty() => println!("ok    {}", p.path.display()),
@@ -524,6 +542,10 @@ async fn demo(dir: &Path, no_serve: bool, source: Option<String>, scale: f64, se
             std::fs::create_dir_all(pipelines.join("models"))?;
             for (name, sql) in sokana::SOKANA_CORE_MODELS {
                 std::fs::write(pipelines.join("models").join(name), sql)?;
+            }
+            std::fs::create_dir_all(dir.join("queries"))?;
+            for (name, sql) in sokana::SOKANA_CORE_QUERIES {
+                std::fs::write(dir.join("queries").join(name), sql)?;
             }
             dir.clone()
         }

@@ -125,7 +125,12 @@ async fn run_one(
         (None, _) => {
             let output = engine.query(&request).await?;
             println!("{}", query::format(&output.result.batches, OutputFormat::Table)?);
-            eprintln!("{} row(s) · {}{}", output.result.rows, output.result.engine, if output.cache_hit { " · cached" } else { "" });
+            eprintln!(
+                "{} row(s) · {}{}",
+                output.result.rows,
+                output.result.engine,
+                if output.cache_hit { " · cached" } else { "" }
+            );
             Ok(())
         }
     }
@@ -133,8 +138,14 @@ async fn run_one(
 
 /// Streams the result into `path` through a temporary file beside it, renamed when complete, so
 /// a failed export never leaves a truncated file under the name asked for.
-async fn write_stream(engine: &Arc<QueryEngine>, request: &QueryRequest, format: ExportFormat, path: &Path) -> Result<()> {
-    let partial = path.with_extension(format!("{}.partial", path.extension().map(|e| e.to_string_lossy()).unwrap_or_default()));
+async fn write_stream(
+    engine: &Arc<QueryEngine>,
+    request: &QueryRequest,
+    format: ExportFormat,
+    path: &Path,
+) -> Result<()> {
+    let partial =
+        path.with_extension(format!("{}.partial", path.extension().map(|e| e.to_string_lossy()).unwrap_or_default()));
     let file = std::fs::File::create(&partial).with_context(|| format!("creating {}", partial.display()))?;
     let mut writer = std::io::BufWriter::new(file);
     let written = stream_to(engine, request, format, &mut writer).await.and_then(|()| Ok(writer.flush()?));
@@ -146,7 +157,12 @@ async fn write_stream(engine: &Arc<QueryEngine>, request: &QueryRequest, format:
     Ok(())
 }
 
-async fn stream_to(engine: &Arc<QueryEngine>, request: &QueryRequest, format: ExportFormat, out: &mut dyn Write) -> Result<()> {
+async fn stream_to(
+    engine: &Arc<QueryEngine>,
+    request: &QueryRequest,
+    format: ExportFormat,
+    out: &mut dyn Write,
+) -> Result<()> {
     let mut stream = engine.stream(request).await?;
     let mut encoder = Encoder::new(format, stream.schema.clone())?;
     let mut rows = 0u64;
@@ -167,7 +183,10 @@ async fn shell(config: &Config, engine: &Arc<QueryEngine>, mut choice: EngineCho
     let mut editor = rustyline::DefaultEditor::new()?;
     let history = config.state_dir().join("sql_history");
     let _ = editor.load_history(&history);
-    eprintln!("sokana sql ({}): end statements with ;  \\d tables  \\d TABLE columns  \\engine NAME  \\q quit", name(choice));
+    eprintln!(
+        "sokana sql ({}): end statements with ;  \\d tables  \\d TABLE columns  \\engine NAME  \\q quit",
+        name(choice)
+    );
     let mut pending = String::new();
     loop {
         let prompt = if pending.is_empty() { "sokana> " } else { "   ...> " };
@@ -189,7 +208,10 @@ async fn shell(config: &Config, engine: &Arc<QueryEngine>, mut choice: EngineCho
                 (Some("\\d"), None) => {
                     let sql = "SELECT table_schema || '.' || table_name AS \"table\" FROM information_schema.tables \
                                WHERE table_schema IN ('raw', 'marts') ORDER BY 1";
-                    report(run_one(engine, sql.into(), EngineChoice::Datafusion, Params::None, CliFormat::Table, None).await);
+                    report(
+                        run_one(engine, sql.into(), EngineChoice::Datafusion, Params::None, CliFormat::Table, None)
+                            .await,
+                    );
                 }
                 (Some("\\d"), Some(table)) => {
                     let (schema, name) = table.split_once('.').unwrap_or(("marts", table));

@@ -25,7 +25,9 @@ fn request(sql: &str, engine: EngineChoice) -> QueryRequest {
 
 fn engine(config: &sokana::config::Config, limits: Limits) -> Arc<QueryEngine> {
     let catalog = Arc::new(WarehouseCatalog::new(sokana::pipeline::warehouse(config).expect("warehouse")));
-    Arc::new(QueryEngine::new(catalog, limits, ResultCache::new(64 << 20, Duration::from_secs(600)), None).expect("engine"))
+    Arc::new(
+        QueryEngine::new(catalog, limits, ResultCache::new(64 << 20, Duration::from_secs(600)), None).expect("engine"),
+    )
 }
 
 fn generous() -> Limits {
@@ -66,8 +68,12 @@ async fn tpch_queries_agree_across_engines() {
     let engine = engine(&config, generous());
     for n in 1..=22 {
         let sql = tpch::query(n);
-        let datafusion = engine.query(&request(&sql, EngineChoice::Datafusion)).await.unwrap_or_else(|e| panic!("Q{n} on DataFusion: {e}"));
-        let duckdb = engine.query(&request(&sql, EngineChoice::Duckdb)).await.unwrap_or_else(|e| panic!("Q{n} on DuckDB: {e}"));
+        let datafusion = engine
+            .query(&request(&sql, EngineChoice::Datafusion))
+            .await
+            .unwrap_or_else(|e| panic!("Q{n} on DataFusion: {e}"));
+        let duckdb =
+            engine.query(&request(&sql, EngineChoice::Duckdb)).await.unwrap_or_else(|e| panic!("Q{n} on DuckDB: {e}"));
         let (a, b) = (rows(&datafusion.result.batches), rows(&duckdb.result.batches));
         assert!(agree(&a, &b), "Q{n}: DataFusion and DuckDB disagree:\n{a:?}\n{b:?}");
         assert_eq!(datafusion.result.engine, "datafusion");
@@ -126,11 +132,8 @@ impl Api {
     async fn json(&self, body: Value) -> (u16, HashMap<String, String>, Value) {
         let response = self.post("/api/v1/query", body).send().await.expect("request");
         let status = response.status().as_u16();
-        let headers = response
-            .headers()
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
-            .collect();
+        let headers =
+            response.headers().iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string())).collect();
         (status, headers, response.json().await.expect("json body"))
     }
 }
@@ -152,16 +155,31 @@ async fn http_api_formats_pages_cache_and_errors() {
     assert_eq!(headers["x-cache"], "miss");
     let rows = json["rows"].as_array().expect("rows").clone();
     assert!(!rows.is_empty());
-    let csv_body = api.post("/api/v1/query", json!({ "sql": sql })).header("accept", "text/csv").send().await.expect("csv");
+    let csv_body =
+        api.post("/api/v1/query", json!({ "sql": sql })).header("accept", "text/csv").send().await.expect("csv");
     assert_eq!(csv_body.headers()["content-type"], "text/csv; charset=utf-8");
     let csv_text = csv_body.text().await.expect("csv text");
     assert_eq!(csv_text.lines().count(), rows.len() + 1);
-    let arrow = api.post("/api/v1/query?format=arrow", json!({ "sql": sql })).send().await.expect("arrow").bytes().await.expect("bytes");
+    let arrow = api
+        .post("/api/v1/query?format=arrow", json!({ "sql": sql }))
+        .send()
+        .await
+        .expect("arrow")
+        .bytes()
+        .await
+        .expect("bytes");
     let arrow_batches: Vec<RecordBatch> = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(arrow), None)
         .expect("arrow stream")
         .map(|b| b.expect("batch"))
         .collect();
-    let parquet = api.post("/api/v1/query", json!({ "sql": sql, "format": "parquet" })).send().await.expect("parquet").bytes().await.expect("bytes");
+    let parquet = api
+        .post("/api/v1/query", json!({ "sql": sql, "format": "parquet" }))
+        .send()
+        .await
+        .expect("parquet")
+        .bytes()
+        .await
+        .expect("bytes");
     let parquet_batches: Vec<RecordBatch> =
         datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(parquet, 8192)
             .expect("parquet")
@@ -173,14 +191,16 @@ async fn http_api_formats_pages_cache_and_errors() {
     assert_eq!(rows[0]["payment_id"].to_string(), first_csv_id, "JSON and CSV agree");
 
     // Compression when asked for.
-    let gz = api.post("/api/v1/query", json!({ "sql": sql })).header("accept-encoding", "gzip").send().await.expect("gzip");
+    let gz =
+        api.post("/api/v1/query", json!({ "sql": sql })).header("accept-encoding", "gzip").send().await.expect("gzip");
     assert_eq!(gz.headers().get("content-encoding").map(|v| v.to_str().unwrap_or("")), Some("gzip"));
 
     // Cache: a repeat hits; the ETag answers 304.
     let (_, headers, _) = api.json(json!({ "sql": sql })).await;
     assert_eq!(headers["x-cache"], "hit");
     let etag = headers["etag"].clone();
-    let not_modified = api.post("/api/v1/query", json!({ "sql": sql })).header("if-none-match", &etag).send().await.expect("304");
+    let not_modified =
+        api.post("/api/v1/query", json!({ "sql": sql })).header("if-none-match", &etag).send().await.expect("304");
     assert_eq!(not_modified.status().as_u16(), 304);
 
     // Pages: limit, then the cursor; together they are the first rows in order; fields select.
@@ -190,8 +210,10 @@ async fn http_api_formats_pages_cache_and_errors() {
     assert_eq!(first["columns"].as_array().map(Vec::len), Some(2));
     let cursor = first["next_cursor"].as_str().expect("cursor").to_string();
     let (_, _, second) = api.json(json!({ "sql": sql, "cursor": cursor, "fields": ["payment_id", "amount"] })).await;
-    let paged: Vec<Value> = first["rows"].as_array().unwrap().iter().chain(second["rows"].as_array().unwrap()).cloned().collect();
-    let expected: Vec<Value> = rows[..10].iter().map(|r| json!({ "payment_id": r["payment_id"], "amount": r["amount"] })).collect();
+    let paged: Vec<Value> =
+        first["rows"].as_array().unwrap().iter().chain(second["rows"].as_array().unwrap()).cloned().collect();
+    let expected: Vec<Value> =
+        rows[..10].iter().map(|r| json!({ "payment_id": r["payment_id"], "amount": r["amount"] })).collect();
     assert_eq!(paged, expected);
 
     // A commit to a table the query reads misses; one to another table keeps the hit.
@@ -244,11 +266,24 @@ async fn http_api_formats_pages_cache_and_errors() {
     let (status, _, error) = api.json(json!({ "sql": big })).await;
     assert_eq!(status, 413, "{error}");
     assert_eq!(error["error"]["code"], "too_many_rows");
-    let export = api.post("/api/v1/query?format=csv", json!({ "sql": big })).send().await.expect("export").text().await.expect("text");
+    let export = api
+        .post("/api/v1/query?format=csv", json!({ "sql": big }))
+        .send()
+        .await
+        .expect("export")
+        .text()
+        .await
+        .expect("text");
     let n = payments_after["rows"][0]["n"].as_i64().unwrap_or(0);
     assert_eq!(export.lines().count() as i64, n * n + 1);
     // Without credentials nothing is answered.
-    let anonymous = api.client.post(format!("{}/api/v1/query", api.base)).json(&json!({ "sql": "SELECT 1" })).send().await.expect("anon");
+    let anonymous = api
+        .client
+        .post(format!("{}/api/v1/query", api.base))
+        .json(&json!({ "sql": "SELECT 1" }))
+        .send()
+        .await
+        .expect("anon");
     assert_eq!(anonymous.status().as_u16(), 401);
 
     // Saved queries: listed, run with typed parameters, a wrong type named.
@@ -259,12 +294,32 @@ async fn http_api_formats_pages_cache_and_errors() {
          SELECT count(*) AS n FROM raw.payments WHERE txn_date >= $since\n",
     )
     .expect("saved query");
-    let listed: Value = api.client.get(format!("{}/api/v1/queries", api.base)).basic_auth("admin", Some(PASSWORD)).send().await.expect("list").json().await.expect("json");
+    let listed: Value = api
+        .client
+        .get(format!("{}/api/v1/queries", api.base))
+        .basic_auth("admin", Some(PASSWORD))
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(listed["queries"][0]["name"], "payments_since");
     assert_eq!(listed["queries"][0]["params"][0]["type"], "date");
-    let ran: Value = api.post("/api/v1/queries/payments_since/run", json!({ "params": { "since": "2000-01-01" } })).send().await.expect("run").json().await.expect("json");
+    let ran: Value = api
+        .post("/api/v1/queries/payments_since/run", json!({ "params": { "since": "2000-01-01" } }))
+        .send()
+        .await
+        .expect("run")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(ran["rows"][0]["n"], payments_after["rows"][0]["n"], "{ran}");
-    let wrong = api.post("/api/v1/queries/payments_since/run", json!({ "params": { "since": "last tuesday" } })).send().await.expect("run");
+    let wrong = api
+        .post("/api/v1/queries/payments_since/run", json!({ "params": { "since": "last tuesday" } }))
+        .send()
+        .await
+        .expect("run");
     assert_eq!(wrong.status().as_u16(), 400);
     let wrong: Value = wrong.json().await.expect("json");
     assert!(wrong["error"]["message"].as_str().unwrap_or("").contains("parameter since"), "{wrong}");
@@ -289,7 +344,16 @@ async fn http_api_formats_pages_cache_and_errors() {
     let (status, _, _) = api.json(json!({ "sql": "SELECT 1 AS one" })).await;
     assert_eq!(status, 200, "the server still answers");
     let log: Value = loop {
-        let log: Value = api.client.get(format!("{}/api/v1/query-log?limit=50", api.base)).basic_auth("admin", Some(PASSWORD)).send().await.expect("log").json().await.expect("json");
+        let log: Value = api
+            .client
+            .get(format!("{}/api/v1/query-log?limit=50", api.base))
+            .basic_auth("admin", Some(PASSWORD))
+            .send()
+            .await
+            .expect("log")
+            .json()
+            .await
+            .expect("json");
         if log["recent"].as_array().is_some_and(|r| r.iter().any(|q| q["error"] == "disconnected")) {
             break log;
         }
@@ -298,8 +362,23 @@ async fn http_api_formats_pages_cache_and_errors() {
     let recent = log["recent"].as_array().expect("recent");
     assert!(recent.iter().any(|q| q["cache_hit"] == true));
     assert!(recent.iter().all(|q| !q["sql"].as_str().unwrap_or("").contains("2000-01-01")), "the log keeps no values");
-    let tables: Value = api.client.get(format!("{}/api/v1/tables", api.base)).basic_auth("admin", Some(PASSWORD)).send().await.expect("tables").json().await.expect("json");
-    let clients = tables["tables"].as_array().expect("tables").iter().find(|t| t["table"] == "raw.phi_clients").expect("phi_clients listed").clone();
+    let tables: Value = api
+        .client
+        .get(format!("{}/api/v1/tables", api.base))
+        .basic_auth("admin", Some(PASSWORD))
+        .send()
+        .await
+        .expect("tables")
+        .json()
+        .await
+        .expect("json");
+    let clients = tables["tables"]
+        .as_array()
+        .expect("tables")
+        .iter()
+        .find(|t| t["table"] == "raw.phi_clients")
+        .expect("phi_clients listed")
+        .clone();
     assert!(clients["rows"].as_u64().is_some_and(|n| n > 0));
     assert!(clients["columns"].as_array().expect("columns").iter().any(|c| c["class"] == "phi"), "{clients}");
 }
@@ -327,15 +406,33 @@ async fn psql_and_psycopg_use_the_wire_endpoint() {
 
     let port = pg.to_string();
     let out = psql()
-        .args(["-h", "127.0.0.1", "-p", &port, "-U", "admin", "-d", "sokana", "-tA", "-c", "select count(*) from raw.phi_clients"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "admin",
+            "-d",
+            "sokana",
+            "-tA",
+            "-c",
+            "select count(*) from raw.phi_clients",
+        ])
         .output()
         .expect("psql");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), source_count.to_string());
     // The catalog queries behind \dt work.
-    let out = psql().args(["-h", "127.0.0.1", "-p", &port, "-U", "admin", "-d", "sokana", "-c", "\\dt marts.*"]).output().expect("psql");
+    let out = psql()
+        .args(["-h", "127.0.0.1", "-p", &port, "-U", "admin", "-d", "sokana", "-c", "\\dt marts.*"])
+        .output()
+        .expect("psql");
     assert!(String::from_utf8_lossy(&out.stdout).contains("dim_clients"), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = psql().args(["-h", "127.0.0.1", "-p", &port, "-U", "admin", "-d", "sokana", "-c", "drop table raw.phi_clients"]).output().expect("psql");
+    let out = psql()
+        .args(["-h", "127.0.0.1", "-p", &port, "-U", "admin", "-d", "sokana", "-c", "drop table raw.phi_clients"])
+        .output()
+        .expect("psql");
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("only queries"));
     let out = psql()
         .env("PGPASSWORD", "wrong")
@@ -369,14 +466,18 @@ async fn limits_end_runaway_queries_with_clear_errors() {
     seed("sqlite://operational.db", project.dir.path(), 0.05).await;
     project.run().await.expect("pipeline");
     let config = project.config();
-    let runaway = "SELECT count(*) FROM raw.payments a, raw.payments b, raw.payments c WHERE a.amount + b.amount > c.amount";
+    let runaway =
+        "SELECT count(*) FROM raw.payments a, raw.payments b, raw.payments c WHERE a.amount + b.amount > c.amount";
     for choice in [EngineChoice::Datafusion, EngineChoice::Duckdb] {
         let quick = engine(&config, Limits { timeout: Duration::from_millis(200), ..generous() });
         let started = std::time::Instant::now();
         let e = quick.query(&request(runaway, choice)).await.expect_err("times out");
         assert!(matches!(e, QueryError::Timeout { .. }), "{choice:?}: {e}");
         assert!(started.elapsed() < Duration::from_secs(30), "{choice:?}: the timeout ended the query");
-        assert!(quick.query(&request("SELECT count(*) AS n FROM raw.payments", choice)).await.is_ok(), "{choice:?} still answers");
+        assert!(
+            quick.query(&request("SELECT count(*) AS n FROM raw.payments", choice)).await.is_ok(),
+            "{choice:?} still answers"
+        );
     }
     let small = engine(&config, Limits { memory_limit_mb: 1, ..generous() });
     let hungry = "SELECT a.id, b.id FROM raw.payments a JOIN raw.payments b ON a.client_id = b.client_id ORDER BY a.txn_date, b.txn_date";
@@ -388,4 +489,58 @@ async fn limits_end_runaway_queries_with_clear_errors() {
     let mut typed = request("SELECT count(*) FROM raw.payments WHERE amount > $1", EngineChoice::Datafusion);
     typed.params = Params::Positional(vec!["not a number".into()]);
     assert!(capped.query(&typed).await.is_err(), "a text value for a numeric comparison is refused");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_exports_checks_saved_queries_and_logs() {
+    let project = Project::new("sqlite://operational.db");
+    seed("sqlite://operational.db", project.dir.path(), 0.02).await;
+    project.run().await.expect("pipeline");
+    let dir = project.dir.path();
+    let count = |args: &[&str]| {
+        let out = project.cli().args(args).output().expect("sokana");
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let expected = count(&["sql", "--format", "csv", "SELECT count(*) AS n FROM raw.phi_clients"]);
+
+    // A DuckDB file analysts open themselves: same count through its views.
+    let file = dir.join("analysts.duckdb");
+    count(&["export", "duckdb", file.to_str().expect("path")]);
+    let conn = duckdb::Connection::open(&file).expect("exported database opens");
+    let n: i64 = conn.query_row("SELECT count(*) FROM raw.phi_clients", [], |r| r.get(0)).expect("count");
+    assert_eq!(format!("n\n{n}"), expected);
+
+    // Parquet written to a file, through a temporary name.
+    let parquet = dir.join("clients.parquet");
+    count(&[
+        "sql",
+        "--format",
+        "parquet",
+        "--output",
+        parquet.to_str().expect("path"),
+        "SELECT id FROM raw.phi_clients",
+    ]);
+    let reader = datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(
+        std::fs::File::open(&parquet).expect("parquet file"),
+        4096,
+    )
+    .expect("parquet");
+    assert_eq!(format!("n\n{}", reader.map(|b| b.expect("batch").num_rows()).sum::<usize>()), expected);
+
+    // `check` names a saved query that reads an unknown column.
+    std::fs::create_dir_all(dir.join("queries")).expect("queries");
+    std::fs::write(dir.join("queries/broken.sql"), "SELECT nope FROM raw.phi_clients\n").expect("write");
+    let out = project.cli().arg("check").output().expect("check");
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("broken.sql") && stdout.contains("nope"), "{stdout}");
+
+    // The log shows what ran, slowest first, without literal values.
+    count(&["sql", "SELECT count(*) FROM raw.phi_clients WHERE status = 'lead'"]);
+    let log = count(&["sql", "--log", "--json"]);
+    let stats: Value = serde_json::from_str(&log).expect("log json");
+    let sqls: Vec<&str> = stats.as_array().expect("rows").iter().filter_map(|r| r["sql"].as_str()).collect();
+    assert!(sqls.iter().any(|s| s.contains("status = ?")), "{sqls:?}");
+    assert!(sqls.iter().all(|s| !s.contains("lead")), "{sqls:?}");
 }

@@ -132,7 +132,10 @@ impl StartupHandler for PasswordStartup {
                 save_startup_parameters_to_metadata(client, startup);
                 let database = client.metadata().get(METADATA_DATABASE).cloned();
                 if let Some(database) = database.filter(|d| d != DATABASE) {
-                    return Err(fatal("3D000", format!("database \"{database}\" does not exist (connect to \"{DATABASE}\")")));
+                    return Err(fatal(
+                        "3D000",
+                        format!("database \"{database}\" does not exist (connect to \"{DATABASE}\")"),
+                    ));
                 }
                 client.set_state(PgWireConnectionState::AuthenticationInProgress);
                 client.send(PgWireBackendMessage::Authentication(Authentication::CleartextPassword)).await?;
@@ -151,7 +154,9 @@ impl StartupHandler for PasswordStartup {
                         client.metadata_mut().insert(SCOPE.into(), identity.scope);
                         finish_authentication(client, &self.parameters).await?;
                     }
-                    Ok(None) => return Err(fatal("28P01", format!("password authentication failed for user \"{user}\""))),
+                    Ok(None) => {
+                        return Err(fatal("28P01", format!("password authentication failed for user \"{user}\"")));
+                    }
                     Err(e) => return Err(fatal("28000", e.to_string())),
                 }
             }
@@ -170,8 +175,15 @@ struct Sandbox {
 }
 
 /// Settings a client may set for its own connection.
-const CLIENT_SETTINGS: &[&str] =
-    &["statement_timeout", "datestyle", "bytea_output", "intervalstyle", "application_name", "extra_float_digits", "search_path"];
+const CLIENT_SETTINGS: &[&str] = &[
+    "statement_timeout",
+    "datestyle",
+    "bytea_output",
+    "intervalstyle",
+    "application_name",
+    "extra_float_digits",
+    "search_path",
+];
 
 enum Verdict {
     Query,
@@ -274,7 +286,17 @@ impl QueryHook for Sandbox {
         match judge(statement) {
             Verdict::Query => {
                 let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
-                Some(answer(&self.engine, statement.to_string(), Params::None, caller(client), &Format::UnifiedText, options).await)
+                Some(
+                    answer(
+                        &self.engine,
+                        statement.to_string(),
+                        Params::None,
+                        caller(client),
+                        &Format::UnifiedText,
+                        options,
+                    )
+                    .await,
+                )
             }
             Verdict::PassOn => None,
             Verdict::IgnoreSet => Some(Ok(Response::Execution(Tag::new("SET")))),
@@ -327,7 +349,12 @@ impl ExtendedQueryHandler for Extended {
         self.inner.query_parser()
     }
 
-    async fn do_query<C>(&self, client: &mut C, portal: &Portal<Self::Statement>, max_rows: usize) -> PgWireResult<Response>
+    async fn do_query<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<Self::Statement>,
+        max_rows: usize,
+    ) -> PgWireResult<Response>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::PortalStore: PortalStore<Statement = Self::Statement>,

@@ -67,7 +67,11 @@ impl ApiError {
 }
 
 /// Checks HTTP Basic credentials against the administrator account.
-pub(super) fn authenticate(state: &AppState, headers: &HeaderMap, request_id: &RequestId) -> Result<Identity, ApiError> {
+pub(super) fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    request_id: &RequestId,
+) -> Result<Identity, ApiError> {
     let unauthorised = |message: &str| {
         ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message.to_string()).with_request_id(request_id)
     };
@@ -75,7 +79,8 @@ pub(super) fn authenticate(state: &AppState, headers: &HeaderMap, request_id: &R
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| unauthorised("send Authorization: Basic with user admin and its password"))?;
-    let encoded = value.strip_prefix("Basic ").ok_or_else(|| unauthorised("only Basic authorization is accepted yet"))?;
+    let encoded =
+        value.strip_prefix("Basic ").ok_or_else(|| unauthorised("only Basic authorization is accepted yet"))?;
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(encoded.trim())
         .ok()
@@ -94,7 +99,11 @@ fn caller(identity: Identity, request_id: &RequestId) -> Caller {
 }
 
 /// The format asked for: the body's or the URL's `format`, else the `Accept` header, else JSON.
-fn wanted_format(body: Option<ExportFormat>, query: &FormatQuery, headers: &HeaderMap) -> Result<ExportFormat, QueryError> {
+fn wanted_format(
+    body: Option<ExportFormat>,
+    query: &FormatQuery,
+    headers: &HeaderMap,
+) -> Result<ExportFormat, QueryError> {
     if let Some(format) = body {
         return Ok(format);
     }
@@ -131,7 +140,8 @@ pub async fn post_query(
     let identity = authenticate(&state, &headers, &request_id)?;
     let body = body.0;
     let sql = body.sql.clone().ok_or_else(|| {
-        ApiError::new(StatusCode::BAD_REQUEST, "parameter", "parameter sql: required".into()).with_request_id(&request_id)
+        ApiError::new(StatusCode::BAD_REQUEST, "parameter", "parameter sql: required".into())
+            .with_request_id(&request_id)
     })?;
     let params = match &body.params {
         Some(value) => saved::params_from_json(value).map_err(|e| ApiError::query(e, &request_id))?,
@@ -151,8 +161,12 @@ pub async fn run_saved(
     let identity = authenticate(&state, &headers, &request_id)?;
     let body = body.map(|b| b.0).unwrap_or_default();
     if body.sql.is_some() {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "parameter", "parameter sql: a saved query brings its own".into())
-            .with_request_id(&request_id));
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "parameter",
+            "parameter sql: a saved query brings its own".into(),
+        )
+        .with_request_id(&request_id));
     }
     let saved = find_saved(&state, &name).map_err(|e| e.with_request_id(&request_id))?;
     let given: BTreeMap<String, Given> = match &body.params {
@@ -210,12 +224,16 @@ async fn answer(
         (Some(cursor), None, None) => {
             let bad = || QueryError::Param { name: "cursor".into(), message: "not a cursor this API issued".into() };
             let mut parts = cursor.split('.');
-            let (Some(offset), Some(limit), Some(digest), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+            let (Some(offset), Some(limit), Some(digest), None) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
             else {
                 return Err(fail(bad()));
             };
             expected_digest = Some(digest.to_string());
-            Some(Page { offset: offset.parse().map_err(|_| fail(bad()))?, limit: limit.parse().map_err(|_| fail(bad()))? })
+            Some(Page {
+                offset: offset.parse().map_err(|_| fail(bad()))?,
+                limit: limit.parse().map_err(|_| fail(bad()))?,
+            })
         }
         (Some(_), _, _) => {
             return Err(fail(QueryError::Param {
@@ -230,7 +248,10 @@ async fn answer(
     if let Some(page) = page
         && (page.limit == 0 || page.limit > MAX_PAGE)
     {
-        return Err(fail(QueryError::Param { name: "limit".into(), message: format!("must be between 1 and {MAX_PAGE}") }));
+        return Err(fail(QueryError::Param {
+            name: "limit".into(),
+            message: format!("must be between 1 and {MAX_PAGE}"),
+        }));
     }
     let request = QueryRequest {
         sql,
@@ -259,7 +280,10 @@ async fn answer(
     response_headers.insert(header::ETAG, header_value(&etag));
     response_headers.insert("x-cache", HeaderValue::from_static(if output.cache_hit { "hit" } else { "miss" }));
     response_headers.insert("x-engine", HeaderValue::from_static(output.result.engine));
-    if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).is_some_and(|v| v.split(',').any(|t| t.trim() == etag))
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag))
     {
         return Ok((StatusCode::NOT_MODIFIED, response_headers).into_response());
     }
@@ -316,9 +340,12 @@ async fn stream(
 ) -> Result<Response, ApiError> {
     let fail = |e: QueryError| ApiError::query(e, request_id);
     let opened = state.engine.stream(request).await.map_err(fail)?;
-    let indices = if fields.is_empty() { None } else { Some(export::field_indices(&opened.schema, &fields).map_err(fail)?) };
+    let indices =
+        if fields.is_empty() { None } else { Some(export::field_indices(&opened.schema, &fields).map_err(fail)?) };
     let schema = match &indices {
-        Some(indices) => std::sync::Arc::new(opened.schema.project(indices).map_err(|e| fail(QueryError::Format(e.to_string())))?),
+        Some(indices) => {
+            std::sync::Arc::new(opened.schema.project(indices).map_err(|e| fail(QueryError::Format(e.to_string())))?)
+        }
         None => opened.schema.clone(),
     };
     let encoder = Encoder::new(format, schema).map_err(fail)?;
@@ -338,7 +365,9 @@ async fn stream(
                 }
                 // A failure mid-stream can only end the body early: the status was sent already.
                 Some(Err(e)) => Some((Err(std::io::Error::other(e.to_string())), (batches, None))),
-                None => Some((encoder.finish().map(bytes::Bytes::from).map_err(std::io::Error::other), (batches, None))),
+                None => {
+                    Some((encoder.finish().map(bytes::Bytes::from).map_err(std::io::Error::other), (batches, None)))
+                }
             }
         }
     });
@@ -349,14 +378,22 @@ async fn stream(
     Ok((headers, Body::from_stream(chunks)).into_response())
 }
 
-pub async fn list_saved(State(state): State<AppState>, request_id: RequestId, headers: HeaderMap) -> Result<Response, ApiError> {
+pub async fn list_saved(
+    State(state): State<AppState>,
+    request_id: RequestId,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     authenticate(&state, &headers, &request_id)?;
     let all = saved::load_all(&state.config.queries_dir()).map_err(|e| ApiError::query(e, &request_id))?;
     Ok(axum::Json(json!({ "queries": all })).into_response())
 }
 
 /// Every table: columns with types and classes, row count, version and when it last changed.
-pub async fn list_tables(State(state): State<AppState>, request_id: RequestId, headers: HeaderMap) -> Result<Response, ApiError> {
+pub async fn list_tables(
+    State(state): State<AppState>,
+    request_id: RequestId,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     authenticate(&state, &headers, &request_id)?;
     let classes = crate::pipeline::column_classes(&state.config).unwrap_or_default();
     let catalog = state.engine.catalog();

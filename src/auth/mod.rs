@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use sha2::{Digest, Sha256};
 
 /// The one user name until roles land.
@@ -94,7 +94,8 @@ impl Authenticator {
         };
         // Remembered by a digest of the stored hash and the password, so a changed password (a new
         // stored hash) is not matched by the old one.
-        let digest: [u8; 32] = Sha256::new().chain_update(stored.trim()).chain_update([0]).chain_update(password).finalize().into();
+        let digest: [u8; 32] =
+            Sha256::new().chain_update(stored.trim()).chain_update([0]).chain_update(password).finalize().into();
         if let Ok(mut remembered) = self.remembered.lock() {
             remembered.retain(|_, at| at.elapsed() < REMEMBER);
             if remembered.contains_key(&digest) {

@@ -79,7 +79,9 @@ pub fn load_pipelines(config: &Config) -> Result<Vec<Pipeline>, SpecError> {
 }
 
 /// The class of every raw column the pipelines declare, by (table, column).
-pub fn column_classes(config: &Config) -> Result<std::collections::HashMap<(TableName, String), spec::ColumnClass>, SpecError> {
+pub fn column_classes(
+    config: &Config,
+) -> Result<std::collections::HashMap<(TableName, String), spec::ColumnClass>, SpecError> {
     let mut classes = std::collections::HashMap::new();
     for pipeline in load_pipelines(config)? {
         for table in pipeline.tables {

@@ -183,7 +183,6 @@ impl WarehouseSchema {
 
 #[async_trait]
 impl SchemaProvider for WarehouseSchema {
-
     fn table_names(&self) -> Vec<String> {
         self.catalog.names().into_iter().filter(|t| t.schema == self.schema).map(|t| t.name).collect()
     }

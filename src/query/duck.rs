@@ -121,7 +121,11 @@ async fn views(catalog: &WarehouseCatalog) -> Result<(Vec<String>, HashMap<Table
             // union_by_name: files written before a column was added lack it; they read as NULL.
             format!("read_parquet([{list}], union_by_name = true{hive})")
         };
-        statements.push(format!("CREATE VIEW {}.{} AS SELECT {columns} FROM {source}", name.schema, quoted(&name.name)));
+        statements.push(format!(
+            "CREATE VIEW {}.{} AS SELECT {columns} FROM {source}",
+            name.schema,
+            quoted(&name.name)
+        ));
         // Unqualified names mean `marts`, as in DataFusion. (A search path would be per connection,
         // and connections are made after the configuration is locked.)
         if name.schema == "marts" {
@@ -175,7 +179,8 @@ pub fn run(
             statement.query_arrow(bound.as_slice()).map_err(duck_err)?
         }
         Params::Named(map) => {
-            let values = map.iter().map(|(k, v)| Ok((k.clone(), duck_value(v)?))).collect::<Result<Vec<_>, QueryError>>()?;
+            let values =
+                map.iter().map(|(k, v)| Ok((k.clone(), duck_value(v)?))).collect::<Result<Vec<_>, QueryError>>()?;
             let bound: Vec<(&str, &dyn duckdb::ToSql)> =
                 values.iter().map(|(k, v)| (k.as_str(), v as &dyn duckdb::ToSql)).collect();
             statement.query_arrow(bound.as_slice()).map_err(duck_err)?
@@ -212,7 +217,9 @@ fn duck_value(value: &ScalarValue) -> Result<duckdb::types::Value, QueryError> {
         ScalarValue::TimestampMicrosecond(Some(t), _) => Value::Timestamp(duckdb::types::TimeUnit::Microsecond, *t),
         // Decimals cross as text, which DuckDB casts to the parameter's type without rounding.
         ScalarValue::Decimal128(Some(_), _, _) => Value::Text(value.to_string()),
-        other => return Err(QueryError::Sql(format!("DuckDB: no binding for a parameter of type {}", other.data_type()))),
+        other => {
+            return Err(QueryError::Sql(format!("DuckDB: no binding for a parameter of type {}", other.data_type())));
+        }
     })
 }
 

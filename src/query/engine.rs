@@ -252,6 +252,13 @@ impl QueryEngine {
         Ok(SessionContext::new_with_state(state))
     }
 
+    /// Plans `sql` (placeholders left unbound) without running it: unknown tables, columns and
+    /// statements that are not queries are errors.
+    pub async fn validate(&self, sql: &str) -> Result<(), QueryError> {
+        self.session()?.sql_with_options(sql, read_only()).await?;
+        Ok(())
+    }
+
     /// Runs a query and collects its answer, from the cache when the same query over the same
     /// table versions was answered before.
     pub async fn query(&self, request: &QueryRequest) -> Result<QueryOutput, QueryError> {
@@ -343,7 +350,8 @@ impl QueryEngine {
         };
         let deadline = tokio::time::Instant::now() + self.limits.timeout;
         let seconds = self.limits.timeout.as_secs_f64();
-        let logger = StreamLog { engine: self.clone(), request: request.clone(), record, at, started, error: None, done: false };
+        let logger =
+            StreamLog { engine: self.clone(), request: request.clone(), record, at, started, error: None, done: false };
         let state = (stream.batches, logger);
         let batches = futures::stream::unfold(state, move |(mut inner, mut logger)| async move {
             if logger.done {
@@ -449,7 +457,9 @@ impl QueryEngine {
         let interrupt = conn.interrupt_handle();
         let sql = match request.page {
             // Numbers only are added to the text; the query itself is unchanged inside.
-            Some(page) => format!("SELECT * FROM ({}) AS page LIMIT {} OFFSET {}", request.sql, page.limit + 1, page.offset),
+            Some(page) => {
+                format!("SELECT * FROM ({}) AS page LIMIT {} OFFSET {}", request.sql, page.limit + 1, page.offset)
+            }
             None => request.sql.clone(),
         };
         let params = request.params.clone();
@@ -536,7 +546,14 @@ impl QueryEngine {
 
     /// Counts and logs one query; `error` is the error's code (the log keeps no messages, which
     /// may quote the SQL).
-    fn finish(&self, request: &QueryRequest, mut record: QueryRecord, at: chrono::DateTime<Utc>, started: Instant, error: Option<&str>) {
+    fn finish(
+        &self,
+        request: &QueryRequest,
+        mut record: QueryRecord,
+        at: chrono::DateTime<Utc>,
+        started: Instant,
+        error: Option<&str>,
+    ) {
         self.queries.fetch_add(1, Ordering::Relaxed);
         if error.is_some() {
             self.errors.fetch_add(1, Ordering::Relaxed);
@@ -752,7 +769,9 @@ mod tests {
 
     #[test]
     fn errors_point_at_the_sql_position() {
-        let e = QueryError::Sql("SQL error: ParserError(\"Expected: end of statement, found: x at Line: 2, Column: 8\")".into());
+        let e = QueryError::Sql(
+            "SQL error: ParserError(\"Expected: end of statement, found: x at Line: 2, Column: 8\")".into(),
+        );
         assert_eq!(e.position(), Some((2, 8)));
     }
 }

@@ -67,9 +67,9 @@ impl Shared {
 }
 
 enum Writer {
-    Csv(arrow::csv::Writer<Shared>),
+    Csv(Box<arrow::csv::Writer<Shared>>),
     Json(arrow::json::ArrayWriter<Shared>),
-    Arrow(arrow::ipc::writer::StreamWriter<Shared>),
+    Arrow(Box<arrow::ipc::writer::StreamWriter<Shared>>),
     Parquet(Box<ArrowWriter<Shared>>),
 }
 
@@ -89,15 +89,21 @@ impl Encoder {
     pub fn new(format: ExportFormat, schema: SchemaRef) -> Result<Encoder, QueryError> {
         let buffer = Shared::default();
         let writer = match format {
-            ExportFormat::Csv => Writer::Csv(arrow::csv::WriterBuilder::new().with_header(true).build(buffer.clone())),
+            ExportFormat::Csv => {
+                Writer::Csv(Box::new(arrow::csv::WriterBuilder::new().with_header(true).build(buffer.clone())))
+            }
             ExportFormat::Json => Writer::Json(arrow::json::ArrayWriter::new(buffer.clone())),
-            ExportFormat::Arrow => Writer::Arrow(arrow::ipc::writer::StreamWriter::try_new(buffer.clone(), &schema).map_err(err)?),
+            ExportFormat::Arrow => Writer::Arrow(Box::new(
+                arrow::ipc::writer::StreamWriter::try_new(buffer.clone(), &schema).map_err(err)?,
+            )),
             ExportFormat::Parquet => {
                 let properties = WriterProperties::builder()
                     .set_compression(Compression::ZSTD(ZstdLevel::default()))
                     .set_max_row_group_row_count(Some(PARQUET_ROW_GROUP))
                     .build();
-                Writer::Parquet(Box::new(ArrowWriter::try_new(buffer.clone(), schema.clone(), Some(properties)).map_err(err)?))
+                Writer::Parquet(Box::new(
+                    ArrowWriter::try_new(buffer.clone(), schema.clone(), Some(properties)).map_err(err)?,
+                ))
             }
         };
         Ok(Encoder { buffer, writer, schema, rows: 0 })
@@ -176,7 +182,10 @@ pub fn field_indices(schema: &SchemaRef, fields: &[String]) -> Result<Vec<usize>
         .map(|name| {
             schema.index_of(name).map_err(|_| {
                 let known: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-                QueryError::Param { name: "fields".into(), message: format!("no column {name:?} in the result (it has: {})", known.join(", ")) }
+                QueryError::Param {
+                    name: "fields".into(),
+                    message: format!("no column {name:?} in the result (it has: {})", known.join(", ")),
+                }
             })
         })
         .collect()
@@ -189,7 +198,8 @@ mod tests {
     use arrow::datatypes::{DataType, Field, Schema};
 
     fn sample() -> (SchemaRef, Vec<RecordBatch>) {
-        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false), Field::new("s", DataType::Utf8, true)]));
+        let schema =
+            Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false), Field::new("s", DataType::Utf8, true)]));
         let batch = |from: i64| {
             RecordBatch::try_new(
                 schema.clone(),
@@ -209,14 +219,18 @@ mod tests {
         let csv = String::from_utf8(encode(ExportFormat::Csv, schema.clone(), &batches).unwrap()).unwrap();
         assert_eq!(csv.lines().count(), 7, "{csv}");
         assert!(csv.starts_with("n,s\n0,\"a,b\"\n"), "{csv}");
-        let json: serde_json::Value = serde_json::from_slice(&encode(ExportFormat::Json, schema.clone(), &batches).unwrap()).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_slice(&encode(ExportFormat::Json, schema.clone(), &batches).unwrap()).unwrap();
         assert_eq!(json.as_array().unwrap().len(), 6);
         let ipc = encode(ExportFormat::Arrow, schema.clone(), &batches).unwrap();
-        let read: Vec<RecordBatch> =
-            arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(ipc), None).unwrap().map(Result::unwrap).collect();
+        let read: Vec<RecordBatch> = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(ipc), None)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
         assert_eq!(read, batches);
         let parquet = bytes::Bytes::from(encode(ExportFormat::Parquet, schema.clone(), &batches).unwrap());
-        let reader = datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(parquet, 1024).unwrap();
+        let reader =
+            datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(parquet, 1024).unwrap();
         let rows: usize = reader.map(|b| b.unwrap().num_rows()).sum();
         assert_eq!(rows, 6);
     }

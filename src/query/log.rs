@@ -248,8 +248,7 @@ pub fn timings(state_dir: &Path, limit: usize) -> Result<Vec<(String, String, u6
              ORDER BY id",
         )
         .map_err(err)?;
-    let rows = stmt
-        .query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64)))
-        .map_err(err)?;
+    let rows =
+        stmt.query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64))).map_err(err)?;
     rows.collect::<Result<Vec<_>, _>>().map_err(err)
 }

@@ -58,7 +58,8 @@ impl ParamType {
 
     /// `text` as a value of this type.
     pub fn from_text(self, name: &str, text: &str) -> Result<ScalarValue, QueryError> {
-        let bad = || QueryError::Param { name: name.into(), message: format!("expected {}, got {text:?}", self.example()) };
+        let bad =
+            || QueryError::Param { name: name.into(), message: format!("expected {}, got {text:?}", self.example()) };
         Ok(match self {
             ParamType::Text => ScalarValue::Utf8(Some(text.to_string())),
             ParamType::Integer => ScalarValue::Int64(Some(text.trim().parse().map_err(|_| bad())?)),
@@ -84,7 +85,8 @@ impl ParamType {
     /// must match the type.
     pub fn from_json(self, name: &str, value: &serde_json::Value) -> Result<ScalarValue, QueryError> {
         use serde_json::Value as J;
-        let bad = || QueryError::Param { name: name.into(), message: format!("expected {}, got {value}", self.example()) };
+        let bad =
+            || QueryError::Param { name: name.into(), message: format!("expected {}, got {value}", self.example()) };
         match (self, value) {
             (_, J::Null) => ScalarValue::try_from(self.arrow()).map_err(|_| bad()),
             (_, J::String(text)) => self.from_text(name, text),
@@ -171,11 +173,10 @@ fn parse(path: &Path, text: &str) -> Result<SavedQuery, QueryError> {
             "description" => description = Some(value.trim().to_string()),
             "param" => {
                 // `name: type` or `name: type = default`.
-                let (name, rest) = value
-                    .trim()
-                    .split_once(':')
-                    .map(|(n, r)| (n.trim(), r))
-                    .ok_or_else(|| err(number, format!("expected `-- @param name: type [= default]`, got {line:?}")))?;
+                let (name, rest) =
+                    value.trim().split_once(':').map(|(n, r)| (n.trim(), r)).ok_or_else(|| {
+                        err(number, format!("expected `-- @param name: type [= default]`, got {line:?}"))
+                    })?;
                 let (kind, default) = match rest.split_once('=') {
                     Some((k, d)) => (k.trim(), Some(d.trim().to_string())),
                     None => (rest.trim(), None),
@@ -184,7 +185,12 @@ fn parse(path: &Path, text: &str) -> Result<SavedQuery, QueryError> {
                     return Err(err(number, format!("parameter name {name:?}: use letters, digits and _")));
                 }
                 let kind = ParamType::parse(kind).ok_or_else(|| {
-                    err(number, format!("parameter {name}: unknown type {kind:?} (text, integer, float, boolean, date, timestamp)"))
+                    err(
+                        number,
+                        format!(
+                            "parameter {name}: unknown type {kind:?} (text, integer, float, boolean, date, timestamp)"
+                        ),
+                    )
                 })?;
                 if let Some(default) = &default {
                     kind.from_text(name, default).map_err(|e| err(number, e.to_string()))?;
@@ -213,9 +219,8 @@ fn parse(path: &Path, text: &str) -> Result<SavedQuery, QueryError> {
 /// Whether `$name` appears in the text as a whole placeholder.
 fn mentions(text: &str, name: &str) -> bool {
     let needle = format!("${name}");
-    text.match_indices(&needle).any(|(at, _)| {
-        !text[at + needle.len()..].chars().next().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
-    })
+    text.match_indices(&needle)
+        .any(|(at, _)| !text[at + needle.len()..].chars().next().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_'))
 }
 
 impl SavedQuery {
@@ -239,7 +244,10 @@ impl SavedQuery {
                 (Some(Given::Json(value)), _) => spec.kind.from_json(&spec.name, value)?,
                 (None, Some(default)) => spec.kind.from_text(&spec.name, default)?,
                 (None, None) => {
-                    return Err(QueryError::Param { name: spec.name.clone(), message: "is required and has no default".into() });
+                    return Err(QueryError::Param {
+                        name: spec.name.clone(),
+                        message: "is required and has no default".into(),
+                    });
                 }
             };
             bound.insert(spec.name.clone(), value);
@@ -269,7 +277,10 @@ pub fn params_from_json(value: &serde_json::Value) -> Result<Params, QueryError>
             },
             J::String(s) => ScalarValue::Utf8(Some(s.clone())),
             other => {
-                return Err(QueryError::Param { name, message: format!("must be a string, number, boolean or null, got {other}") });
+                return Err(QueryError::Param {
+                    name,
+                    message: format!("must be a string, number, boolean or null, got {other}"),
+                });
             }
         })
     };
@@ -278,9 +289,9 @@ pub fn params_from_json(value: &serde_json::Value) -> Result<Params, QueryError>
         J::Array(items) => Ok(Params::Positional(
             items.iter().enumerate().map(|(i, v)| scalar(format!("${}", i + 1), v)).collect::<Result<_, _>>()?,
         )),
-        J::Object(map) => {
-            Ok(Params::Named(map.iter().map(|(k, v)| Ok((k.clone(), scalar(k.clone(), v)?))).collect::<Result<_, QueryError>>()?))
-        }
+        J::Object(map) => Ok(Params::Named(
+            map.iter().map(|(k, v)| Ok((k.clone(), scalar(k.clone(), v)?))).collect::<Result<_, QueryError>>()?,
+        )),
         other => Err(QueryError::Param {
             name: "params".into(),
             message: format!("must be an array (for $1, $2, …) or an object (for $name), got {other}"),
@@ -298,7 +309,9 @@ mod tests {
 
     #[test]
     fn header_declares_typed_parameters_with_defaults() {
-        let q = saved("-- @description: d\n-- @param since: date = 2024-01-01\n-- @param n: integer\nselect $since, $n").unwrap();
+        let q =
+            saved("-- @description: d\n-- @param since: date = 2024-01-01\n-- @param n: integer\nselect $since, $n")
+                .unwrap();
         assert_eq!(q.params.len(), 2);
         let given = BTreeMap::from([("n".to_string(), Given::Json(serde_json::json!(3)))]);
         let Params::Named(bound) = q.bind(&given).unwrap() else { panic!("named") };
