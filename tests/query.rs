@@ -536,6 +536,24 @@ async fn cli_exports_checks_saved_queries_and_logs() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("broken.sql") && stdout.contains("nope"), "{stdout}");
 
+    // The shell: statements over several lines, `\d`, switching engines.
+    let mut shell = project
+        .cli()
+        .arg("sql")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("shell");
+    {
+        use std::io::Write;
+        let mut stdin = shell.stdin.take().expect("stdin");
+        stdin.write_all(b"select count(*) AS n\n  from raw.phi_clients;\n\\d\n\\engine duckdb\nselect 41 + 1 AS x;\n\\q\n").expect("type");
+    }
+    let out = shell.wait_with_output().expect("shell ends");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let n = expected.lines().nth(1).expect("count");
+    assert!(text.contains(&format!("| {n} ")) && text.contains("raw.phi_clients") && text.contains("| 42 "), "{text}");
+
     // The log shows what ran, slowest first, without literal values.
     count(&["sql", "SELECT count(*) FROM raw.phi_clients WHERE status = 'lead'"]);
     let log = count(&["sql", "--log", "--json"]);
