@@ -547,7 +547,11 @@ async fn cli_exports_checks_saved_queries_and_logs() {
     {
         use std::io::Write;
         let mut stdin = shell.stdin.take().expect("stdin");
-        stdin.write_all(b"select count(*) AS n\n  from raw.phi_clients;\n\\d\n\\engine duckdb\nselect 41 + 1 AS x;\n\\q\n").expect("type");
+        stdin
+            .write_all(
+                b"select count(*) AS n\n  from raw.phi_clients;\n\\d\n\\engine duckdb\nselect 41 + 1 AS x;\n\\q\n",
+            )
+            .expect("type");
     }
     let out = shell.wait_with_output().expect("shell ends");
     let text = String::from_utf8_lossy(&out.stdout);

@@ -58,6 +58,7 @@ async fn serve_runs_a_scheduled_pipeline_on_time_without_overlap() {
         .cli()
         .arg("serve")
         .env("SOKANA_SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .env("SOKANA_SERVER__PGWIRE", format!("127.0.0.1:{}", common::free_port()))
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("sokana serve");

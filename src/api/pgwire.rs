@@ -65,7 +65,9 @@ pub async fn start(
         extended: Arc::new(Extended { inner: session, engine }),
         startup: Arc::new(PasswordStartup { auth, parameters: DefaultServerParameterProvider::default() }),
     });
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        std::io::Error::new(e.kind(), format!("the PostgreSQL wire endpoint on {addr} (server.pgwire): {e}"))
+    })?;
     Ok(tokio::spawn(async move {
         loop {
             let (socket, peer) = match listener.accept().await {
