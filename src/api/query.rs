@@ -66,8 +66,9 @@ impl ApiError {
     }
 }
 
-/// Checks HTTP Basic credentials against the administrator account.
-pub(super) fn authenticate(
+/// Checks HTTP Basic credentials against the administrator account (argon2 runs off the
+/// request's task: it is slow on purpose).
+pub(super) async fn authenticate(
     state: &AppState,
     headers: &HeaderMap,
     request_id: &RequestId,
@@ -87,10 +88,12 @@ pub(super) fn authenticate(
         .and_then(|b| String::from_utf8(b).ok())
         .ok_or_else(|| unauthorised("the Authorization header is not valid base64 of user:password"))?;
     let (user, password) = decoded.split_once(':').ok_or_else(|| unauthorised("expected user:password"))?;
-    match state.auth.verify(user, password) {
-        Ok(Some(identity)) => Ok(identity),
-        Ok(None) => Err(unauthorised("wrong user or password")),
-        Err(e) => Err(unauthorised(&e.to_string())),
+    let (auth, user, password) = (state.auth.clone(), user.to_string(), password.to_string());
+    match tokio::task::spawn_blocking(move || auth.verify(&user, &password)).await {
+        Ok(Ok(Some(identity))) => Ok(identity),
+        Ok(Ok(None)) => Err(unauthorised("wrong user or password")),
+        Ok(Err(e)) => Err(unauthorised(&e.to_string())),
+        Err(e) => Err(ApiError::internal(e).with_request_id(request_id)),
     }
 }
 
@@ -137,7 +140,7 @@ pub async fn post_query(
     headers: HeaderMap,
     body: axum::extract::Json<QueryBody>,
 ) -> Result<Response, ApiError> {
-    let identity = authenticate(&state, &headers, &request_id)?;
+    let identity = authenticate(&state, &headers, &request_id).await?;
     let body = body.0;
     let sql = body.sql.clone().ok_or_else(|| {
         ApiError::new(StatusCode::BAD_REQUEST, "parameter", "parameter sql: required".into())
@@ -158,7 +161,7 @@ pub async fn run_saved(
     headers: HeaderMap,
     body: Option<axum::extract::Json<QueryBody>>,
 ) -> Result<Response, ApiError> {
-    let identity = authenticate(&state, &headers, &request_id)?;
+    let identity = authenticate(&state, &headers, &request_id).await?;
     let body = body.map(|b| b.0).unwrap_or_default();
     if body.sql.is_some() {
         return Err(ApiError::new(
@@ -383,7 +386,7 @@ pub async fn list_saved(
     request_id: RequestId,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authenticate(&state, &headers, &request_id)?;
+    authenticate(&state, &headers, &request_id).await?;
     let all = saved::load_all(&state.config.queries_dir()).map_err(|e| ApiError::query(e, &request_id))?;
     Ok(axum::Json(json!({ "queries": all })).into_response())
 }
@@ -394,7 +397,7 @@ pub async fn list_tables(
     request_id: RequestId,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authenticate(&state, &headers, &request_id)?;
+    authenticate(&state, &headers, &request_id).await?;
     let classes = crate::pipeline::column_classes(&state.config).unwrap_or_default();
     let catalog = state.engine.catalog();
     let mut out = Vec::new();
@@ -448,7 +451,7 @@ pub async fn query_log(
     headers: HeaderMap,
     Query(q): Query<LogQuery>,
 ) -> Result<Response, ApiError> {
-    authenticate(&state, &headers, &request_id)?;
+    authenticate(&state, &headers, &request_id).await?;
     let Some(log) = state.engine.log() else { return Ok(axum::Json(json!({ "queries": [] })).into_response()) };
     let limit = q.limit.unwrap_or(20).min(1000);
     let body = match q.by {

@@ -68,10 +68,14 @@ struct Entry {
     provider: Arc<VersionedTable>,
 }
 
+/// One table's slot: its entry once opened. Each table has its own lock, so checking one table's
+/// version never waits for another's.
+type Slot = Arc<tokio::sync::Mutex<Option<Entry>>>;
+
 /// Every committed warehouse table, each kept at its newest version.
 pub struct WarehouseCatalog {
     warehouse: Warehouse,
-    tables: tokio::sync::Mutex<HashMap<TableName, Entry>>,
+    tables: Mutex<HashMap<TableName, Slot>>,
     names: Mutex<(Vec<TableName>, Option<Instant>)>,
 }
 
@@ -83,39 +87,39 @@ impl std::fmt::Debug for WarehouseCatalog {
 
 impl WarehouseCatalog {
     pub fn new(warehouse: Warehouse) -> WarehouseCatalog {
-        WarehouseCatalog {
-            warehouse,
-            tables: tokio::sync::Mutex::new(HashMap::new()),
-            names: Mutex::new((Vec::new(), None)),
-        }
+        WarehouseCatalog { warehouse, tables: Mutex::new(HashMap::new()), names: Mutex::new((Vec::new(), None)) }
     }
 
     pub fn warehouse(&self) -> &Warehouse {
         &self.warehouse
     }
 
+    fn slot(&self, name: &TableName) -> Slot {
+        let mut tables = self.tables.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        tables.entry(name.clone()).or_default().clone()
+    }
+
     /// The table at its newest committed version, or `None` if it was never committed. One listing
     /// of the table's log when the table is already open; a full load only when it changed.
     pub async fn current(&self, name: &TableName) -> Result<Option<Arc<VersionedTable>>, WarehouseError> {
-        let mut tables = self.tables.lock().await;
-        if let Some(entry) = tables.get_mut(name) {
-            let loaded = entry.provider.version;
-            match entry.table.get_latest_version().await {
-                Ok(latest) if latest as i64 == loaded => return Ok(Some(entry.provider.clone())),
+        let slot = self.slot(name);
+        let mut entry = slot.lock().await;
+        if let Some(open) = entry.as_mut() {
+            let loaded = open.provider.version;
+            match open.table.get_latest_version().await {
+                Ok(latest) if latest as i64 == loaded => return Ok(Some(open.provider.clone())),
                 Ok(_) => {
-                    entry.table.update_incremental(None).await.map_err(|e| WarehouseError::delta(name, e))?;
-                    entry.provider = pin(name, &entry.table).await?;
-                    return Ok(Some(entry.provider.clone()));
+                    open.table.update_incremental(None).await.map_err(|e| WarehouseError::delta(name, e))?;
+                    open.provider = pin(name, &open.table).await?;
+                    return Ok(Some(open.provider.clone()));
                 }
                 // The loaded version's log was cleaned up (or the table removed): open afresh.
-                Err(_) => {
-                    tables.remove(name);
-                }
+                Err(_) => *entry = None,
             }
         }
         let Some(table) = self.warehouse.open(name).await? else { return Ok(None) };
         let provider = pin(name, &table).await?;
-        tables.insert(name.clone(), Entry { table, provider: provider.clone() });
+        *entry = Some(Entry { table, provider: provider.clone() });
         Ok(Some(provider))
     }
 
@@ -124,16 +128,14 @@ impl WarehouseCatalog {
         if self.current(name).await?.is_none() {
             return Ok(None);
         }
-        Ok(self.tables.lock().await.get(name).map(|e| e.table.clone()))
+        Ok(self.slot(name).lock().await.as_ref().map(|e| e.table.clone()))
     }
 
-    /// The newest version of each table (`None` for a table that is not committed).
+    /// The newest version of each table (`None` for a table that is not committed), checked side
+    /// by side.
     pub async fn versions(&self, names: &[TableName]) -> Result<Vec<Option<i64>>, WarehouseError> {
-        let mut out = Vec::with_capacity(names.len());
-        for name in names {
-            out.push(self.current(name).await?.map(|t| t.version));
-        }
-        Ok(out)
+        let checks = names.iter().map(|name| async move { self.current(name).await.map(|t| t.map(|t| t.version)) });
+        futures::future::try_join_all(checks).await
     }
 
     /// Re-lists the warehouse's tables when the cached list is older than [`NAMES_TTL`].

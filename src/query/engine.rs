@@ -132,6 +132,9 @@ struct Prepared {
     /// Whether every table the plan scans is a warehouse table (not `information_schema` or
     /// `pg_catalog`, which DuckDB has its own, different, versions of).
     warehouse_only: bool,
+    /// Whether an answer may be kept: the plan reads warehouse tables only (whose versions are in
+    /// the key) and calls no function whose value changes between runs (`now()`, `random()`).
+    cacheable: bool,
     tables: Vec<TableName>,
     shape: String,
 }
@@ -298,7 +301,9 @@ impl QueryEngine {
             .key()
         };
         let key = key_for(&tables);
-        if let Some(hit) = self.cache.get(&key).await {
+        if prepared.cacheable
+            && let Some(hit) = self.cache.get(&key).await
+        {
             record.cache_hit = true;
             (record.rows, record.bytes) = (hit.rows, hit.bytes);
             return Ok(QueryOutput { result: hit, key, cache_hit: true, tables });
@@ -330,7 +335,9 @@ impl QueryEngine {
         let result = Arc::new(CachedResult { schema, batches, engine: engine.name(), rows, bytes, has_more });
         // The key of what actually ran: a commit between the version check and planning moves it.
         let key = key_for(&read);
-        self.cache.insert(key.clone(), result.clone()).await;
+        if prepared.cacheable {
+            self.cache.insert(key.clone(), result.clone()).await;
+        }
         Ok(QueryOutput { result, key, cache_hit: false, tables: read })
     }
 
@@ -502,18 +509,23 @@ impl QueryEngine {
             Err(e) => Err(QueryError::from(e).to_string()),
         };
         let duck = duck::inspect(&request.sql).map_err(|e| e.to_string());
-        let (tables, shape, warehouse_only) = match (&plan, &duck) {
+        let (tables, shape, warehouse_only, cacheable) = match (&plan, &duck) {
             (Ok(plan), _) => {
                 let read: Vec<TableName> = tables_read(plan).into_iter().map(|(t, _)| t).collect();
-                (read, shape(plan), catalog::scans_only_warehouse(plan))
+                let warehouse_only = catalog::scans_only_warehouse(plan);
+                (read, shape(plan), warehouse_only, warehouse_only && !varies(plan))
             }
-            (Err(_), Ok(duck)) => (duck.tables.clone(), String::new(), true),
+            // DataFusion could not plan it: DuckDB's dialect alone; its functions are not known here.
+            (Err(_), Ok(duck)) => (duck.tables.clone(), String::new(), true, false),
             (Err(e), Err(_)) => return Err(QueryError::Sql(e.clone())),
         };
+        let planned = plan.is_ok();
         let plan = plan.map(|p| p.display_indent().to_string());
-        let prepared = Arc::new(Prepared { plan, duck, warehouse_only, tables, shape });
-        // A text that neither engine could plan is not kept: the table it names may come later.
-        self.prepared.insert(memo, prepared.clone());
+        let prepared = Arc::new(Prepared { plan, duck, warehouse_only, cacheable, tables, shape });
+        // Only what DataFusion planned is kept: a text that failed may name a table that comes later.
+        if planned {
+            self.prepared.insert(memo, prepared.clone());
+        }
         Ok(prepared)
     }
 
@@ -645,6 +657,28 @@ fn truncate(batches: Vec<RecordBatch>, limit: u64) -> Vec<RecordBatch> {
         left -= take;
     }
     out
+}
+
+/// Whether the plan calls a function whose value may change from one run to the next: volatile
+/// ones (`random()`) and stable ones (`now()`, `current_date`), which are fixed within one query only.
+fn varies(plan: &LogicalPlan) -> bool {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    use datafusion::logical_expr::{Expr, Volatility};
+    let mut found = false;
+    let _ = plan.apply_with_subqueries(|node| {
+        for expr in node.expressions() {
+            let _ = expr.apply(|e| {
+                if let Expr::ScalarFunction(f) = e
+                    && f.func.signature().volatility != Volatility::Immutable
+                {
+                    found = true;
+                }
+                Ok(if found { TreeNodeRecursion::Stop } else { TreeNodeRecursion::Continue })
+            });
+        }
+        Ok(if found { TreeNodeRecursion::Stop } else { TreeNodeRecursion::Continue })
+    });
+    found
 }
 
 /// A plan's shape: its operators and the tables it reads, without expressions or literals. Queries
