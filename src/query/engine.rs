@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -434,20 +434,28 @@ impl QueryEngine {
         let frame = self.frame(request).await?;
         let read = tables_read(frame.logical_plan());
         let limit = self.limits.memory_limit_mb;
-        let mut stream = frame.execute_stream().await.map_err(|e| df_error(e, limit))?;
-        let schema = stream.schema();
-        let mut batches = Vec::new();
-        let mut rows = 0u64;
-        while let Some(batch) = stream.next().await {
-            let batch = batch.map_err(|e| df_error(e, limit))?;
-            rows += batch.num_rows() as u64;
-            if let Some(cap) = cap
-                && rows > cap
-            {
-                return Err(QueryError::TooManyRows { cap });
+        // Executed on the query runtime: an operator that computes long between yields would
+        // otherwise hold the caller's threads and keep its timeout from firing. Aborted when the
+        // caller gives up (timeout, client gone).
+        let task = query_runtime().spawn(async move {
+            let mut stream = frame.execute_stream().await.map_err(|e| df_error(e, limit))?;
+            let schema = stream.schema();
+            let mut batches = Vec::new();
+            let mut rows = 0u64;
+            while let Some(batch) = stream.next().await {
+                let batch = batch.map_err(|e| df_error(e, limit))?;
+                rows += batch.num_rows() as u64;
+                if let Some(cap) = cap
+                    && rows > cap
+                {
+                    return Err(QueryError::TooManyRows { cap });
+                }
+                batches.push(batch);
             }
-            batches.push(batch);
-        }
+            Ok((schema, batches))
+        });
+        let _abort = AbortOnDrop(task.abort_handle());
+        let (schema, batches) = task.await.map_err(|e| QueryError::Sql(format!("the query task ended: {e}")))??;
         Ok((schema, batches, read))
     }
 
@@ -471,9 +479,17 @@ impl QueryEngine {
         };
         let params = request.params.clone();
         let limit_mb = self.limits.memory_limit_mb;
-        let task = tokio::task::spawn_blocking(move || duck::run(&conn, &sql, &params, cap));
+        let finished = Arc::new(AtomicBool::new(false));
+        let task = tokio::task::spawn_blocking({
+            let finished = finished.clone();
+            move || {
+                let result = duck::run(&conn, &sql, &params, cap);
+                finished.store(true, Ordering::Release);
+                result
+            }
+        });
         // Dropped (timeout, client gone) before DuckDB finished: interrupt it so the thread is freed.
-        let guard = Interrupt(Some(interrupt));
+        let guard = Interrupt { handle: Some(interrupt), finished };
         let joined = task.await;
         guard.disarm();
         let (schema, batches) = joined.map_err(|e| QueryError::Sql(format!("DuckDB: {e}")))?.map_err(|e| match e {
@@ -620,19 +636,56 @@ impl Drop for StreamLog {
     }
 }
 
-/// Interrupts a DuckDB query when dropped before being disarmed.
-struct Interrupt(Option<Arc<duckdb::InterruptHandle>>);
+/// The runtime DataFusion queries execute on, apart from the one serving requests and timers, so
+/// that a query busy on every core leaves the server able to answer, time out and cancel. Made on
+/// first use, one thread per core; it lives as long as the process.
+fn query_runtime() -> tokio::runtime::Handle {
+    static RUNTIME: std::sync::OnceLock<Option<tokio::runtime::Runtime>> = std::sync::OnceLock::new();
+    let built = RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread().thread_name("sokana-query").enable_all().build().ok()
+    });
+    match built {
+        Some(runtime) => runtime.handle().clone(),
+        // Without threads for a second runtime, queries run beside everything else.
+        None => tokio::runtime::Handle::current(),
+    }
+}
+
+/// Aborts a spawned query task when the caller stops waiting for it.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Interrupts a DuckDB query when dropped before being disarmed. An interrupt that arrives while
+/// DuckDB is still preparing the statement is lost when execution starts, so it is repeated (every
+/// 20 ms, from a short-lived thread) until the query has stopped.
+struct Interrupt {
+    handle: Option<Arc<duckdb::InterruptHandle>>,
+    finished: Arc<AtomicBool>,
+}
 
 impl Interrupt {
     fn disarm(mut self) {
-        self.0 = None;
+        self.handle = None;
     }
 }
 
 impl Drop for Interrupt {
     fn drop(&mut self) {
-        if let Some(handle) = self.0.take() {
-            handle.interrupt();
+        let Some(handle) = self.handle.take() else { return };
+        let finished = self.finished.clone();
+        let repeat = move || {
+            while !finished.load(Ordering::Acquire) {
+                handle.interrupt();
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
+        if std::thread::Builder::new().name("duckdb-interrupt".into()).spawn(repeat).is_err() {
+            tracing::warn!("could not start the thread that interrupts a cancelled DuckDB query");
         }
     }
 }
