@@ -245,9 +245,10 @@ async fn http_api_formats_pages_cache_and_errors() {
     let (status, _, error) = api.json(json!({ "sql": "SELECT * FROM raw.nope" })).await;
     assert_eq!(status, 400);
     assert!(error["error"]["message"].as_str().unwrap_or("").contains("raw.nope"), "{error}");
-    let (status, _, error) = api.json(json!({ "sql": "SELECT nope FROM raw.payments" })).await;
+    let (status, _, error) = api.json(json!({ "sql": "SELECT id,\n  nope FROM raw.payments" })).await;
     assert_eq!(status, 400);
     assert!(error["error"]["message"].as_str().unwrap_or("").contains("nope"), "{error}");
+    assert_eq!(error["error"]["position"], json!({ "line": 2, "column": 3 }), "{error}");
     for escape in [
         "CREATE EXTERNAL TABLE p STORED AS CSV LOCATION '/etc/passwd'",
         "DROP TABLE raw.payments",

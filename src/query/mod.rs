@@ -75,8 +75,16 @@ impl QueryError {
 
 impl From<DataFusionError> for QueryError {
     fn from(e: DataFusionError) -> Self {
-        // DataFusion wraps errors in context layers; the innermost message is the useful one.
-        QueryError::Sql(e.find_root().to_string())
+        // DataFusion wraps errors in context layers; the innermost message is the useful one. Its
+        // diagnostic, when the planner left one, says where in the SQL the problem is.
+        let at = e.diagnostic().and_then(|d| d.span).map(|span| span.start);
+        let message = e.find_root().to_string();
+        match at {
+            Some(at) if !message.contains("Line: ") => {
+                QueryError::Sql(format!("{message} at Line: {}, Column: {}", at.line, at.column))
+            }
+            _ => QueryError::Sql(message),
+        }
     }
 }
 
@@ -112,7 +120,11 @@ impl Params {
 
 /// The session settings both the models' sessions and the query engine use.
 pub(crate) fn session_config() -> SessionConfig {
-    SessionConfig::new().with_information_schema(true).with_default_catalog_and_schema("sokana", "marts")
+    let mut config =
+        SessionConfig::new().with_information_schema(true).with_default_catalog_and_schema("sokana", "marts");
+    // Planner errors then carry the position of what they are about (an unknown column, say).
+    config.options_mut().sql_parser.collect_spans = true;
+    config
 }
 
 /// A session over the warehouse's versions as they are now, whose tables can be re-pointed (model
