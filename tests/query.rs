@@ -129,6 +129,11 @@ impl Api {
         self.client.post(format!("{}{path}", self.base)).basic_auth("admin", Some(PASSWORD)).json(&body)
     }
 
+    async fn get(&self, path: &str) -> Value {
+        let response = self.client.get(format!("{}{path}", self.base)).basic_auth("admin", Some(PASSWORD)).send().await;
+        response.expect("request").json().await.expect("json body")
+    }
+
     async fn json(&self, body: Value) -> (u16, HashMap<String, String>, Value) {
         let response = self.post("/api/v1/query", body).send().await.expect("request");
         let status = response.status().as_u16();
@@ -295,16 +300,7 @@ async fn http_api_formats_pages_cache_and_errors() {
          SELECT count(*) AS n FROM raw.payments WHERE txn_date >= $since\n",
     )
     .expect("saved query");
-    let listed: Value = api
-        .client
-        .get(format!("{}/api/v1/queries", api.base))
-        .basic_auth("admin", Some(PASSWORD))
-        .send()
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("json");
+    let listed: Value = api.get("/api/v1/queries").await;
     assert_eq!(listed["queries"][0]["name"], "payments_since");
     assert_eq!(listed["queries"][0]["params"][0]["type"], "date");
     let ran: Value = api
@@ -345,16 +341,7 @@ async fn http_api_formats_pages_cache_and_errors() {
     let (status, _, _) = api.json(json!({ "sql": "SELECT 1 AS one" })).await;
     assert_eq!(status, 200, "the server still answers");
     let log: Value = loop {
-        let log: Value = api
-            .client
-            .get(format!("{}/api/v1/query-log?limit=50", api.base))
-            .basic_auth("admin", Some(PASSWORD))
-            .send()
-            .await
-            .expect("log")
-            .json()
-            .await
-            .expect("json");
+        let log: Value = api.get("/api/v1/query-log?limit=50").await;
         if log["recent"].as_array().is_some_and(|r| r.iter().any(|q| q["error"] == "disconnected")) {
             break log;
         }
@@ -363,16 +350,7 @@ async fn http_api_formats_pages_cache_and_errors() {
     let recent = log["recent"].as_array().expect("recent");
     assert!(recent.iter().any(|q| q["cache_hit"] == true));
     assert!(recent.iter().all(|q| !q["sql"].as_str().unwrap_or("").contains("2000-01-01")), "the log keeps no values");
-    let tables: Value = api
-        .client
-        .get(format!("{}/api/v1/tables", api.base))
-        .basic_auth("admin", Some(PASSWORD))
-        .send()
-        .await
-        .expect("tables")
-        .json()
-        .await
-        .expect("json");
+    let tables: Value = api.get("/api/v1/tables").await;
     let clients = tables["tables"]
         .as_array()
         .expect("tables")

@@ -7,7 +7,8 @@
 use std::collections::BTreeMap;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
@@ -68,11 +69,7 @@ impl ApiError {
 
 /// Checks HTTP Basic credentials against the administrator account (argon2 runs off the
 /// request's task: it is slow on purpose).
-pub(super) async fn authenticate(
-    state: &AppState,
-    headers: &HeaderMap,
-    request_id: &RequestId,
-) -> Result<Identity, ApiError> {
+async fn authenticate(state: &AppState, headers: &HeaderMap, request_id: &RequestId) -> Result<Identity, ApiError> {
     let unauthorised = |message: &str| {
         ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message.to_string()).with_request_id(request_id)
     };
@@ -94,6 +91,22 @@ pub(super) async fn authenticate(
         Ok(Ok(None)) => Err(unauthorised("wrong user or password")),
         Ok(Err(e)) => Err(unauthorised(&e.to_string())),
         Err(e) => Err(ApiError::internal(e).with_request_id(request_id)),
+    }
+}
+
+/// A request from a caller who authenticated: the handlers that take it answer no one else.
+pub(super) struct Authenticated {
+    identity: Identity,
+    request_id: RequestId,
+}
+
+impl FromRequestParts<AppState> for Authenticated {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let request_id = parts.extensions.get::<RequestId>().cloned().unwrap_or_else(|| RequestId(String::new()));
+        let identity = authenticate(state, &parts.headers, &request_id).await?;
+        Ok(Authenticated { identity, request_id })
     }
 }
 
@@ -135,12 +148,11 @@ pub struct FormatQuery {
 
 pub async fn post_query(
     State(state): State<AppState>,
-    request_id: RequestId,
+    Authenticated { identity, request_id }: Authenticated,
     Query(url): Query<FormatQuery>,
     headers: HeaderMap,
     body: axum::extract::Json<QueryBody>,
 ) -> Result<Response, ApiError> {
-    let identity = authenticate(&state, &headers, &request_id).await?;
     let body = body.0;
     let sql = body.sql.clone().ok_or_else(|| {
         ApiError::new(StatusCode::BAD_REQUEST, "parameter", "parameter sql: required".into())
@@ -155,13 +167,12 @@ pub async fn post_query(
 
 pub async fn run_saved(
     State(state): State<AppState>,
-    request_id: RequestId,
+    Authenticated { identity, request_id }: Authenticated,
     Path(name): Path<String>,
     Query(url): Query<FormatQuery>,
     headers: HeaderMap,
     body: Option<axum::extract::Json<QueryBody>>,
 ) -> Result<Response, ApiError> {
-    let identity = authenticate(&state, &headers, &request_id).await?;
     let body = body.map(|b| b.0).unwrap_or_default();
     if body.sql.is_some() {
         return Err(ApiError::new(
@@ -381,23 +392,14 @@ async fn stream(
     Ok((headers, Body::from_stream(chunks)).into_response())
 }
 
-pub async fn list_saved(
-    State(state): State<AppState>,
-    request_id: RequestId,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    authenticate(&state, &headers, &request_id).await?;
+pub async fn list_saved(State(state): State<AppState>, caller: Authenticated) -> Result<Response, ApiError> {
+    let request_id = caller.request_id;
     let all = saved::load_all(&state.config.queries_dir()).map_err(|e| ApiError::query(e, &request_id))?;
     Ok(axum::Json(json!({ "queries": all })).into_response())
 }
 
 /// Every table: columns with types and classes, row count, version and when it last changed.
-pub async fn list_tables(
-    State(state): State<AppState>,
-    request_id: RequestId,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    authenticate(&state, &headers, &request_id).await?;
+pub async fn list_tables(State(state): State<AppState>, _caller: Authenticated) -> Result<Response, ApiError> {
     let classes = crate::pipeline::column_classes(&state.config).unwrap_or_default();
     let catalog = state.engine.catalog();
     let mut out = Vec::new();
@@ -447,11 +449,9 @@ pub struct LogQuery {
 /// The slowest or most frequent queries, or (`by` omitted) the most recent ones.
 pub async fn query_log(
     State(state): State<AppState>,
-    request_id: RequestId,
-    headers: HeaderMap,
+    _caller: Authenticated,
     Query(q): Query<LogQuery>,
 ) -> Result<Response, ApiError> {
-    authenticate(&state, &headers, &request_id).await?;
     let Some(log) = state.engine.log() else { return Ok(axum::Json(json!({ "queries": [] })).into_response()) };
     let limit = q.limit.unwrap_or(20).min(1000);
     let body = match q.by {
