@@ -402,6 +402,22 @@ async fn psql_and_psycopg_use_the_wire_endpoint() {
         .expect("psql");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), source_count.to_string());
+    let out = psql()
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "admin",
+            "-d",
+            "sokana",
+            "-c",
+            "explain select count(*) from raw.payments",
+        ])
+        .output()
+        .expect("psql");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("logical_plan"), "{}", String::from_utf8_lossy(&out.stderr));
     // The catalog queries behind \dt work.
     let out = psql()
         .args(["-h", "127.0.0.1", "-p", &port, "-U", "admin", "-d", "sokana", "-c", "\\dt marts.*"])

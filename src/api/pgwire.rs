@@ -196,7 +196,7 @@ enum Verdict {
 
 fn judge(statement: &Statement) -> Verdict {
     match statement {
-        Statement::Query(_) => Verdict::Query,
+        Statement::Query(_) | Statement::Explain { .. } => Verdict::Query,
         Statement::Set(Set::SingleAssignment { variable, .. })
             if CLIENT_SETTINGS.contains(&variable.to_string().to_ascii_lowercase().as_str()) =>
         {
