@@ -367,10 +367,12 @@ fn base64_basic() -> String {
     base64::engine::general_purpose::STANDARD.encode(format!("admin:{PASSWORD}"))
 }
 
-fn psql() -> Command {
+/// psql connected to the wire endpoint on `port` as admin, database `sokana`.
+fn psql(port: u16) -> Command {
     let bin = common::pg_bin_dir().join("psql");
     let mut cmd = Command::new(if bin.exists() { bin } else { "psql".into() });
     cmd.env("PGPASSWORD", PASSWORD).env("PGCONNECT_TIMEOUT", "10");
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "admin", "-d", "sokana"]);
     cmd
 }
 
@@ -383,57 +385,17 @@ async fn psql_and_psycopg_use_the_wire_endpoint() {
         .query_row("SELECT count(*) FROM phi_clients", [], |r| r.get(0))
         .expect("count");
 
-    let port = pg.to_string();
-    let out = psql()
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-U",
-            "admin",
-            "-d",
-            "sokana",
-            "-tA",
-            "-c",
-            "select count(*) from raw.phi_clients",
-        ])
-        .output()
-        .expect("psql");
+    let out = psql(pg).args(["-tA", "-c", "select count(*) from raw.phi_clients"]).output().expect("psql");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), source_count.to_string());
-    let out = psql()
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-U",
-            "admin",
-            "-d",
-            "sokana",
-            "-c",
-            "explain select count(*) from raw.payments",
-        ])
-        .output()
-        .expect("psql");
+    let out = psql(pg).args(["-c", "explain select count(*) from raw.payments"]).output().expect("psql");
     assert!(String::from_utf8_lossy(&out.stdout).contains("logical_plan"), "{}", String::from_utf8_lossy(&out.stderr));
     // The catalog queries behind \dt work.
-    let out = psql()
-        .args(["-h", "127.0.0.1", "-p", &port, "-U", "admin", "-d", "sokana", "-c", "\\dt marts.*"])
-        .output()
-        .expect("psql");
+    let out = psql(pg).args(["-c", "\\dt marts.*"]).output().expect("psql");
     assert!(String::from_utf8_lossy(&out.stdout).contains("dim_clients"), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = psql()
-        .args(["-h", "127.0.0.1", "-p", &port, "-U", "admin", "-d", "sokana", "-c", "drop table raw.phi_clients"])
-        .output()
-        .expect("psql");
+    let out = psql(pg).args(["-c", "drop table raw.phi_clients"]).output().expect("psql");
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("only queries"));
-    let out = psql()
-        .env("PGPASSWORD", "wrong")
-        .args(["-h", "127.0.0.1", "-p", &port, "-U", "admin", "-d", "sokana", "-c", "select 1"])
-        .output()
-        .expect("psql");
+    let out = psql(pg).env("PGPASSWORD", "wrong").args(["-c", "select 1"]).output().expect("psql");
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("password authentication failed"));
 
     // Garbage on the port ends that connection only.
