@@ -274,17 +274,13 @@ impl QueryEngine {
     }
 
     async fn query_logged(&self, request: &QueryRequest, record: &mut QueryRecord) -> Result<QueryOutput, QueryError> {
-        let prepared = self.prepare(request).await?;
-        let engine = self.resolve(request.engine, &prepared)?;
+        let (prepared, engine) = self.plan_for(request, record).await?;
         let normalised = match engine {
             EngineChoice::Duckdb if request.engine == EngineChoice::Duckdb => {
                 prepared.duck.as_ref().map(|d| d.normalised.clone()).map_err(|e| QueryError::Sql(e.clone()))?
             }
             _ => prepared.plan.clone().map_err(QueryError::Sql)?,
         };
-        record.engine = engine.name().into();
-        record.shape = prepared.shape.clone();
-        record.tables = prepared.tables.iter().map(ToString::to_string).collect();
         let versions = self.catalog.versions(&prepared.tables).await?;
         let tables: Vec<(TableName, i64)> =
             prepared.tables.iter().zip(versions).filter_map(|(t, v)| v.map(|v| (t.clone(), v))).collect();
@@ -391,11 +387,7 @@ impl QueryEngine {
     }
 
     async fn open_stream(&self, request: &QueryRequest, record: &mut QueryRecord) -> Result<Stream0, QueryError> {
-        let prepared = self.prepare(request).await?;
-        let engine = self.resolve(request.engine, &prepared)?;
-        record.engine = engine.name().into();
-        record.shape = prepared.shape.clone();
-        record.tables = prepared.tables.iter().map(ToString::to_string).collect();
+        let (prepared, engine) = self.plan_for(request, record).await?;
         if engine == EngineChoice::Duckdb {
             let run = self.run_duckdb(request, &prepared.tables, Some(self.limits.max_rows));
             let seconds = self.limits.timeout.as_secs_f64();
@@ -410,6 +402,20 @@ impl QueryEngine {
         let schema = stream.schema();
         let batches = stream.map(move |b| b.map_err(|e| df_error(e, limit)));
         Ok(Stream0 { schema, engine: "datafusion", batches: Box::pin(batches) })
+    }
+
+    /// What planning found for `request` and the engine that will run it, noted in its log record.
+    async fn plan_for(
+        &self,
+        request: &QueryRequest,
+        record: &mut QueryRecord,
+    ) -> Result<(Arc<Prepared>, EngineChoice), QueryError> {
+        let prepared = self.prepare(request).await?;
+        let engine = self.resolve(request.engine, &prepared)?;
+        record.engine = engine.name().into();
+        record.shape = prepared.shape.clone();
+        record.tables = prepared.tables.iter().map(ToString::to_string).collect();
+        Ok((prepared, engine))
     }
 
     /// Plans `request` on a fresh session, parameters bound and the page applied (one more row
