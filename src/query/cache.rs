@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use arrow::datatypes::SchemaRef;
+use arrow::array::{Array, ArrayRef, AsArray, UInt32Array};
+use arrow::datatypes::{DataType, SchemaRef};
+use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 use sha2::{Digest, Sha256};
 
@@ -53,6 +55,27 @@ impl KeyParts<'_> {
     }
 }
 
+/// `batch` holding only its own rows. A slice of a larger batch (after a LIMIT or a top-k) keeps
+/// all of its parent's buffers alive: a cache would pay for them, and weigh a 20-row answer as
+/// hundreds of megabytes. Columns that hold more than twice what their rows need are copied.
+pub fn compact(batch: RecordBatch) -> Result<RecordBatch, ArrowError> {
+    let columns = batch
+        .columns()
+        .iter()
+        .map(|column| {
+            if column.get_array_memory_size() <= 2 * column.to_data().get_slice_memory_size()? + 4096 {
+                return Ok(column.clone());
+            }
+            match column.data_type() {
+                DataType::Utf8View => Ok(Arc::new(column.as_string_view().gc()) as ArrayRef),
+                DataType::BinaryView => Ok(Arc::new(column.as_binary_view().gc()) as ArrayRef),
+                _ => arrow::compute::take(column, &UInt32Array::from_iter_values(0..column.len() as u32), None),
+            }
+        })
+        .collect::<Result<Vec<_>, ArrowError>>()?;
+    RecordBatch::try_new(batch.schema(), columns)
+}
+
 pub struct ResultCache {
     entries: moka::future::Cache<String, Arc<CachedResult>>,
     largest: u64,
@@ -89,5 +112,28 @@ impl ResultCache {
     /// Drops everything (after an erasure, say).
     pub fn clear(&self) {
         self.entries.invalidate_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Int64Array, StringArray};
+    use arrow::datatypes::{Field, Schema};
+
+    #[test]
+    fn a_slice_is_copied_down_to_its_rows() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("n", DataType::Int64, false),
+            Field::new("s", DataType::Utf8, false),
+        ]));
+        let n: ArrayRef = Arc::new(Int64Array::from_iter_values(0..100_000));
+        let s: ArrayRef = Arc::new(StringArray::from_iter_values((0..100_000).map(|i| format!("row {i}"))));
+        let big = RecordBatch::try_new(schema, vec![n, s]).unwrap();
+        let slice = big.slice(10, 20);
+        assert!(slice.get_array_memory_size() > 1_000_000, "a slice keeps its parent's buffers");
+        let compacted = compact(slice.clone()).unwrap();
+        assert!(compacted.get_array_memory_size() < 20_000, "{}", compacted.get_array_memory_size());
+        assert_eq!(compacted, slice);
     }
 }

@@ -325,6 +325,13 @@ impl QueryEngine {
             has_more = batches.iter().map(|b| b.num_rows() as u64).sum::<u64>() > page.limit;
             batches = truncate(batches, page.limit);
         }
+        if prepared.cacheable {
+            batches = batches
+                .into_iter()
+                .map(super::cache::compact)
+                .collect::<Result<_, _>>()
+                .map_err(|e| QueryError::Format(e.to_string()))?;
+        }
         let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
         let bytes = batches.iter().map(|b| b.get_array_memory_size() as u64).sum();
         (record.rows, record.bytes) = (rows, bytes);
