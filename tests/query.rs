@@ -82,6 +82,11 @@ async fn tpch_queries_agree_across_engines() {
     // Q1 has rows at any scale: the comparison above compared something.
     let q1 = engine.query(&request(&tpch::query(1), EngineChoice::Auto)).await.expect("Q1 on auto");
     assert_eq!(q1.result.rows, 4, "Q1 groups by return flag and line status");
+    // `auto` learns DuckDB first, and gives its answer DataFusion's names and types (DuckDB
+    // averages decimals into doubles).
+    let planned = engine.query(&request(&tpch::query(1), EngineChoice::Datafusion)).await.expect("Q1");
+    assert_eq!(q1.result.engine, "duckdb");
+    assert_eq!(q1.result.schema, planned.result.schema);
 }
 
 /// A demo-like project (small Sokana data, pipelines and marts) with the admin login set.

@@ -7,7 +7,7 @@
 use std::any::Any;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
@@ -66,7 +66,14 @@ impl TableProvider for VersionedTable {
 struct Entry {
     table: DeltaTable,
     provider: Arc<VersionedTable>,
+    /// On a local warehouse, the log directory's modification time when the version was checked.
+    log_stamp: Option<SystemTime>,
 }
+
+/// A log directory untouched for this long, with the modification time it had at the last check,
+/// has no new commit: every commit adds a file to it. The wait covers file systems that keep
+/// coarse times.
+const SETTLED: Duration = Duration::from_secs(1);
 
 /// One table's slot: its entry once opened. Each table has its own lock, so checking one table's
 /// version never waits for another's.
@@ -104,13 +111,22 @@ impl WarehouseCatalog {
     pub async fn current(&self, name: &TableName) -> Result<Option<Arc<VersionedTable>>, WarehouseError> {
         let slot = self.slot(name);
         let mut entry = slot.lock().await;
+        // Taken before the listing: a commit during it changes the time, and the next check lists.
+        let stamp = self.log_stamp(name);
         if let Some(open) = entry.as_mut() {
+            if stamp.is_some() && open.log_stamp == stamp {
+                return Ok(Some(open.provider.clone()));
+            }
             let loaded = open.provider.version;
             match open.table.get_latest_version().await {
-                Ok(latest) if latest as i64 == loaded => return Ok(Some(open.provider.clone())),
+                Ok(latest) if latest as i64 == loaded => {
+                    open.log_stamp = stamp;
+                    return Ok(Some(open.provider.clone()));
+                }
                 Ok(_) => {
                     open.table.update_incremental(None).await.map_err(|e| WarehouseError::delta(name, e))?;
                     open.provider = pin(name, &open.table).await?;
+                    open.log_stamp = stamp;
                     return Ok(Some(open.provider.clone()));
                 }
                 // The loaded version's log was cleaned up (or the table removed): open afresh.
@@ -119,8 +135,16 @@ impl WarehouseCatalog {
         }
         let Some(table) = self.warehouse.open(name).await? else { return Ok(None) };
         let provider = pin(name, &table).await?;
-        *entry = Some(Entry { table, provider: provider.clone() });
+        *entry = Some(Entry { table, provider: provider.clone(), log_stamp: stamp });
         Ok(Some(provider))
+    }
+
+    /// The modification time of a local table's log directory, when it has been still for
+    /// [`SETTLED`]; `None` on object stores, or when it changed just now.
+    fn log_stamp(&self, name: &TableName) -> Option<SystemTime> {
+        let log = self.warehouse.local_root()?.join(&name.schema).join(&name.name).join("_delta_log");
+        let modified = std::fs::metadata(log).and_then(|m| m.modified()).ok()?;
+        SystemTime::now().duration_since(modified).is_ok_and(|age| age >= SETTLED).then_some(modified)
     }
 
     /// The table's Delta handle at its newest version (for DuckDB's views over its files).

@@ -127,6 +127,9 @@ pub struct Limits {
 struct Prepared {
     /// DataFusion's logical plan, indented (normalises spelling, spacing and `SELECT *`).
     plan: Result<String, String>,
+    /// The answer's columns as DataFusion plans them; `auto` gives DuckDB's answers these names
+    /// and types, so a query's schema does not depend on the engine that ran it.
+    schema: Option<SchemaRef>,
     /// DuckDB's parse of the text, and the tables it names.
     duck: Result<duck::Inspected, String>,
     /// Whether every table the plan scans is a warehouse table (not `information_schema` or
@@ -308,7 +311,15 @@ impl QueryEngine {
         let cap = if request.page.is_some() { None } else { Some(self.limits.max_rows) };
         let run = async {
             match engine {
-                EngineChoice::Duckdb => self.run_duckdb(request, &prepared.tables, cap).await,
+                EngineChoice::Duckdb => {
+                    let answer = self.run_duckdb(request, &prepared.tables, cap).await?;
+                    match self.conformed(request, &prepared, answer) {
+                        Some(answer) => Ok(answer),
+                        // DuckDB's answer does not fit DataFusion's plan (a NULL where the plan has
+                        // none, a type that does not cast): DataFusion answers instead.
+                        None => self.run_datafusion(request, cap).await,
+                    }
+                }
                 _ => self.run_datafusion(request, cap).await,
             }
         };
@@ -395,7 +406,9 @@ impl QueryEngine {
 
     async fn open_stream(&self, request: &QueryRequest, record: &mut QueryRecord) -> Result<Stream0, QueryError> {
         let (prepared, engine) = self.plan_for(request, record).await?;
-        if engine == EngineChoice::Duckdb {
+        // DataFusion streams in bounded memory, DuckDB's answers are collected within the row
+        // cap: an export streams with DataFusion unless DuckDB was asked for by name.
+        if engine == EngineChoice::Duckdb && request.engine == EngineChoice::Duckdb {
             let run = self.run_duckdb(request, &prepared.tables, Some(self.limits.max_rows));
             let seconds = self.limits.timeout.as_secs_f64();
             let (schema, batches, _) =
@@ -403,6 +416,7 @@ impl QueryEngine {
             let batches = futures::stream::iter(batches.into_iter().map(Ok));
             return Ok(Stream0 { schema, engine: "duckdb", batches: Box::pin(batches) });
         }
+        record.engine = EngineChoice::Datafusion.name().into();
         let frame = self.frame(request).await?;
         let limit = self.limits.memory_limit_mb;
         let stream = frame.execute_stream().await.map_err(|e| df_error(e, limit))?;
@@ -439,11 +453,7 @@ impl QueryEngine {
         Ok(frame)
     }
 
-    async fn run_datafusion(
-        &self,
-        request: &QueryRequest,
-        cap: Option<u64>,
-    ) -> Result<(SchemaRef, Vec<RecordBatch>, Vec<(TableName, i64)>), QueryError> {
+    async fn run_datafusion(&self, request: &QueryRequest, cap: Option<u64>) -> Result<Answer, QueryError> {
         let frame = self.frame(request).await?;
         let read = tables_read(frame.logical_plan());
         let limit = self.limits.memory_limit_mb;
@@ -477,7 +487,7 @@ impl QueryEngine {
         request: &QueryRequest,
         tables: &[TableName],
         cap: Option<u64>,
-    ) -> Result<(SchemaRef, Vec<RecordBatch>, Vec<(TableName, i64)>), QueryError> {
+    ) -> Result<Answer, QueryError> {
         let session = self.duck_session(tables).await?;
         let read: Vec<(TableName, i64)> =
             tables.iter().filter_map(|t| session.version(t).map(|v| (t.clone(), v))).collect();
@@ -510,6 +520,34 @@ impl QueryEngine {
             other => other,
         })?;
         Ok((schema, batches, read))
+    }
+
+    /// DuckDB's answer for `request`; under `auto`, with DataFusion's column names and types (a
+    /// caller who asked for `auto` gets one schema whichever engine ran). `None` when it does not
+    /// fit them.
+    fn conformed(&self, request: &QueryRequest, prepared: &Prepared, answer: Answer) -> Option<Answer> {
+        let (schema, batches, read) = answer;
+        let target = match (&prepared.schema, request.engine) {
+            (Some(target), EngineChoice::Auto) => target.clone(),
+            _ => return Some((schema, batches, read)),
+        };
+        if target.fields().len() != schema.fields().len() {
+            return None;
+        }
+        let batches = batches
+            .into_iter()
+            .map(|batch| {
+                let columns = batch
+                    .columns()
+                    .iter()
+                    .zip(target.fields())
+                    .map(|(column, field)| arrow::compute::cast(column, field.data_type()))
+                    .collect::<Result<Vec<_>, _>>()?;
+                RecordBatch::try_new(target.clone(), columns)
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .ok()?;
+        Some((target, batches, read))
     }
 
     /// The DuckDB database, rebuilt when a table the query reads has a newer version than its view.
@@ -549,8 +587,9 @@ impl QueryEngine {
             (Err(e), Err(_)) => return Err(QueryError::Sql(e.clone())),
         };
         let planned = plan.is_ok();
+        let schema = plan.as_ref().ok().map(|p| p.schema().inner().clone());
         let plan = plan.map(|p| p.display_indent().to_string());
-        let prepared = Arc::new(Prepared { plan, duck, warehouse_only, cacheable, tables, shape });
+        let prepared = Arc::new(Prepared { plan, schema, duck, warehouse_only, cacheable, tables, shape });
         // Only what DataFusion planned is kept: a text that failed may name a table that comes later.
         if planned {
             self.prepared.insert(memo, prepared.clone());
@@ -613,6 +652,9 @@ impl QueryEngine {
         log.record(record);
     }
 }
+
+/// A collected answer: its schema, its batches, and the table versions it read.
+type Answer = (SchemaRef, Vec<RecordBatch>, Vec<(TableName, i64)>);
 
 /// Batches and schema of an opened stream, before it is wrapped for the log and the deadline.
 struct Stream0 {
