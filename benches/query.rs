@@ -20,6 +20,8 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use datafusion::catalog::MemorySchemaProvider;
+use datafusion::common::TableReference;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use sokana::query::cache::ResultCache;
 use sokana::query::catalog::WarehouseCatalog;
@@ -236,24 +238,42 @@ impl<'a> Bench<'a> {
     }
 }
 
-/// DataFusion alone: the tables registered straight from delta-rs, default settings.
+/// DataFusion alone: the tables registered straight from delta-rs, default settings, by schema
+/// (`raw.payments`) and, for the unqualified TPC-H queries, by name alone.
 async fn bare_datafusion(warehouse: &Warehouse) -> SessionContext {
     let ctx = SessionContext::new_with_config(SessionConfig::new());
+    let catalog = ctx.catalog("datafusion").expect("default catalog");
+    for schema in sokana::warehouse::SCHEMAS {
+        catalog.register_schema(schema, Arc::new(MemorySchemaProvider::new())).expect("schema");
+    }
     for name in warehouse.list_tables().await.expect("tables") {
         let table = warehouse.open(&name).await.expect("open").expect("committed");
-        ctx.register_table(name.name.as_str(), table.table_provider().await.expect("provider")).expect("register");
+        let provider = table.table_provider().await.expect("provider");
+        ctx.register_table(TableReference::partial(name.schema.as_str(), name.name.as_str()), provider.clone())
+            .expect("register");
+        if !ctx.table_exist(name.name.as_str()).expect("lookup") {
+            ctx.register_table(name.name.as_str(), provider).expect("register");
+        }
     }
     ctx
 }
 
-/// DuckDB alone: plain views over the same Parquet files, default settings.
+/// DuckDB alone: plain views over the same Parquet files, default settings, named as above.
 async fn bare_duckdb(catalog: &WarehouseCatalog) -> duckdb::Connection {
     let conn = duckdb::Connection::open_in_memory().expect("duckdb");
+    let mut unqualified = std::collections::HashSet::new();
     for name in catalog.warehouse().list_tables().await.expect("tables") {
         let table = catalog.delta(&name).await.expect("open").expect("committed");
         let files: Vec<String> = table.get_file_uris().expect("files").map(|f| format!("'{f}'")).collect();
-        conn.execute_batch(&format!("CREATE VIEW {} AS SELECT * FROM read_parquet([{}])", name.name, files.join(", ")))
-            .expect("view");
+        let (schema, table) = (&name.schema, &name.name);
+        conn.execute_batch(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {schema}; CREATE VIEW {schema}.{table} AS SELECT * FROM read_parquet([{}])",
+            files.join(", ")
+        ))
+        .expect("view");
+        if unqualified.insert(table.clone()) {
+            conn.execute_batch(&format!("CREATE VIEW {table} AS SELECT * FROM {schema}.{table}")).expect("view");
+        }
     }
     conn
 }
