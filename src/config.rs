@@ -38,6 +38,8 @@ pub struct Config {
     pub state: StateConfig,
     #[serde(default)]
     pub query: QueryConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
     /// The directory the config file sits in; relative paths are resolved against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -228,6 +230,62 @@ fn default_queries_dir() -> PathBuf {
     PathBuf::from("queries")
 }
 
+/// Users, sessions and keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The metadata store: a SQLite path (default `STATE_DIR/meta.db`) or `postgres://…` (put the
+    /// password in the environment: `SOKANA_AUTH__STORE`).
+    #[serde(default)]
+    pub store: Option<String>,
+    /// 32 random bytes as hex that sign access tokens and key pseudonyms (default
+    /// `STATE_DIR/auth.key`, made on first use). Keep it out of the repository.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    #[serde(default = "default_access_token_minutes")]
+    pub access_token_minutes: i64,
+    #[serde(default = "default_refresh_token_days")]
+    pub refresh_token_days: i64,
+    /// Failed logins in a row before a user name is locked (30 s, doubling up to 15 min).
+    #[serde(default = "default_lockout_after")]
+    pub lockout_after: i64,
+    /// Login and refresh attempts per client address per minute.
+    #[serde(default = "default_logins_per_minute")]
+    pub logins_per_minute: u32,
+    #[serde(default = "default_api_key_requests_per_minute")]
+    pub api_key_requests_per_minute: u32,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            store: None,
+            key_file: None,
+            access_token_minutes: default_access_token_minutes(),
+            refresh_token_days: default_refresh_token_days(),
+            lockout_after: default_lockout_after(),
+            logins_per_minute: default_logins_per_minute(),
+            api_key_requests_per_minute: default_api_key_requests_per_minute(),
+        }
+    }
+}
+
+fn default_access_token_minutes() -> i64 {
+    15
+}
+fn default_refresh_token_days() -> i64 {
+    30
+}
+fn default_lockout_after() -> i64 {
+    5
+}
+fn default_logins_per_minute() -> u32 {
+    20
+}
+fn default_api_key_requests_per_minute() -> u32 {
+    600
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StateConfig {
@@ -334,6 +392,24 @@ impl Config {
         }
         if self.warehouse.target_file_mb == 0 {
             return Err(invalid("warehouse.target_file_mb", "must be at least 1".into()));
+        }
+        let auth = &self.auth;
+        for (key, value, range) in [
+            ("auth.access_token_minutes", auth.access_token_minutes, 1..=1440),
+            ("auth.refresh_token_days", auth.refresh_token_days, 1..=365),
+            ("auth.lockout_after", auth.lockout_after, 1..=100),
+            ("auth.logins_per_minute", i64::from(auth.logins_per_minute), 1..=1_000_000),
+            ("auth.api_key_requests_per_minute", i64::from(auth.api_key_requests_per_minute), 1..=10_000_000),
+        ] {
+            if !range.contains(&value) {
+                return Err(invalid(key, format!("{value} is outside {}..={}", range.start(), range.end())));
+            }
+        }
+        if let Some(store) = &auth.store
+            && (store.starts_with("postgres://") || store.starts_with("postgresql://"))
+            && store.parse::<tokio_postgres::Config>().is_err()
+        {
+            return Err(invalid("auth.store", "not a valid PostgreSQL URL".into()));
         }
         Ok(())
     }

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod keyfile;
 pub mod pipeline;
 pub mod progress;
 pub mod query;

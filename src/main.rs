@@ -19,6 +19,7 @@ use sokana::query::{self, OutputFormat};
 use sokana::source::{self, SeedOptions, SourceError, SourceUrl};
 
 mod sql_cli;
+mod admin_cli;
 use sql_cli::CliFormat;
 
 #[derive(Parser)]
@@ -106,6 +107,21 @@ enum Command {
     Export {
         #[command(subcommand)]
         command: ExportCommand,
+    },
+    /// Users, roles, second factors and sessions.
+    User {
+        #[command(subcommand)]
+        command: admin_cli::UserCommand,
+    },
+    /// API keys for machine clients.
+    Key {
+        #[command(subcommand)]
+        command: admin_cli::KeyCommand,
+    },
+    /// The audit trail of every data access.
+    Audit {
+        #[command(subcommand)]
+        command: admin_cli::AuditCommand,
     },
     /// Validate every pipeline, model and saved query against the live source and warehouse.
     Check,
@@ -240,6 +256,9 @@ async fn run(cli: Cli) -> Result<()> {
             let config = Config::load(cli.config.as_deref())?;
             sql_cli::export_duckdb(&config, &file).await
         }
+        Command::User { command } => admin_cli::user(&Config::load(cli.config.as_deref())?, command).await,
+        Command::Key { command } => admin_cli::key(&Config::load(cli.config.as_deref())?, command).await,
+        Command::Audit { command } => admin_cli::audit(&Config::load(cli.config.as_deref())?, command).await,
         Command::Check => {
             let config = Config::load(cli.config.as_deref())?;
             check(&config).await
@@ -504,7 +523,7 @@ async fn check(config: &Config) -> Result<()> {
 }
 
 async fn serve(config: &Config) -> Result<()> {
-    let state = sokana::api::AppState::open(config)?;
+    let state = sokana::api::AppState::open(config).await?;
     let listen = config.server.listen;
     eprintln!(
         "serving on http://{listen}  (health: /health/live, /health/ready; queries: POST /api/v1/query; \
@@ -565,7 +584,11 @@ async fn demo(dir: &Path, no_serve: bool, source: Option<String>, scale: f64, se
         Ok(p) if !p.is_empty() => (p, false),
         _ => (sokana::auth::generate_password(), true),
     };
-    sokana::auth::set_admin_password(&config.state_dir(), &password)?;
+    sokana::auth::Auth::open(&config)
+        .await?
+        .ensure_admin(&password)
+        .await
+        .context("setting the demo admin's password (SOKANA_DEMO_PASSWORD)")?;
 
     run_pipelines(&config, &[], true, "demo").await?;
     let ctx = query::session(&pipeline::warehouse(&config)?).await?;
@@ -582,13 +605,18 @@ async fn demo(dir: &Path, no_serve: bool, source: Option<String>, scale: f64, se
     );
     let shown = if generated { password.as_str() } else { "(the value of SOKANA_DEMO_PASSWORD)" };
     eprintln!(
-        "login: user {user}, password {shown}\n  psql: PGPASSWORD=... psql -h {host} -p {port} -U {user} sokana\n  \
-         HTTP: curl -u {user}:... http://{listen}/api/v1/query -H 'content-type: application/json' \
-         -d '{{\"sql\": \"select count(*) from raw.phi_clients\"}}'",
+        "login: user {user}, password {shown}\n  \
+         HTTP: curl -s http://{listen}/api/v1/auth/login -H 'content-type: application/json' \
+         -d '{{\"username\": \"{user}\", \"password\": \"...\"}}'\n  \
+         an admin sets up a second factor first (POST /api/v1/auth/mfa/setup, then /api/v1/auth/mfa/confirm); \
+         see the README's security section\n  \
+         psql: PGPASSWORD=<password><6-digit code> psql -h {host} -p {port} -U {user} sokana, \
+         or with a key from `sokana key create --name psql --role analyst --config {config}` as the password",
         user = sokana::auth::ADMIN,
         host = config.server.pgwire.ip(),
         port = config.server.pgwire.port(),
         listen = config.server.listen,
+        config = config_path.display(),
     );
     if no_serve {
         return Ok(());

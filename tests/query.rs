@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -89,53 +89,33 @@ async fn tpch_queries_agree_across_engines() {
     assert_eq!(q1.result.schema, planned.result.schema);
 }
 
-/// A demo-like project (small Sokana data, pipelines and marts) with the admin login set.
-async fn sokana_project(extra_config: &str) -> (Project, u16, u16) {
-    let project = Project::new("sqlite://operational.db");
-    seed("sqlite://operational.db", project.dir.path(), 0.05).await;
-    project.add_core_models("query-test-key-0123456789");
-    let (http, pg) = (common::free_port(), common::free_port());
-    let mut text = std::fs::read_to_string(&project.config_path).expect("config");
-    text.push_str(&format!("\n[server]\nlisten = \"127.0.0.1:{http}\"\npgwire = \"127.0.0.1:{pg}\"\n{extra_config}\n"));
-    std::fs::write(&project.config_path, text).expect("config");
-    project.run().await.expect("pipeline");
-    sokana::auth::set_admin_password(&project.config().state_dir(), PASSWORD).expect("password");
-    (project, http, pg)
-}
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn serve(project: &Project, http: u16, pg: u16) -> Server {
-    let child = project.cli().arg("serve").spawn().expect("sokana serve");
-    let server = Server(child);
-    common::wait_for_port(http, Duration::from_secs(60), "sokana serve (HTTP)");
-    common::wait_for_port(pg, Duration::from_secs(60), "sokana serve (pgwire)");
-    server
+/// A demo-like project served on free ports, with the admin login set and an admin API key.
+async fn sokana_project(extra_config: &str) -> (Project, u16, u16, String) {
+    let (project, http, pg) = common::sokana_project(extra_config).await;
+    let auth = sokana::auth::Auth::open(&project.config()).await.expect("auth");
+    auth.ensure_admin(PASSWORD).await.expect("admin");
+    // An admin's key: admins log in with a second factor, which one-shot tools cannot type.
+    let key = auth.create_api_key("query tests", sokana::auth::Role::Admin, 1, "admin").await.expect("key").key;
+    (project, http, pg, key)
 }
 
 struct Api {
     client: reqwest::Client,
     base: String,
+    key: String,
 }
 
 impl Api {
-    fn new(port: u16) -> Api {
-        Api { client: reqwest::Client::new(), base: format!("http://127.0.0.1:{port}") }
+    fn new(port: u16, key: &str) -> Api {
+        Api { client: reqwest::Client::new(), base: format!("http://127.0.0.1:{port}"), key: key.to_string() }
     }
 
     fn post(&self, path: &str, body: Value) -> reqwest::RequestBuilder {
-        self.client.post(format!("{}{path}", self.base)).basic_auth("admin", Some(PASSWORD)).json(&body)
+        self.client.post(format!("{}{path}", self.base)).bearer_auth(&self.key).json(&body)
     }
 
     async fn get(&self, path: &str) -> Value {
-        let response = self.client.get(format!("{}{path}", self.base)).basic_auth("admin", Some(PASSWORD)).send().await;
+        let response = self.client.get(format!("{}{path}", self.base)).bearer_auth(&self.key).send().await;
         response.expect("request").json().await.expect("json body")
     }
 
@@ -154,9 +134,9 @@ fn csv_of(batches: &[RecordBatch]) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn http_api_formats_pages_cache_and_errors() {
-    let (project, http, pg) = sokana_project("[query]\nmax_rows = 2000\n").await;
-    let _server = serve(&project, http, pg);
-    let api = Api::new(http);
+    let (project, http, pg, key) = sokana_project("[query]\nmax_rows = 2000\n").await;
+    let _server = common::serve(&project, http, pg);
+    let api = Api::new(http, &key);
     let sql = "SELECT payment_id, client_key, CAST(amount AS VARCHAR) AS amount, txn_date FROM marts.fct_payments ORDER BY payment_id";
 
     // The same rows in JSON, CSV, Arrow and Parquet.
@@ -332,10 +312,9 @@ async fn http_api_formats_pages_cache_and_errors() {
         let huge = "SELECT a.id FROM raw.payments a CROSS JOIN raw.payments b CROSS JOIN raw.payments c";
         let body = json!({ "sql": huge, "format": "csv" }).to_string();
         let mut socket = std::net::TcpStream::connect(("127.0.0.1", http)).expect("connect");
-        let auth = base64_basic();
         write!(
             socket,
-            "POST /api/v1/query HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "POST /api/v1/query HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         )
         .expect("send");
@@ -367,40 +346,35 @@ async fn http_api_formats_pages_cache_and_errors() {
     assert!(clients["columns"].as_array().expect("columns").iter().any(|c| c["class"] == "phi"), "{clients}");
 }
 
-fn base64_basic() -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(format!("admin:{PASSWORD}"))
-}
-
-/// psql connected to the wire endpoint on `port` as admin, database `sokana`.
-fn psql(port: u16) -> Command {
+/// psql connected to the wire endpoint on `port` with an admin's API key, database `sokana`.
+fn psql(port: u16, key: &str) -> Command {
     let bin = common::pg_bin_dir().join("psql");
     let mut cmd = Command::new(if bin.exists() { bin } else { "psql".into() });
-    cmd.env("PGPASSWORD", PASSWORD).env("PGCONNECT_TIMEOUT", "10");
+    cmd.env("PGPASSWORD", key).env("PGCONNECT_TIMEOUT", "10");
     cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "admin", "-d", "sokana"]);
     cmd
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn psql_and_psycopg_use_the_wire_endpoint() {
-    let (project, http, pg) = sokana_project("").await;
-    let _server = serve(&project, http, pg);
+    let (project, http, pg, key) = sokana_project("").await;
+    let _server = common::serve(&project, http, pg);
     let source_count: i64 = rusqlite::Connection::open(project.sqlite_path())
         .expect("sqlite")
         .query_row("SELECT count(*) FROM phi_clients", [], |r| r.get(0))
         .expect("count");
 
-    let out = psql(pg).args(["-tA", "-c", "select count(*) from raw.phi_clients"]).output().expect("psql");
+    let out = psql(pg, &key).args(["-tA", "-c", "select count(*) from raw.phi_clients"]).output().expect("psql");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), source_count.to_string());
-    let out = psql(pg).args(["-c", "explain select count(*) from raw.payments"]).output().expect("psql");
+    let out = psql(pg, &key).args(["-c", "explain select count(*) from raw.payments"]).output().expect("psql");
     assert!(String::from_utf8_lossy(&out.stdout).contains("logical_plan"), "{}", String::from_utf8_lossy(&out.stderr));
     // The catalog queries behind \dt work.
-    let out = psql(pg).args(["-c", "\\dt marts.*"]).output().expect("psql");
+    let out = psql(pg, &key).args(["-c", "\\dt marts.*"]).output().expect("psql");
     assert!(String::from_utf8_lossy(&out.stdout).contains("dim_clients"), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = psql(pg).args(["-c", "drop table raw.phi_clients"]).output().expect("psql");
+    let out = psql(pg, &key).args(["-c", "drop table raw.phi_clients"]).output().expect("psql");
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("only queries"));
-    let out = psql(pg).env("PGPASSWORD", "wrong").args(["-c", "select 1"]).output().expect("psql");
+    let out = psql(pg, &key).env("PGPASSWORD", "wrong").args(["-c", "select 1"]).output().expect("psql");
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("password authentication failed"));
 
     // Garbage on the port ends that connection only.
@@ -412,7 +386,7 @@ async fn psql_and_psycopg_use_the_wire_endpoint() {
 
     let script = format!(
         "import psycopg\n\
-         with psycopg.connect(host='127.0.0.1', port={pg}, user='admin', password='{PASSWORD}', dbname='sokana') as c:\n\
+         with psycopg.connect(host='127.0.0.1', port={pg}, user='admin', password='{key}', dbname='sokana') as c:\n\
          \x20   print(c.execute('select count(*) from raw.phi_clients where status = %s or %s', ('lead', True)).fetchone()[0])\n\
          \x20   print(c.execute('select count(*) from raw.phi_clients').fetchone()[0])\n"
     );

@@ -83,9 +83,14 @@ async fn serve_runs_a_scheduled_pipeline_on_time_without_overlap() {
         assert!(time(&pair[1].started_at) >= finished, "runs overlap: {pair:#?}");
     }
 
-    // The API shows the pipeline and its runs, and starts one on request.
+    // The API shows the pipeline and its runs, and starts one on request, for a manager's key.
+    let auth = sokana::auth::Auth::open(&config).await.expect("auth");
+    auth.add_user("ops", sokana::auth::Role::Manager, "schedule-test-password").await.expect("user");
+    let key = auth.create_api_key("schedule test", sokana::auth::Role::Manager, 1, "ops").await.expect("key").key;
     let base = format!("http://127.0.0.1:{port}/api/v1/pipelines");
-    let client = reqwest::Client::new();
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {key}").parse().expect("header"));
+    let client = reqwest::Client::builder().default_headers(headers).build().expect("client");
     let list: serde_json::Value = client.get(&base).send().await.expect("list").json().await.expect("json");
     assert_eq!(list["pipelines"][0]["name"], "sokana_core");
     assert!(list["pipelines"][0]["next_run"].is_string(), "{list}");

@@ -2,8 +2,11 @@
 //! (`query`) and the wire protocol (`pgwire`); dashboards join as their issue lands. Thin: it
 //! translates requests into calls on the modules above and holds no business rules of its own.
 
+mod auth;
 mod pgwire;
 mod query;
+
+pub use auth::Access;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,15 +14,15 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::{FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Json, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, on};
 use chrono::Utc;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::auth::Authenticator;
+use crate::auth::{Auth, Permission};
 use crate::config::Config;
 use crate::pipeline::runlog::{RunLock, RunLog, RunLogError};
 use crate::pipeline::spec::Pipeline;
@@ -36,37 +39,109 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub warehouse: Warehouse,
     pub engine: Arc<QueryEngine>,
-    pub auth: Arc<Authenticator>,
+    pub auth: Arc<Auth>,
 }
 
 impl AppState {
     /// The state for `config`: its warehouse, a query engine, and its logins.
-    pub fn open(config: &Config) -> Result<AppState, crate::query::QueryError> {
+    /// The state for `config`: its warehouse, a query engine masking by role, and its users.
+    pub async fn open(config: &Config) -> Result<AppState, OpenError> {
+        let setup = |e: &dyn std::fmt::Display| OpenError::Setup(e.to_string());
+        let classes = crate::pipeline::column_classes(config).map_err(|e| setup(&e))?;
+        let key = crate::pipeline::build::pseudonym_key(&config.state_dir()).map_err(|e| setup(&e))?;
+        let policy = Arc::new(crate::auth::policy::MaskingPolicy::new(classes, &key));
+        let auth = Auth::open(config).await?;
+        let recorder = crate::auth::audit::QueryAudit { audit: auth.audit().clone(), policy: policy.clone() };
+        let engine = QueryEngine::open(config)?.with_policy(policy).with_recorder(Arc::new(recorder));
         Ok(AppState {
             config: Arc::new(config.clone()),
-            warehouse: crate::pipeline::warehouse(config).map_err(|e| crate::query::QueryError::Sql(e.to_string()))?,
-            engine: Arc::new(QueryEngine::open(config)?),
-            auth: Arc::new(Authenticator::new(&config.state_dir())),
+            warehouse: crate::pipeline::warehouse(config).map_err(|e| setup(&e))?,
+            engine: Arc::new(engine),
+            auth,
         })
     }
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("{0}")]
+    Setup(String),
+    #[error(transparent)]
+    Query(#[from] crate::query::QueryError),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
+}
+
+/// One entry of the route table: the only way to add a route, so none is without a policy.
+pub struct Route {
+    pub method: Method,
+    pub path: &'static str,
+    pub access: Access,
+    handler: MethodRouter<AppState>,
+}
+
+fn route<H, T>(method: Method, path: &'static str, access: Access, handler: H) -> Route
+where
+    H: axum::handler::Handler<T, AppState>,
+    T: 'static,
+{
+    let handler = on(auth::method_filter(&method), handler);
+    Route { method, path, access, handler }
+}
+
+/// Every route with who may call it (the README's table of routes × roles is this list).
+pub fn routes() -> Vec<Route> {
+    use Access::{Enrolling, Needs, Public, SignedIn};
+    use Permission::*;
+    vec![
+        route(Method::GET, "/health/live", Public, live),
+        route(Method::GET, "/health/ready", Public, ready),
+        route(Method::GET, "/metrics", Needs(ViewOperations), query::metrics),
+        route(Method::POST, "/api/v1/auth/login", Public, auth::login),
+        route(Method::POST, "/api/v1/auth/refresh", Public, auth::refresh),
+        route(Method::POST, "/api/v1/auth/logout", Enrolling, auth::logout),
+        route(Method::GET, "/api/v1/auth/me", Enrolling, auth::me),
+        route(Method::POST, "/api/v1/auth/mfa/setup", Enrolling, auth::mfa_setup),
+        route(Method::POST, "/api/v1/auth/mfa/confirm", Enrolling, auth::mfa_confirm),
+        route(Method::GET, "/api/v1/auth/sessions", SignedIn, auth::list_sessions),
+        route(Method::DELETE, "/api/v1/auth/sessions/{id}", SignedIn, auth::revoke_session),
+        route(Method::GET, "/api/v1/users", Needs(Administer), auth::list_users),
+        route(Method::POST, "/api/v1/users", Needs(Administer), auth::add_user),
+        route(Method::POST, "/api/v1/users/{name}/{action}", Needs(Administer), auth::user_action),
+        route(Method::GET, "/api/v1/api-keys", Needs(Administer), auth::list_keys),
+        route(Method::POST, "/api/v1/api-keys", Needs(Administer), auth::create_key),
+        route(Method::DELETE, "/api/v1/api-keys/{id}", Needs(Administer), auth::revoke_key),
+        route(Method::GET, "/api/v1/audit", Needs(Administer), auth::audit),
+        route(Method::GET, "/api/v1/pipelines", Needs(ViewPipelines), list_pipelines),
+        route(Method::GET, "/api/v1/pipelines/{name}/runs", Needs(ViewPipelines), list_runs),
+        route(Method::POST, "/api/v1/pipelines/{name}/runs", Needs(RunPipelines), start_run),
+        route(Method::GET, "/api/v1/pipelines/{name}/decisions", Needs(ViewPipelines), list_decisions),
+        route(Method::POST, "/api/v1/query", Needs(RunSql), query::post_query),
+        route(Method::GET, "/api/v1/queries", Needs(ReadCatalog), query::list_saved),
+        route(Method::POST, "/api/v1/queries/{name}/run", Needs(ReadCatalog), query::run_saved),
+        route(Method::GET, "/api/v1/tables", Needs(ReadCatalog), query::list_tables),
+        route(Method::GET, "/api/v1/query-log", Needs(ViewOperations), query::query_log),
+    ]
+}
+
+/// The access policy of a matched route.
+fn access_of(method: &Method, path: &str) -> Option<Access> {
+    static TABLE: std::sync::LazyLock<Vec<(Method, &'static str, Access)>> =
+        std::sync::LazyLock::new(|| routes().into_iter().map(|r| (r.method, r.path, r.access)).collect());
+    TABLE.iter().find(|(m, p, _)| m == method && *p == path).map(|(_, _, access)| *access)
+}
+
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/health/live", get(live))
-        .route("/health/ready", get(ready))
-        .route("/metrics", get(query::metrics))
-        .route("/api/v1/pipelines", get(list_pipelines))
-        .route("/api/v1/pipelines/{name}/runs", get(list_runs).post(start_run))
-        .route("/api/v1/pipelines/{name}/decisions", get(list_decisions))
-        .route("/api/v1/query", post(query::post_query))
-        .route("/api/v1/queries", get(query::list_saved))
-        .route("/api/v1/queries/{name}/run", post(query::run_saved))
-        .route("/api/v1/tables", get(query::list_tables))
-        .route("/api/v1/query-log", get(query::query_log))
+    let mut router = Router::new();
+    for entry in routes() {
+        router = router.route(entry.path, entry.handler);
+    }
+    router
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authorize))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(tower_http::compression::CompressionLayer::new())
         .layer(axum::middleware::from_fn(request_id))
+        .layer(axum::middleware::from_fn(security_headers))
         .with_state(state)
 }
 
@@ -99,6 +174,21 @@ async fn request_id(mut request: Request, next: Next) -> Response {
     response
 }
 
+/// Headers every answer carries: nothing here is to be sniffed, framed, or followed by referrers;
+/// the API loads no scripts or styles; answers may be kept by the client alone, revalidated by
+/// their ETag (they can hold health data, which no shared cache may keep).
+async fn security_headers(request: Request, next: Next) -> Response {
+    use axum::http::header;
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.entry(header::CONTENT_SECURITY_POLICY).or_insert(HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"));
+    headers.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("private, no-cache"));
+    response
+}
+
 async fn live() -> impl IntoResponse {
     Json(json!({ "status": "ok" }))
 }
@@ -119,11 +209,13 @@ struct ApiError {
     /// Line and column in the SQL, when the error is there.
     position: Option<(u64, u64)>,
     request_id: Option<String>,
+    /// Seconds, for 429 answers.
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: String) -> ApiError {
-        ApiError { status, code, message, position: None, request_id: None }
+        ApiError { status, code, message, position: None, request_id: None, retry_after: None }
     }
 
     fn internal(e: impl std::fmt::Display) -> ApiError {
@@ -145,7 +237,11 @@ impl IntoResponse for ApiError {
         if let Some(id) = self.request_id {
             error["request_id"] = json!(id);
         }
-        (self.status, Json(json!({ "error": error }))).into_response()
+        let mut response = (self.status, Json(json!({ "error": error }))).into_response();
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
 }
 
@@ -239,7 +335,8 @@ pub async fn serve(listen: SocketAddr, state: AppState) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let wire = pgwire::start(state.config.server.pgwire, state.engine.clone(), state.auth.clone()).await?;
     let scheduled = schedule::start(state.config.clone(), pipelines);
-    let served = axum::serve(listener, router(state))
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })

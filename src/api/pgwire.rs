@@ -37,7 +37,7 @@ use datafusion_postgres::pgwire::types::format::FormatOptions;
 use datafusion_postgres::{DfSessionService, Parser};
 use futures::{Sink, SinkExt, StreamExt};
 
-use crate::auth::Authenticator;
+use crate::auth::{Auth, AuthError, Device, Permission};
 use crate::query::engine::{Caller, QueryEngine, QueryRequest};
 use crate::query::{Params, QueryError};
 
@@ -45,12 +45,14 @@ use crate::query::{Params, QueryError};
 const DATABASE: &str = "sokana";
 /// Where the login's data-access scope is kept in the connection's metadata.
 const SCOPE: &str = "sokana.scope";
+/// The user the login proved (for an API key, its creator), as the query log names them.
+const WHO: &str = "sokana.user";
 
 /// Binds `addr` and serves connections in the background until the task is aborted.
 pub async fn start(
     addr: SocketAddr,
     engine: Arc<QueryEngine>,
-    auth: Arc<Authenticator>,
+    auth: Arc<Auth>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     engine.install_pg_catalog().map_err(std::io::Error::other)?;
     let ctx = Arc::new(engine.session().map_err(std::io::Error::other)?);
@@ -116,7 +118,7 @@ fn fatal(code: &str, message: impl Into<String>) -> PgWireError {
 
 /// Password login (sent in clear, checked against the stored hash) into database `sokana`.
 struct PasswordStartup {
-    auth: Arc<Authenticator>,
+    auth: Arc<Auth>,
     parameters: DefaultServerParameterProvider,
 }
 
@@ -145,18 +147,17 @@ impl StartupHandler for PasswordStartup {
             PgWireFrontendMessage::PasswordMessageFamily(password) => {
                 let password = password.into_password()?;
                 let user = client.metadata().get(METADATA_USER).cloned().unwrap_or_default();
-                // argon2 is slow on purpose; keep it off the connection's task.
-                let auth = self.auth.clone();
-                let (checked_user, secret) = (user.clone(), password.password.clone());
-                let verified = tokio::task::spawn_blocking(move || auth.verify(&checked_user, &secret))
-                    .await
-                    .map_err(|e| fatal("XX000", e.to_string()))?;
-                match verified {
-                    Ok(Some(identity)) => {
-                        client.metadata_mut().insert(SCOPE.into(), identity.scope);
+                let device = Device { user_agent: "postgresql".into(), ip: Some(client.socket_addr().ip()) };
+                match self.auth.verify_wire(&user, &password.password, &device).await {
+                    Ok(identity) if identity.may(Permission::RunSql) => {
+                        client.metadata_mut().insert(SCOPE.into(), identity.scope().to_string());
+                        client.metadata_mut().insert(WHO.into(), identity.user);
                         finish_authentication(client, &self.parameters).await?;
                     }
-                    Ok(None) => {
+                    Ok(identity) => {
+                        return Err(fatal("42501", format!("role {} may not run SQL", identity.role)));
+                    }
+                    Err(AuthError::InvalidCredentials | AuthError::InvalidMfa) => {
                         return Err(fatal("28P01", format!("password authentication failed for user \"{user}\"")));
                     }
                     Err(e) => return Err(fatal("28000", e.to_string())),
@@ -219,10 +220,11 @@ fn refused() -> PgWireError {
 
 fn caller(client: &(impl ClientInfo + ?Sized)) -> Caller {
     Caller {
-        user: client.metadata().get(METADATA_USER).cloned().unwrap_or_default(),
+        user: client.metadata().get(WHO).cloned().unwrap_or_default(),
         scope: client.metadata().get(SCOPE).cloned().unwrap_or_default(),
         origin: "pgwire",
         request_id: uuid::Uuid::new_v4().to_string(),
+        address: Some(client.socket_addr().ip()),
     }
 }
 

@@ -1,17 +1,15 @@
 //! The query API: `POST /api/v1/query`, `GET /api/v1/queries`, `POST /api/v1/queries/{name}/run`,
 //! `GET /api/v1/tables`, `GET /api/v1/query-log` and `GET /metrics`. Answers come as JSON, CSV,
 //! Arrow IPC or Parquet (by `format`, else `Accept`); pages come from `limit`/`offset` or the
-//! cursor of the page before; unpaged CSV, Arrow and Parquet stream. Callers authenticate with
-//! HTTP Basic (user `admin`) until tokens land.
+//! cursor of the page before; unpaged CSV, Arrow and Parquet stream. The router's middleware has
+//! checked the caller before any handler here runs.
 
 use std::collections::BTreeMap;
 
 use axum::body::Body;
-use axum::extract::{FromRequestParts, Path, Query, State};
-use axum::http::request::Parts;
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use base64::Engine as _;
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
@@ -67,51 +65,14 @@ impl ApiError {
     }
 }
 
-/// Checks HTTP Basic credentials against the administrator account (argon2 runs off the
-/// request's task: it is slow on purpose).
-async fn authenticate(state: &AppState, headers: &HeaderMap, request_id: &RequestId) -> Result<Identity, ApiError> {
-    let unauthorised = |message: &str| {
-        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message.to_string()).with_request_id(request_id)
-    };
-    let value = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| unauthorised("send Authorization: Basic with user admin and its password"))?;
-    let encoded =
-        value.strip_prefix("Basic ").ok_or_else(|| unauthorised("only Basic authorization is accepted yet"))?;
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(encoded.trim())
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .ok_or_else(|| unauthorised("the Authorization header is not valid base64 of user:password"))?;
-    let (user, password) = decoded.split_once(':').ok_or_else(|| unauthorised("expected user:password"))?;
-    let (auth, user, password) = (state.auth.clone(), user.to_string(), password.to_string());
-    match tokio::task::spawn_blocking(move || auth.verify(&user, &password)).await {
-        Ok(Ok(Some(identity))) => Ok(identity),
-        Ok(Ok(None)) => Err(unauthorised("wrong user or password")),
-        Ok(Err(e)) => Err(unauthorised(&e.to_string())),
-        Err(e) => Err(ApiError::internal(e).with_request_id(request_id)),
+fn caller(identity: Identity, request_id: &RequestId, address: Option<std::net::IpAddr>) -> Caller {
+    Caller {
+        scope: identity.scope().to_string(),
+        user: identity.user,
+        origin: "http",
+        request_id: request_id.0.clone(),
+        address,
     }
-}
-
-/// A request from a caller who authenticated: the handlers that take it answer no one else.
-pub(super) struct Authenticated {
-    identity: Identity,
-    request_id: RequestId,
-}
-
-impl FromRequestParts<AppState> for Authenticated {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let request_id = parts.extensions.get::<RequestId>().cloned().unwrap_or_else(|| RequestId(String::new()));
-        let identity = authenticate(state, &parts.headers, &request_id).await?;
-        Ok(Authenticated { identity, request_id })
-    }
-}
-
-fn caller(identity: Identity, request_id: &RequestId) -> Caller {
-    Caller { user: identity.user, scope: identity.scope, origin: "http", request_id: request_id.0.clone() }
 }
 
 /// The format asked for: the body's or the URL's `format`, else the `Accept` header, else JSON.
@@ -148,7 +109,7 @@ pub struct FormatQuery {
 
 pub async fn post_query(
     State(state): State<AppState>,
-    Authenticated { identity, request_id }: Authenticated,
+    super::auth::Authenticated { identity, request_id, address }: super::auth::Authenticated,
     Query(url): Query<FormatQuery>,
     headers: HeaderMap,
     body: axum::extract::Json<QueryBody>,
@@ -162,12 +123,12 @@ pub async fn post_query(
         Some(value) => saved::params_from_json(value).map_err(|e| ApiError::query(e, &request_id))?,
         None => Params::None,
     };
-    answer(&state, identity, &request_id, &url, &headers, sql, params, &body).await
+    answer(&state, caller(identity, &request_id, address), &request_id, &url, &headers, sql, params, &body).await
 }
 
 pub async fn run_saved(
     State(state): State<AppState>,
-    Authenticated { identity, request_id }: Authenticated,
+    super::auth::Authenticated { identity, request_id, address }: super::auth::Authenticated,
     Path(name): Path<String>,
     Query(url): Query<FormatQuery>,
     headers: HeaderMap,
@@ -196,7 +157,7 @@ pub async fn run_saved(
         }
     };
     let params = saved.bind(&given).map_err(|e| ApiError::query(e, &request_id))?;
-    answer(&state, identity, &request_id, &url, &headers, saved.sql.clone(), params, &body).await
+    answer(&state, caller(identity, &request_id, address), &request_id, &url, &headers, saved.sql.clone(), params, &body).await
 }
 
 fn find_saved(state: &AppState, name: &str) -> Result<saved::SavedQuery, ApiError> {
@@ -223,7 +184,7 @@ fn versions_digest(output: &QueryOutput) -> String {
 #[allow(clippy::too_many_arguments)]
 async fn answer(
     state: &AppState,
-    identity: Identity,
+    caller: Caller,
     request_id: &RequestId,
     url: &FormatQuery,
     headers: &HeaderMap,
@@ -272,7 +233,7 @@ async fn answer(
         engine: body.engine.unwrap_or(state.engine.default_engine()),
         params,
         page,
-        caller: caller(identity, request_id),
+        caller,
     };
     let fields = body.fields.clone().unwrap_or_default();
     if page.is_none() && format != ExportFormat::Json {
@@ -392,14 +353,14 @@ async fn stream(
     Ok((headers, Body::from_stream(chunks)).into_response())
 }
 
-pub async fn list_saved(State(state): State<AppState>, caller: Authenticated) -> Result<Response, ApiError> {
+pub async fn list_saved(State(state): State<AppState>, caller: super::auth::Authenticated) -> Result<Response, ApiError> {
     let request_id = caller.request_id;
     let all = saved::load_all(&state.config.queries_dir()).map_err(|e| ApiError::query(e, &request_id))?;
     Ok(axum::Json(json!({ "queries": all })).into_response())
 }
 
 /// Every table: columns with types and classes, row count, version and when it last changed.
-pub async fn list_tables(State(state): State<AppState>, _caller: Authenticated) -> Result<Response, ApiError> {
+pub async fn list_tables(State(state): State<AppState>, _caller: super::auth::Authenticated) -> Result<Response, ApiError> {
     let classes = crate::pipeline::column_classes(&state.config).unwrap_or_default();
     let catalog = state.engine.catalog();
     let mut out = Vec::new();
@@ -449,7 +410,7 @@ pub struct LogQuery {
 /// The slowest or most frequent queries, or (`by` omitted) the most recent ones.
 pub async fn query_log(
     State(state): State<AppState>,
-    _caller: Authenticated,
+    _caller: super::auth::Authenticated,
     Query(q): Query<LogQuery>,
 ) -> Result<Response, ApiError> {
     let Some(log) = state.engine.log() else { return Ok(axum::Json(json!({ "queries": [] })).into_response()) };

@@ -1,140 +1,500 @@
-//! Who may connect. Until users and roles land (the security issue), there is one account: the
-//! administrator `admin`, whose password `sokana demo` sets (from `SOKANA_DEMO_PASSWORD`, or a
-//! generated one it prints). The password is kept only as an argon2id hash in
-//! `STATE_DIR/admin.argon2`. The HTTP data routes (Basic authentication) and the PostgreSQL wire
-//! endpoint both check it here. This module knows nothing of HTTP or of queries.
+//! Who may connect and what they may do: users and roles in the engine's own metadata store
+//! (`store`), passwords (argon2id), sessions with short-lived access tokens and rotating refresh
+//! tokens (`session`), TOTP with recovery codes (`mfa`), API keys (`apikey`), and the permissions
+//! and column visibilities of each role (`role`). The HTTP routes and the wire endpoint call in
+//! here; this module knows nothing of HTTP, of SQL engines or of rendering.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+pub mod apikey;
+pub mod audit;
+pub mod mfa;
+pub mod policy;
+pub mod role;
+pub mod session;
+pub mod store;
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use sha2::{Digest, Sha256};
 
-/// The one user name until roles land.
+pub use role::{Permission, Role, Visibility};
+pub use session::{Login, SessionInfo, Tokens};
+pub use store::{MetaStore, StoreError};
+
+use crate::config::Config;
+
+/// The demo's administrator (product.md).
 pub const ADMIN: &str = "admin";
-/// How long a verified password is remembered, so that per-request authentication does not pay
-/// argon2's deliberate cost every time.
-const REMEMBER: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
-    #[error("{path}: {reason}")]
-    Store { path: PathBuf, reason: String },
-    #[error("no login is set up yet: run `sokana demo` (it creates user admin)")]
-    NoUsers,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Key(String),
+    #[error("wrong user name or password")]
+    InvalidCredentials,
+    #[error("too many failed logins for this user; try again in {retry_after} s")]
+    Locked { retry_after: u64 },
+    #[error("too many requests; try again in {retry_after} s")]
+    RateLimited { retry_after: u64 },
+    #[error("this account needs a one-time code: send `totp` (or a `recovery_code`)")]
+    MfaRequired,
+    #[error("wrong or reused one-time code")]
+    InvalidMfa,
+    #[error("this account must set up a second factor first: POST /api/v1/auth/mfa/setup, then /confirm")]
+    MfaEnrollmentRequired,
+    #[error("invalid token: {0}")]
+    InvalidToken(String),
+    #[error("the token has expired")]
+    Expired,
+    #[error("this refresh token was already used; the session is revoked (log in again)")]
+    TokenReused,
+    #[error("the session has ended; log in again")]
+    SessionEnded,
+    #[error("{0}")]
+    Conflict(String),
+    #[error("no user named {0:?}")]
+    UnknownUser(String),
+    #[error("a user named {0:?} already exists")]
+    UserExists(String),
+    #[error("{field}: {reason}")]
+    BadInput { field: &'static str, reason: String },
+    #[error("the audit trail was changed at record {seq}: {reason}")]
+    Tampered { seq: i64, reason: String },
+    #[error("{0}")]
+    Internal(String),
 }
 
-/// The identity a check grants.
+impl AuthError {
+    /// A stable code for API error bodies.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AuthError::Store(_) | AuthError::Key(_) | AuthError::Internal(_) => "internal",
+            AuthError::InvalidCredentials => "invalid_credentials",
+            AuthError::Locked { .. } => "locked",
+            AuthError::RateLimited { .. } => "rate_limited",
+            AuthError::MfaRequired => "mfa_required",
+            AuthError::InvalidMfa => "invalid_mfa",
+            AuthError::MfaEnrollmentRequired => "mfa_enrollment_required",
+            AuthError::InvalidToken(_) => "invalid_token",
+            AuthError::Expired => "token_expired",
+            AuthError::TokenReused => "token_reused",
+            AuthError::SessionEnded => "session_ended",
+            AuthError::Conflict(_) => "conflict",
+            AuthError::UnknownUser(_) => "unknown_user",
+            AuthError::UserExists(_) => "user_exists",
+            AuthError::BadInput { .. } => "bad_request",
+            AuthError::Tampered { .. } => "audit_tampered",
+        }
+    }
+}
+
+/// Who a request acts as.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     pub user: String,
-    /// The data-access scope (a role name), which the query engine puts in its cache keys.
-    pub scope: String,
+    pub role: Role,
+    /// The session an access token belongs to.
+    pub session: Option<String>,
+    /// The API key used, by id.
+    pub api_key: Option<String>,
+    /// A session of an account that must still set up its second factor: it may do that and
+    /// nothing else.
+    pub enrolling: bool,
 }
 
-pub struct Authenticator {
-    path: PathBuf,
-    remembered: Mutex<HashMap<[u8; 32], Instant>>,
-}
-
-fn hash_file(state_dir: &Path) -> PathBuf {
-    state_dir.join("admin.argon2")
-}
-
-/// Sets the administrator's password (written 0600, replacing any before).
-pub fn set_admin_password(state_dir: &Path, password: &str) -> Result<(), AuthError> {
-    let path = hash_file(state_dir);
-    let store = |reason: String| AuthError::Store { path: path.clone(), reason };
-    let mut salt = [0u8; 16];
-    rand::TryRngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut salt).map_err(|e| store(e.to_string()))?;
-    let salt = SaltString::encode_b64(&salt).map_err(|e| store(e.to_string()))?;
-    let hash = Argon2::default().hash_password(password.as_bytes(), &salt).map_err(|e| store(e.to_string()))?;
-    std::fs::create_dir_all(state_dir).map_err(|e| store(e.to_string()))?;
-    let partial = path.with_extension("partial");
-    {
-        use std::io::Write;
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options.open(&partial).map_err(|e| store(e.to_string()))?;
-        file.write_all(hash.to_string().as_bytes()).map_err(|e| store(e.to_string()))?;
-        file.sync_all().map_err(|e| store(e.to_string()))?;
+impl Identity {
+    /// The data-access scope, which the query engine puts in its cache keys.
+    pub fn scope(&self) -> &'static str {
+        self.role.name()
     }
-    std::fs::rename(&partial, &path).map_err(|e| store(e.to_string()))
+
+    pub fn may(&self, permission: Permission) -> bool {
+        !self.enrolling && self.role.allows(permission)
+    }
+}
+    }
+}
+
+/// A user as listed (never with its hash or secrets).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct User {
+    pub name: String,
+    pub role: Role,
+    pub disabled: bool,
+    pub mfa: bool,
+    pub created_at: i64,
+}
+
+/// The connection a login comes from, kept with its session.
+#[derive(Debug, Clone, Default)]
+pub struct Device {
+    pub user_agent: String,
+    pub ip: Option<std::net::IpAddr>,
+}
+
+impl Device {
+    /// The network the client is in (/24 or /48), not its address.
+    pub fn ip_prefix(&self) -> String {
+        match self.ip {
+            Some(std::net::IpAddr::V4(ip)) => {
+                let o = ip.octets();
+                format!("{}.{}.{}.0/24", o[0], o[1], o[2])
+            }
+            Some(std::net::IpAddr::V6(ip)) => {
+                let s = ip.segments();
+                format!("{:x}:{:x}:{:x}::/48", s[0], s[1], s[2])
+            }
+            None => "local".into(),
+        }
+    }
+}
+
+/// Token lifetimes and the lockout threshold, from `[auth]`.
+#[derive(Debug, Clone)]
+struct Settings {
+    access_minutes: i64,
+    refresh_days: i64,
+    lockout_after: i64,
+}
+
+/// Users, sessions, keys and the limits on trying them.
+pub struct Auth {
+    store: MetaStore,
+    audit: Arc<audit::Audit>,
+    /// Signs access tokens.
+    token_key: [u8; 32],
+    settings: Settings,
+    logins: DefaultKeyedRateLimiter<String>,
+    api_keys: DefaultKeyedRateLimiter<String>,
+}
+
+impl Auth {
+    /// Opens the store and the key file that `config` names, creating both when missing.
+    pub async fn open(config: &Config) -> Result<Arc<Auth>, AuthError> {
+        let state = config.state_dir();
+        let store_url = config.auth.store.clone().unwrap_or_else(|| state.join("meta.db").display().to_string());
+        let store = MetaStore::open(&store_url, &config.base_dir).await?;
+        let key_path = config.auth.key_file.as_ref().map(|p| config.resolve(p)).unwrap_or_else(|| state.join("auth.key"));
+        let master = crate::keyfile::read_or_create(&key_path).map_err(AuthError::Key)?;
+        let token_key: [u8; 32] = Sha256::new().chain_update(&master).chain_update(b"sokana access tokens").finalize().into();
+        let per_minute = |n: u32| Quota::per_minute(NonZeroU32::new(n.max(1)).unwrap_or(NonZeroU32::MIN));
+        Ok(Arc::new(Auth {
+            audit: audit::Audit::start(store.clone()),
+            store,
+            token_key,
+            settings: Settings {
+                access_minutes: config.auth.access_token_minutes,
+                refresh_days: config.auth.refresh_token_days,
+                lockout_after: config.auth.lockout_after,
+            },
+            logins: RateLimiter::keyed(per_minute(config.auth.logins_per_minute)),
+            api_keys: RateLimiter::keyed(per_minute(config.auth.api_key_requests_per_minute)),
+        }))
+    }
+
+    pub fn store(&self) -> &MetaStore {
+        &self.store
+    }
+
+    pub fn audit(&self) -> &Arc<audit::Audit> {
+        &self.audit
+    }
+
+    /// Records a login attempt (never the password).
+    pub(crate) fn audit_login(&self, user: &str, origin: &str, device: &Device, outcome: &Result<impl Sized, AuthError>) {
+        self.audit.record(audit::Event {
+            at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            user: user.to_string(),
+            origin: origin.to_string(),
+            address: device.ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            action: "login".into(),
+            outcome: match outcome {
+                Ok(_) => "ok".into(),
+                Err(e) => e.code().into(),
+            },
+            ..audit::Event::default()
+        });
+    }
+
+    pub async fn add_user(&self, name: &str, role: Role, password: &str) -> Result<(), AuthError> {
+        check_name(name)?;
+        check_password(password)?;
+        let hash = hash_password(password).await?;
+        let now = now();
+        let existing = self.store.query("SELECT name FROM users WHERE name = $1", &[name.into()]).await?;
+        if !existing.is_empty() {
+            return Err(AuthError::UserExists(name.into()));
+        }
+        self.store
+            .execute(
+                "INSERT INTO users (name, role, password_hash, created_at, password_changed_at) VALUES ($1, $2, $3, $4, $4)",
+                &[name.into(), role.name().into(), hash.into(), now.into()],
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn users(&self) -> Result<Vec<User>, AuthError> {
+        let rows = self
+            .store
+            .query("SELECT name, role, disabled, totp_enabled, created_at FROM users ORDER BY name", &[])
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(User {
+                    name: r.text(0),
+                    role: parse_role(&r.text(1))?,
+                    disabled: r.int(2) != 0,
+                    mfa: r.int(3) != 0,
+                    created_at: r.int(4),
+                })
+            })
+            .collect()
+    }
+
+    /// Disables (or enables again) a user; disabling ends their sessions and API keys at once.
+    pub async fn set_disabled(&self, name: &str, disabled: bool) -> Result<(), AuthError> {
+        let changed = self
+            .store
+            .execute("UPDATE users SET disabled = $2 WHERE name = $1", &[name.into(), i64::from(disabled).into()])
+            .await?;
+        if changed == 0 {
+            return Err(AuthError::UnknownUser(name.into()));
+        }
+        if disabled {
+            self.revoke_user_sessions(name, "user disabled").await?;
+        }
+        Ok(())
+    }
+
+    /// Sets a new password and ends every session the old one opened.
+    pub async fn reset_password(&self, name: &str, password: &str) -> Result<(), AuthError> {
+        check_password(password)?;
+        let hash = hash_password(password).await?;
+        let changed = self
+            .store
+            .execute(
+                "UPDATE users SET password_hash = $2, password_changed_at = $3 WHERE name = $1",
+                &[name.into(), hash.into(), now().into()],
+            )
+            .await?;
+        if changed == 0 {
+            return Err(AuthError::UnknownUser(name.into()));
+        }
+        self.store.execute("DELETE FROM login_failures WHERE user_name = $1", &[name.into()]).await?;
+        self.revoke_user_sessions(name, "password reset").await
+    }
+
+    /// The demo's administrator: created with `password`, or given it when it exists.
+    pub async fn ensure_admin(&self, password: &str) -> Result<(), AuthError> {
+        match self.add_user(ADMIN, Role::Admin, password).await {
+            Err(AuthError::UserExists(_)) => self.reset_password(ADMIN, password).await,
+            other => other,
+        }
+    }
+
+    /// Checks a password, counting failures per user name and locking the name after
+    /// `lockout_after` failures in a row, for 30 s doubling up to 15 min.
+    pub async fn check_password(&self, name: &str, password: &str) -> Result<(Role, bool), AuthError> {
+        let now = now();
+        let failures =
+            self.store.query("SELECT failures, locked_until FROM login_failures WHERE user_name = $1", &[name.into()]).await?;
+        if let Some(row) = failures.first()
+            && row.int(1) > now
+        {
+            return Err(AuthError::Locked { retry_after: (row.int(1) - now) as u64 });
+        }
+        let rows = self
+            .store
+            .query("SELECT password_hash, role, disabled, totp_enabled FROM users WHERE name = $1", &[name.into()])
+            .await?;
+        // An unknown name costs the same argon2 work as a known one, so timing does not tell them apart.
+        let (hash, known) = match rows.first() {
+            Some(row) => (row.text(0), true),
+            None => (DUMMY_HASH.to_string(), false),
+        };
+        let matches = verify_password(&hash, password).await?;
+        let enabled = rows.first().is_some_and(|r| r.int(2) == 0);
+        if !(matches && known && enabled) {
+            self.record_failure(name).await?;
+            return Err(AuthError::InvalidCredentials);
+        }
+        let row = &rows[0];
+        Ok((parse_role(&row.text(1))?, row.int(3) != 0))
+    }
+
+    async fn record_failure(&self, name: &str) -> Result<(), AuthError> {
+        let rows = self.store.query("SELECT failures FROM login_failures WHERE user_name = $1", &[name.into()]).await?;
+        let failures = rows.first().map_or(0, |r| r.int(0)) + 1;
+        let over = failures - self.settings.lockout_after;
+        let locked_until = if over >= 0 { now() + (30i64 << over.min(5)).min(900) } else { 0 };
+        if rows.is_empty() {
+            self.store
+                .execute(
+                    "INSERT INTO login_failures (user_name, failures, locked_until) VALUES ($1, $2, $3)",
+                    &[name.into(), failures.into(), locked_until.into()],
+                )
+                .await?;
+        } else {
+            self.store
+                .execute(
+                    "UPDATE login_failures SET failures = $2, locked_until = $3 WHERE user_name = $1",
+                    &[name.into(), failures.into(), locked_until.into()],
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn clear_failures(&self, name: &str) -> Result<(), AuthError> {
+        self.store.execute("DELETE FROM login_failures WHERE user_name = $1", &[name.into()]).await?;
+        Ok(())
+    }
+
+    /// A login over the PostgreSQL wire protocol, which carries only a password: an API key, or
+    /// the user's password, followed by the current 6-digit code when the account has a second
+    /// factor. Roles that need a second factor cannot log in before they have set one up.
+    pub async fn verify_wire(&self, user: &str, secret: &str, device: &Device) -> Result<Identity, AuthError> {
+        let outcome = self.verify_wire_unaudited(user, secret, device).await;
+        self.audit_login(user, "pgwire", device, &outcome);
+        outcome
+    }
+
+    async fn verify_wire_unaudited(&self, user: &str, secret: &str, device: &Device) -> Result<Identity, AuthError> {
+        self.limit_login(device)?;
+        if Self::is_api_key(secret) {
+            return self.verify_api_key(secret).await;
+        }
+        let has_factor = self
+            .store
+            .query("SELECT totp_enabled FROM users WHERE name = $1", &[user.into()])
+            .await?
+            .first()
+            .is_some_and(|r| r.int(0) != 0);
+        let split = secret.len().checked_sub(6).filter(|&at| has_factor && secret.is_char_boundary(at));
+        let (password, code) = match split {
+            Some(at) => (&secret[..at], Some(&secret[at..])),
+            None => (secret, None),
+        };
+        let (role, _) = self.check_password(user, password).await?;
+        match code {
+            Some(code) => self.check_totp(user, code).await?,
+            None if role.requires_mfa() => return Err(AuthError::MfaEnrollmentRequired),
+            None => {}
+        }
+        self.clear_failures(user).await?;
+        Ok(Identity { user: user.to_string(), role, session: None, api_key: None, enrolling: false })
+    }
+
+    /// Login attempts from one address are limited; an error says when to try again.
+    pub fn limit_login(&self, device: &Device) -> Result<(), AuthError> {
+        let key = device.ip.map(|ip| ip.to_string()).unwrap_or_default();
+        self.logins.check_key(&key).map_err(rate_limited)
+    }
+}
+
+fn rate_limited(not_until: governor::NotUntil<governor::clock::QuantaInstant>) -> AuthError {
+    let clock = governor::clock::DefaultClock::default();
+    AuthError::RateLimited { retry_after: not_until.wait_time_from(governor::clock::Clock::now(&clock)).as_secs() + 1 }
+}
+
+/// A valid argon2id hash of a random password, verified against when the user is unknown.
+const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29rYW5hLWR1bW15LXNhbHQ$W3V8gq0o5r7F0Kbq8j0Yq0p9w8Xb6nM3kLq1tY2uZ4E";
+
+fn parse_role(name: &str) -> Result<Role, AuthError> {
+    Role::parse(name).ok_or_else(|| AuthError::Internal(format!("the store holds an unknown role {name:?}")))
+}
+
+fn check_name(name: &str) -> Result<(), AuthError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(AuthError::BadInput { field: "name", reason: "1 to 64 letters, digits, or _ - . @".into() })
+    }
+}
+
+fn check_password(password: &str) -> Result<(), AuthError> {
+    if password.chars().count() < 12 {
+        return Err(AuthError::BadInput { field: "password", reason: "at least 12 characters".into() });
+    }
+    if password.len() > 1024 {
+        return Err(AuthError::BadInput { field: "password", reason: "at most 1024 bytes".into() });
+    }
+    Ok(())
+}
+
+pub(crate) fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// argon2id with the crate's defaults (19 MiB, 2 passes), off the async threads.
+async fn hash_password(password: &str) -> Result<String, AuthError> {
+    let password = password.to_string();
+    tokio::task::spawn_blocking(move || {
+        let mut salt = [0u8; 16];
+        rand::TryRngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut salt).map_err(|e| AuthError::Internal(e.to_string()))?;
+        let salt = SaltString::encode_b64(&salt).map_err(|e| AuthError::Internal(e.to_string()))?;
+        Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(|e| AuthError::Internal(e.to_string()))
+    })
+    .await
+    .map_err(|e| AuthError::Internal(e.to_string()))?
+}
+
+async fn verify_password(hash: &str, password: &str) -> Result<bool, AuthError> {
+    let (hash, password) = (hash.to_string(), password.to_string());
+    tokio::task::spawn_blocking(move || {
+        let parsed = PasswordHash::new(&hash).map_err(|e| AuthError::Internal(format!("a stored hash: {e}")))?;
+        Ok(Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+    })
+    .await
+    .map_err(|e| AuthError::Internal(e.to_string()))?
 }
 
 /// A password of 20 letters and digits, for a demo without `SOKANA_DEMO_PASSWORD`.
 pub fn generate_password() -> String {
+    random_string(20)
+}
+
+/// `n` characters from an alphabet without look-alikes, from the operating system's CSPRNG.
+pub(crate) fn random_string(n: usize) -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
     // The thread generator is a CSPRNG seeded from the operating system.
     let mut rng = rand::rng();
-    (0..20).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
+    (0..n).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
 }
 
-impl Authenticator {
-    pub fn new(state_dir: &Path) -> Authenticator {
-        Authenticator { path: hash_file(state_dir), remembered: Mutex::new(HashMap::new()) }
-    }
-
-    /// The identity for `user` and `password`, or `None` when they do not match. The hash file
-    /// is read on every check that is not remembered, so a new password takes effect at once.
-    pub fn verify(&self, user: &str, password: &str) -> Result<Option<Identity>, AuthError> {
-        if user != ADMIN {
-            return Ok(None);
-        }
-        let stored = match std::fs::read_to_string(&self.path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(AuthError::NoUsers),
-            Err(e) => return Err(AuthError::Store { path: self.path.clone(), reason: e.to_string() }),
-        };
-        // Remembered by a digest of the stored hash and the password, so a changed password (a new
-        // stored hash) is not matched by the old one.
-        let digest: [u8; 32] =
-            Sha256::new().chain_update(stored.trim()).chain_update([0]).chain_update(password).finalize().into();
-        if let Ok(mut remembered) = self.remembered.lock() {
-            remembered.retain(|_, at| at.elapsed() < REMEMBER);
-            if remembered.contains_key(&digest) {
-                return Ok(Some(admin()));
-            }
-        }
-        let hash = PasswordHash::new(stored.trim())
-            .map_err(|e| AuthError::Store { path: self.path.clone(), reason: format!("not an argon2 hash: {e}") })?;
-        if Argon2::default().verify_password(password.as_bytes(), &hash).is_err() {
-            return Ok(None);
-        }
-        if let Ok(mut remembered) = self.remembered.lock() {
-            remembered.insert(digest, Instant::now());
-        }
-        Ok(Some(admin()))
-    }
-}
-
-fn admin() -> Identity {
-    Identity { user: ADMIN.into(), scope: "admin".into() }
+/// SHA-256 of a high-entropy secret (token, key, recovery code), hex; such secrets need no
+/// slow hash, since they cannot be guessed from a list.
+pub(crate) fn digest(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn the_dummy_hash_parses_and_matches_nothing() {
+        assert!(!verify_password(DUMMY_HASH, "anything").await.unwrap());
+    }
+
     #[test]
-    fn only_the_set_password_lets_admin_in() {
-        let dir = tempfile::tempdir().unwrap();
-        let auth = Authenticator::new(dir.path());
-        assert!(matches!(auth.verify(ADMIN, "x"), Err(AuthError::NoUsers)));
-        set_admin_password(dir.path(), "correct horse").unwrap();
-        assert_eq!(auth.verify(ADMIN, "correct horse").unwrap(), Some(admin()));
-        assert_eq!(auth.verify(ADMIN, "correct horse").unwrap(), Some(admin()), "remembered");
-        assert_eq!(auth.verify(ADMIN, "wrong").unwrap(), None);
-        assert_eq!(auth.verify("postgres", "correct horse").unwrap(), None);
-        set_admin_password(dir.path(), "new one").unwrap();
-        assert_eq!(auth.verify(ADMIN, "correct horse").unwrap(), None, "the old password stops working");
-        let text = std::fs::read_to_string(dir.path().join("admin.argon2")).unwrap();
-        assert!(text.starts_with("$argon2id$") && !text.contains("new one"));
+    fn devices_are_kept_as_networks() {
+        let d = Device { user_agent: "x".into(), ip: Some("192.168.7.42".parse().unwrap()) };
+        assert_eq!(d.ip_prefix(), "192.168.7.0/24");
+        let d = Device { user_agent: "x".into(), ip: Some("2001:db8:1:2::5".parse().unwrap()) };
+        assert_eq!(d.ip_prefix(), "2001:db8:1::/48");
     }
 }

@@ -363,33 +363,14 @@ fn with_schema(stream: SendableRecordBatchStream, schema: SchemaRef) -> Sendable
 }
 
 /// The key for `pseudonym()`: from [`PSEUDONYM_KEY_ENV`], or the state directory's key file,
-/// created (owner-only) with 32 random bytes on first use.
-fn pseudonym_key(state_dir: &Path) -> Result<Vec<u8>, PipelineError> {
+/// created (owner-only) with 32 random bytes on first use. Masking uses it too, so that a masked
+/// raw key equals the mart's.
+pub fn pseudonym_key(state_dir: &Path) -> Result<Vec<u8>, PipelineError> {
     if let Ok(key) = std::env::var(PSEUDONYM_KEY_ENV) {
         if key.len() < 16 {
             return Err(PipelineError::Key(format!("{PSEUDONYM_KEY_ENV} must be at least 16 characters")));
         }
         return Ok(key.into_bytes());
     }
-    let path = state_dir.join(PSEUDONYM_KEY_FILE);
-    let key_err = |e: std::io::Error| PipelineError::Key(format!("{}: {e}", path.display()));
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            return hex::decode(text.trim()).map_err(|e| PipelineError::Key(format!("{}: {e}", path.display())));
-        }
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(key_err(e)),
-        Err(_) => {}
-    }
-    let mut key = [0u8; 32];
-    rand::TryRngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut key)
-        .map_err(|e| PipelineError::Key(format!("no randomness for a new key: {e}")))?;
-    std::fs::create_dir_all(state_dir).map_err(key_err)?;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(&path).map_err(key_err)?;
-    std::io::Write::write_all(&mut file, hex::encode(key).as_bytes()).map_err(key_err)?;
-    tracing::warn!(path = %path.display(), "created a pseudonym key; set {PSEUDONYM_KEY_ENV} to manage it yourself");
-    Ok(key.to_vec())
+    crate::keyfile::read_or_create(&state_dir.join(PSEUDONYM_KEY_FILE)).map_err(PipelineError::Key)
 }

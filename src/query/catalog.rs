@@ -16,7 +16,7 @@ use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{Constraints, Statistics};
 use datafusion::datasource::{TableType, source_as_provider};
 use datafusion::error::{DataFusionError, Result as DfResult};
-use datafusion::logical_expr::{Expr, LogicalPlan, TableProviderFilterPushDown};
+use datafusion::logical_expr::{Expr, LogicalPlan, TableProviderFilterPushDown, TableScan};
 use datafusion::physical_plan::ExecutionPlan;
 use deltalake::DeltaTable;
 
@@ -229,10 +229,42 @@ pub fn tables_read(plan: &LogicalPlan) -> Vec<(TableName, i64)> {
     let mut out = Vec::new();
     let _ = plan.apply_with_subqueries(|node| {
         if let LogicalPlan::TableScan(scan) = node
-            && let Ok(provider) = source_as_provider(&scan.source)
-            && let Some(table) = (provider.as_ref() as &dyn Any).downcast_ref::<VersionedTable>()
+            && let Some(read) = warehouse_table(scan)
         {
-            out.push((table.name.clone(), table.version));
+            out.push(read);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The warehouse table a scan reads, and its version; `None` for other tables.
+pub fn warehouse_table(scan: &TableScan) -> Option<(TableName, i64)> {
+    let provider = source_as_provider(&scan.source).ok()?;
+    let table = (provider.as_ref() as &dyn Any).downcast_ref::<VersionedTable>()?;
+    Some((table.name.clone(), table.version))
+}
+
+/// The warehouse columns a plan's scans read, as `schema.table.column`, sorted: a scan's
+/// projection when the optimiser set one, else every column of the table.
+pub fn columns_read(plan: &LogicalPlan) -> Vec<String> {
+    let mut out = Vec::new();
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node
+            && let Some((table, _)) = warehouse_table(scan)
+        {
+            let schema = scan.source.schema();
+            let indices: Vec<usize> = match &scan.projection {
+                Some(projection) => projection.clone(),
+                None => (0..schema.fields().len()).collect(),
+            };
+            for i in indices {
+                if let Some(field) = schema.fields().get(i) {
+                    out.push(format!("{table}.{}", field.name()));
+                }
+            }
         }
         Ok(TreeNodeRecursion::Continue)
     });
@@ -246,9 +278,7 @@ pub fn scans_only_warehouse(plan: &LogicalPlan) -> bool {
     let mut only = true;
     let _ = plan.apply_with_subqueries(|node| {
         if let LogicalPlan::TableScan(scan) = node {
-            let warehouse = source_as_provider(&scan.source)
-                .is_ok_and(|p| (p.as_ref() as &dyn Any).downcast_ref::<VersionedTable>().is_some());
-            only &= warehouse;
+            only &= warehouse_table(scan).is_some();
         }
         Ok(TreeNodeRecursion::Continue)
     });

@@ -66,6 +66,8 @@ pub struct Caller {
     /// `cli`, `http`, `pgwire` or `dashboard`.
     pub origin: &'static str,
     pub request_id: String,
+    /// The client's address, for the audit trail.
+    pub address: Option<std::net::IpAddr>,
 }
 
 impl Caller {
@@ -76,6 +78,7 @@ impl Caller {
             scope: "admin".into(),
             origin: "cli",
             request_id: uuid::Uuid::new_v4().to_string(),
+            address: None,
         }
     }
 }
@@ -139,6 +142,8 @@ struct Prepared {
     /// the key) and calls no function whose value changes between runs (`now()`, `random()`).
     cacheable: bool,
     tables: Vec<TableName>,
+    /// Columns the optimised plan reads from warehouse tables, `schema.table.column`.
+    columns: Vec<String>,
     shape: String,
 }
 
@@ -153,9 +158,29 @@ pub struct QueryEngine {
     routing: Mutex<Routing>,
     limits: Limits,
     default_engine: EngineChoice,
+    policy: Option<Arc<dyn PlanPolicy>>,
+    recorder: Option<Arc<dyn AccessRecorder>>,
     pub queries: AtomicU64,
     pub errors: AtomicU64,
 }
+
+/// The masking hook: `auth` rewrites each plan for the caller's scope before it is optimised, so
+/// the policy holds for every path into the engine. Without one, only the `admin` scope may query.
+pub trait PlanPolicy: Send + Sync {
+    /// Whether `scope` sees every column as stored; only such scopes may use DuckDB, which the
+    /// rewrite cannot reach.
+    fn sees_everything(&self, scope: &str) -> bool;
+    /// `plan` as `scope` may see it.
+    fn rewrite(&self, plan: LogicalPlan, scope: &str) -> Result<LogicalPlan, QueryError>;
+}
+
+/// Told of every query the engine finishes, after the query log: the audit trail hangs here.
+pub trait AccessRecorder: Send + Sync {
+    fn record(&self, caller: &Caller, record: &QueryRecord);
+}
+
+/// The scope that sees everything when no policy is installed (the local command line).
+const UNRESTRICTED: &str = "admin";
 
 fn read_only() -> SQLOptions {
     SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false)
@@ -215,9 +240,43 @@ impl QueryEngine {
             routing: Mutex::new(Routing::default()),
             limits,
             default_engine: EngineChoice::Datafusion,
+            policy: None,
+            recorder: None,
             queries: AtomicU64::new(0),
             errors: AtomicU64::new(0),
         })
+    }
+
+    /// Installs the masking policy every later plan goes through.
+    pub fn with_policy(mut self, policy: Arc<dyn PlanPolicy>) -> QueryEngine {
+        self.policy = Some(policy);
+        self
+    }
+
+    /// Installs the recorder told of every finished query.
+    pub fn with_recorder(mut self, recorder: Arc<dyn AccessRecorder>) -> QueryEngine {
+        self.recorder = Some(recorder);
+        self
+    }
+
+    fn sees_everything(&self, scope: &str) -> bool {
+        match &self.policy {
+            Some(policy) => policy.sees_everything(scope),
+            None => scope == UNRESTRICTED,
+        }
+    }
+
+    /// Plans `sql` as `scope` may see it: the policy's rewrite before anything is optimised.
+    async fn plan_as(&self, ctx: &SessionContext, sql: &str, scope: &str) -> Result<DataFrame, QueryError> {
+        let frame = ctx.sql_with_options(sql, read_only()).await?;
+        if self.sees_everything(scope) {
+            return Ok(frame);
+        }
+        let Some(policy) = &self.policy else {
+            return Err(QueryError::Sql(format!("scope {scope:?} may not query: no masking policy is installed")));
+        };
+        let (state, plan) = frame.into_parts();
+        Ok(DataFrame::new(state, policy.rewrite(plan, scope)?))
     }
 
     pub fn default_engine(&self) -> EngineChoice {
@@ -432,10 +491,11 @@ impl QueryEngine {
         record: &mut QueryRecord,
     ) -> Result<(Arc<Prepared>, EngineChoice), QueryError> {
         let prepared = self.prepare(request).await?;
-        let engine = self.resolve(request.engine, &prepared)?;
+        let engine = self.resolve(request, &prepared)?;
         record.engine = engine.name().into();
         record.shape = prepared.shape.clone();
         record.tables = prepared.tables.iter().map(ToString::to_string).collect();
+        record.columns = prepared.columns.clone();
         Ok((prepared, engine))
     }
 
@@ -443,7 +503,7 @@ impl QueryEngine {
     /// than the page, to tell whether another follows).
     async fn frame(&self, request: &QueryRequest) -> Result<DataFrame, QueryError> {
         let ctx = self.session()?;
-        let mut frame = ctx.sql_with_options(&request.sql, read_only()).await?;
+        let mut frame = self.plan_as(&ctx, &request.sql, &request.caller.scope).await?;
         if !request.params.is_empty() {
             frame = frame.with_param_values(request.params.to_datafusion())?;
         }
@@ -571,25 +631,31 @@ impl QueryEngine {
             return Ok(found);
         }
         self.catalog.refresh_names().await?;
-        let plan = match self.session()?.sql_with_options(&request.sql, read_only()).await {
+        let session = self.session()?;
+        let plan = match self.plan_as(&session, &request.sql, &request.caller.scope).await {
             Ok(frame) => Ok(frame.into_unoptimized_plan()),
-            Err(e) => Err(QueryError::from(e).to_string()),
+            Err(e) => Err(e.to_string()),
         };
         let duck = duck::inspect(&request.sql).map_err(|e| e.to_string());
-        let (tables, shape, warehouse_only, cacheable) = match (&plan, &duck) {
+        let (tables, shape, warehouse_only, cacheable, columns) = match (&plan, &duck) {
             (Ok(plan), _) => {
                 let read: Vec<TableName> = tables_read(plan).into_iter().map(|(t, _)| t).collect();
                 let warehouse_only = catalog::scans_only_warehouse(plan);
-                (read, shape(plan), warehouse_only, warehouse_only && !varies(plan))
+                // What the optimised plan reads: a masked column is a constant and is not read.
+                let columns = match session.state().optimize(plan) {
+                    Ok(optimized) => catalog::columns_read(&optimized),
+                    Err(_) => catalog::columns_read(plan),
+                };
+                (read, shape(plan), warehouse_only, warehouse_only && !varies(plan), columns)
             }
             // DataFusion could not plan it: DuckDB's dialect alone; its functions are not known here.
-            (Err(_), Ok(duck)) => (duck.tables.clone(), String::new(), true, false),
+            (Err(_), Ok(duck)) => (duck.tables.clone(), String::new(), true, false, Vec::new()),
             (Err(e), Err(_)) => return Err(QueryError::Sql(e.clone())),
         };
         let planned = plan.is_ok();
         let schema = plan.as_ref().ok().map(|p| p.schema().inner().clone());
         let plan = plan.map(|p| p.display_indent().to_string());
-        let prepared = Arc::new(Prepared { plan, schema, duck, warehouse_only, cacheable, tables, shape });
+        let prepared = Arc::new(Prepared { plan, schema, duck, warehouse_only, cacheable, tables, columns, shape });
         // Only what DataFusion planned is kept: a text that failed may name a table that comes later.
         if planned {
             self.prepared.insert(memo, prepared.clone());
@@ -598,13 +664,20 @@ impl QueryEngine {
     }
 
     /// The engine that runs the query: the one asked for, or for `auto` the faster for its shape.
-    fn resolve(&self, choice: EngineChoice, prepared: &Prepared) -> Result<EngineChoice, QueryError> {
-        match choice {
+    fn resolve(&self, request: &QueryRequest, prepared: &Prepared) -> Result<EngineChoice, QueryError> {
+        let masked = !self.sees_everything(&request.caller.scope);
+        match request.engine {
             EngineChoice::Datafusion => {
                 prepared.plan.as_ref().map_err(|e| QueryError::Sql(e.clone()))?;
                 Ok(EngineChoice::Datafusion)
             }
             EngineChoice::Duckdb => {
+                if masked {
+                    return Err(QueryError::Sql(format!(
+                        "the DuckDB engine is for scopes that see every column; scope {:?} queries through DataFusion, where masking applies",
+                        request.caller.scope
+                    )));
+                }
                 if !self.duck_available {
                     return Err(QueryError::Sql(
                         "the DuckDB engine reads warehouses on local disk only; use the datafusion engine".into(),
@@ -615,7 +688,7 @@ impl QueryEngine {
             }
             EngineChoice::Auto => {
                 prepared.plan.as_ref().map_err(|e| QueryError::Sql(e.clone()))?;
-                if !self.duck_available || prepared.duck.is_err() || !prepared.warehouse_only {
+                if masked || !self.duck_available || prepared.duck.is_err() || !prepared.warehouse_only {
                     return Ok(EngineChoice::Datafusion);
                 }
                 let chosen = self.routing.lock().map(|mut r| r.choose(&prepared.shape)).unwrap_or("datafusion");
@@ -638,7 +711,6 @@ impl QueryEngine {
         if error.is_some() {
             self.errors.fetch_add(1, Ordering::Relaxed);
         }
-        let Some(log) = &self.log else { return };
         record.at = at.to_rfc3339_opts(SecondsFormat::Micros, true);
         record.user = request.caller.user.clone();
         record.origin = request.caller.origin.into();
@@ -649,7 +721,12 @@ impl QueryEngine {
         if record.engine.is_empty() {
             record.engine = request.engine.name().into();
         }
-        log.record(record);
+        if let Some(recorder) = &self.recorder {
+            recorder.record(&request.caller, &record);
+        }
+        if let Some(log) = &self.log {
+            log.record(record);
+        }
     }
 }
 

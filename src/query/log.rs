@@ -37,6 +37,9 @@ pub struct QueryRecord {
     /// The plan's shape (operators and tables, no literals), which `auto` routing learns from.
     pub shape: String,
     pub tables: Vec<String>,
+    /// Columns the plan reads, as `schema.table.column` (for the audit trail; not kept here).
+    #[serde(skip)]
+    pub columns: Vec<String>,
     pub duration_us: u64,
     pub rows: u64,
     pub bytes: u64,

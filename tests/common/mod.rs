@@ -349,3 +349,36 @@ pub async fn client_fingerprint(config: &Config) -> String {
     let csv = sokana::query::format(&batches, sokana::query::OutputFormat::Csv).expect("csv");
     csv.lines().nth(1).expect("a row").to_string()
 }
+
+/// A demo-like project (small Sokana data, pipelines run, marts built) with free ports for
+/// `sokana serve` in its config.
+pub async fn sokana_project(extra_config: &str) -> (Project, u16, u16) {
+    let project = Project::new("sqlite://operational.db");
+    seed("sqlite://operational.db", project.dir.path(), 0.05).await;
+    project.add_core_models("query-test-key-0123456789");
+    let (http, pg) = (free_port(), free_port());
+    let mut text = std::fs::read_to_string(&project.config_path).expect("config");
+    text.push_str(&format!("\n[server]\nlisten = \"127.0.0.1:{http}\"\npgwire = \"127.0.0.1:{pg}\"\n{extra_config}\n"));
+    std::fs::write(&project.config_path, text).expect("config");
+    project.run().await.expect("pipeline");
+    (project, http, pg)
+}
+
+/// A running `sokana serve`, stopped when dropped.
+pub struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `sokana serve` for `project` and waits until both ports answer.
+pub fn serve(project: &Project, http: u16, pg: u16) -> Server {
+    let child = project.cli().arg("serve").spawn().expect("sokana serve");
+    let server = Server(child);
+    wait_for_port(http, Duration::from_secs(60), "sokana serve (HTTP)");
+    wait_for_port(pg, Duration::from_secs(60), "sokana serve (pgwire)");
+    server
+}

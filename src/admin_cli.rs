@@ -1,0 +1,186 @@
+//! `sokana user …`, `sokana key …` and `sokana audit …`: managing users, second factors and API
+//! keys, and checking the audit trail, from the command line, which has the metadata store's
+//! file and so acts as an administrator.
+
+use std::io::{BufRead, IsTerminal};
+
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+
+use sokana::auth::{Auth, Role};
+use sokana::config::Config;
+
+#[derive(Subcommand)]
+pub enum UserCommand {
+    /// Add a user; the password is read from standard input.
+    Add {
+        name: String,
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        /// Read the password from standard input (required: passwords never go on the command line).
+        #[arg(long, required = true)]
+        password_stdin: bool,
+    },
+    /// Every user, with role, state and whether a second factor is set up.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Disable a user: their sessions and API keys stop working at once.
+    Disable { name: String },
+    /// Enable a disabled user again.
+    Enable { name: String },
+    /// Set a new password (from standard input) and end the user's sessions.
+    ResetPassword {
+        name: String,
+        #[arg(long, required = true)]
+        password_stdin: bool,
+    },
+    /// Remove a user's second factor (a lost phone); they set one up at their next login.
+    ResetMfa { name: String },
+    /// A user's sessions, with device and address prefix.
+    Sessions { name: String },
+}
+
+#[derive(Subcommand)]
+pub enum KeyCommand {
+    /// Create an API key for a machine client; the key is printed once.
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        #[arg(long, default_value_t = 90)]
+        days: i64,
+        /// The user the key acts as (its requests are logged under this name; disabling the
+        /// user stops the key).
+        #[arg(long, default_value = "admin")]
+        owner: String,
+    },
+    /// Every key (never the key itself).
+    List,
+    /// Revoke a key by id.
+    Revoke { id: String },
+}
+
+#[derive(Subcommand)]
+pub enum AuditCommand {
+    /// Check the whole hash chain; fails naming the first record that was changed or removed.
+    Verify,
+    /// Records, oldest first, after a sequence number.
+    List {
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[arg(long)]
+        user: Option<String>,
+    },
+}
+
+fn parse_role(text: &str) -> Result<Role, String> {
+    Role::parse(text).ok_or_else(|| format!("{text:?} is not one of admin, manager, billing, analyst, viewer"))
+}
+
+fn read_password() -> Result<String> {
+    if std::io::stdin().is_terminal() {
+        eprint!("password: ");
+    }
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).context("reading the password from standard input")?;
+    let password = line.trim_end_matches(['\n', '\r']).to_string();
+    if password.is_empty() {
+        bail!("no password on standard input");
+    }
+    Ok(password)
+}
+
+pub async fn user(config: &Config, command: UserCommand) -> Result<()> {
+    let auth = Auth::open(config).await?;
+    match command {
+        UserCommand::Add { name, role, .. } => {
+            auth.add_user(&name, role, &read_password()?).await?;
+            eprintln!("added user {name} with role {role}");
+            if role.requires_mfa() {
+                eprintln!("{role} accounts set up a second factor at their first login (POST /api/v1/auth/mfa/setup)");
+            }
+        }
+        UserCommand::List { json } => {
+            let users = auth.users().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&users)?);
+            } else {
+                println!("{:<24} {:<8} {:<9} {:<4}", "user", "role", "state", "mfa");
+                for u in users {
+                    let state = if u.disabled { "disabled" } else { "active" };
+                    println!("{:<24} {:<8} {:<9} {:<4}", u.name, u.role, state, if u.mfa { "yes" } else { "no" });
+                }
+            }
+        }
+        UserCommand::Disable { name } => {
+            auth.set_disabled(&name, true).await?;
+            eprintln!("disabled {name}; their sessions are revoked");
+        }
+        UserCommand::Enable { name } => {
+            auth.set_disabled(&name, false).await?;
+            eprintln!("enabled {name}");
+        }
+        UserCommand::ResetPassword { name, .. } => {
+            auth.reset_password(&name, &read_password()?).await?;
+            eprintln!("new password set for {name}; their sessions are revoked");
+        }
+        UserCommand::ResetMfa { name } => {
+            auth.mfa_reset(&name).await?;
+            eprintln!("second factor removed for {name}; they set up a new one at their next login");
+        }
+        UserCommand::Sessions { name } => {
+            for s in auth.sessions(Some(&name)).await? {
+                let state = s.revoked_reason.as_deref().map_or("active".to_string(), |r| format!("revoked ({r})"));
+                println!("{}  {}  {}  {}  {}", s.id, format_time(s.created_at), s.ip_prefix, s.user_agent, state);
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn key(config: &Config, command: KeyCommand) -> Result<()> {
+    let auth = Auth::open(config).await?;
+    match command {
+        KeyCommand::Create { name, role, days, owner } => {
+            let key = auth.create_api_key(&name, role, days, &owner).await?;
+            eprintln!("API key {} ({role}), expires {}; it is shown only now:", key.id, format_time(key.expires_at));
+            println!("{}", key.key);
+        }
+        KeyCommand::List => {
+            for k in auth.api_keys().await? {
+                let state = if k.revoked_at.is_some() { "revoked" } else { "active" };
+                println!("{}  {:<20} {:<8} expires {}  {state}", k.id, k.name, k.role, format_time(k.expires_at));
+            }
+        }
+        KeyCommand::Revoke { id } => {
+            auth.revoke_api_key(&id).await?;
+            eprintln!("revoked {id}");
+        }
+    }
+    Ok(())
+}
+
+fn format_time(seconds: i64) -> String {
+    chrono::DateTime::from_timestamp(seconds, 0).map_or_else(|| seconds.to_string(), |t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+}
+
+pub async fn audit(config: &Config, command: AuditCommand) -> Result<()> {
+    let auth = Auth::open(config).await?;
+    match command {
+        AuditCommand::Verify => {
+            let verified = sokana::auth::audit::verify(auth.store()).await?;
+            println!("audit trail intact: {} records, head {}", verified.records, verified.head);
+        }
+        AuditCommand::List { after, limit, user } => {
+            for entry in auth.audit().entries(after, limit, user.as_deref()).await? {
+                println!("{}", serde_json::to_string(&entry)?);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,118 @@
+//! Masking by column class, as a rewrite of the query plan: every scan of a warehouse table is
+//! wrapped in a projection that shows each column as the caller's role may see it (as stored,
+//! pseudonymised, or NULL). Everything above the scan (filters, joins, aggregates, subqueries,
+//! CTEs, `SELECT *`) reads the masked columns, so no alias or predicate reaches a stored value.
+//! Types are kept: a masked column has its stored type, so clients that described a statement
+//! see the same schema they get.
+//!
+//! Classes come from the pipelines (`raw.*`). A raw column no pipeline names (a new source column)
+//! counts as `phi` until someone classes it. Models build `marts.*` from pseudonymised keys and
+//! their columns count as `dim`; a model author who exposes anything more must class it there.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::ScalarValue;
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, ScalarUDF, cast, col, lit};
+
+use super::{Role, Visibility};
+use crate::pipeline::spec::ColumnClass;
+use crate::query::QueryError;
+use crate::query::catalog::warehouse_table;
+use crate::query::engine::PlanPolicy;
+use crate::warehouse::TableName;
+
+pub struct MaskingPolicy {
+    classes: HashMap<(TableName, String), ColumnClass>,
+    pseudonym: Arc<ScalarUDF>,
+}
+
+impl MaskingPolicy {
+    /// The policy over `classes` (from the pipelines), pseudonymising with the same keyed hash
+    /// the models use, so a masked `raw.*` key joins a mart's `*_key`.
+    pub fn new(classes: HashMap<(TableName, String), ColumnClass>, pseudonym_key: &[u8]) -> MaskingPolicy {
+        MaskingPolicy { classes, pseudonym: Arc::new(crate::query::functions::pseudonym(pseudonym_key)) }
+    }
+
+    pub fn class_of(&self, table: &TableName, column: &str) -> ColumnClass {
+        match self.classes.get(&(table.clone(), column.to_string())) {
+            Some(class) => *class,
+            None if table.schema == "raw" => ColumnClass::Phi,
+            None => ColumnClass::Dim,
+        }
+    }
+
+    /// A scan of `table` as `role` sees it; `None` when nothing in it is masked.
+    fn masked_scan(&self, scan: LogicalPlan, table: &TableName, role: Role) -> Result<Option<LogicalPlan>, QueryError> {
+        let LogicalPlan::TableScan(ref inner) = scan else { return Ok(None) };
+        let qualifier = inner.table_name.clone();
+        let schema = inner.projected_schema.clone();
+        let mut masked_any = false;
+        let mut exprs = Vec::with_capacity(schema.fields().len());
+        for (field_qualifier, field) in schema.iter() {
+            let column = Expr::Column(datafusion::common::Column::new(field_qualifier.cloned(), field.name()));
+            let shown = match role.sees(self.class_of(table, field.name())) {
+                Visibility::Clear => {
+                    exprs.push(column);
+                    continue;
+                }
+                Visibility::Pseudonymised if is_text(field.data_type()) => {
+                    let hashed = self.pseudonym.call(vec![cast(column, DataType::Utf8)]);
+                    cast(hashed, field.data_type().clone())
+                }
+                // Keys that are not text (row numbers) would change type as hashes: hidden instead.
+                Visibility::Pseudonymised | Visibility::Hidden => {
+                    lit(ScalarValue::try_from(field.data_type()).map_err(|e| QueryError::Sql(e.to_string()))?)
+                }
+            };
+            masked_any = true;
+            exprs.push(shown.alias_qualified(Some(qualifier.clone()), field.name()));
+        }
+        if !masked_any {
+            return Ok(None);
+        }
+        let projected = LogicalPlanBuilder::from(scan).project(exprs).and_then(|b| b.build());
+        projected.map(Some).map_err(|e| QueryError::Sql(e.to_string()))
+    }
+}
+
+fn is_text(data_type: &DataType) -> bool {
+    matches!(data_type, DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8)
+}
+
+impl PlanPolicy for MaskingPolicy {
+    fn sees_everything(&self, scope: &str) -> bool {
+        Role::parse(scope).is_some_and(Role::sees_everything)
+    }
+
+    fn rewrite(&self, plan: LogicalPlan, scope: &str) -> Result<LogicalPlan, QueryError> {
+        let role = Role::parse(scope).ok_or_else(|| QueryError::Sql(format!("unknown scope {scope:?}")))?;
+        if role.sees_everything() {
+            return Ok(plan);
+        }
+        let mut failure = None;
+        let rewritten = plan
+            .transform_up_with_subqueries(|node| {
+                let table = match &node {
+                    LogicalPlan::TableScan(scan) => warehouse_table(scan).map(|(name, _)| name),
+                    _ => None,
+                };
+                let Some(table) = table else { return Ok(Transformed::no(node)) };
+                match self.masked_scan(node.clone(), &table, role) {
+                    Ok(Some(masked)) => Ok(Transformed::yes(masked)),
+                    Ok(None) => Ok(Transformed::no(node)),
+                    Err(e) => {
+                        failure = Some(e);
+                        Ok(Transformed::no(node))
+                    }
+                }
+            })
+            .map_err(|e| QueryError::Sql(e.to_string()))?;
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(rewritten.data),
+        }
+    }
+}
