@@ -91,7 +91,7 @@ impl Auth {
         let agent: String = device.user_agent.chars().take(200).collect();
         self.store
             .execute(
-                "INSERT INTO sessions (id, user_name, created_at, last_seen_at, expires_at, user_agent, ip_prefix, mfa) \
+                "INSERT INTO sessions (id, user_name, created_at, last_seen_at, expires_at, user_agent, ip_prefix, complete) \
                  VALUES ($1, $2, $3, $3, $4, $5, $6, $7)",
                 &[
                     id.as_str().into(),
@@ -138,7 +138,7 @@ impl Auth {
         let rows = self
             .store
             .query(
-                "SELECT t.session_id, t.rotated_at, s.user_name, s.revoked_at, s.expires_at, s.mfa, u.disabled \
+                "SELECT t.session_id, t.rotated_at, s.user_name, s.revoked_at, s.expires_at, s.complete, u.disabled \
                  FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id JOIN users u ON u.name = s.user_name \
                  WHERE t.hash = $1",
                 &[hash.as_str().into()],
@@ -190,7 +190,7 @@ impl Auth {
         let rows = self
             .store
             .query(
-                "SELECT s.revoked_at, s.mfa, u.disabled, u.role FROM sessions s JOIN users u ON u.name = s.user_name \
+                "SELECT s.revoked_at, s.complete, u.disabled, u.role FROM sessions s JOIN users u ON u.name = s.user_name \
                  WHERE s.id = $1 AND s.user_name = $2",
                 &[claims.sid.as_str().into(), claims.sub.as_str().into()],
             )

@@ -108,7 +108,8 @@ const MIGRATIONS: &[(i64, &str)] = &[(
         expires_at BIGINT NOT NULL,
         user_agent TEXT NOT NULL,
         ip_prefix TEXT NOT NULL,
-        mfa BIGINT NOT NULL,
+        -- 0 while an account that needs a second factor has not set one up: the session may do that only.
+        complete BIGINT NOT NULL,
         revoked_at BIGINT,
         revoked_reason TEXT
     );
