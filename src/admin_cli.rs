@@ -166,7 +166,8 @@ pub async fn key(config: &Config, command: KeyCommand) -> Result<()> {
 }
 
 fn format_time(seconds: i64) -> String {
-    chrono::DateTime::from_timestamp(seconds, 0).map_or_else(|| seconds.to_string(), |t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+    chrono::DateTime::from_timestamp(seconds, 0)
+        .map_or_else(|| seconds.to_string(), |t| t.format("%Y-%m-%d %H:%M UTC").to_string())
 }
 
 pub async fn audit(config: &Config, command: AuditCommand) -> Result<()> {

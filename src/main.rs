@@ -18,8 +18,8 @@ use sokana::query::log::StatsOrder;
 use sokana::query::{self, OutputFormat};
 use sokana::source::{self, SeedOptions, SourceError, SourceUrl};
 
-mod sql_cli;
 mod admin_cli;
+mod sql_cli;
 use sql_cli::CliFormat;
 
 #[derive(Parser)]

@@ -65,14 +65,19 @@ async fn enrol_admin(http: &Http) -> (Value, String, Vec<String>) {
     assert_eq!(status, 200, "{setup}");
     let secret = token(&setup, "secret");
     assert!(setup["otpauth_url"].as_str().is_some_and(|u| u.starts_with("otpauth://totp/")));
-    let (status, wrong) = http.send("POST", "/api/v1/auth/mfa/confirm", Some(&enrolling), Some(json!({"code": "000000"}))).await;
+    let (status, wrong) =
+        http.send("POST", "/api/v1/auth/mfa/confirm", Some(&enrolling), Some(json!({"code": "000000"}))).await;
     assert_eq!(status, 401, "a wrong code does not confirm: {wrong}");
     let code = Auth::current_code(&secret, "admin").expect("code");
     let (status, confirmed) =
         http.send("POST", "/api/v1/auth/mfa/confirm", Some(&enrolling), Some(json!({ "code": code }))).await;
     assert_eq!(status, 200, "{confirmed}");
-    let codes: Vec<String> =
-        confirmed["recovery_codes"].as_array().expect("codes").iter().map(|c| c.as_str().unwrap_or("").to_string()).collect();
+    let codes: Vec<String> = confirmed["recovery_codes"]
+        .as_array()
+        .expect("codes")
+        .iter()
+        .map(|c| c.as_str().unwrap_or("").to_string())
+        .collect();
     assert_eq!(codes.len(), 10);
     let (status, _) = http.send("GET", "/api/v1/auth/me", Some(&enrolling), None).await;
     assert_eq!(status, 401, "the enrolment session ended");
@@ -174,8 +179,9 @@ async fn tokens_rotate_and_a_reused_refresh_token_ends_the_session() {
     let (status, reused) =
         http.send("POST", "/api/v1/auth/refresh", None, Some(json!({ "refresh_token": first["refresh_token"] }))).await;
     assert_eq!((status, reused["error"]["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("token_reused")));
-    let (status, _) =
-        http.send("POST", "/api/v1/auth/refresh", None, Some(json!({ "refresh_token": second["refresh_token"] }))).await;
+    let (status, _) = http
+        .send("POST", "/api/v1/auth/refresh", None, Some(json!({ "refresh_token": second["refresh_token"] })))
+        .await;
     assert_eq!(status, 401, "the newest refresh token of that session is dead too");
     let (status, _) = http.send("GET", "/api/v1/tables", Some(&access), None).await;
     assert_eq!(status, 401, "and so is its access token");
@@ -215,7 +221,8 @@ async fn tokens_rotate_and_a_reused_refresh_token_ends_the_session() {
     let (status, body) = http.send("GET", "/api/v1/auth/me", Some(&sign(b"someone else's key", now + 600)), None).await;
     assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("invalid_token")));
     use sha2::Digest;
-    let signing: [u8; 32] = sha2::Sha256::new().chain_update(&key).chain_update(b"sokana access tokens").finalize().into();
+    let signing: [u8; 32] =
+        sha2::Sha256::new().chain_update(&key).chain_update(b"sokana access tokens").finalize().into();
     let (status, body) = http.send("GET", "/api/v1/auth/me", Some(&sign(&signing, now - 3600)), None).await;
     assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("token_expired")));
 
@@ -311,8 +318,12 @@ async fn each_role_sees_each_column_as_the_policy_says() {
     };
 
     let (_, tables) = http.send("GET", "/api/v1/tables", Some(&admin_key), None).await;
-    let tables: Vec<String> =
-        tables["tables"].as_array().expect("tables").iter().map(|t| t["table"].as_str().unwrap_or("").to_string()).collect();
+    let tables: Vec<String> = tables["tables"]
+        .as_array()
+        .expect("tables")
+        .iter()
+        .map(|t| t["table"].as_str().unwrap_or("").to_string())
+        .collect();
     assert!(tables.iter().any(|t| t.starts_with("marts.")) && tables.iter().any(|t| t.starts_with("raw.")));
     for table in &tables {
         // Row order may differ between roles (a masked key sorts differently): compare columns
@@ -329,11 +340,13 @@ async fn each_role_sees_each_column_as_the_policy_says() {
             assert_eq!(stored_rows.len(), seen_rows.len(), "{role} {table}: masking keeps every row");
             for field in seen["columns"].as_array().expect("columns") {
                 let column = field["name"].as_str().expect("name");
-                let class = classes.get(&(table.clone(), column.to_string())).copied().unwrap_or(if table.starts_with("raw.") {
-                    sokana::pipeline::spec::ColumnClass::Phi
-                } else {
-                    sokana::pipeline::spec::ColumnClass::Dim
-                });
+                let class = classes.get(&(table.clone(), column.to_string())).copied().unwrap_or(
+                    if table.starts_with("raw.") {
+                        sokana::pipeline::spec::ColumnClass::Phi
+                    } else {
+                        sokana::pipeline::spec::ColumnClass::Dim
+                    },
+                );
                 let sorted = |rows: &[Value]| {
                     let mut cells: Vec<String> = rows.iter().map(|r| r[column].to_string()).collect();
                     cells.sort();
@@ -346,8 +359,12 @@ async fn each_role_sees_each_column_as_the_policy_says() {
                         assert!(values.iter().all(|v| v == "null"), "{role} must not see {table}.{column} ({class})")
                     }
                     Visibility::Pseudonymised => {
-                        let stored: std::collections::HashSet<&String> = originals.iter().filter(|v| *v != "null").collect();
-                        assert!(values.iter().all(|v| !stored.contains(v)), "{role} sees a stored key in {table}.{column}");
+                        let stored: std::collections::HashSet<&String> =
+                            originals.iter().filter(|v| *v != "null").collect();
+                        assert!(
+                            values.iter().all(|v| !stored.contains(v)),
+                            "{role} sees a stored key in {table}.{column}"
+                        );
                     }
                 }
             }
@@ -384,7 +401,12 @@ async fn each_role_sees_each_column_as_the_policy_says() {
         query(analyst.clone(), format!("SELECT count(*) AS n FROM raw.phi_clients WHERE first_name = '{name}'")).await;
     assert_eq!((status, answer["rows"][0]["n"].as_i64()), (StatusCode::OK, Some(0)), "predicates see masked values");
     let (status, _) = http
-        .send("POST", "/api/v1/query", Some(&analyst), Some(json!({ "sql": "SELECT first_name FROM raw.phi_clients", "engine": "duckdb" })))
+        .send(
+            "POST",
+            "/api/v1/query",
+            Some(&analyst),
+            Some(json!({ "sql": "SELECT first_name FROM raw.phi_clients", "engine": "duckdb" })),
+        )
         .await;
     assert_eq!(status, 400, "DuckDB is refused to a masked role");
     // A masked key joins the marts' keys: same keyed hash.
@@ -421,15 +443,17 @@ async fn each_role_sees_each_column_as_the_policy_says() {
     let out = psql(PASSWORD, "select first_name, email from raw.phi_clients limit 5");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim().lines().collect::<Vec<_>>(), vec!["|"; 5]);
-    let out = psql(PASSWORD, &format!("select count(*) from raw.phi_clients where last_name is not null or first_name = '{name}'"));
+    let out = psql(
+        PASSWORD,
+        &format!("select count(*) from raw.phi_clients where last_name is not null or first_name = '{name}'"),
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0");
 
     // The audit trail: the analyst's queries with the columns and classes read, no values.
     let (status, audit) = http.send("GET", "/api/v1/audit?limit=10000", Some(&admin_key), None).await;
     assert_eq!(status, 200);
     let entries = audit["entries"].as_array().expect("entries");
-    let theirs: Vec<&Value> =
-        entries.iter().filter(|e| e["user"] == "analyst" && e["action"] == "query").collect();
+    let theirs: Vec<&Value> = entries.iter().filter(|e| e["user"] == "analyst" && e["action"] == "query").collect();
     assert!(theirs.len() >= 10, "{} analyst queries audited", theirs.len());
     assert!(entries.iter().any(|e| e["origin"] == "pgwire" && e["action"] == "login" && e["outcome"] == "ok"));
     assert!(

@@ -88,11 +88,17 @@ pub(super) async fn authorize(State(state): State<AppState>, mut request: Reques
     let verdict = match (access, &identity) {
         (Access::Public, _) => Ok(()),
         (_, None) => Err(unauthorized(
-            ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "send Authorization: Bearer TOKEN (an access token from POST /api/v1/auth/login, or an API key)".into()),
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "send Authorization: Bearer TOKEN (an access token from POST /api/v1/auth/login, or an API key)".into(),
+            ),
             &request_id,
         )),
         (Access::Enrolling, Some(_)) => Ok(()),
-        (_, Some(who)) if who.enrolling => Err(ApiError::from(AuthError::MfaEnrollmentRequired).with_request_id(&request_id).into_response()),
+        (_, Some(who)) if who.enrolling => {
+            Err(ApiError::from(AuthError::MfaEnrollmentRequired).with_request_id(&request_id).into_response())
+        }
         (Access::SignedIn, Some(_)) => Ok(()),
         (Access::Needs(permission), Some(who)) if who.may(permission) => Ok(()),
         (Access::Needs(_), Some(who)) => Err(ApiError::new(
@@ -185,8 +191,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientDevice {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let user_agent =
-            parts.headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let user_agent = parts.headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
         let ip = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
         Ok(ClientDevice(Device { user_agent, ip }))
     }

@@ -157,7 +157,17 @@ pub async fn run_saved(
         }
     };
     let params = saved.bind(&given).map_err(|e| ApiError::query(e, &request_id))?;
-    answer(&state, caller(identity, &request_id, address), &request_id, &url, &headers, saved.sql.clone(), params, &body).await
+    answer(
+        &state,
+        caller(identity, &request_id, address),
+        &request_id,
+        &url,
+        &headers,
+        saved.sql.clone(),
+        params,
+        &body,
+    )
+    .await
 }
 
 fn find_saved(state: &AppState, name: &str) -> Result<saved::SavedQuery, ApiError> {
@@ -228,13 +238,8 @@ async fn answer(
             message: format!("must be between 1 and {MAX_PAGE}"),
         }));
     }
-    let request = QueryRequest {
-        sql,
-        engine: body.engine.unwrap_or(state.engine.default_engine()),
-        params,
-        page,
-        caller,
-    };
+    let request =
+        QueryRequest { sql, engine: body.engine.unwrap_or(state.engine.default_engine()), params, page, caller };
     let fields = body.fields.clone().unwrap_or_default();
     if page.is_none() && format != ExportFormat::Json {
         return stream(state, &request, format, fields, request_id).await;
@@ -353,14 +358,20 @@ async fn stream(
     Ok((headers, Body::from_stream(chunks)).into_response())
 }
 
-pub async fn list_saved(State(state): State<AppState>, caller: super::auth::Authenticated) -> Result<Response, ApiError> {
+pub async fn list_saved(
+    State(state): State<AppState>,
+    caller: super::auth::Authenticated,
+) -> Result<Response, ApiError> {
     let request_id = caller.request_id;
     let all = saved::load_all(&state.config.queries_dir()).map_err(|e| ApiError::query(e, &request_id))?;
     Ok(axum::Json(json!({ "queries": all })).into_response())
 }
 
 /// Every table: columns with types and classes, row count, version and when it last changed.
-pub async fn list_tables(State(state): State<AppState>, _caller: super::auth::Authenticated) -> Result<Response, ApiError> {
+pub async fn list_tables(
+    State(state): State<AppState>,
+    _caller: super::auth::Authenticated,
+) -> Result<Response, ApiError> {
     let classes = crate::pipeline::column_classes(&state.config).unwrap_or_default();
     let catalog = state.engine.catalog();
     let mut out = Vec::new();

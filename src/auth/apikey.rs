@@ -87,7 +87,10 @@ impl Auth {
     pub async fn revoke_api_key(&self, id: &str) -> Result<(), AuthError> {
         let changed = self
             .store
-            .execute("UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL", &[id.into(), now().into()])
+            .execute(
+                "UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
+                &[id.into(), now().into()],
+            )
             .await?;
         if changed == 0 {
             return Err(AuthError::BadInput { field: "id", reason: format!("no active key {id:?}") });

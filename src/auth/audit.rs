@@ -57,7 +57,15 @@ const GENESIS: &str = "000000000000000000000000000000000000000000000000000000000
 fn chain_hash(prev: &str, seq: i64, event: &Event) -> String {
     // Field order is the struct's, so the same event always serialises the same way.
     let body = serde_json::to_string(event).unwrap_or_default();
-    hex::encode(Sha256::new().chain_update(prev).chain_update(b"\n").chain_update(seq.to_string()).chain_update(b"\n").chain_update(body).finalize())
+    hex::encode(
+        Sha256::new()
+            .chain_update(prev)
+            .chain_update(b"\n")
+            .chain_update(seq.to_string())
+            .chain_update(b"\n")
+            .chain_update(body)
+            .finalize(),
+    )
 }
 
 enum Message {
@@ -70,8 +78,7 @@ pub struct Audit {
     store: MetaStore,
 }
 
-const COLUMNS: &str =
-    "seq, at, user_name, role, origin, address, request_id, action, detail, tables, columns, rows_read, outcome, prev_hash, hash";
+const COLUMNS: &str = "seq, at, user_name, role, origin, address, request_id, action, detail, tables, columns, rows_read, outcome, prev_hash, hash";
 
 impl Audit {
     /// Starts the writer over `store`.
@@ -107,10 +114,10 @@ impl Audit {
             }
             None => {
                 self.store
-                    .query(&format!("SELECT {COLUMNS} FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2"), &[
-                        after.into(),
-                        limit.into(),
-                    ])
+                    .query(
+                        &format!("SELECT {COLUMNS} FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2"),
+                        &[after.into(), limit.into()],
+                    )
                     .await?
             }
         };
@@ -201,14 +208,18 @@ async fn write(store: MetaStore, mut receiver: mpsc::UnboundedReceiver<Message>)
                 ]);
                 prev = hash;
             }
-            let sql = format!("INSERT INTO audit ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)");
+            let sql = format!(
+                "INSERT INTO audit ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+            );
             match store.execute_many(&sql, rows).await {
                 Ok(()) => {
                     chain = Some((seq, prev));
                     batch.clear();
                 }
                 // Another instance appended first (a taken sequence number): read the head again.
-                Err(e) => tracing::warn!(error = %e, attempt, "audit: appending failed; retrying from the chain's head"),
+                Err(e) => {
+                    tracing::warn!(error = %e, attempt, "audit: appending failed; retrying from the chain's head")
+                }
             }
         }
         if !batch.is_empty() {

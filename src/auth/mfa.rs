@@ -46,10 +46,10 @@ impl Auth {
         }
         // Pending until confirmed: login asks for a code only once totp_enabled is set.
         self.store
-            .execute("UPDATE users SET totp_secret = $2 WHERE name = $1 AND totp_enabled = 0", &[
-                user.into(),
-                hex::encode(&secret).into(),
-            ])
+            .execute(
+                "UPDATE users SET totp_secret = $2 WHERE name = $1 AND totp_enabled = 0",
+                &[user.into(), hex::encode(&secret).into()],
+            )
             .await?;
         Ok(Enrollment {
             secret: generator.secret().to_base32(),
@@ -59,8 +59,15 @@ impl Auth {
 
     /// Confirms the pending secret with a code from it; turns the factor on, issues recovery
     /// codes, ends the enrolment session and opens a full one.
-    pub async fn mfa_confirm(&self, user: &str, session: Option<&str>, code: &str, device: &super::Device) -> Result<Confirmed, AuthError> {
-        let rows = self.store.query("SELECT totp_secret, totp_enabled FROM users WHERE name = $1", &[user.into()]).await?;
+    pub async fn mfa_confirm(
+        &self,
+        user: &str,
+        session: Option<&str>,
+        code: &str,
+        device: &super::Device,
+    ) -> Result<Confirmed, AuthError> {
+        let rows =
+            self.store.query("SELECT totp_secret, totp_enabled FROM users WHERE name = $1", &[user.into()]).await?;
         let Some(row) = rows.first() else {
             return Err(AuthError::UnknownUser(user.into()));
         };
@@ -72,14 +79,20 @@ impl Auth {
         };
         let step = self.matching_step(&secret, user, code)?.ok_or(AuthError::InvalidMfa)?;
         self.store
-            .execute("UPDATE users SET totp_enabled = 1, totp_last_step = $2 WHERE name = $1", &[user.into(), step.into()])
+            .execute(
+                "UPDATE users SET totp_enabled = 1, totp_last_step = $2 WHERE name = $1",
+                &[user.into(), step.into()],
+            )
             .await?;
         self.store.execute("DELETE FROM recovery_codes WHERE user_name = $1", &[user.into()]).await?;
         let mut codes = Vec::with_capacity(RECOVERY_CODES);
         for _ in 0..RECOVERY_CODES {
             let code = format!("{}-{}", random_string(5), random_string(5)).to_lowercase();
             self.store
-                .execute("INSERT INTO recovery_codes (user_name, hash) VALUES ($1, $2)", &[user.into(), digest(&code).into()])
+                .execute(
+                    "INSERT INTO recovery_codes (user_name, hash) VALUES ($1, $2)",
+                    &[user.into(), digest(&code).into()],
+                )
                 .await?;
             codes.push(code);
         }
@@ -105,10 +118,9 @@ impl Auth {
 
     /// Accepts a current code for `user` once; a code for a step already used is refused.
     pub(super) async fn check_totp(&self, user: &str, code: &str) -> Result<(), AuthError> {
-        let rows =
-            self.store.query("SELECT totp_secret, totp_last_step FROM users WHERE name = $1 AND totp_enabled = 1", &[
-                user.into(),
-            ])
+        let rows = self
+            .store
+            .query("SELECT totp_secret, totp_last_step FROM users WHERE name = $1 AND totp_enabled = 1", &[user.into()])
             .await?;
         let Some(row) = rows.first() else {
             return Err(AuthError::InvalidMfa);
@@ -119,10 +131,10 @@ impl Auth {
                 // Only the first of two concurrent logins with the same code wins.
                 let won = self
                     .store
-                    .execute("UPDATE users SET totp_last_step = $2 WHERE name = $1 AND totp_last_step < $2", &[
-                        user.into(),
-                        step.into(),
-                    ])
+                    .execute(
+                        "UPDATE users SET totp_last_step = $2 WHERE name = $1 AND totp_last_step < $2",
+                        &[user.into(), step.into()],
+                    )
                     .await?;
                 if won == 1 { Ok(()) } else { Err(AuthError::InvalidMfa) }
             }

@@ -117,8 +117,6 @@ impl Identity {
         !self.enrolling && self.role.allows(permission)
     }
 }
-    }
-}
 
 /// A user as listed (never with its hash or secrets).
 #[derive(Debug, Clone, serde::Serialize)]
@@ -179,9 +177,11 @@ impl Auth {
         let state = config.state_dir();
         let store_url = config.auth.store.clone().unwrap_or_else(|| state.join("meta.db").display().to_string());
         let store = MetaStore::open(&store_url, &config.base_dir).await?;
-        let key_path = config.auth.key_file.as_ref().map(|p| config.resolve(p)).unwrap_or_else(|| state.join("auth.key"));
+        let key_path =
+            config.auth.key_file.as_ref().map(|p| config.resolve(p)).unwrap_or_else(|| state.join("auth.key"));
         let master = crate::keyfile::read_or_create(&key_path).map_err(AuthError::Key)?;
-        let token_key: [u8; 32] = Sha256::new().chain_update(&master).chain_update(b"sokana access tokens").finalize().into();
+        let token_key: [u8; 32] =
+            Sha256::new().chain_update(&master).chain_update(b"sokana access tokens").finalize().into();
         let per_minute = |n: u32| Quota::per_minute(NonZeroU32::new(n.max(1)).unwrap_or(NonZeroU32::MIN));
         Ok(Arc::new(Auth {
             audit: audit::Audit::start(store.clone()),
@@ -206,7 +206,13 @@ impl Auth {
     }
 
     /// Records a login attempt (never the password).
-    pub(crate) fn audit_login(&self, user: &str, origin: &str, device: &Device, outcome: &Result<impl Sized, AuthError>) {
+    pub(crate) fn audit_login(
+        &self,
+        user: &str,
+        origin: &str,
+        device: &Device,
+        outcome: &Result<impl Sized, AuthError>,
+    ) {
         self.audit.record(audit::Event {
             at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
             user: user.to_string(),
@@ -302,8 +308,10 @@ impl Auth {
     /// `lockout_after` failures in a row, for 30 s doubling up to 15 min.
     pub async fn check_password(&self, name: &str, password: &str) -> Result<(Role, bool), AuthError> {
         let now = now();
-        let failures =
-            self.store.query("SELECT failures, locked_until FROM login_failures WHERE user_name = $1", &[name.into()]).await?;
+        let failures = self
+            .store
+            .query("SELECT failures, locked_until FROM login_failures WHERE user_name = $1", &[name.into()])
+            .await?;
         if let Some(row) = failures.first()
             && row.int(1) > now
         {
@@ -404,7 +412,8 @@ fn rate_limited(not_until: governor::NotUntil<governor::clock::QuantaInstant>) -
 }
 
 /// A valid argon2id hash of a random password, verified against when the user is unknown.
-const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29rYW5hLWR1bW15LXNhbHQ$W3V8gq0o5r7F0Kbq8j0Yq0p9w8Xb6nM3kLq1tY2uZ4E";
+const DUMMY_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$c29rYW5hLWR1bW15LXNhbHQ$W3V8gq0o5r7F0Kbq8j0Yq0p9w8Xb6nM3kLq1tY2uZ4E";
 
 fn parse_role(name: &str) -> Result<Role, AuthError> {
     Role::parse(name).ok_or_else(|| AuthError::Internal(format!("the store holds an unknown role {name:?}")))
@@ -440,7 +449,8 @@ async fn hash_password(password: &str) -> Result<String, AuthError> {
     let password = password.to_string();
     tokio::task::spawn_blocking(move || {
         let mut salt = [0u8; 16];
-        rand::TryRngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut salt).map_err(|e| AuthError::Internal(e.to_string()))?;
+        rand::TryRngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut salt)
+            .map_err(|e| AuthError::Internal(e.to_string()))?;
         let salt = SaltString::encode_b64(&salt).map_err(|e| AuthError::Internal(e.to_string()))?;
         Argon2::default()
             .hash_password(password.as_bytes(), &salt)

@@ -111,8 +111,9 @@ impl Auth {
         let now = now();
         let lifetime = self.settings.access_minutes * 60;
         let claims = Claims { sub: user.to_string(), sid: session.to_string(), iat: now, exp: now + lifetime };
-        let access_token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(&self.token_key))
-            .map_err(|e| AuthError::Internal(e.to_string()))?;
+        let access_token =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(&self.token_key))
+                .map_err(|e| AuthError::Internal(e.to_string()))?;
         let refresh_token = format!("{REFRESH_PREFIX}{}", random_token());
         self.store
             .execute(
@@ -235,7 +236,9 @@ impl Auth {
         let sql = "SELECT id, user_name, created_at, last_seen_at, expires_at, user_agent, ip_prefix, revoked_at, \
                    revoked_reason FROM sessions";
         let rows = match user {
-            Some(u) => self.store.query(&format!("{sql} WHERE user_name = $1 ORDER BY created_at DESC"), &[u.into()]).await?,
+            Some(u) => {
+                self.store.query(&format!("{sql} WHERE user_name = $1 ORDER BY created_at DESC"), &[u.into()]).await?
+            }
             None => self.store.query(&format!("{sql} ORDER BY created_at DESC"), &[]).await?,
         };
         Ok(rows
@@ -260,7 +263,9 @@ impl Auth {
         let owner = rows.first().map(|r| r.text(0));
         let admin = by.may(super::Permission::Administer);
         match owner {
-            Some(owner) if owner == by.user || admin => self.revoke_session(id, &format!("revoked by {}", by.user)).await,
+            Some(owner) if owner == by.user || admin => {
+                self.revoke_session(id, &format!("revoked by {}", by.user)).await
+            }
             // Someone else's session is reported as missing, not as forbidden, so ids cannot be probed.
             _ => Err(AuthError::BadInput { field: "id", reason: format!("no session {id:?} of yours") }),
         }

@@ -87,9 +87,10 @@ impl Row {
 }
 
 /// Schema changes in order; each runs once, recorded in `schema_migrations`.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    "CREATE TABLE users (
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "CREATE TABLE users (
         name TEXT PRIMARY KEY,
         role TEXT NOT NULL,
         password_hash TEXT NOT NULL,
@@ -143,9 +144,10 @@ const MIGRATIONS: &[(i64, &str)] = &[(
         failures BIGINT NOT NULL,
         locked_until BIGINT NOT NULL
     );",
-), (
-    2,
-    "CREATE TABLE audit (
+    ),
+    (
+        2,
+        "CREATE TABLE audit (
         seq BIGINT PRIMARY KEY,
         at TEXT NOT NULL,
         user_name TEXT NOT NULL,
@@ -162,7 +164,8 @@ const MIGRATIONS: &[(i64, &str)] = &[(
         prev_hash TEXT NOT NULL,
         hash TEXT NOT NULL
     )",
-)];
+    ),
+];
 
 #[derive(Clone)]
 pub struct MetaStore {
@@ -209,9 +212,10 @@ impl MetaStore {
 
     fn open_postgres(url: &str) -> Result<MetaStore, StoreError> {
         let target = redact(url);
-        let config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e: tokio_postgres::Error| StoreError::Backend { target: target.clone(), reason: e.to_string() })?;
+        let config: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| StoreError::Backend {
+            target: target.clone(),
+            reason: e.to_string(),
+        })?;
         let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(8)
@@ -287,7 +291,9 @@ impl MetaStore {
                 let outcome = tokio::task::spawn_blocking(move || {
                     let conn = conn.lock().map_err(|e| e.to_string())?;
                     let mut statement = conn.prepare_cached(&sql).map_err(|e| e.to_string())?;
-                    statement.execute(rusqlite::params_from_iter(params.iter().map(to_sqlite))).map_err(|e| e.to_string())
+                    statement
+                        .execute(rusqlite::params_from_iter(params.iter().map(to_sqlite)))
+                        .map_err(|e| e.to_string())
                 })
                 .await
                 .map_err(|e| self.error(e))?;
@@ -351,15 +357,18 @@ impl MetaStore {
                     let conn = conn.lock().map_err(|e| e.to_string())?;
                     let mut statement = conn.prepare_cached(&sql).map_err(|e| e.to_string())?;
                     let columns = statement.column_count();
-                    let mut rows =
-                        statement.query(rusqlite::params_from_iter(params.iter().map(to_sqlite))).map_err(|e| e.to_string())?;
+                    let mut rows = statement
+                        .query(rusqlite::params_from_iter(params.iter().map(to_sqlite)))
+                        .map_err(|e| e.to_string())?;
                     let mut out = Vec::new();
                     while let Some(row) = rows.next().map_err(|e| e.to_string())? {
                         let mut values = Vec::with_capacity(columns);
                         for i in 0..columns {
                             values.push(match row.get_ref(i).map_err(|e| e.to_string())? {
                                 rusqlite::types::ValueRef::Integer(n) => Value::Int(n),
-                                rusqlite::types::ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+                                rusqlite::types::ValueRef::Text(t) => {
+                                    Value::Text(String::from_utf8_lossy(t).into_owned())
+                                }
                                 _ => Value::Null,
                             });
                         }
@@ -466,7 +475,10 @@ mod tests {
 
     #[test]
     fn parameters_keep_their_numbers_in_sqlite() {
-        assert_eq!(sqlite_sql("UPDATE t SET a = $2 WHERE b = $1 AND c = '$x'"), "UPDATE t SET a = ?2 WHERE b = ?1 AND c = '$x'");
+        assert_eq!(
+            sqlite_sql("UPDATE t SET a = $2 WHERE b = $1 AND c = '$x'"),
+            "UPDATE t SET a = ?2 WHERE b = ?1 AND c = '$x'"
+        );
     }
 
     #[tokio::test]

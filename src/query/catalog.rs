@@ -17,7 +17,9 @@ use datafusion::common::{Constraints, Statistics};
 use datafusion::datasource::{TableType, source_as_provider};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::logical_expr::{Expr, LogicalPlan, TableProviderFilterPushDown, TableScan};
+use datafusion::physical_expr::projection::ProjectionExpr;
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::projection::ProjectionExec;
 use deltalake::DeltaTable;
 
 use crate::warehouse::{TableName, Warehouse, WarehouseError};
@@ -52,10 +54,30 @@ impl TableProvider for VersionedTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        // delta-rs answers a scan of no columns from its log and ignores `limit` there: every row
+        // comes back, and DataFusion, trusting the pushed limit, has dropped its own. With a limit,
+        // read the first column and drop it instead.
+        if let (Some(columns), Some(_)) = (projection, limit)
+            && columns.is_empty()
+            && !self.schema().fields().is_empty()
+        {
+            let one = self.inner.scan(state, Some(&vec![0]), filters, limit).await?;
+            let none: Vec<ProjectionExpr> = Vec::new();
+            return Ok(Arc::new(ProjectionExec::try_new(none, one)?));
+        }
         self.inner.scan(state, projection, filters, limit).await
     }
+    /// As the Delta provider says, except for filters that name no column (`NULL = 'x'`, which a
+    /// masked column becomes): delta-rs counts those as partition filters it applies exactly, and
+    /// then applies them to no row, so the filter would vanish. DataFusion keeps them instead.
     fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DfResult<Vec<TableProviderFilterPushDown>> {
-        self.inner.supports_filters_pushdown(filters)
+        let mut answers = self.inner.supports_filters_pushdown(filters)?;
+        for (answer, filter) in answers.iter_mut().zip(filters) {
+            if filter.column_refs().is_empty() {
+                *answer = TableProviderFilterPushDown::Unsupported;
+            }
+        }
+        Ok(answers)
     }
     fn statistics(&self) -> Option<Statistics> {
         self.inner.statistics()

@@ -121,6 +121,7 @@ impl QueryLog {
                     sql: r.get(5)?,
                     shape: r.get(6)?,
                     tables: serde_json::from_str(&tables).unwrap_or_default(),
+                    columns: Vec::new(),
                     duration_us: r.get::<_, i64>(8)? as u64,
                     rows: r.get::<_, i64>(9)? as u64,
                     bytes: r.get::<_, i64>(10)? as u64,
