@@ -257,22 +257,34 @@ impl MetaStore {
         Ok(())
     }
 
+    /// Runs `work` on the SQLite connection, off the async threads.
+    async fn on_sqlite<T: Send + 'static>(
+        &self,
+        conn: &Arc<Mutex<rusqlite::Connection>>,
+        work: impl FnOnce(&mut rusqlite::Connection) -> Result<T, String> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let conn = conn.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            let mut conn = conn.lock().map_err(|e| e.to_string())?;
+            work(&mut conn)
+        })
+        .await
+        .map_err(|e| self.error(e))?;
+        outcome.map_err(|e| self.error(e))
+    }
+
     /// Runs several statements in one transaction.
     async fn batch(&self, sql: &str) -> Result<(), StoreError> {
         match &self.backend {
             Backend::Sqlite(conn) => {
-                let conn = conn.clone();
                 let sql = format!("BEGIN IMMEDIATE; {sql}; COMMIT;");
-                let outcome = tokio::task::spawn_blocking(move || {
-                    let conn = conn.lock().map_err(|e| e.to_string())?;
+                self.on_sqlite(conn, move |conn| {
                     conn.execute_batch(&sql).map_err(|e| {
                         let _ = conn.execute_batch("ROLLBACK");
                         e.to_string()
                     })
                 })
                 .await
-                .map_err(|e| self.error(e))?;
-                outcome.map_err(|e| self.error(e))
             }
             Backend::Postgres(pool) => {
                 let mut client = pool.get().await.map_err(|e| self.error(e))?;
@@ -287,24 +299,20 @@ impl MetaStore {
     pub async fn execute(&self, sql: &str, params: &[Value]) -> Result<u64, StoreError> {
         match &self.backend {
             Backend::Sqlite(conn) => {
-                let (conn, sql, params) = (conn.clone(), sqlite_sql(sql), params.to_vec());
-                let outcome = tokio::task::spawn_blocking(move || {
-                    let conn = conn.lock().map_err(|e| e.to_string())?;
+                let (sql, params) = (sqlite_sql(sql), params.to_vec());
+                self.on_sqlite(conn, move |conn| {
                     let mut statement = conn.prepare_cached(&sql).map_err(|e| e.to_string())?;
                     statement
                         .execute(rusqlite::params_from_iter(params.iter().map(to_sqlite)))
+                        .map(|n| n as u64)
                         .map_err(|e| e.to_string())
                 })
                 .await
-                .map_err(|e| self.error(e))?;
-                outcome.map(|n| n as u64).map_err(|e| self.error(e))
             }
             Backend::Postgres(pool) => {
                 let client = pool.get().await.map_err(|e| self.error(e))?;
-                let boxed: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> =
-                    params.iter().map(to_postgres).collect();
-                let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-                    boxed.iter().map(|b| b.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
+                let boxed = to_postgres(params);
+                let refs = as_refs(&boxed);
                 client.execute(sql, &refs).await.map_err(|e| self.error(pg_reason(&e)))
             }
         }
@@ -314,9 +322,8 @@ impl MetaStore {
     pub async fn execute_many(&self, sql: &str, rows: Vec<Vec<Value>>) -> Result<(), StoreError> {
         match &self.backend {
             Backend::Sqlite(conn) => {
-                let (conn, sql) = (conn.clone(), sqlite_sql(sql));
-                let outcome = tokio::task::spawn_blocking(move || -> Result<(), String> {
-                    let mut conn = conn.lock().map_err(|e| e.to_string())?;
+                let sql = sqlite_sql(sql);
+                self.on_sqlite(conn, move |conn| {
                     let tx = conn.transaction().map_err(|e| e.to_string())?;
                     {
                         let mut statement = tx.prepare_cached(&sql).map_err(|e| e.to_string())?;
@@ -329,18 +336,14 @@ impl MetaStore {
                     tx.commit().map_err(|e| e.to_string())
                 })
                 .await
-                .map_err(|e| self.error(e))?;
-                outcome.map_err(|e| self.error(e))
             }
             Backend::Postgres(pool) => {
                 let mut client = pool.get().await.map_err(|e| self.error(e))?;
                 let tx = client.transaction().await.map_err(|e| self.error(e))?;
                 let statement = tx.prepare(sql).await.map_err(|e| self.error(pg_reason(&e)))?;
                 for row in &rows {
-                    let boxed: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> =
-                        row.iter().map(to_postgres).collect();
-                    let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-                        boxed.iter().map(|b| b.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
+                    let boxed = to_postgres(row);
+                    let refs = as_refs(&boxed);
                     tx.execute(&statement, &refs).await.map_err(|e| self.error(pg_reason(&e)))?;
                 }
                 tx.commit().await.map_err(|e| self.error(pg_reason(&e)))
@@ -352,9 +355,8 @@ impl MetaStore {
     pub async fn query(&self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
         match &self.backend {
             Backend::Sqlite(conn) => {
-                let (conn, sql, params) = (conn.clone(), sqlite_sql(sql), params.to_vec());
-                let outcome = tokio::task::spawn_blocking(move || -> Result<Vec<Row>, String> {
-                    let conn = conn.lock().map_err(|e| e.to_string())?;
+                let (sql, params) = (sqlite_sql(sql), params.to_vec());
+                self.on_sqlite(conn, move |conn| {
                     let mut statement = conn.prepare_cached(&sql).map_err(|e| e.to_string())?;
                     let columns = statement.column_count();
                     let mut rows = statement
@@ -377,15 +379,11 @@ impl MetaStore {
                     Ok(out)
                 })
                 .await
-                .map_err(|e| self.error(e))?;
-                outcome.map_err(|e| self.error(e))
             }
             Backend::Postgres(pool) => {
                 let client = pool.get().await.map_err(|e| self.error(e))?;
-                let boxed: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> =
-                    params.iter().map(to_postgres).collect();
-                let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-                    boxed.iter().map(|b| b.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
+                let boxed = to_postgres(params);
+                let refs = as_refs(&boxed);
                 let rows = client.query(sql, &refs).await.map_err(|e| self.error(pg_reason(&e)))?;
                 rows.iter()
                     .map(|row| {
@@ -430,14 +428,24 @@ fn to_sqlite(value: &Value) -> rusqlite::types::Value {
     }
 }
 
-fn to_postgres(value: &Value) -> Box<dyn tokio_postgres::types::ToSql + Sync + Send> {
-    match value {
-        // Every nullable column is either text or an integer; PostgreSQL infers the type from
-        // the statement, and an untyped NULL binds to either.
-        Value::Null => Box::new(None::<i64>),
-        Value::Int(n) => Box::new(*n),
-        Value::Text(s) => Box::new(s.clone()),
-    }
+type PgParam = Box<dyn tokio_postgres::types::ToSql + Sync + Send>;
+
+fn to_postgres(values: &[Value]) -> Vec<PgParam> {
+    values
+        .iter()
+        .map(|value| -> PgParam {
+            match value {
+                // Only integer columns are ever set to NULL by a parameter.
+                Value::Null => Box::new(None::<i64>),
+                Value::Int(n) => Box::new(*n),
+                Value::Text(s) => Box::new(s.clone()),
+            }
+        })
+        .collect()
+}
+
+fn as_refs(params: &[PgParam]) -> Vec<&(dyn tokio_postgres::types::ToSql + Sync)> {
+    params.iter().map(|b| b.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync)).collect()
 }
 
 fn pg_reason(e: &tokio_postgres::Error) -> String {
