@@ -491,3 +491,34 @@ fn permissions_cover_the_routes() {
         assert!(routes.iter().any(|r| r.access == Access::Needs(permission)), "{permission:?} guards nothing");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_metadata_store_runs_on_postgresql() {
+    let pg = common::Postgres::start();
+    let project = common::Project::new("sqlite://operational.db");
+    let mut text = std::fs::read_to_string(&project.config_path).expect("config");
+    text.push_str(&format!("\n[auth]\nstore = {:?}\n", pg.url()));
+    std::fs::write(&project.config_path, text).expect("config");
+    let config = project.config();
+    let auth = Auth::open(&config).await.expect("auth on PostgreSQL");
+    auth.add_user("ana", Role::Analyst, PASSWORD).await.expect("user");
+    assert!(matches!(auth.add_user("ana", Role::Viewer, PASSWORD).await, Err(sokana::auth::AuthError::UserExists(_))));
+    let device = sokana::auth::Device::default();
+    let login =
+        sokana::auth::Login { username: "ana".into(), password: PASSWORD.into(), totp: None, recovery_code: None };
+    let first = auth.login(&login, &device).await.expect("login");
+    let second = auth.refresh(&first.refresh_token, &device).await.expect("refresh");
+    assert!(matches!(auth.refresh(&first.refresh_token, &device).await, Err(sokana::auth::AuthError::TokenReused)));
+    assert!(auth.verify_access_token(&second.access_token).await.is_err(), "the session was revoked");
+    let key = auth.create_api_key("pg", Role::Viewer, 1, "ana").await.expect("key");
+    assert_eq!(auth.verify_bearer(&key.key).await.expect("key works").role, Role::Viewer);
+    auth.audit().flush().await;
+    let verified = sokana::auth::audit::verify(auth.store()).await.expect("chain");
+    assert_eq!(verified.records, 1, "the login is audited: {verified:?}");
+    // A second instance on the same store sees the same users and continues the same chain.
+    let other = Auth::open(&config).await.expect("second instance");
+    assert_eq!(other.users().await.expect("users").len(), 1);
+    assert!(other.login(&login, &device).await.is_ok());
+    other.audit().flush().await;
+    assert!(sokana::auth::audit::verify(other.store()).await.expect("chain").records > verified.records);
+}
