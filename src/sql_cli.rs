@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use futures::StreamExt;
 
+use sokana::api::AppState;
 use sokana::config::Config;
 use sokana::query::engine::{Caller, EngineChoice, QueryEngine, QueryRequest};
 use sokana::query::export::{Encoder, ExportFormat};
@@ -69,17 +70,24 @@ fn adhoc_params(pairs: &[String]) -> Result<Params> {
 }
 
 pub async fn sql(config: &Config, args: SqlArgs) -> Result<()> {
-    let engine = Arc::new(QueryEngine::open(config)?);
+    let state = AppState::open(config).await?;
+    let engine = state.engine.clone();
     let choice = args.engine.unwrap_or(engine.default_engine());
     let params = adhoc_params(&args.params)?;
     let outcome = match &args.sql {
         Some(sql) => run_one(&engine, sql.clone(), choice, params, args.format, args.output.as_deref()).await,
         None => shell(config, &engine, choice).await,
     };
-    if let Some(log) = engine.log() {
+    finish(&state).await;
+    outcome
+}
+
+/// Writes what the query log and the audit trail still hold, before the process ends.
+async fn finish(state: &AppState) {
+    if let Some(log) = state.engine.log() {
         log.close();
     }
-    outcome
+    state.auth.audit().flush().await;
 }
 
 pub async fn show_log(config: &Config, by: StatsOrder, json: bool) -> Result<()> {
@@ -304,12 +312,10 @@ pub async fn run_saved(
         given.insert(k.to_string(), Given::Text(v.to_string()));
     }
     let params = saved.bind(&given)?;
-    let engine_handle = Arc::new(QueryEngine::open(config)?);
-    let choice = engine.unwrap_or(engine_handle.default_engine());
-    let outcome = run_one(&engine_handle, saved.sql.clone(), choice, params, format, output).await;
-    if let Some(log) = engine_handle.log() {
-        log.close();
-    }
+    let state = AppState::open(config).await?;
+    let choice = engine.unwrap_or(state.engine.default_engine());
+    let outcome = run_one(&state.engine, saved.sql.clone(), choice, params, format, output).await;
+    finish(&state).await;
     outcome
 }
 

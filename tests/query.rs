@@ -513,4 +513,11 @@ async fn cli_exports_checks_saved_queries_and_logs() {
     let sqls: Vec<&str> = stats.as_array().expect("rows").iter().filter_map(|r| r["sql"].as_str()).collect();
     assert!(sqls.iter().any(|s| s.contains("status = ?")), "{sqls:?}");
     assert!(sqls.iter().all(|s| !s.contains("lead")), "{sqls:?}");
+    // The command line's queries are in the audit trail too, with the columns they read.
+    let audit = count(&["audit", "list", "--limit", "1000"]);
+    assert!(
+        audit.lines().any(|l| l.contains("\"origin\":\"cli\"") && l.contains("raw.phi_clients.status:dim")),
+        "{audit}"
+    );
+    assert!(!audit.contains("lead"), "the audit trail holds no values");
 }

@@ -43,7 +43,6 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// The state for `config`: its warehouse, a query engine, and its logins.
     /// The state for `config`: its warehouse, a query engine masking by role, and its users.
     pub async fn open(config: &Config) -> Result<AppState, OpenError> {
         let setup = |e: &dyn std::fmt::Display| OpenError::Setup(e.to_string());
