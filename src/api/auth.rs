@@ -128,7 +128,7 @@ pub(super) async fn authorize(State(state): State<AppState>, mut request: Reques
         action,
         detail,
         outcome: response.status().as_u16().to_string(),
-        ..Event::default()
+        ..Event::now()
     });
     response
 }

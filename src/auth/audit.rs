@@ -41,6 +41,13 @@ pub struct Event {
     pub outcome: String,
 }
 
+impl Event {
+    /// An event stamped with the current time.
+    pub fn now() -> Event {
+        Event { at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true), ..Event::default() }
+    }
+}
+
 /// A record with its place in the chain.
 #[derive(Debug, Clone, Serialize)]
 pub struct Entry {

@@ -214,7 +214,6 @@ impl Auth {
         outcome: &Result<impl Sized, AuthError>,
     ) {
         self.audit.record(audit::Event {
-            at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
             user: user.to_string(),
             origin: origin.to_string(),
             address: device.ip.map(|ip| ip.to_string()).unwrap_or_default(),
@@ -223,7 +222,7 @@ impl Auth {
                 Ok(_) => "ok".into(),
                 Err(e) => e.code().into(),
             },
-            ..audit::Event::default()
+            ..audit::Event::now()
         });
     }
 
