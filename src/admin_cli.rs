@@ -1,12 +1,14 @@
-//! `sokana user …`, `sokana key …` and `sokana audit …`: managing users, second factors and API
-//! keys, and checking the audit trail, from the command line, which has the metadata store's
-//! file and so acts as an administrator.
+//! `sokana user …`, `sokana key …`, `sokana audit …` and `sokana privacy …`: managing users,
+//! second factors and API keys, checking the audit trail, and answering a person's privacy
+//! requests, from the command line, which has the metadata store's file and so acts as an
+//! administrator.
 
 use std::io::{BufRead, IsTerminal};
 
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 
+use sokana::auth::audit::Event;
 use sokana::auth::{Auth, Role};
 use sokana::config::Config;
 
@@ -75,6 +77,25 @@ pub enum AuditCommand {
         limit: i64,
         #[arg(long)]
         user: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum PrivacyCommand {
+    /// Everything the warehouse holds about one client, as JSON (raw rows, and mart rows that
+    /// carry their keys or pseudonym).
+    Export {
+        #[arg(long)]
+        client: String,
+        /// Write the JSON here instead of standard output.
+        #[arg(long)]
+        output: Option<std::path::PathBuf>,
+    },
+    /// Remove one client from the raw tables and marts, with every older version of them; later
+    /// loads keep them out. Recorded in the audit trail.
+    Erase {
+        #[arg(long)]
+        client: String,
     },
 }
 
@@ -183,5 +204,55 @@ pub async fn audit(config: &Config, command: AuditCommand) -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+pub async fn privacy(
+    config: &Config,
+    command: PrivacyCommand,
+    progress: std::sync::Arc<dyn sokana::progress::Progress>,
+) -> Result<()> {
+    let auth = Auth::open(config).await?;
+    let event = |action: &str, detail: String| Event {
+        user: std::env::var("USER").unwrap_or_else(|_| "cli".into()),
+        role: "admin".into(),
+        origin: "cli".into(),
+        request_id: uuid::Uuid::new_v4().to_string(),
+        action: action.into(),
+        detail,
+        outcome: "ok".into(),
+        ..Event::now()
+    };
+    match command {
+        PrivacyCommand::Export { client, output } => {
+            let export = sokana::privacy::export(config, &client).await?;
+            let json = serde_json::to_string_pretty(&export)?;
+            match &output {
+                Some(path) => std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?,
+                None => println!("{json}"),
+            }
+            auth.audit().record(Event {
+                tables: export.tables.keys().cloned().collect(),
+                rows: export.rows(),
+                ..event("privacy.export", format!("client {client}"))
+            });
+        }
+        PrivacyCommand::Erase { client } => {
+            let erasure = sokana::privacy::erase(config, &client, &progress).await?;
+            auth.audit().record(Event {
+                tables: erasure.deleted.keys().chain(&erasure.rebuilt).cloned().collect(),
+                rows: erasure.deleted.values().sum(),
+                ..event("privacy.erase", format!("client {client}, erasure {}", erasure.id))
+            });
+            println!("{}", serde_json::to_string_pretty(&erasure)?);
+            if erasure.source_still_holds {
+                eprintln!(
+                    "warning: the source still holds client {client}; later loads keep them out of the warehouse, \
+                     but erase them at the source too"
+                );
+            }
+        }
+    }
+    auth.audit().flush().await;
     Ok(())
 }

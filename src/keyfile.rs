@@ -23,7 +23,7 @@ pub fn read_or_create(path: &Path) -> Result<Vec<u8>, String> {
 }
 
 /// Writes `contents` to `path`, readable by its owner only, whole or not at all.
-fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod config;
 pub mod keyfile;
 pub mod pipeline;
+pub mod privacy;
 pub mod progress;
 pub mod query;
 pub mod source;

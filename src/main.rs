@@ -123,6 +123,11 @@ enum Command {
         #[command(subcommand)]
         command: admin_cli::AuditCommand,
     },
+    /// A person's data: everything the warehouse holds about them, or its erasure.
+    Privacy {
+        #[command(subcommand)]
+        command: admin_cli::PrivacyCommand,
+    },
     /// Validate every pipeline, model and saved query against the live source and warehouse.
     Check,
     /// Serve the HTTP endpoints.
@@ -259,6 +264,9 @@ async fn run(cli: Cli) -> Result<()> {
         Command::User { command } => admin_cli::user(&Config::load(cli.config.as_deref())?, command).await,
         Command::Key { command } => admin_cli::key(&Config::load(cli.config.as_deref())?, command).await,
         Command::Audit { command } => admin_cli::audit(&Config::load(cli.config.as_deref())?, command).await,
+        Command::Privacy { command } => {
+            admin_cli::privacy(&Config::load(cli.config.as_deref())?, command, Bars::shared()).await
+        }
         Command::Check => {
             let config = Config::load(cli.config.as_deref())?;
             check(&config).await
@@ -434,7 +442,7 @@ async fn pipeline_command(config: &Config, command: PipelineCommand) -> Result<(
                 );
                 for t in run.tables {
                     println!(
-                        "    {:<32} {:<9} read {:>9}  +{:<8} ~{:<8} -{:<6} v{}  {} ms{}",
+                        "    {:<32} {:<9} read {:>9}  +{:<8} ~{:<8} -{:<6} v{}  {} ms{}{}",
                         t.target,
                         t.status,
                         t.rows_read,
@@ -443,6 +451,11 @@ async fn pipeline_command(config: &Config, command: PipelineCommand) -> Result<(
                         t.deleted,
                         t.version.map_or("-".into(), |v| v.to_string()),
                         t.duration_ms,
+                        if t.withheld > 0 {
+                            format!("  {} withheld (erased people)", t.withheld)
+                        } else {
+                            String::new()
+                        },
                         t.error.map(|e| format!("  {e}")).unwrap_or_default()
                     );
                 }

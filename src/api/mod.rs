@@ -4,6 +4,7 @@
 
 mod auth;
 mod pgwire;
+mod privacy;
 mod query;
 
 pub use auth::Access;
@@ -111,6 +112,8 @@ pub fn routes() -> Vec<Route> {
         route(Method::POST, "/api/v1/api-keys", Needs(Administer), auth::create_key),
         route(Method::DELETE, "/api/v1/api-keys/{id}", Needs(Administer), auth::revoke_key),
         route(Method::GET, "/api/v1/audit", Needs(Administer), auth::audit),
+        route(Method::POST, "/api/v1/privacy/export", Needs(Administer), privacy::export),
+        route(Method::POST, "/api/v1/privacy/erase", Needs(Administer), privacy::erase),
         route(Method::GET, "/api/v1/pipelines", Needs(ViewPipelines), list_pipelines),
         route(Method::GET, "/api/v1/pipelines/{name}/runs", Needs(ViewPipelines), list_runs),
         route(Method::POST, "/api/v1/pipelines/{name}/runs", Needs(RunPipelines), start_run),

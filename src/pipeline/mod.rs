@@ -20,6 +20,7 @@ use futures::{StreamExt, TryStreamExt};
 use serde_json::json;
 
 use crate::config::Config;
+use crate::privacy::{ErasureList, Withhold};
 use crate::progress::Progress;
 use crate::source::ConnectOptions;
 use crate::source::{
@@ -56,6 +57,8 @@ pub enum PipelineError {
     Query(String),
     #[error("pseudonym key: {0}")]
     Key(String),
+    #[error(transparent)]
+    Privacy(#[from] Box<crate::privacy::PrivacyError>),
     #[error("no pipeline named {name:?} in {dir} (have: {have})")]
     UnknownPipeline { name: String, dir: String, have: String },
 }
@@ -242,14 +245,25 @@ async fn run_locked(
     let source = url.connect(&options).await?;
     let mut snapshot = source.snapshot().await?;
     let maintenance = Maintenance::from_config(config);
+    let erasures = ErasureList::open(&config.state_dir());
     let mut records = Vec::new();
     for table in &pipeline.tables {
         let started = Instant::now();
         let label = table.target.to_string();
         progress.start(&label, None);
         let mut record = TableRecord { target: label.clone(), ..TableRecord::default() };
-        match load_table(pipeline, table, snapshot.as_mut(), &warehouse, &maintenance, run_id, progress, &mut record)
-            .await
+        match load_table(
+            pipeline,
+            table,
+            snapshot.as_mut(),
+            &warehouse,
+            &erasures,
+            &maintenance,
+            run_id,
+            progress,
+            &mut record,
+        )
+        .await
         {
             Ok(()) => {
                 if let Err(e) = warehouse.maintain(&table.target, &maintenance, record.version.is_some()).await {
@@ -330,12 +344,14 @@ async fn load_table(
     table: &TableSpec,
     snapshot: &mut dyn Snapshot,
     warehouse: &Warehouse,
+    erasures: &ErasureList,
     maintenance: &Maintenance,
     run_id: &str,
     progress: &Arc<dyn Progress>,
     record: &mut TableRecord,
 ) -> Result<(), PipelineError> {
     let columns = select_columns(pipeline, table, snapshot.columns(&table.source_table).await?)?;
+    let withhold = erasures.withhold(pipeline, table).map_err(Box::new)?;
     let existing = warehouse.open(&table.target).await?;
     let previous: Option<CursorValue> = match &existing {
         Some(t) => warehouse
@@ -389,7 +405,15 @@ async fn load_table(
     let schema = spec.arrow_schema();
     let partitions = if unchanged { Vec::new() } else { snapshot.extract(spec).await? };
     let read = Arc::new(AtomicU64::new(0));
-    let rows = partitions.into_iter().map(|p| observe(p, &table.target.to_string(), read.clone(), progress)).collect();
+    let withheld = Arc::new(AtomicU64::new(0));
+    let rows = partitions
+        .into_iter()
+        .map(|p| observe(p, &table.target.to_string(), read.clone(), progress))
+        .map(|p| match &withhold {
+            Some(w) => keep_out(p, w.clone(), withheld.clone()),
+            None => p,
+        })
+        .collect();
     let outcome = warehouse
         .load(LoadRequest {
             table: table.target.clone(),
@@ -418,6 +442,14 @@ async fn load_table(
         );
     }
     record.rows_read = read.load(Ordering::Relaxed);
+    record.withheld = withheld.load(Ordering::Relaxed);
+    if record.withheld > 0 {
+        tracing::warn!(
+            table = %table.target,
+            rows = record.withheld,
+            "the source still holds rows of erased people; they were kept out of the warehouse (erase them at the source)"
+        );
+    }
     record.inserted = outcome.inserted;
     record.updated = outcome.updated;
     record.deleted = outcome.deleted;
@@ -459,6 +491,81 @@ fn observe(
         }
     });
     Box::pin(RecordBatchStreamAdapter::new(schema, observed))
+}
+
+/// Drops the rows of erased people from a load's stream, counting them.
+fn keep_out(stream: SendableRecordBatchStream, withhold: Withhold, count: Arc<AtomicU64>) -> SendableRecordBatchStream {
+    let schema = stream.schema();
+    let kept = stream.map(move |batch| {
+        let (batch, dropped) =
+            withhold.apply(batch?).map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+        count.fetch_add(dropped, Ordering::Relaxed);
+        Ok(batch)
+    });
+    Box::pin(RecordBatchStreamAdapter::new(schema, kept))
+}
+
+/// Every pipeline's lock and the models' (privacy erasure): fails at once if a pipeline is running,
+/// waits for a model build to end.
+pub async fn lock_all(config: &Config, pipelines: &[Pipeline]) -> Result<Vec<RunLock>, PipelineError> {
+    let state_dir = config.state_dir();
+    let mut locks = Vec::new();
+    for p in pipelines {
+        locks.push(RunLock::acquire(&state_dir, &p.name)?);
+    }
+    locks.push(RunLock::wait(&state_dir, MODELS_LOCK).await?);
+    Ok(locks)
+}
+
+/// Rebuilds the models downstream of `changed` after an erasure (the caller holds the locks),
+/// recorded as a run of the models; returns the models rebuilt.
+pub async fn rebuild_after_erasure(
+    config: &Config,
+    pipelines: &[Pipeline],
+    changed: &BTreeSet<TableName>,
+    progress: &Arc<dyn Progress>,
+) -> Result<Vec<TableName>, PipelineError> {
+    let graph = load_models(config, pipelines)?;
+    let models = graph.downstream_of(changed);
+    if models.is_empty() {
+        return Ok(Vec::new());
+    }
+    let log = RunLog::open(&config.state_dir())?;
+    let run_id = log.start(MODELS_RUN, "privacy erase")?;
+    let outcome = build::build(config, &models, &BTreeSet::new(), &run_id, &log, progress).await;
+    finish_run(&log, run_id, MODELS_RUN, outcome)?;
+    Ok(models.iter().map(|m| m.target.clone()).collect())
+}
+
+/// Whether the source behind `subject` (a pipeline's target table) still holds the row keyed `key`.
+pub async fn source_holds(
+    config: &Config,
+    pipelines: &[Pipeline],
+    subject: &TableName,
+    key: &str,
+) -> Result<bool, PipelineError> {
+    let Some((pipeline, table)) =
+        pipelines.iter().find_map(|p| p.tables.iter().find(|t| &t.target == subject).map(|t| (p, t)))
+    else {
+        return Ok(false);
+    };
+    let (url, options) = source_url(config, pipeline)?;
+    let source = url.connect(&options).await?;
+    let mut snapshot = source.snapshot().await?;
+    let columns = select_columns(pipeline, table, snapshot.columns(&table.source_table).await?)?;
+    let key_columns: Vec<SourceColumn> = columns.into_iter().filter(|c| table.primary_key.contains(&c.name)).collect();
+    let spec = ExtractSpec { table: table.source_table.clone(), columns: key_columns, range: None, batch_rows: 65_536 };
+    let mut keys = merge_partitions(spec.arrow_schema(), snapshot.extract(spec).await?);
+    let wanted = std::collections::BTreeSet::from([key.to_string()]);
+    let probe = Withhold::single(&table.primary_key[0], wanted);
+    while let Some(batch) = keys.next().await {
+        let batch = batch.map_err(|e| WarehouseError::Source { table: subject.to_string(), reason: e.to_string() })?;
+        let (_, found) = probe.apply(batch).map_err(Box::new)?;
+        if found > 0 {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Checks a pipeline against its source's live catalog: tables, columns and cursors exist.

@@ -52,6 +52,8 @@ pub struct TableRecord {
     pub target: String,
     pub status: String,
     pub rows_read: u64,
+    /// Rows read but kept out: their person was erased (`privacy`).
+    pub withheld: u64,
     pub inserted: u64,
     pub updated: u64,
     pub deleted: u64,
@@ -88,6 +90,16 @@ impl RunLog {
              CREATE INDEX IF NOT EXISTS decisions_by_pipeline ON schedule_decisions (pipeline, at);",
         )
         .map_err(|e| store_err(&e))?;
+        // Added after the first release: logs made before it get the column here.
+        let has_withheld: bool = conn
+            .query_row("SELECT count(*) > 0 FROM pragma_table_info('run_tables') WHERE name = 'withheld'", [], |r| {
+                r.get(0)
+            })
+            .map_err(|e| store_err(&e))?;
+        if !has_withheld {
+            conn.execute_batch("ALTER TABLE run_tables ADD COLUMN withheld INTEGER NOT NULL DEFAULT 0")
+                .map_err(|e| store_err(&e))?;
+        }
         Ok(RunLog { conn: std::sync::Mutex::new(conn), path })
     }
 
@@ -127,8 +139,9 @@ impl RunLog {
         self.db()?
             .execute(
                 "INSERT OR REPLACE INTO run_tables
-                   (run_id, target, status, rows_read, inserted, updated, deleted, version, cursor, duration_ms, error)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                   (run_id, target, status, rows_read, inserted, updated, deleted, version, cursor, duration_ms, error,
+                    withheld)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
                 params![
                     run_id,
                     table.target,
@@ -140,7 +153,8 @@ impl RunLog {
                     table.version,
                     table.cursor,
                     table.duration_ms as i64,
-                    table.error
+                    table.error,
+                    table.withheld as i64
                 ],
             )
             .map_err(|e| self.err(e))?;
@@ -250,7 +264,8 @@ impl RunLog {
             .map_err(|e| self.err(e))?;
         let mut tables = db
             .prepare(
-                "SELECT target, status, rows_read, inserted, updated, deleted, version, cursor, duration_ms, error
+                "SELECT target, status, rows_read, inserted, updated, deleted, version, cursor, duration_ms, error,
+                        withheld
                  FROM run_tables WHERE run_id = ?1 ORDER BY rowid",
             )
             .map_err(|e| self.err(e))?;
@@ -268,6 +283,7 @@ impl RunLog {
                         cursor: r.get(7)?,
                         duration_ms: r.get::<_, i64>(8)? as u64,
                         error: r.get(9)?,
+                        withheld: r.get::<_, i64>(10)? as u64,
                     })
                 })
                 .map_err(|e| self.err(e))?

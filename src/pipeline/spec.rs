@@ -140,6 +140,10 @@ struct TableFile {
     partition_by: Vec<String>,
     #[serde(default)]
     columns: BTreeMap<String, ColumnClass>,
+    #[serde(default)]
+    subject: bool,
+    #[serde(default)]
+    references: BTreeMap<String, String>,
 }
 
 /// A loaded, checked pipeline.
@@ -188,6 +192,11 @@ pub struct TableSpec {
     pub detect_deletes: bool,
     pub partition_by: Vec<String>,
     pub columns: BTreeMap<String, ColumnClass>,
+    /// Rows of this table are people who may ask for their data or its erasure (`privacy`).
+    pub subject: bool,
+    /// Column → the source table (of this pipeline) whose single-column key it holds: how a row
+    /// is traced to a person for privacy requests.
+    pub references: BTreeMap<String, String>,
     /// 1-based line of the table's entry in the file, for errors found later (e.g. against the
     /// live source).
     pub line: usize,
@@ -284,12 +293,12 @@ impl Pipeline {
             if tables.iter().any(|other| other.target == target) {
                 return Err(err(at, format!("{what}: target {target} is used twice in this file")));
             }
-            for key in t.primary_key.iter().chain(&t.cursor).chain(&t.partition_by) {
+            for key in t.primary_key.iter().chain(&t.cursor).chain(&t.partition_by).chain(t.references.keys()) {
                 if !t.columns.is_empty() && !t.columns.contains_key(key) {
                     return Err(err(
                         at,
                         format!(
-                            "{what}: column {key:?} is used as a key, cursor or partition but not listed in `columns`"
+                            "{what}: column {key:?} is used as a key, cursor, partition or reference but not listed in `columns`"
                         ),
                     ));
                 }
@@ -305,11 +314,48 @@ impl Pipeline {
                 detect_deletes: t.detect_deletes || t.cursor.is_none(),
                 partition_by: t.partition_by.clone(),
                 columns: t.columns.clone(),
+                subject: t.subject,
+                references: t.references.clone(),
                 line: line_of(spanned.span().start),
             });
         }
         if tables.is_empty() {
             return Err(err(None, "no [[tables]]: a pipeline extracts at least one table".into()));
+        }
+        for (spanned, table) in file.tables.iter().zip(&tables) {
+            let at = Some(spanned.span().start);
+            if table.subject && table.primary_key.len() != 1 {
+                return Err(err(
+                    at,
+                    format!("table {:?} is a `subject` and needs a one-column primary key", table.source_table),
+                ));
+            }
+            for (column, referenced) in &table.references {
+                let Some(other) = tables.iter().find(|o| &o.source_table == referenced) else {
+                    return Err(err(
+                        at,
+                        format!(
+                            "table {:?}, key `references.{column}`: no table {referenced:?} in this pipeline",
+                            table.source_table
+                        ),
+                    ));
+                };
+                if other.primary_key.len() != 1 {
+                    return Err(err(
+                        at,
+                        format!(
+                            "table {:?}, key `references.{column}`: table {referenced:?} must have a one-column primary key",
+                            table.source_table
+                        ),
+                    ));
+                }
+            }
+        }
+        if tables.iter().filter(|t| t.subject).count() > 1 {
+            return Err(err(
+                None,
+                "more than one table is marked `subject`: privacy requests need one table of people".into(),
+            ));
         }
         Ok(Pipeline {
             name,
@@ -393,5 +439,23 @@ amount = "fin"
         assert!(e.to_string().contains("cron") && e.line == Some(3), "{e}");
         let e = parse(&GOOD.replace("America/New_York", "America/Gotham")).unwrap_err();
         assert!(e.to_string().contains("time zone") && e.line == Some(4), "{e}");
+    }
+
+    #[test]
+    fn references_name_a_table_of_the_file_with_a_one_column_key() {
+        let with_ref = GOOD
+            .replace("cursor = \"id\"\n", "cursor = \"id\"\nreferences = { client_id = \"clients\" }\n")
+            .replace("amount = \"fin\"", "amount = \"fin\"\nclient_id = \"id\"");
+        let e = parse(&with_ref).unwrap_err();
+        assert!(e.to_string().contains("references.client_id") && e.to_string().contains("\"clients\""), "{e}");
+        assert_eq!(e.line, Some(6));
+        let clients = "\n[[tables]]\nname = \"clients\"\nprimary_key = [\"id\"]\nsubject = true\n";
+        let p = parse(&format!("{with_ref}{clients}")).unwrap();
+        assert!(p.tables[1].subject);
+        assert_eq!(p.tables[0].references.get("client_id").map(String::as_str), Some("clients"));
+        let e = parse(&format!("{with_ref}{}", clients.replace("[\"id\"]", "[\"id\", \"n\"]"))).unwrap_err();
+        assert!(e.to_string().contains("one-column primary key"), "{e}");
+        let e = parse(&with_ref.replace("client_id = \"id\"", "")).unwrap_err();
+        assert!(e.to_string().contains("reference but not listed"), "{e}");
     }
 }

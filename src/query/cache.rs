@@ -26,6 +26,8 @@ pub struct CachedResult {
     pub bytes: u64,
     /// For a page: whether rows follow it.
     pub has_more: bool,
+    /// The tables read, at the versions read.
+    pub tables: Vec<(TableName, i64)>,
 }
 
 /// What goes into a key. Building it in one place keeps every caller's key complete.
@@ -79,6 +81,9 @@ pub fn compact(batch: RecordBatch) -> Result<RecordBatch, ArrowError> {
 pub struct ResultCache {
     entries: moka::future::Cache<String, Arc<CachedResult>>,
     largest: u64,
+    /// The newest version seen of each table: answers from older versions can never be asked for
+    /// again, so they are dropped at once instead of aging out (an erased person's rows with them).
+    newest: std::sync::Mutex<std::collections::HashMap<TableName, i64>>,
     pub hits: AtomicU64,
     pub misses: AtomicU64,
 }
@@ -91,8 +96,35 @@ impl ResultCache {
             .max_capacity(capacity_bytes)
             .time_to_live(ttl)
             .weigher(|_key: &String, value: &Arc<CachedResult>| u32::try_from(value.bytes).unwrap_or(u32::MAX))
+            .support_invalidation_closures()
             .build();
-        ResultCache { entries, largest: capacity_bytes / 8, hits: AtomicU64::new(0), misses: AtomicU64::new(0) }
+        ResultCache {
+            entries,
+            largest: capacity_bytes / 8,
+            newest: std::sync::Mutex::new(std::collections::HashMap::new()),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    /// Notes the current versions of `tables`; when one has moved on, answers that read an older
+    /// version of it are dropped.
+    pub fn observe_versions(&self, tables: &[(TableName, i64)]) {
+        let Ok(mut newest) = self.newest.lock() else { return };
+        for (table, version) in tables {
+            let seen = newest.entry(table.clone()).or_insert(*version);
+            if *seen >= *version {
+                continue;
+            }
+            *seen = *version;
+            let (table, version) = (table.clone(), *version);
+            let stale = move |_: &String, entry: &Arc<CachedResult>| {
+                entry.tables.iter().any(|(t, v)| *t == table && *v < version)
+            };
+            if let Err(e) = self.entries.invalidate_entries_if(stale) {
+                tracing::warn!(error = %e, "could not drop cached answers of older versions; they age out instead");
+            }
+        }
     }
 
     pub async fn get(&self, key: &str) -> Option<Arc<CachedResult>> {
@@ -135,5 +167,29 @@ mod tests {
         let compacted = compact(slice.clone()).unwrap();
         assert!(compacted.get_array_memory_size() < 20_000, "{}", compacted.get_array_memory_size());
         assert_eq!(compacted, slice);
+    }
+
+    #[tokio::test]
+    async fn a_new_version_drops_answers_from_older_ones() {
+        let cache = ResultCache::new(1 << 20, Duration::from_secs(60));
+        let table = |name: &str| TableName { schema: "raw".into(), name: name.into() };
+        let entry = |tables: Vec<(TableName, i64)>| {
+            let schema = Arc::new(Schema::empty());
+            Arc::new(CachedResult {
+                schema,
+                batches: vec![],
+                engine: "datafusion",
+                rows: 0,
+                bytes: 10,
+                has_more: false,
+                tables,
+            })
+        };
+        cache.observe_versions(&[(table("hours"), 1), (table("payments"), 4)]);
+        cache.insert("hours@1".into(), entry(vec![(table("hours"), 1)])).await;
+        cache.insert("payments@4".into(), entry(vec![(table("payments"), 4)])).await;
+        cache.observe_versions(&[(table("hours"), 2)]);
+        assert!(cache.get("hours@1").await.is_none(), "an answer from version 1 of hours is gone");
+        assert!(cache.get("payments@4").await.is_some(), "answers over other tables stay");
     }
 }

@@ -248,6 +248,11 @@ impl QueryEngine {
     }
 
     /// Installs the masking policy every later plan goes through.
+    /// Drops every cached answer (after an erasure: none may outlive the rows it came from).
+    pub fn purge_cache(&self) {
+        self.cache.clear();
+    }
+
     pub fn with_policy(mut self, policy: Arc<dyn PlanPolicy>) -> QueryEngine {
         self.policy = Some(policy);
         self
@@ -346,6 +351,7 @@ impl QueryEngine {
         let versions = self.catalog.versions(&prepared.tables).await?;
         let tables: Vec<(TableName, i64)> =
             prepared.tables.iter().zip(versions).filter_map(|(t, v)| v.map(|v| (t.clone(), v))).collect();
+        self.cache.observe_versions(&tables);
         let key_for = |tables: &[(TableName, i64)]| {
             KeyParts {
                 normalised: &normalised,
@@ -405,7 +411,15 @@ impl QueryEngine {
         let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
         let bytes = batches.iter().map(|b| b.get_array_memory_size() as u64).sum();
         (record.rows, record.bytes) = (rows, bytes);
-        let result = Arc::new(CachedResult { schema, batches, engine: engine.name(), rows, bytes, has_more });
+        let result = Arc::new(CachedResult {
+            schema,
+            batches,
+            engine: engine.name(),
+            rows,
+            bytes,
+            has_more,
+            tables: read.clone(),
+        });
         // The key of what actually ran: a commit between the version check and planning moves it.
         let key = key_for(&read);
         if prepared.cacheable {

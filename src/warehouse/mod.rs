@@ -3,6 +3,7 @@
 //! primary key, schema checks, compaction and vacuum. It knows nothing of SQL engines, sources or
 //! HTTP: callers hand it Arrow streams.
 
+mod erase;
 mod load;
 mod parquet;
 

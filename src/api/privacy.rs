@@ -1,0 +1,81 @@
+//! Privacy requests over HTTP, for administrators: one client's data as JSON, and its erasure.
+//! The erasure empties the engine's result cache, so no answer computed before it is served again.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Deserialize;
+
+use super::auth::Authenticated;
+use super::{ApiError, AppState};
+use crate::auth::audit::Event;
+use crate::pipeline::PipelineError;
+use crate::pipeline::runlog::RunLogError;
+use crate::privacy::{self, PrivacyError};
+use crate::progress::Progress;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PrivacyRequest {
+    client: String,
+}
+
+impl From<PrivacyError> for ApiError {
+    fn from(e: PrivacyError) -> ApiError {
+        match e {
+            PrivacyError::Pipeline(PipelineError::RunLog(RunLogError::AlreadyRunning { pipeline, .. })) => {
+                ApiError::new(
+                    StatusCode::CONFLICT,
+                    "already_running",
+                    format!("pipeline {pipeline} is running; erase once it has finished"),
+                )
+            }
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+fn event(caller: &Authenticated, action: &str, client: &str) -> Event {
+    Event {
+        user: caller.identity.user.clone(),
+        role: caller.identity.role.name().into(),
+        origin: "http".into(),
+        address: caller.address.map(|a| a.to_string()).unwrap_or_default(),
+        request_id: caller.request_id.0.clone(),
+        action: action.into(),
+        detail: format!("client {client}"),
+        outcome: "ok".into(),
+        ..Event::now()
+    }
+}
+
+pub(super) async fn export(
+    State(state): State<AppState>,
+    caller: Authenticated,
+    Json(request): Json<PrivacyRequest>,
+) -> Result<Json<privacy::Export>, ApiError> {
+    let export = privacy::export(&state.config, &request.client).await?;
+    state.auth.audit().record(Event {
+        tables: export.tables.keys().cloned().collect(),
+        rows: export.rows(),
+        ..event(&caller, "privacy.export", &request.client)
+    });
+    Ok(Json(export))
+}
+
+pub(super) async fn erase(
+    State(state): State<AppState>,
+    caller: Authenticated,
+    Json(request): Json<PrivacyRequest>,
+) -> Result<Json<privacy::Erasure>, ApiError> {
+    let progress: std::sync::Arc<dyn Progress> = std::sync::Arc::new(crate::progress::Silent);
+    let erasure = privacy::erase(&state.config, &request.client, &progress).await?;
+    state.engine.purge_cache();
+    state.auth.audit().record(Event {
+        tables: erasure.deleted.keys().chain(&erasure.rebuilt).cloned().collect(),
+        rows: erasure.deleted.values().sum(),
+        detail: format!("client {}, erasure {}", request.client, erasure.id),
+        ..event(&caller, "privacy.erase", &request.client)
+    });
+    Ok(Json(erasure))
+}
