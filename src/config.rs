@@ -422,6 +422,11 @@ impl Config {
         self.resolve(&self.project.dir)
     }
 
+    /// The metadata store's location as configured: a path (default `STATE_DIR/meta.db`) or a URL.
+    pub fn meta_store_url(&self) -> String {
+        self.auth.store.clone().unwrap_or_else(|| self.state_dir().join("meta.db").display().to_string())
+    }
+
     pub fn pipelines_dir(&self) -> PathBuf {
         self.project_dir().join("pipelines")
     }

@@ -465,6 +465,24 @@ async fn each_role_sees_each_column_as_the_policy_says() {
     let (status, forbidden) = http.send("GET", "/api/v1/audit", Some(&analyst), None).await;
     assert_eq!(status, 403, "{forbidden}");
 
+    // The built-in pipeline copies the trail into the warehouse, where only administrators read it.
+    let out = project.cli().args(["pipeline", "run", "sokana_audit"]).output().expect("audit pipeline");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (status, copied) =
+        query(admin_key.clone(), "SELECT count(*) AS n, max(seq) AS last FROM raw.sokana_audit".into()).await;
+    assert_eq!(status, 200, "{copied}");
+    let n = copied["rows"][0]["n"].as_u64().expect("n");
+    assert!(n >= entries.len() as u64, "{n} records copied, {} listed before", entries.len());
+    assert_eq!(copied["rows"][0]["last"].as_u64(), Some(n), "every record up to the last one");
+    for sql in [
+        "SELECT count(*) FROM raw.sokana_audit",
+        "WITH a AS (SELECT * FROM raw.sokana_audit) SELECT detail FROM a",
+        "SELECT 1 FROM raw.phi_clients WHERE id IN (SELECT request_id FROM raw.sokana_audit)",
+    ] {
+        let (status, refused) = query(analyst.clone(), sql.into()).await;
+        assert_eq!((status, refused["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("forbidden")), "{sql}");
+    }
+
     let out = project.cli().args(["audit", "verify"]).output().expect("verify");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     rusqlite::Connection::open(config.state_dir().join("meta.db"))

@@ -49,7 +49,8 @@ impl AppState {
         let setup = |e: &dyn std::fmt::Display| OpenError::Setup(e.to_string());
         let classes = crate::pipeline::column_classes(config).map_err(|e| setup(&e))?;
         let key = crate::pipeline::build::pseudonym_key(&config.state_dir()).map_err(|e| setup(&e))?;
-        let policy = Arc::new(crate::auth::policy::MaskingPolicy::new(classes, &key));
+        let admin_only = crate::pipeline::admin_only_tables(config).map_err(|e| setup(&e))?;
+        let policy = Arc::new(crate::auth::policy::MaskingPolicy::new(classes, &key).with_admin_only(admin_only));
         let auth = Auth::open(config).await?;
         let recorder = crate::auth::audit::QueryAudit { audit: auth.audit().clone(), policy: policy.clone() };
         let engine = QueryEngine::open(config)?.with_policy(policy).with_recorder(Arc::new(recorder));

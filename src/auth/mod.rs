@@ -175,8 +175,7 @@ impl Auth {
     /// Opens the store and the key file that `config` names, creating both when missing.
     pub async fn open(config: &Config) -> Result<Arc<Auth>, AuthError> {
         let state = config.state_dir();
-        let store_url = config.auth.store.clone().unwrap_or_else(|| state.join("meta.db").display().to_string());
-        let store = MetaStore::open(&store_url, &config.base_dir).await?;
+        let store = MetaStore::open(&config.meta_store_url(), &config.base_dir).await?;
         let key_path =
             config.auth.key_file.as_ref().map(|p| config.resolve(p)).unwrap_or_else(|| state.join("auth.key"));
         let master = crate::keyfile::read_or_create(&key_path).map_err(AuthError::Key)?;

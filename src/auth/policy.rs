@@ -9,7 +9,7 @@
 //! counts as `phi` until someone classes it. Models build `marts.*` from pseudonymised keys and
 //! their columns count as `dim`; a model author who exposes anything more must class it there.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::DataType;
@@ -27,13 +27,25 @@ use crate::warehouse::TableName;
 pub struct MaskingPolicy {
     classes: HashMap<(TableName, String), ColumnClass>,
     pseudonym: Arc<ScalarUDF>,
+    /// Tables no one but an administrator may read (the audit trail).
+    admin_only: HashSet<TableName>,
 }
 
 impl MaskingPolicy {
     /// The policy over `classes` (from the pipelines), pseudonymising with the same keyed hash
     /// the models use, so a masked `raw.*` key joins a mart's `*_key`.
     pub fn new(classes: HashMap<(TableName, String), ColumnClass>, pseudonym_key: &[u8]) -> MaskingPolicy {
-        MaskingPolicy { classes, pseudonym: Arc::new(crate::query::functions::pseudonym(pseudonym_key)) }
+        MaskingPolicy {
+            classes,
+            pseudonym: Arc::new(crate::query::functions::pseudonym(pseudonym_key)),
+            admin_only: HashSet::new(),
+        }
+    }
+
+    /// The same policy, refusing `tables` to everyone but administrators.
+    pub fn with_admin_only(mut self, tables: HashSet<TableName>) -> MaskingPolicy {
+        self.admin_only = tables;
+        self
     }
 
     pub fn class_of(&self, table: &TableName, column: &str) -> ColumnClass {
@@ -100,6 +112,10 @@ impl PlanPolicy for MaskingPolicy {
                     _ => None,
                 };
                 let Some(table) = table else { return Ok(Transformed::no(node)) };
+                if self.admin_only.contains(&table) {
+                    failure = Some(QueryError::Denied(format!("{table} may be read by administrators only")));
+                    return Ok(Transformed::no(node));
+                }
                 match self.masked_scan(node.clone(), &table, role) {
                     Ok(Some(masked)) => Ok(Transformed::yes(masked)),
                     Ok(None) => Ok(Transformed::no(node)),

@@ -9,6 +9,7 @@ pub mod schedule;
 pub mod spec;
 
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -22,10 +23,10 @@ use serde_json::json;
 use crate::config::Config;
 use crate::privacy::{ErasureList, Withhold};
 use crate::progress::Progress;
-use crate::source::ConnectOptions;
 use crate::source::{
     ColumnType, CursorRange, CursorValue, ExtractSpec, Snapshot, SourceColumn, SourceError, SourceUrl, merge_partitions,
 };
+use crate::source::{ConnectOptions, Source};
 use crate::warehouse::{LoadRequest, Maintenance, SyncMode, TableName, Warehouse, WarehouseError};
 use model::ModelGraph;
 use runlog::{RunLock, RunLog, RunLogError, TableRecord};
@@ -59,6 +60,8 @@ pub enum PipelineError {
     Key(String),
     #[error(transparent)]
     Privacy(#[from] Box<crate::privacy::PrivacyError>),
+    #[error("metadata store: {0}")]
+    MetaStore(String),
     #[error("no pipeline named {name:?} in {dir} (have: {have})")]
     UnknownPipeline { name: String, dir: String, have: String },
 }
@@ -76,9 +79,33 @@ pub struct RunSummary {
     pub tables: Vec<TableRecord>,
 }
 
-/// Loads the project's pipelines.
+/// The built-in pipeline that copies the audit trail into the warehouse, and the source name it
+/// reads from: the engine's own metadata store.
+pub const AUDIT_PIPELINE: &str = "sokana_audit";
+const AUDIT_PIPELINE_FILE: &str = include_str!("sokana_audit.toml");
+const META_SOURCE: &str = "sokana_meta";
+
+/// Loads the project's pipelines, and the built-in one for the audit trail.
 pub fn load_pipelines(config: &Config) -> Result<Vec<Pipeline>, SpecError> {
-    Pipeline::load_dir(&config.pipelines_dir())
+    let mut pipelines = Pipeline::load_dir(&config.pipelines_dir())?;
+    if let Some(clash) = pipelines.iter().find(|p| p.name == AUDIT_PIPELINE || p.source == META_SOURCE) {
+        return Err(SpecError {
+            path: clash.path.clone(),
+            line: None,
+            message: format!(
+                "the pipeline name {AUDIT_PIPELINE:?} and the source name {META_SOURCE:?} are built in; rename them"
+            ),
+        });
+    }
+    let builtin = Path::new("(built in)").join(format!("{AUDIT_PIPELINE}.toml"));
+    pipelines.push(Pipeline::parse(&builtin, AUDIT_PIPELINE_FILE)?);
+    Ok(pipelines)
+}
+
+/// Tables only administrators may read.
+pub fn admin_only_tables(config: &Config) -> Result<std::collections::HashSet<TableName>, SpecError> {
+    let pipelines = load_pipelines(config)?;
+    Ok(pipelines.into_iter().flat_map(|p| p.tables).filter(|t| t.admin_only).map(|t| t.target).collect())
 }
 
 /// The class of every raw column the pipelines declare, by (table, column).
@@ -170,6 +197,23 @@ pub fn warehouse(config: &Config) -> Result<Warehouse, crate::config::ConfigErro
     Ok(Warehouse::new(config.warehouse_url()?))
 }
 
+/// Connects to the pipeline's source. The metadata store is opened first when it is the source,
+/// which creates it and its tables: the audit pipeline runs on a project no one has logged into.
+async fn connect(config: &Config, pipeline: &Pipeline) -> Result<Source, PipelineError> {
+    let (url, options) = if pipeline.source == META_SOURCE {
+        let store = config.meta_store_url();
+        crate::auth::store::MetaStore::open(&store, &config.base_dir)
+            .await
+            .map_err(|e| PipelineError::MetaStore(e.to_string()))?;
+        let url =
+            if store.contains("://") || store.starts_with("sqlite:") { store } else { format!("sqlite://{store}") };
+        (SourceUrl::parse(&url, &config.base_dir)?, ConnectOptions::default())
+    } else {
+        source_url(config, pipeline)?
+    };
+    Ok(url.connect(&options).await?)
+}
+
 fn source_url(config: &Config, pipeline: &Pipeline) -> Result<(SourceUrl, ConnectOptions), SpecError> {
     let source = config.sources.get(&pipeline.source).ok_or_else(|| SpecError {
         path: pipeline.path.clone(),
@@ -240,9 +284,8 @@ async fn run_locked(
     log: &RunLog,
     progress: &Arc<dyn Progress>,
 ) -> Result<Vec<TableRecord>, PipelineError> {
-    let (url, options) = source_url(config, pipeline)?;
     let warehouse = warehouse(config)?;
-    let source = url.connect(&options).await?;
+    let source = connect(config, pipeline).await?;
     let mut snapshot = source.snapshot().await?;
     let maintenance = Maintenance::from_config(config);
     let erasures = ErasureList::open(&config.state_dir());
@@ -549,8 +592,7 @@ pub async fn source_holds(
     else {
         return Ok(false);
     };
-    let (url, options) = source_url(config, pipeline)?;
-    let source = url.connect(&options).await?;
+    let source = connect(config, pipeline).await?;
     let mut snapshot = source.snapshot().await?;
     let columns = select_columns(pipeline, table, snapshot.columns(&table.source_table).await?)?;
     let key_columns: Vec<SourceColumn> = columns.into_iter().filter(|c| table.primary_key.contains(&c.name)).collect();
@@ -570,8 +612,7 @@ pub async fn source_holds(
 
 /// Checks a pipeline against its source's live catalog: tables, columns and cursors exist.
 pub async fn check(config: &Config, pipeline: &Pipeline) -> Result<Vec<SpecError>, PipelineError> {
-    let (url, options) = source_url(config, pipeline)?;
-    let source = url.connect(&options).await?;
+    let source = connect(config, pipeline).await?;
     let mut snapshot = source.snapshot().await?;
     let mut errors = Vec::new();
     for table in &pipeline.tables {

@@ -144,6 +144,8 @@ struct TableFile {
     subject: bool,
     #[serde(default)]
     references: BTreeMap<String, String>,
+    #[serde(default)]
+    admin_only: bool,
 }
 
 /// A loaded, checked pipeline.
@@ -197,6 +199,8 @@ pub struct TableSpec {
     /// Column → the source table (of this pipeline) whose single-column key it holds: how a row
     /// is traced to a person for privacy requests.
     pub references: BTreeMap<String, String>,
+    /// Only administrators may read the table (the audit trail, say).
+    pub admin_only: bool,
     /// 1-based line of the table's entry in the file, for errors found later (e.g. against the
     /// live source).
     pub line: usize,
@@ -316,6 +320,7 @@ impl Pipeline {
                 columns: t.columns.clone(),
                 subject: t.subject,
                 references: t.references.clone(),
+                admin_only: t.admin_only,
                 line: line_of(spanned.span().start),
             });
         }

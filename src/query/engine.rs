@@ -648,6 +648,8 @@ impl QueryEngine {
         let session = self.session()?;
         let plan = match self.plan_as(&session, &request.sql, &request.caller.scope).await {
             Ok(frame) => Ok(frame.into_unoptimized_plan()),
+            // Not a question of dialect: DuckDB must not be tried instead.
+            Err(denied @ QueryError::Denied(_)) => return Err(denied),
             Err(e) => Err(e.to_string()),
         };
         let duck = duck::inspect(&request.sql).map_err(|e| e.to_string());

@@ -42,6 +42,9 @@ pub enum QueryError {
     Param { name: String, message: String },
     #[error("{0}")]
     Saved(String),
+    /// The caller's role may not read a table the query names.
+    #[error("{0}")]
+    Denied(String),
     #[error(transparent)]
     Log(#[from] log::QueryLogError),
 }
@@ -58,6 +61,7 @@ impl QueryError {
             QueryError::TooManyRows { .. } => "too_many_rows",
             QueryError::Param { .. } => "parameter",
             QueryError::Saved(_) => "saved_query",
+            QueryError::Denied(_) => "forbidden",
             QueryError::Log(_) => "query_log",
         }
     }
