@@ -153,11 +153,17 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     #[serde(default = "default_pgwire")]
     pub pgwire: SocketAddr,
+    /// A PEM certificate chain and its private key: both endpoints then speak TLS only, and HTTP
+    /// answers carry `Strict-Transport-Security`.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { listen: default_listen(), pgwire: default_pgwire() }
+        ServerConfig { listen: default_listen(), pgwire: default_pgwire(), tls_cert: None, tls_key: None }
     }
 }
 
@@ -371,6 +377,11 @@ impl Config {
             if source.parallel_streams == Some(0) {
                 return Err(invalid(&format!("sources.{name}.parallel_streams"), "must be at least 1".into()));
             }
+        }
+        match (&self.server.tls_cert, &self.server.tls_key) {
+            (Some(_), None) => return Err(invalid("server.tls_key", "missing: tls_cert needs its private key".into())),
+            (None, Some(_)) => return Err(invalid("server.tls_cert", "missing: tls_key needs its certificate".into())),
+            _ => {}
         }
         if self.warehouse.uri.trim().is_empty() {
             return Err(invalid("warehouse.uri", "must not be empty".into()));

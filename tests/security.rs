@@ -540,3 +540,66 @@ async fn the_metadata_store_runs_on_postgresql() {
     other.audit().flush().await;
     assert!(sokana::auth::audit::verify(other.store()).await.expect("chain").records > verified.records);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_a_certificate_both_endpoints_speak_tls_only() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("certificate");
+    let (project, http_port, pg) =
+        common::sokana_project("tls_cert = \"tls/cert.pem\"\ntls_key = \"tls/key.pem\"\n").await;
+    let dir = project.dir.path().join("tls");
+    std::fs::create_dir_all(&dir).expect("tls dir");
+    std::fs::write(dir.join("cert.pem"), certified.cert.pem()).expect("cert");
+    std::fs::write(dir.join("key.pem"), certified.signing_key.serialize_pem()).expect("key");
+    let auth = Auth::open(&project.config()).await.expect("auth");
+    auth.add_user("ana", Role::Analyst, PASSWORD).await.expect("user");
+    drop(auth);
+    let _server = common::serve(&project, http_port, pg);
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(certified.cert.der().clone()).expect("root");
+    let client =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", http_port)).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
+    tls.write_all(b"GET /health/live HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.expect("send");
+    let mut answer = String::new();
+    tls.read_to_string(&mut answer).await.expect("answer");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.to_lowercase().contains("strict-transport-security: max-age=31536000"), "{answer}");
+
+    // Plain HTTP gets no answer.
+    let mut plain = tokio::net::TcpStream::connect(("127.0.0.1", http_port)).await.expect("connect");
+    plain.write_all(b"GET /health/live HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.expect("send");
+    let mut bytes = Vec::new();
+    let _ = plain.read_to_end(&mut bytes).await;
+    assert!(!String::from_utf8_lossy(&bytes).contains("200"), "plain HTTP was answered");
+
+    let psql = |sslmode: &str| {
+        let bin = common::pg_bin_dir().join("psql");
+        Command::new(if bin.exists() { bin } else { "psql".into() })
+            .env("PGPASSWORD", PASSWORD)
+            .env("PGCONNECT_TIMEOUT", "10")
+            .arg(format!("host=127.0.0.1 port={pg} user=ana dbname=sokana sslmode={sslmode}"))
+            .args(["-tA", "-c", "\\conninfo", "-c", "select count(*) from raw.doulas"])
+            .output()
+            .expect("psql")
+    };
+    let out = psql("require");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("SSL connection"), "{stdout}");
+    let out = psql("disable");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("TLS connections only"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

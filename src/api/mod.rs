@@ -6,6 +6,7 @@ mod auth;
 mod pgwire;
 mod privacy;
 mod query;
+mod tls;
 
 pub use auth::Access;
 
@@ -144,7 +145,7 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(tower_http::compression::CompressionLayer::new())
         .layer(axum::middleware::from_fn(request_id))
-        .layer(axum::middleware::from_fn(security_headers))
+        .layer(axum::middleware::from_fn_with_state(state.config.server.tls_cert.is_some(), security_headers))
         .with_state(state)
 }
 
@@ -179,11 +180,16 @@ async fn request_id(mut request: Request, next: Next) -> Response {
 
 /// Headers every answer carries: nothing here is to be sniffed, framed, or followed by referrers;
 /// the API loads no scripts or styles; answers may be kept by the client alone, revalidated by
-/// their ETag (they can hold health data, which no shared cache may keep).
-async fn security_headers(request: Request, next: Next) -> Response {
+/// their ETag (they can hold health data, which no shared cache may keep). Over TLS, browsers are
+/// told to use nothing else for a year.
+async fn security_headers(State(tls): State<bool>, request: Request, next: Next) -> Response {
     use axum::http::header;
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
+    if tls {
+        headers
+            .insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static("max-age=31536000; includeSubDomains"));
+    }
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
@@ -334,18 +340,34 @@ async fn start_run(State(state): State<AppState>, Path(name): Path<String>) -> R
 }
 
 /// Serves until the process is stopped (Ctrl-C), with the scheduler and the PostgreSQL wire
-/// endpoint (on `server.pgwire`) running beside the server.
+/// endpoint (on `server.pgwire`) running beside the server; over TLS when a certificate is set.
 pub async fn serve(listen: SocketAddr, state: AppState) -> std::io::Result<()> {
     let pipelines = pipeline::load_pipelines(&state.config).map_err(std::io::Error::other)?;
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    let wire = pgwire::start(state.config.server.pgwire, state.engine.clone(), state.auth.clone()).await?;
+    let tls = tls::Tls::from_config(&state.config).map_err(std::io::Error::other)?;
+    let wire_tls = tls.as_ref().map(|t| t.pgwire.clone());
+    let wire = pgwire::start(state.config.server.pgwire, state.engine.clone(), state.auth.clone(), wire_tls).await?;
     let scheduled = schedule::start(state.config.clone(), pipelines);
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await;
+    let served = match tls {
+        Some(tls) => {
+            let handle = axum_server::Handle::new();
+            let stopping = handle.clone();
+            tokio::spawn(async move {
+                let _ = tokio::signal::ctrl_c().await;
+                stopping.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
+            });
+            let config = axum_server::tls_rustls::RustlsConfig::from_config(tls.http);
+            axum_server::bind_rustls(listen, config).handle(handle).serve(app).await
+        }
+        None => {
+            let listener = tokio::net::TcpListener::bind(listen).await?;
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = tokio::signal::ctrl_c().await;
+                })
+                .await
+        }
+    };
     for task in scheduled {
         task.abort();
     }

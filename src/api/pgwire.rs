@@ -53,7 +53,9 @@ pub async fn start(
     addr: SocketAddr,
     engine: Arc<QueryEngine>,
     auth: Arc<Auth>,
+    tls: Option<Arc<rustls::ServerConfig>>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let acceptor = tls.map(datafusion_postgres::pgwire::tokio::TlsAcceptor::from);
     engine.install_pg_catalog().map_err(std::io::Error::other)?;
     let ctx = Arc::new(engine.session().map_err(std::io::Error::other)?);
     let hooks: Vec<Arc<dyn QueryHook>> = vec![
@@ -65,7 +67,11 @@ pub async fn start(
     let handlers = Arc::new(Handlers {
         simple: session.clone(),
         extended: Arc::new(Extended { inner: session, engine }),
-        startup: Arc::new(PasswordStartup { auth, parameters: DefaultServerParameterProvider::default() }),
+        startup: Arc::new(PasswordStartup {
+            auth,
+            parameters: DefaultServerParameterProvider::default(),
+            require_tls: acceptor.is_some(),
+        }),
     });
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         std::io::Error::new(e.kind(), format!("the PostgreSQL wire endpoint on {addr} (server.pgwire): {e}"))
@@ -79,10 +85,10 @@ pub async fn start(
                     continue;
                 }
             };
-            let handlers = handlers.clone();
+            let (handlers, acceptor) = (handlers.clone(), acceptor.clone());
             tokio::spawn(async move {
                 // Garbage, a dropped client or a protocol error ends this connection only.
-                if let Err(e) = datafusion_postgres::pgwire::tokio::process_socket(socket, None, handlers).await {
+                if let Err(e) = datafusion_postgres::pgwire::tokio::process_socket(socket, acceptor, handlers).await {
                     tracing::info!(peer = %peer, error = %e, "pgwire connection ended with an error");
                 }
             });
@@ -120,6 +126,9 @@ fn fatal(code: &str, message: impl Into<String>) -> PgWireError {
 struct PasswordStartup {
     auth: Arc<Auth>,
     parameters: DefaultServerParameterProvider,
+    /// With a certificate configured, a client that did not ask for TLS is refused before it
+    /// sends a password.
+    require_tls: bool,
 }
 
 #[async_trait]
@@ -132,6 +141,9 @@ impl StartupHandler for PasswordStartup {
     {
         match message {
             PgWireFrontendMessage::Startup(ref startup) => {
+                if self.require_tls && !client.is_secure() {
+                    return Err(fatal("28000", "this server accepts TLS connections only (sslmode=require)"));
+                }
                 protocol_negotiation(client, startup).await?;
                 save_startup_parameters_to_metadata(client, startup);
                 let database = client.metadata().get(METADATA_DATABASE).cloned();
