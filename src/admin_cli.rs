@@ -253,6 +253,6 @@ pub async fn privacy(
             }
         }
     }
-    auth.audit().flush().await;
+    auth.audit().flush().await?;
     Ok(())
 }

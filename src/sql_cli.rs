@@ -78,16 +78,16 @@ pub async fn sql(config: &Config, args: SqlArgs) -> Result<()> {
         Some(sql) => run_one(&engine, sql.clone(), choice, params, args.format, args.output.as_deref()).await,
         None => shell(config, &engine, choice).await,
     };
-    finish(&state).await;
+    finish(&state).await?;
     outcome
 }
 
 /// Writes what the query log and the audit trail still hold, before the process ends.
-async fn finish(state: &AppState) {
+async fn finish(state: &AppState) -> Result<()> {
     if let Some(log) = state.engine.log() {
         log.close();
     }
-    state.auth.audit().flush().await;
+    state.auth.audit().flush().await.context("writing the audit trail")
 }
 
 pub async fn show_log(config: &Config, by: StatsOrder, json: bool) -> Result<()> {
@@ -315,7 +315,7 @@ pub async fn run_saved(
     let state = AppState::open(config).await?;
     let choice = engine.unwrap_or(state.engine.default_engine());
     let outcome = run_one(&state.engine, saved.sql.clone(), choice, params, format, output).await;
-    finish(&state).await;
+    finish(&state).await?;
     outcome
 }
 

@@ -465,6 +465,26 @@ async fn each_role_sees_each_column_as_the_policy_says() {
     let (status, forbidden) = http.send("GET", "/api/v1/audit", Some(&analyst), None).await;
     assert_eq!(status, 403, "{forbidden}");
 
+    // An answer whose audit record cannot be written is withheld.
+    let meta = rusqlite::Connection::open(config.state_dir().join("meta.db")).expect("meta");
+    meta.execute_batch(
+        "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'no audit for the test'); END;",
+    )
+    .expect("trigger");
+    let (status, withheld) = query(analyst.clone(), "SELECT count(*) AS n FROM raw.doulas".into()).await;
+    assert_eq!(
+        (status, withheld["error"]["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("audit_unavailable")),
+        "{withheld}"
+    );
+    assert!(withheld.get("rows").is_none());
+    let export = json!({ "sql": "SELECT id FROM raw.doulas" });
+    let (status, withheld) = http.send("POST", "/api/v1/query?format=csv", Some(&analyst), Some(export)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "a streamed export too: {withheld}");
+    meta.execute_batch("DROP TRIGGER refuse_audit").expect("drop trigger");
+    let (status, answered) = query(analyst.clone(), "SELECT count(*) AS n FROM raw.doulas".into()).await;
+    assert_eq!(status, 200, "{answered}");
+
     // The built-in pipeline copies the trail into the warehouse, where only administrators read it.
     let out = project.cli().args(["pipeline", "run", "sokana_audit"]).output().expect("audit pipeline");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -530,14 +550,14 @@ async fn the_metadata_store_runs_on_postgresql() {
     assert!(auth.verify_access_token(&second.access_token).await.is_err(), "the session was revoked");
     let key = auth.create_api_key("pg", Role::Viewer, 1, "ana").await.expect("key");
     assert_eq!(auth.verify_bearer(&key.key).await.expect("key works").role, Role::Viewer);
-    auth.audit().flush().await;
+    auth.audit().flush().await.expect("flush");
     let verified = sokana::auth::audit::verify(auth.store()).await.expect("chain");
     assert_eq!(verified.records, 1, "the login is audited: {verified:?}");
     // A second instance on the same store sees the same users and continues the same chain.
     let other = Auth::open(&config).await.expect("second instance");
     assert_eq!(other.users().await.expect("users").len(), 1);
     assert!(other.login(&login, &device).await.is_ok());
-    other.audit().flush().await;
+    other.audit().flush().await.expect("flush");
     assert!(sokana::auth::audit::verify(other.store()).await.expect("chain").records > verified.records);
 }
 

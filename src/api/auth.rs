@@ -45,6 +45,7 @@ impl From<AuthError> for ApiError {
             AuthError::UnknownUser(_) => StatusCode::NOT_FOUND,
             AuthError::UserExists(_) | AuthError::Conflict(_) => StatusCode::CONFLICT,
             AuthError::BadInput { .. } => StatusCode::BAD_REQUEST,
+            AuthError::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             AuthError::Store(_) | AuthError::Key(_) | AuthError::Internal(_) | AuthError::Tampered { .. } => {
                 tracing::error!(error = %e, "authentication failed inside");
                 return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error".into());

@@ -56,6 +56,7 @@ impl ApiError {
             QueryError::Sql(_) | QueryError::Param { .. } | QueryError::Saved(_) => StatusCode::BAD_REQUEST,
             QueryError::TooManyRows { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             QueryError::Denied(_) => StatusCode::FORBIDDEN,
+            QueryError::Audit(_) => StatusCode::SERVICE_UNAVAILABLE,
             QueryError::Timeout { .. } => StatusCode::REQUEST_TIMEOUT,
             QueryError::Memory { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             QueryError::Warehouse(_) | QueryError::Format(_) | QueryError::Log(_) => StatusCode::INTERNAL_SERVER_ERROR,

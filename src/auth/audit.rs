@@ -77,7 +77,8 @@ fn chain_hash(prev: &str, seq: i64, event: &Event) -> String {
 
 enum Message {
     Event(Box<Event>),
-    Flush(oneshot::Sender<()>),
+    /// Answered once everything sent before is written: `false` when some of it could not be.
+    Flush(oneshot::Sender<bool>),
 }
 
 pub struct Audit {
@@ -100,11 +101,14 @@ impl Audit {
         let _ = self.sender.send(Message::Event(Box::new(event)));
     }
 
-    /// Waits until every record sent before is written.
-    pub async fn flush(&self) {
+    /// Waits until every record sent before is written; an error when one of them (or one since
+    /// the last flush) could not be.
+    pub async fn flush(&self) -> Result<(), AuthError> {
         let (done, wait) = oneshot::channel();
-        if self.sender.send(Message::Flush(done)).is_ok() {
-            let _ = wait.await;
+        self.sender.send(Message::Flush(done)).map_err(|_| AuthError::AuditUnavailable)?;
+        match wait.await {
+            Ok(true) => Ok(()),
+            _ => Err(AuthError::AuditUnavailable),
         }
     }
 
@@ -165,7 +169,8 @@ async fn head(store: &MetaStore) -> Result<(i64, String), AuthError> {
 async fn write(store: MetaStore, mut receiver: mpsc::UnboundedReceiver<Message>) {
     let mut chain: Option<(i64, String)> = None;
     let mut batch: Vec<Event> = Vec::new();
-    let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
+    let mut waiting: Vec<oneshot::Sender<bool>> = Vec::new();
+    let mut lost = false;
     while let Some(first) = receiver.recv().await {
         let mut next = Some(first);
         // Take whatever else is queued, up to a batch.
@@ -232,9 +237,13 @@ async fn write(store: MetaStore, mut receiver: mpsc::UnboundedReceiver<Message>)
         if !batch.is_empty() {
             tracing::error!(records = batch.len(), "audit: records could not be written");
             batch.clear();
+            lost = true;
         }
-        for done in waiting.drain(..) {
-            let _ = done.send(());
+        if !waiting.is_empty() {
+            for done in waiting.drain(..) {
+                let _ = done.send(!lost);
+            }
+            lost = false;
         }
     }
 }
@@ -287,7 +296,12 @@ pub struct QueryAudit {
     pub policy: Arc<MaskingPolicy>,
 }
 
+#[async_trait::async_trait]
 impl AccessRecorder for QueryAudit {
+    async fn settle(&self) -> Result<(), String> {
+        self.audit.flush().await.map_err(|e| e.to_string())
+    }
+
     fn record(&self, caller: &Caller, record: &QueryRecord) {
         let columns = record
             .columns
@@ -331,7 +345,7 @@ mod tests {
         for i in 0..5 {
             audit.record(Event { user: format!("u{i}"), action: "query".into(), rows: i, ..Event::default() });
         }
-        audit.flush().await;
+        audit.flush().await.unwrap();
         let verified = verify(&store).await.unwrap();
         assert_eq!(verified.records, 5);
         assert_eq!(audit.entries(3, 10, None).await.unwrap().len(), 2);

@@ -65,6 +65,8 @@ pub enum AuthError {
     BadInput { field: &'static str, reason: String },
     #[error("the audit trail was changed at record {seq}: {reason}")]
     Tampered { seq: i64, reason: String },
+    #[error("the audit trail cannot be written; see the server's log")]
+    AuditUnavailable,
     #[error("{0}")]
     Internal(String),
 }
@@ -89,6 +91,7 @@ impl AuthError {
             AuthError::UserExists(_) => "user_exists",
             AuthError::BadInput { .. } => "bad_request",
             AuthError::Tampered { .. } => "audit_tampered",
+            AuthError::AuditUnavailable => "audit_unavailable",
         }
     }
 }

@@ -175,8 +175,11 @@ pub trait PlanPolicy: Send + Sync {
 }
 
 /// Told of every query the engine finishes, after the query log: the audit trail hangs here.
+#[async_trait::async_trait]
 pub trait AccessRecorder: Send + Sync {
     fn record(&self, caller: &Caller, record: &QueryRecord);
+    /// Waits until every record so far is durable; an answer is handed over only then.
+    async fn settle(&self) -> Result<(), String>;
 }
 
 /// The scope that sees everything when no policy is installed (the local command line).
@@ -337,6 +340,10 @@ impl QueryEngine {
         let mut record = QueryRecord::default();
         let result = self.query_logged(request, &mut record).await;
         self.finish(request, record, at, started, result.as_ref().err().map(QueryError::code));
+        // No answer leaves before the record of it is written (a crash must not lose it).
+        if let (Ok(_), Some(recorder)) = (&result, &self.recorder) {
+            recorder.settle().await.map_err(QueryError::Audit)?;
+        }
         result
     }
 
@@ -442,6 +449,16 @@ impl QueryEngine {
                 return Err(e);
             }
         };
+        // Rows leave before the stream's own record (written at its end, with the row count), so
+        // a record of its start is made durable first.
+        if let Some(recorder) = &self.recorder {
+            let mut opening = record.clone();
+            opening.at = at.to_rfc3339_opts(SecondsFormat::Micros, true);
+            opening.sql = normalise_for_log(&request.sql);
+            opening.error = Some("streaming".into());
+            recorder.record(&request.caller, &opening);
+            recorder.settle().await.map_err(QueryError::Audit)?;
+        }
         let deadline = tokio::time::Instant::now() + self.limits.timeout;
         let seconds = self.limits.timeout.as_secs_f64();
         let logger =

@@ -45,6 +45,9 @@ pub enum QueryError {
     /// The caller's role may not read a table the query names.
     #[error("{0}")]
     Denied(String),
+    /// The audit record of the answer could not be written, so the answer is withheld.
+    #[error("the audit trail could not record this query, so its answer is withheld: {0}")]
+    Audit(String),
     #[error(transparent)]
     Log(#[from] log::QueryLogError),
 }
@@ -62,6 +65,7 @@ impl QueryError {
             QueryError::Param { .. } => "parameter",
             QueryError::Saved(_) => "saved_query",
             QueryError::Denied(_) => "forbidden",
+            QueryError::Audit(_) => "audit_unavailable",
             QueryError::Log(_) => "query_log",
         }
     }
