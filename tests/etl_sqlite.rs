@@ -133,7 +133,7 @@ fn a_crash_in_the_middle_of_a_load_loses_and_duplicates_nothing() {
     let out = project.cli().args(["pipeline", "run", "--all"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     runtime.block_on(assert_matches_source(&project));
-    let runs = RunLog::open(&config.state_dir()).unwrap().runs(None, 10).unwrap();
+    let runs = RunLog::open(&config.state_dir()).unwrap().runs(Some("sokana_core"), 10).unwrap();
     assert_eq!(runs.iter().map(|r| r.status.as_str()).collect::<Vec<_>>(), ["succeeded", "interrupted"]);
 
     // Again during an incremental merge: every activity edited, crash while they stream.
