@@ -196,7 +196,14 @@ pub async fn audit(config: &Config, command: AuditCommand) -> Result<()> {
     match command {
         AuditCommand::Verify => {
             let verified = sokana::auth::audit::verify(auth.store()).await?;
+            let copy = copied_head(config).await?;
+            if let Some((seq, hash)) = &copy {
+                sokana::auth::audit::check_copy(auth.store(), *seq, hash).await?;
+            }
             println!("audit trail intact: {} records, head {}", verified.records, verified.head);
+            if let Some((seq, _)) = copy {
+                println!("matches the warehouse's copy (raw.sokana_audit) up to record {seq}");
+            }
         }
         AuditCommand::List { after, limit, user } => {
             for entry in auth.audit().entries(after, limit, user.as_deref()).await? {
@@ -205,6 +212,21 @@ pub async fn audit(config: &Config, command: AuditCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The newest record in the warehouse's copy of the audit trail, if it has been copied.
+async fn copied_head(config: &Config) -> Result<Option<(i64, String)>> {
+    let warehouse = sokana::pipeline::warehouse(config)?;
+    let table: sokana::warehouse::TableName = "raw.sokana_audit".parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    if warehouse.open(&table).await?.is_none() {
+        return Ok(None);
+    }
+    let ctx = sokana::query::session(&warehouse).await?;
+    let sql = "SELECT seq, hash FROM raw.sokana_audit ORDER BY seq DESC LIMIT 1";
+    let batches = sokana::query::run(&ctx, sql).await?;
+    let json = sokana::query::format(&batches, sokana::query::OutputFormat::Json)?;
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&json)?;
+    Ok(rows.first().and_then(|r| Some((r["seq"].as_i64()?, r["hash"].as_str()?.to_string()))))
 }
 
 pub async fn privacy(

@@ -308,6 +308,11 @@ async fn http_api_formats_pages_cache_and_errors() {
     assert_eq!(wrong.status().as_u16(), 400);
     let wrong: Value = wrong.json().await.expect("json");
     assert!(wrong["error"]["message"].as_str().unwrap_or("").contains("parameter since"), "{wrong}");
+    // Saved queries are found by name among the listed files: a path reaches no file.
+    for name in ["..%2F..%2Fsokana.toml", "..%2Fqueries%2Fpayments_since", "%2Fetc%2Fpasswd"] {
+        let traversal = api.post(&format!("/api/v1/queries/{name}/run"), json!({})).send().await.expect("run");
+        assert_eq!(traversal.status().as_u16(), 404, "{name}");
+    }
 
     // A client that leaves mid-stream: the server goes on answering, and the log says so.
     {

@@ -505,6 +505,14 @@ async fn each_role_sees_each_column_as_the_policy_says() {
 
     let out = project.cli().args(["audit", "verify"]).output().expect("verify");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("copy (raw.sokana_audit) up to record {n}")));
+    // Cutting off the newest records leaves a valid chain; the warehouse's copy shows the cut.
+    drop(_server);
+    meta.execute("DELETE FROM audit WHERE seq >= ?1", [n as i64]).expect("truncate");
+    let out = project.cli().args(["audit", "verify"]).output().expect("verify");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("record {n}")) && stderr.contains("removed"), "{stderr}");
     rusqlite::Connection::open(config.state_dir().join("meta.db"))
         .expect("meta")
         .execute("UPDATE audit SET user_name = 'someone' WHERE seq = 2", [])

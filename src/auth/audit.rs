@@ -290,6 +290,21 @@ pub async fn verify(store: &MetaStore) -> Result<Verified, AuthError> {
     Ok(Verified { records: expected - 1, head: prev })
 }
 
+/// Checks the store against a copy of its record `seq` (the newest one the warehouse holds, say):
+/// the chain alone cannot show that its newest records were cut off.
+pub async fn check_copy(store: &MetaStore, seq: i64, hash: &str) -> Result<(), AuthError> {
+    let rows = store.query("SELECT hash FROM audit WHERE seq = $1", &[seq.into()]).await?;
+    match rows.first().map(|r| r.text(0)) {
+        None => {
+            Err(AuthError::Tampered { seq, reason: "the record was removed; the warehouse's copy holds it".into() })
+        }
+        Some(stored) if stored != hash => {
+            Err(AuthError::Tampered { seq, reason: "its hash differs from the warehouse's copy".into() })
+        }
+        Some(_) => Ok(()),
+    }
+}
+
 /// Tells the audit trail of every query the engine finishes, with each column's class.
 pub struct QueryAudit {
     pub audit: Arc<Audit>,
