@@ -120,6 +120,13 @@ async fn a_client_is_exported_then_erased_everywhere_and_stays_out() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("erase them at the source too"));
 
     assert!(rows_of(&config, by_cli).await.iter().all(|(_, n)| *n == 0), "no raw row left");
+    // Erasing again finds nothing to delete, and still finishes the tables the first one touched
+    // (as it would after a crash between the deletes and cutting the history).
+    let again = project.cli().args(["privacy", "erase", "--client", by_cli]).output().expect("erase again");
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    let again: Value = serde_json::from_slice(&again.stdout).expect("erasure json");
+    assert_eq!(again["deleted"], json!({}));
+    assert!(again["rebuilt"].as_array().is_some_and(|m| m.iter().any(|t| t == "marts.dim_clients")), "{again}");
     let dim_after = common::warehouse_count(&config, "SELECT count(*) FROM marts.dim_clients").await;
     assert_eq!(dim_after, clients_in_dim - 1);
     for needle in [by_cli.as_str(), email.as_str(), pseudonym.as_str()] {

@@ -65,6 +65,13 @@ impl ErasureList {
         Ok(id)
     }
 
+    /// The tables earlier erasures of `client` removed rows from: an erasure cut short before it
+    /// cut those tables' history is finished by the next one, which finds no rows left to delete.
+    pub fn tables_of(&self, client: &str) -> Result<BTreeSet<String>, PrivacyError> {
+        let stored = self.read()?;
+        Ok(stored.erasures.iter().filter(|e| e.client == client).flat_map(|e| e.keys.keys().cloned()).collect())
+    }
+
     /// What a load of `table` must keep out: rows whose key was erased, and rows that reference an
     /// erased row of another table. `None` when nothing applies.
     pub fn withhold(&self, pipeline: &Pipeline, table: &TableSpec) -> Result<Option<Withhold>, PrivacyError> {

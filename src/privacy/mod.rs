@@ -280,6 +280,7 @@ pub async fn erase(config: &Config, client: &str, progress: &Arc<dyn Progress>) 
     let found = find(&ctx, &trace, client).await?;
 
     let list = ErasureList::open(&config.state_dir());
+    let earlier = list.tables_of(client)?;
     let keys: BTreeMap<String, Vec<String>> =
         found.iter().filter(|(_, m)| !m.keys.is_empty()).map(|(t, m)| (t.to_string(), m.keys.clone())).collect();
     let id = list.add(client, keys)?;
@@ -294,7 +295,8 @@ pub async fn erase(config: &Config, client: &str, progress: &Arc<dyn Progress>) 
         deleted.insert(name.to_string(), rows);
     }
 
-    let changed: BTreeSet<TableName> = found.keys().cloned().collect();
+    let mut changed: BTreeSet<TableName> = found.keys().cloned().collect();
+    changed.extend(earlier.iter().filter_map(|t| t.parse().ok()));
     let rebuilt = pipeline::rebuild_after_erasure(config, &pipelines, &changed, progress).await?;
     for name in changed.iter().chain(&rebuilt) {
         warehouse.forget_history(name).await?;
