@@ -154,8 +154,9 @@ fn as_text(column: &str) -> Expr {
 fn texts(batches: &[RecordBatch]) -> Vec<String> {
     let mut out = Vec::new();
     for batch in batches {
-        let column = batch.column(0).as_string::<i32>();
-        out.extend(column.iter().flatten().map(str::to_string));
+        if let Some(column) = batch.column(0).as_string_opt::<i32>() {
+            out.extend(column.iter().flatten().map(str::to_string));
+        }
     }
     out
 }
