@@ -494,6 +494,12 @@ async fn each_role_sees_each_column_as_the_policy_says() {
     let n = copied["rows"][0]["n"].as_u64().expect("n");
     assert!(n >= entries.len() as u64, "{n} records copied, {} listed before", entries.len());
     assert_eq!(copied["rows"][0]["last"].as_u64(), Some(n), "every record up to the last one");
+    let listed = |key: String| {
+        let http = &http;
+        async move { http.send("GET", "/api/v1/tables", Some(&key), None).await.1.to_string() }
+    };
+    assert!(listed(admin_key.clone()).await.contains("raw.sokana_audit"));
+    assert!(!listed(analyst.clone()).await.contains("raw.sokana_audit"), "not listed to an analyst");
     for sql in [
         "SELECT count(*) FROM raw.sokana_audit",
         "WITH a AS (SELECT * FROM raw.sokana_audit) SELECT detail FROM a",

@@ -369,15 +369,23 @@ pub async fn list_saved(
     Ok(axum::Json(json!({ "queries": all })).into_response())
 }
 
-/// Every table: columns with types and classes, row count, version and when it last changed.
+/// Every table the caller may read: columns with types and classes, row count, version and when
+/// it last changed. Tables for administrators only are not listed to anyone else.
 pub async fn list_tables(
     State(state): State<AppState>,
-    _caller: super::auth::Authenticated,
+    caller: super::auth::Authenticated,
 ) -> Result<Response, ApiError> {
     let classes = crate::pipeline::column_classes(&state.config).unwrap_or_default();
+    let hidden = match caller.identity.may(crate::auth::Permission::Administer) {
+        true => Default::default(),
+        false => crate::pipeline::admin_only_tables(&state.config).map_err(ApiError::internal)?,
+    };
     let catalog = state.engine.catalog();
     let mut out = Vec::new();
     for name in catalog.warehouse().list_tables().await.map_err(ApiError::internal)? {
+        if hidden.contains(&name) {
+            continue;
+        }
         let Some(table) = catalog.delta(&name).await.map_err(ApiError::internal)? else { continue };
         let Ok(snapshot) = table.snapshot() else { continue };
         let schema = snapshot.snapshot().arrow_schema();
