@@ -24,7 +24,8 @@ struct Entry {
     id: String,
     at: String,
     client: String,
-    /// `schema.table` → the keys (as text) of the rows erased from it.
+    /// `schema.table` → the keys (as text) of the rows erased from it; empty for a table without a
+    /// one-column key, whose rows are kept out through their references.
     keys: BTreeMap<String, Vec<String>>,
 }
 

@@ -282,8 +282,8 @@ pub async fn erase(config: &Config, client: &str, progress: &Arc<dyn Progress>) 
 
     let list = ErasureList::open(&config.state_dir());
     let earlier = list.tables_of(client)?;
-    let keys: BTreeMap<String, Vec<String>> =
-        found.iter().filter(|(_, m)| !m.keys.is_empty()).map(|(t, m)| (t.to_string(), m.keys.clone())).collect();
+    // Every table with rows goes on the list, keyless ones too, so a rerun knows to finish them.
+    let keys: BTreeMap<String, Vec<String>> = found.iter().map(|(t, m)| (t.to_string(), m.keys.clone())).collect();
     let id = list.add(client, keys)?;
 
     let note = serde_json::json!({ "id": id, "at": chrono::Utc::now().to_rfc3339() });
