@@ -120,7 +120,6 @@ pub(super) async fn authorize(State(state): State<AppState>, mut request: Reques
     let address = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string());
     let response = next.run(request).await;
     state.auth.audit().record(Event {
-        at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
         user: identity.user,
         role: identity.role.name().into(),
         origin: "http".into(),
@@ -169,6 +168,23 @@ pub(super) struct Authenticated {
     pub identity: Identity,
     pub request_id: RequestId,
     pub address: Option<std::net::IpAddr>,
+}
+
+impl Authenticated {
+    /// An audit event of `action` by this caller, stamped now.
+    pub(super) fn event(&self, action: &str, detail: String) -> Event {
+        Event {
+            user: self.identity.user.clone(),
+            role: self.identity.role.name().into(),
+            origin: "http".into(),
+            address: self.address.map(|a| a.to_string()).unwrap_or_default(),
+            request_id: self.request_id.0.clone(),
+            action: action.into(),
+            detail,
+            outcome: "ok".into(),
+            ..Event::now()
+        }
+    }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Authenticated {

@@ -35,20 +35,6 @@ impl From<PrivacyError> for ApiError {
     }
 }
 
-fn event(caller: &Authenticated, action: &str, client: &str) -> Event {
-    Event {
-        user: caller.identity.user.clone(),
-        role: caller.identity.role.name().into(),
-        origin: "http".into(),
-        address: caller.address.map(|a| a.to_string()).unwrap_or_default(),
-        request_id: caller.request_id.0.clone(),
-        action: action.into(),
-        detail: format!("client {client}"),
-        outcome: "ok".into(),
-        ..Event::now()
-    }
-}
-
 pub(super) async fn export(
     State(state): State<AppState>,
     caller: Authenticated,
@@ -58,7 +44,7 @@ pub(super) async fn export(
     state.auth.audit().record(Event {
         tables: export.tables.keys().cloned().collect(),
         rows: export.rows(),
-        ..event(&caller, "privacy.export", &request.client)
+        ..caller.event("privacy.export", format!("client {}", request.client))
     });
     Ok(Json(export))
 }
@@ -74,8 +60,7 @@ pub(super) async fn erase(
     state.auth.audit().record(Event {
         tables: erasure.deleted.keys().chain(&erasure.rebuilt).cloned().collect(),
         rows: erasure.deleted.values().sum(),
-        detail: format!("client {}, erasure {}", request.client, erasure.id),
-        ..event(&caller, "privacy.erase", &request.client)
+        ..caller.event("privacy.erase", format!("client {}, erasure {}", request.client, erasure.id))
     });
     Ok(Json(erasure))
 }

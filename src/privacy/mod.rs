@@ -191,15 +191,16 @@ async fn in_marts(
     Ok(out)
 }
 
-/// A session over the warehouse, and the person's pseudonym as the marts show it.
-async fn session_and_pseudonym(config: &Config, client: &str) -> Result<(SessionContext, String), PrivacyError> {
+/// A session over the warehouse as it is now.
+async fn session(config: &Config) -> Result<SessionContext, PrivacyError> {
     let warehouse = pipeline::warehouse(config).map_err(PipelineError::from)?;
-    let ctx = query::session(&warehouse).await?;
+    Ok(query::session(&warehouse).await?)
+}
+
+/// The person's pseudonym, as the marts show it.
+fn pseudonym(config: &Config, client: &str) -> Result<String, PrivacyError> {
     let key = pipeline::build::pseudonym_key(&config.state_dir())?;
-    let udf = Arc::new(query::functions::pseudonym(&key));
-    let batches = ctx.read_empty()?.select(vec![udf.call(vec![lit(client)]).alias("p")])?.collect().await?;
-    let pseudonym = texts(&batches).into_iter().next().unwrap_or_default();
-    Ok((ctx, pseudonym))
+    Ok(query::functions::pseudonym_of(&key, client))
 }
 
 /// Everything the warehouse holds about one person.
@@ -221,7 +222,7 @@ impl Export {
 /// one of their keys or their pseudonym.
 pub async fn export(config: &Config, client: &str) -> Result<Export, PrivacyError> {
     let trace = Trace::from_pipelines(&pipeline::load_pipelines(config).map_err(PipelineError::from)?)?;
-    let (ctx, pseudonym) = session_and_pseudonym(config, client).await?;
+    let (ctx, pseudonym) = (session(config).await?, pseudonym(config, client)?);
     let found = find(&ctx, &trace, client).await?;
     let mut tables = BTreeMap::new();
     for (name, matched) in &found {
@@ -277,7 +278,7 @@ pub async fn erase(config: &Config, client: &str, progress: &Arc<dyn Progress>) 
     let trace = Trace::from_pipelines(&pipelines)?;
     let _locks = pipeline::lock_all(config, &pipelines).await?;
     let warehouse = pipeline::warehouse(config).map_err(PipelineError::from)?;
-    let (ctx, pseudonym) = session_and_pseudonym(config, client).await?;
+    let (ctx, pseudonym) = (session(config).await?, pseudonym(config, client)?);
     let found = find(&ctx, &trace, client).await?;
 
     let list = ErasureList::open(&config.state_dir());
@@ -303,8 +304,8 @@ pub async fn erase(config: &Config, client: &str, progress: &Arc<dyn Progress>) 
         warehouse.forget_history(name).await?;
     }
 
-    let (ctx, _) = session_and_pseudonym(config, client).await?;
-    let left = in_marts(&ctx, &rebuilt, &person_values(&found, client, &pseudonym)).await?;
+    // A new session: the rebuilt marts and the erased tables are at new versions.
+    let left = in_marts(&session(config).await?, &rebuilt, &person_values(&found, client, &pseudonym)).await?;
     let left_in_marts = left.values().flatten().map(|b| b.num_rows() as u64).sum();
     let source_still_holds = pipeline::source_holds(config, &pipelines, &trace.subject, client).await?;
     Ok(Erasure {

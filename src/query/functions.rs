@@ -41,12 +41,17 @@ pub fn pseudonym(key: &[u8]) -> ScalarUDF {
     })
 }
 
+/// The pseudonym of one value under `key`, as `pseudonym(value)` gives it in SQL.
+pub fn pseudonym_of(key: &[u8], value: &str) -> String {
+    // HMAC accepts keys of any length, so `new_from_slice` cannot fail.
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
+    mac.update(value.as_bytes());
+    hex::encode(&mac.finalize().into_bytes()[..PSEUDONYM_BYTES])
+}
+
 impl Pseudonym {
     fn hash(&self, value: &str) -> String {
-        // HMAC accepts keys of any length, so `new_from_slice` cannot fail.
-        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key).unwrap_or_else(|_| unreachable!());
-        mac.update(value.as_bytes());
-        hex::encode(&mac.finalize().into_bytes()[..PSEUDONYM_BYTES])
+        pseudonym_of(&self.key, value)
     }
 }
 
