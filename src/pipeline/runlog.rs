@@ -68,7 +68,7 @@ impl RunLog {
         let path = state_dir.join("runs.db");
         let store_err = |e: &dyn std::fmt::Display| RunLogError::Store { path: path.clone(), reason: e.to_string() };
         std::fs::create_dir_all(state_dir).map_err(|e| store_err(&e))?;
-        let conn = Connection::open(&path).map_err(|e| store_err(&e))?;
+        let mut conn = Connection::open(&path).map_err(|e| store_err(&e))?;
         conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(|e| store_err(&e))?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
@@ -81,7 +81,7 @@ impl RunLog {
                rows_read INTEGER NOT NULL DEFAULT 0, inserted INTEGER NOT NULL DEFAULT 0,
                updated INTEGER NOT NULL DEFAULT 0, deleted INTEGER NOT NULL DEFAULT 0,
                version INTEGER, cursor TEXT, duration_ms INTEGER NOT NULL DEFAULT 0, error TEXT,
-               PRIMARY KEY (run_id, target));
+               withheld INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (run_id, target));
              CREATE TABLE IF NOT EXISTS schedule_slots (
                pipeline TEXT PRIMARY KEY, slot TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS schedule_decisions (
@@ -90,16 +90,23 @@ impl RunLog {
              CREATE INDEX IF NOT EXISTS decisions_by_pipeline ON schedule_decisions (pipeline, at);",
         )
         .map_err(|e| store_err(&e))?;
-        // Added after the first release: logs made before it get the column here.
-        let has_withheld: bool = conn
+        // Added after the first release: logs made before it get the column here. The check and
+        // the change share one write transaction, so two processes opening an old log at once
+        // (the server and a CLI command) cannot both add it.
+        let migration = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| store_err(&e))?;
+        let has_withheld: bool = migration
             .query_row("SELECT count(*) > 0 FROM pragma_table_info('run_tables') WHERE name = 'withheld'", [], |r| {
                 r.get(0)
             })
             .map_err(|e| store_err(&e))?;
         if !has_withheld {
-            conn.execute_batch("ALTER TABLE run_tables ADD COLUMN withheld INTEGER NOT NULL DEFAULT 0")
+            migration
+                .execute_batch("ALTER TABLE run_tables ADD COLUMN withheld INTEGER NOT NULL DEFAULT 0")
                 .map_err(|e| store_err(&e))?;
         }
+        migration.commit().map_err(|e| store_err(&e))?;
         Ok(RunLog { conn: std::sync::Mutex::new(conn), path })
     }
 
@@ -337,4 +344,49 @@ fn lock_file(state_dir: &Path, name: &str) -> Result<(File, std::path::PathBuf),
     std::fs::create_dir_all(&dir).map_err(store_err)?;
     let file = File::options().create(true).truncate(false).write(true).open(&path).map_err(store_err)?;
     Ok((file, path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_from_before_withheld_is_migrated_once_by_concurrent_openers() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let old = Connection::open(dir.path().join("runs.db")).expect("old log");
+        old.execute_batch(
+            "CREATE TABLE run_tables (
+               run_id TEXT NOT NULL, target TEXT NOT NULL, status TEXT NOT NULL,
+               rows_read INTEGER NOT NULL DEFAULT 0, inserted INTEGER NOT NULL DEFAULT 0,
+               updated INTEGER NOT NULL DEFAULT 0, deleted INTEGER NOT NULL DEFAULT 0,
+               version INTEGER, cursor TEXT, duration_ms INTEGER NOT NULL DEFAULT 0, error TEXT,
+               PRIMARY KEY (run_id, target));",
+        )
+        .expect("old schema");
+        drop(old);
+
+        let barrier = std::sync::Barrier::new(4);
+        let opened: Vec<Result<RunLog, RunLogError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| {
+                    scope.spawn(|| {
+                        barrier.wait();
+                        RunLog::open(dir.path())
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("opener thread")).collect()
+        });
+        for log in opened {
+            let log = log.expect("every opener succeeds");
+            let columns: i64 = log
+                .db()
+                .expect("db")
+                .query_row("SELECT count(*) FROM pragma_table_info('run_tables') WHERE name = 'withheld'", [], |r| {
+                    r.get(0)
+                })
+                .expect("columns");
+            assert_eq!(columns, 1);
+        }
+    }
 }
