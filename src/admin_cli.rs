@@ -1,7 +1,7 @@
-//! `sokana user …`, `sokana key …`, `sokana audit …` and `sokana privacy …`: managing users,
-//! second factors and API keys, checking the audit trail, and answering a person's privacy
-//! requests, from the command line, which has the metadata store's file and so acts as an
-//! administrator.
+//! `sokana user …`, `sokana key …`, `sokana audit …`, `sokana privacy …` and `sokana warehouse
+//! …`: managing users, second factors and API keys, checking the audit trail, answering a person's
+//! privacy requests and encrypting the warehouse, from the command line, which has the metadata
+//! store's file and so acts as an administrator.
 
 use std::io::{BufRead, IsTerminal};
 
@@ -11,6 +11,7 @@ use clap::Subcommand;
 use sokana::auth::audit::Event;
 use sokana::auth::{Auth, Role};
 use sokana::config::Config;
+use sokana::pipeline;
 
 #[derive(Subcommand)]
 pub enum UserCommand {
@@ -78,6 +79,14 @@ pub enum AuditCommand {
         #[arg(long)]
         user: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+pub enum WarehouseCommand {
+    /// Encrypt every file of the warehouse in place with the configured key (`SOKANA_WAREHOUSE_KEY`
+    /// or `warehouse.key_file`), or, after a new key was put first, move every file to it (key
+    /// rotation). Safe to run again after an interruption; pipelines wait meanwhile.
+    Encrypt,
 }
 
 #[derive(Subcommand)]
@@ -276,5 +285,34 @@ pub async fn privacy(
         }
     }
     auth.audit().flush().await?;
+    Ok(())
+}
+
+pub async fn warehouse(
+    config: &Config,
+    command: WarehouseCommand,
+    progress: std::sync::Arc<dyn sokana::progress::Progress>,
+) -> Result<()> {
+    let WarehouseCommand::Encrypt = command;
+    let auth = Auth::open(config).await?;
+    let pipelines = pipeline::load_pipelines(config)?;
+    let _locks = pipeline::lock_all(config, &pipelines).await?;
+    let warehouse = pipeline::warehouse(config)?;
+    let report = sokana::warehouse::seal_all(&warehouse, progress.as_ref()).await?;
+    auth.audit().record(Event {
+        user: std::env::var("USER").unwrap_or_else(|_| "cli".into()),
+        role: "admin".into(),
+        origin: "cli".into(),
+        request_id: uuid::Uuid::new_v4().to_string(),
+        action: "warehouse.encrypt".into(),
+        detail: format!(
+            "key {}: {} files encrypted, {} moved from older keys, {} already current",
+            report.key_id, report.encrypted, report.rekeyed, report.current
+        ),
+        outcome: "ok".into(),
+        ..Event::now()
+    });
+    auth.audit().flush().await?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
 }

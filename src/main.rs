@@ -128,6 +128,11 @@ enum Command {
         #[command(subcommand)]
         command: admin_cli::PrivacyCommand,
     },
+    /// Encryption at rest of the warehouse's files.
+    Warehouse {
+        #[command(subcommand)]
+        command: admin_cli::WarehouseCommand,
+    },
     /// Validate every pipeline, model and saved query against the live source and warehouse.
     Check,
     /// Serve the HTTP endpoints.
@@ -266,6 +271,9 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Audit { command } => admin_cli::audit(&Config::load(cli.config.as_deref())?, command).await,
         Command::Privacy { command } => {
             admin_cli::privacy(&Config::load(cli.config.as_deref())?, command, Bars::shared()).await
+        }
+        Command::Warehouse { command } => {
+            admin_cli::warehouse(&Config::load(cli.config.as_deref())?, command, Bars::shared()).await
         }
         Command::Check => {
             let config = Config::load(cli.config.as_deref())?;

@@ -27,7 +27,7 @@ use crate::source::{
     ColumnType, CursorRange, CursorValue, ExtractSpec, Snapshot, SourceColumn, SourceError, SourceUrl, merge_partitions,
 };
 use crate::source::{ConnectOptions, Source};
-use crate::warehouse::{LoadRequest, Maintenance, SyncMode, TableName, Warehouse, WarehouseError};
+use crate::warehouse::{Keyring, LoadRequest, Maintenance, SyncMode, TableName, Warehouse, WarehouseError};
 use model::ModelGraph;
 use runlog::{RunLock, RunLog, RunLogError, TableRecord};
 use spec::{Pipeline, SpecError, Sync, TableSpec};
@@ -193,9 +193,32 @@ fn finish_run(
     }
 }
 
+/// The configured warehouse, with its encryption keys: `SOKANA_WAREHOUSE_KEY` (hex keys, comma
+/// separated, newest first) or else the file named by `warehouse.key_file`.
 pub fn warehouse(config: &Config) -> Result<Warehouse, crate::config::ConfigError> {
-    Ok(Warehouse::new(config.warehouse_url()?))
+    use crate::config::ConfigError;
+    let url = config.warehouse_url()?;
+    let keys = if let Ok(text) = std::env::var(WAREHOUSE_KEY_VAR) {
+        Some(
+            Keyring::parse(&text, WAREHOUSE_KEY_VAR)
+                .map_err(|e| ConfigError::Env { var: WAREHOUSE_KEY_VAR.into(), message: e.to_string() })?,
+        )
+    } else if let Some(file) = &config.warehouse.key_file {
+        let path = config.resolve(file);
+        let invalid = |message: String| ConfigError::Invalid {
+            path: config.path.clone().unwrap_or_default(),
+            message: format!("key `warehouse.key_file`: {message}"),
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| invalid(format!("{}: {e}", path.display())))?;
+        Some(Keyring::parse(&text, &path.display().to_string()).map_err(|e| invalid(e.to_string()))?)
+    } else {
+        None
+    };
+    Ok(Warehouse::with_keys(url, keys))
 }
+
+/// The environment variable that holds the warehouse's encryption keys.
+pub const WAREHOUSE_KEY_VAR: &str = "SOKANA_WAREHOUSE_KEY";
 
 /// Connects to the pipeline's source. The metadata store is opened first when it is the source,
 /// which creates it and its tables: the audit pipeline runs on a project no one has logged into.

@@ -93,9 +93,8 @@ impl RunLog {
         // Added after the first release: logs made before it get the column here. The check and
         // the change share one write transaction, so two processes opening an old log at once
         // (the server and a CLI command) cannot both add it.
-        let migration = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(|e| store_err(&e))?;
+        let migration =
+            conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(|e| store_err(&e))?;
         let has_withheld: bool = migration
             .query_row("SELECT count(*) > 0 FROM pragma_table_info('run_tables') WHERE name = 'withheld'", [], |r| {
                 r.get(0)

@@ -49,13 +49,16 @@ fn duck_type(ty: &DataType) -> Result<String, QueryError> {
     })
 }
 
+/// Why DuckDB is not offered: it reads the Parquet files itself, which needs them on local disk
+/// and not encrypted.
+pub const NEEDS_PLAIN_LOCAL: &str =
+    "the DuckDB engine reads unencrypted warehouses on local disk only; use the datafusion engine";
+
 impl DuckSession {
     /// Opens DuckDB with a view per committed table (at its newest version) of a warehouse on local
     /// disk. `memory_limit_mb` bounds the whole DuckDB database.
     pub async fn open(catalog: &WarehouseCatalog, memory_limit_mb: Option<u64>) -> Result<DuckSession, QueryError> {
-        let root = catalog.warehouse().local_root().ok_or_else(|| {
-            QueryError::Sql("the DuckDB engine reads warehouses on local disk only; use the datafusion engine".into())
-        })?;
+        let root = catalog.warehouse().plain_local_root().ok_or_else(|| QueryError::Sql(NEEDS_PLAIN_LOCAL.into()))?;
         let (statements, versions) = views(catalog).await?;
         let conn = duckdb::Connection::open_in_memory().map_err(duck_err)?;
         execute_all(&conn, &statements)?;
@@ -144,8 +147,11 @@ fn execute_all(conn: &duckdb::Connection, statements: &[String]) -> Result<(), Q
 /// file is the analyst's own); returns how many views it holds. Written beside `path` and renamed,
 /// so an interrupted export leaves no half-made database under the name asked for.
 pub async fn export_database(catalog: &WarehouseCatalog, path: &std::path::Path) -> Result<usize, QueryError> {
-    if catalog.warehouse().local_root().is_none() {
-        return Err(QueryError::Sql("a DuckDB export needs a warehouse on local disk".into()));
+    if catalog.warehouse().plain_local_root().is_none() {
+        return Err(QueryError::Sql(
+            "a DuckDB export needs an unencrypted warehouse on local disk (its views read the Parquet files as they are)"
+                .into(),
+        ));
     }
     let partial = path.with_extension("duckdb.partial");
     let io = |e: std::io::Error| QueryError::Sql(format!("{}: {e}", path.display()));

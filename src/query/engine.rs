@@ -231,7 +231,7 @@ impl QueryEngine {
         for schema in SCHEMAS {
             sokana.register_schema(schema, catalog.schema_provider(schema))?;
         }
-        let duck_available = catalog.warehouse().local_root().is_some();
+        let duck_available = catalog.warehouse().plain_local_root().is_some();
         Ok(QueryEngine {
             catalog,
             base,
@@ -712,9 +712,7 @@ impl QueryEngine {
                     )));
                 }
                 if !self.duck_available {
-                    return Err(QueryError::Sql(
-                        "the DuckDB engine reads warehouses on local disk only; use the datafusion engine".into(),
-                    ));
+                    return Err(QueryError::Sql(duck::NEEDS_PLAIN_LOCAL.into()));
                 }
                 prepared.duck.as_ref().map_err(|e| QueryError::Sql(e.clone()))?;
                 Ok(EngineChoice::Duckdb)

@@ -6,6 +6,8 @@
 mod erase;
 mod load;
 mod parquet;
+mod seal;
+mod sealed;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -19,6 +21,8 @@ use object_store::path::Path as StorePath;
 use url::Url;
 
 pub use load::{LoadOutcome, LoadRequest, Maintenance, ReplaceRequest, SyncMode};
+pub use seal::{SealReport, seal_all};
+pub use sealed::{KeyError, Keyring};
 
 /// The schemas tables live in.
 pub const SCHEMAS: &[&str] = &["raw", "marts"];
@@ -83,6 +87,10 @@ impl fmt::Display for TableName {
 pub struct Warehouse {
     root: Url,
     storage_options: HashMap<String, String>,
+    /// Set when the warehouse is encrypted at rest.
+    keys: Option<Keyring>,
+    /// Whether the root's encryption marker agrees with `keys`; checked once per handle.
+    sealing_checked: Arc<tokio::sync::OnceCell<()>>,
 }
 
 static REGISTER_HANDLERS: Once = Once::new();
@@ -91,7 +99,15 @@ impl Warehouse {
     /// `root` must end with `/`. For `s3://` the endpoint and credentials come from the usual
     /// `AWS_*` environment variables (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, …).
     pub fn new(root: Url) -> Warehouse {
-        REGISTER_HANDLERS.call_once(|| deltalake::aws::register_handlers(None));
+        Warehouse::with_keys(root, None)
+    }
+
+    /// A warehouse encrypted at rest with `keys` (see [`sealed`]), or plain when `None`.
+    pub fn with_keys(root: Url, keys: Option<Keyring>) -> Warehouse {
+        REGISTER_HANDLERS.call_once(|| {
+            deltalake::aws::register_handlers(None);
+            seal::register_handlers();
+        });
         let mut storage_options = HashMap::new();
         if root.scheme() == "s3" {
             // Plain-HTTP endpoints (a local S3 server) and servers without a locking provider.
@@ -101,12 +117,22 @@ impl Warehouse {
             storage_options.insert("AWS_S3_ALLOW_UNSAFE_RENAME".into(), "true".into());
             storage_options.insert("conditional_put".into(), "etag".into());
         }
-        Warehouse { root, storage_options }
+        Warehouse { root, storage_options, keys, sealing_checked: Arc::default() }
     }
 
     /// The warehouse folder, when the warehouse is on local disk.
     pub fn local_root(&self) -> Option<std::path::PathBuf> {
         self.root.to_file_path().ok()
+    }
+
+    /// The warehouse folder, when its Parquet files can be read as they are (on local disk and not
+    /// encrypted): what DuckDB needs.
+    pub fn plain_local_root(&self) -> Option<std::path::PathBuf> {
+        self.keys.is_none().then(|| self.local_root()).flatten()
+    }
+
+    pub fn is_encrypted(&self) -> bool {
+        self.keys.is_some()
     }
 
     pub fn table_url(&self, table: &TableName) -> Result<Url, WarehouseError> {
@@ -117,6 +143,7 @@ impl Warehouse {
 
     /// Opens a table; `None` if it has never been committed.
     pub async fn open(&self, table: &TableName) -> Result<Option<DeltaTable>, WarehouseError> {
+        self.sealing_checked.get_or_try_init(|| seal::check(self)).await?;
         // Asking delta-rs about a table that does not exist makes it log an error; list first.
         let (store, root) = self.store()?;
         if !self
@@ -125,11 +152,27 @@ impl Warehouse {
         {
             return Ok(None);
         }
-        let url = self.table_url(table)?;
-        let handle = DeltaTable::try_from_url_with_storage_options(url, self.storage_options.clone())
-            .await
-            .map_err(|e| WarehouseError::delta(table, e))?;
+        let handle = self.builder(table)?.load().await.map_err(|e| WarehouseError::delta(table, e))?;
         Ok(Some(handle))
+    }
+
+    /// A Delta builder for `table`: on its own URL when plain; through the encrypting store, under
+    /// a `sealed://` URL of its own, when encrypted (see [`seal`]).
+    fn builder(&self, table: &TableName) -> Result<DeltaTableBuilder, WarehouseError> {
+        let url = self.table_url(table)?;
+        let builder = match &self.keys {
+            None => DeltaTableBuilder::from_url(url),
+            Some(keys) => {
+                let (store, root) = self.store()?;
+                let sealed_url = seal::table_url(&self.root, &root, keys, table)?;
+                DeltaTableBuilder::from_url(sealed_url.clone()).map(|b| {
+                    b.with_storage_backend(Arc::new(sealed::SealedStore::new(store, keys.clone())), sealed_url)
+                })
+            }
+        };
+        builder
+            .map(|b| b.with_storage_options(self.storage_options.clone()))
+            .map_err(|e| WarehouseError::delta(table, e))
     }
 
     /// A handle for a table that may not exist yet (writing to it creates it).
@@ -144,10 +187,7 @@ impl Warehouse {
                 reason: format!("cannot create the table directory: {e}"),
             })?;
         }
-        DeltaTableBuilder::from_url(url)
-            .map(|b| b.with_storage_options(self.storage_options.clone()))
-            .and_then(|b| b.build())
-            .map_err(|e| WarehouseError::delta(table, e))
+        self.builder(table)?.build().map_err(|e| WarehouseError::delta(table, e))
     }
 
     /// Whether the table directory at `dir` has a Delta log.

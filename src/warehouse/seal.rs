@@ -1,0 +1,211 @@
+//! How an encrypted warehouse is wired into delta-rs and kept whole: tables are opened under
+//! `sealed://` URLs whose store is a [`SealedStore`] (so delta-rs, its DataFusion scans and every
+//! operation read and write through it, never through a plain file store), a marker at the root
+//! says the warehouse is encrypted, and [`seal_all`] encrypts a plain warehouse in place or moves
+//! an encrypted one to a new key. It owns no key material; the [`Keyring`] comes from the caller.
+
+use std::sync::Arc;
+
+use deltalake::DeltaResult;
+use deltalake::logstore::{LogStore, LogStoreFactory, ObjectStoreRef, StorageConfig, default_logstore};
+use futures::TryStreamExt;
+use object_store::path::Path as StorePath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use url::Url;
+
+use super::sealed::Keyring;
+use super::{TableName, Warehouse, WarehouseError};
+use crate::progress::Progress;
+
+/// The URL scheme of encrypted tables.
+const SCHEME: &str = "sealed";
+/// Where the marker lives, under the warehouse root.
+const MARKER: [&str; 2] = ["_sokana", "encryption.json"];
+
+fn marker_path(root: &StorePath) -> StorePath {
+    MARKER.iter().fold(root.clone(), |path, part| path.join(*part))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum State {
+    /// `sokana warehouse encrypt` is encrypting a plain warehouse; until it finishes, sizes in
+    /// listings cannot be trusted, so the warehouse is not opened.
+    Encrypting,
+    Encrypted,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Marker {
+    state: State,
+}
+
+#[derive(Debug)]
+struct SealedLogStoreFactory;
+
+impl LogStoreFactory for SealedLogStoreFactory {
+    fn with_options(
+        &self,
+        prefixed_store: ObjectStoreRef,
+        root_store: ObjectStoreRef,
+        location: &Url,
+        options: &StorageConfig,
+    ) -> DeltaResult<Arc<dyn LogStore>> {
+        // Commits are conditional puts through the sealed store, as on the stores underneath.
+        Ok(default_logstore(prefixed_store, root_store, location, options))
+    }
+}
+
+pub(super) fn register_handlers() {
+    if let Ok(url) = Url::parse(&format!("{SCHEME}://")) {
+        deltalake::logstore::logstore_factories().insert(url, Arc::new(SealedLogStoreFactory));
+    }
+}
+
+/// The `sealed://` URL of a table. Its host names the warehouse and key, so two warehouses (or two
+/// keyrings) in one process never share a store in DataFusion's registry; its path is the table's
+/// path in the store underneath.
+pub(super) fn table_url(
+    root: &Url,
+    root_path: &StorePath,
+    keys: &Keyring,
+    table: &TableName,
+) -> Result<Url, WarehouseError> {
+    let digest = Sha256::new().chain_update(root.as_str()).chain_update(keys.current_id()).finalize();
+    let host = format!("w{}", hex::encode(&digest[..8]));
+    let mut url = Url::parse(&format!("{SCHEME}://{host}/"))
+        .map_err(|e| WarehouseError::Storage { location: root.to_string(), reason: e.to_string() })?;
+    let path = root_path.parts().map(|p| p.as_ref().to_string()).chain([table.schema.clone(), table.name.clone()]);
+    url.set_path(&format!("/{}/", path.collect::<Vec<_>>().join("/")));
+    Ok(url)
+}
+
+async fn read_marker(
+    store: &dyn ObjectStore,
+    path: &StorePath,
+    location: &str,
+) -> Result<Option<Marker>, WarehouseError> {
+    let storage =
+        |reason: String| WarehouseError::Storage { location: format!("{location}{}", MARKER.join("/")), reason };
+    match store.get(path).await {
+        Ok(found) => {
+            let bytes = found.bytes().await.map_err(|e| storage(e.to_string()))?;
+            serde_json::from_slice(&bytes).map(Some).map_err(|e| storage(format!("not a marker: {e}")))
+        }
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(storage(e.to_string())),
+    }
+}
+
+async fn write_marker(
+    store: &dyn ObjectStore,
+    path: &StorePath,
+    state: State,
+    location: &str,
+) -> Result<(), WarehouseError> {
+    let body = serde_json::to_vec(&Marker { state })
+        .map_err(|e| WarehouseError::Storage { location: location.to_string(), reason: e.to_string() })?;
+    store.put(path, PutPayload::from(body)).await.map_err(|e| WarehouseError::Storage {
+        location: format!("{location}{}", MARKER.join("/")),
+        reason: e.to_string(),
+    })?;
+    Ok(())
+}
+
+/// Checks that the warehouse is encrypted exactly when keys are configured; a new warehouse with
+/// keys is marked encrypted before its first table.
+pub(super) async fn check(warehouse: &Warehouse) -> Result<(), WarehouseError> {
+    let (store, root) = warehouse.store()?;
+    let location = warehouse.root.to_string();
+    let marker = read_marker(store.as_ref(), &marker_path(&root), &location).await?;
+    let refuse = |reason: &str| WarehouseError::Storage { location: location.clone(), reason: reason.to_string() };
+    match (&warehouse.keys, marker.map(|m| m.state)) {
+        (None, None) | (Some(_), Some(State::Encrypted)) => Ok(()),
+        (None, Some(_)) => Err(refuse(
+            "the warehouse is encrypted; give its key in SOKANA_WAREHOUSE_KEY or the file named by warehouse.key_file",
+        )),
+        (Some(_), Some(State::Encrypting)) => {
+            Err(refuse("encrypting the warehouse was interrupted; run `sokana warehouse encrypt` to finish it"))
+        }
+        (Some(_), None) => {
+            if warehouse.list_tables().await?.is_empty() {
+                write_marker(store.as_ref(), &marker_path(&root), State::Encrypted, &location).await
+            } else {
+                Err(refuse("a key is configured but the warehouse holds plain tables; run `sokana warehouse encrypt`"))
+            }
+        }
+    }
+}
+
+/// What [`seal_all`] did.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct SealReport {
+    /// Plain objects encrypted.
+    pub encrypted: u64,
+    /// Objects moved from an older key to the current one.
+    pub rekeyed: u64,
+    /// Objects already under the current key.
+    pub current: u64,
+    pub bytes: u64,
+    pub key_id: String,
+}
+
+/// Encrypts every object of a plain warehouse in place, or re-encrypts those under an older key
+/// with the current one (key rotation). Each object is replaced whole, so a crash leaves every
+/// object either as it was or done; running it again finishes the work. The caller holds every
+/// pipeline's lock, so no load writes meanwhile.
+pub async fn seal_all(warehouse: &Warehouse, progress: &dyn Progress) -> Result<SealReport, WarehouseError> {
+    let keys = warehouse.keys.clone().ok_or_else(|| WarehouseError::Storage {
+        location: warehouse.root.to_string(),
+        reason: "no key: set SOKANA_WAREHOUSE_KEY or warehouse.key_file first".into(),
+    })?;
+    let (store, root) = warehouse.store()?;
+    let location = warehouse.root.to_string();
+    let storage = |path: &StorePath, e: object_store::Error| WarehouseError::Storage {
+        location: format!("{location}{}", path.as_ref().strip_prefix(root.as_ref()).unwrap_or(path.as_ref())),
+        reason: e.to_string(),
+    };
+    let marker_path = marker_path(&root);
+    let marker = read_marker(store.as_ref(), &marker_path, &location).await?;
+    if marker.is_none() {
+        write_marker(store.as_ref(), &marker_path, State::Encrypting, &location).await?;
+    }
+    let objects: Vec<_> = store.list(Some(&root)).try_collect().await.map_err(|e| storage(&root, e))?;
+    let objects: Vec<_> = objects.into_iter().filter(|o| o.location != marker_path).collect();
+    let current = keys.current_id();
+    let mut report = SealReport { key_id: current.clone(), ..SealReport::default() };
+    progress.start("warehouse", Some(objects.len() as u64));
+    for (done, object) in objects.iter().enumerate() {
+        progress.update("warehouse", done as u64);
+        let path = &object.location;
+        let bytes = store.get(path).await.map_err(|e| storage(path, e))?.bytes().await.map_err(|e| storage(path, e))?;
+        let plain = match Keyring::sealed_with(&bytes) {
+            Some(id) if id == current => {
+                report.current += 1;
+                continue;
+            }
+            Some(_) => {
+                report.rekeyed += 1;
+                keys.open(&bytes).map_err(|e| storage(path, e))?
+            }
+            None => {
+                report.encrypted += 1;
+                bytes.to_vec()
+            }
+        };
+        report.bytes += plain.len() as u64;
+        let sealed = keys.seal(&plain).map_err(|e| storage(path, e))?;
+        store.put(path, sealed.into()).await.map_err(|e| storage(path, e))?;
+    }
+    write_marker(store.as_ref(), &marker_path, State::Encrypted, &location).await?;
+    progress.finish(
+        "warehouse",
+        &format!(
+            "{} encrypted, {} moved to key {current}, {} already current",
+            report.encrypted, report.rekeyed, report.current
+        ),
+    );
+    Ok(report)
+}

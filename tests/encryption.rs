@@ -1,0 +1,185 @@
+//! Encryption at rest: a warehouse with a key holds no readable file (data, log entries with
+//! their column statistics, checkpoints), still loads incrementally and answers queries; without
+//! the key, or with another, it refuses with a message that says why. A plain warehouse is
+//! encrypted in place, and moved to a new key, by `sokana warehouse encrypt`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{Project, seed, warehouse_count};
+
+const KEY_A: &str = "4b1d0f3e9a7c25d86e0b13f4a2c9d7e1058b6a3f2e4d1c09b8a7f6e5d4c3b2a1";
+const KEY_B: &str = "9f8e7d6c5b4a39281706f5e4d3c2b1a09f8e7d6c5b4a39281706f5e4d3c2b1a0";
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+/// Files of the warehouse (the encryption marker aside) that are not sealed, and files whose raw
+/// bytes contain `needle`.
+fn plain_files(project: &Project, needle: &str) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let (mut unsealed, mut mentioning) = (Vec::new(), Vec::new());
+    for path in files_under(&project.dir.path().join("warehouse")) {
+        if path.ends_with("_sokana/encryption.json") {
+            continue;
+        }
+        let bytes = std::fs::read(&path).expect("read");
+        if !bytes.starts_with(b"SKSEAL01") {
+            unsealed.push(path.clone());
+        }
+        if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+            mentioning.push(path);
+        }
+    }
+    (unsealed, mentioning)
+}
+
+/// The smallest e-mail address in the source: the Delta log keeps it in plain JSON as the
+/// column's minimum, so it is in the warehouse's files unless they are encrypted.
+fn smallest_email(project: &Project) -> String {
+    let source = rusqlite::Connection::open(project.sqlite_path()).expect("source");
+    source.query_row("SELECT min(email) FROM phi_clients", [], |r| r.get(0)).expect("email")
+}
+
+fn source_count(project: &Project, sql: &str) -> i64 {
+    let source = rusqlite::Connection::open(project.sqlite_path()).expect("source");
+    source.query_row(sql, [], |r| r.get(0)).expect("count")
+}
+
+fn set_key_file(project: &Project, keys: &str) {
+    std::fs::write(project.dir.path().join("warehouse.key"), keys).expect("key file");
+    let text = std::fs::read_to_string(&project.config_path).expect("config");
+    if !text.contains("key_file") {
+        let text = text.replace("[warehouse]\n", "[warehouse]\nkey_file = \"warehouse.key\"\n");
+        std::fs::write(&project.config_path, text).expect("config");
+    }
+}
+
+async fn query_error(project: &Project) -> String {
+    let warehouse = sokana::pipeline::warehouse(&project.config()).expect("warehouse");
+    match sokana::query::session(&warehouse).await {
+        Err(e) => e.to_string(),
+        Ok(ctx) => {
+            sokana::query::run(&ctx, "SELECT count(*) FROM raw.phi_clients").await.expect_err("refused").to_string()
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_encrypted_warehouse_loads_and_answers_but_its_files_reveal_nothing() {
+    let project = Project::new("sqlite://operational.db");
+    seed("sqlite://operational.db", project.dir.path(), 0.05).await;
+    project.add_core_models("encryption-test-key-0123456789");
+    set_key_file(&project, KEY_A);
+    project.run().await.expect("first load");
+
+    let config = project.config();
+    let clients = source_count(&project, "SELECT count(*) FROM phi_clients");
+    assert_eq!(warehouse_count(&config, "SELECT count(*) FROM raw.phi_clients").await, clients);
+    assert!(warehouse_count(&config, "SELECT count(*) FROM marts.dim_clients").await > 0);
+
+    // An incremental load merges through the encrypted files: the changed row replaces the old one.
+    let later = "2999-01-01T00:00:00.000000Z";
+    rusqlite::Connection::open(project.sqlite_path())
+        .expect("source")
+        .execute_batch(&format!(
+            "UPDATE phi_clients SET status = 'encrypted-test', updated_at = '{later}' \
+             WHERE id = (SELECT min(id) FROM phi_clients)"
+        ))
+        .expect("update");
+    let summary = project.run().await.expect("second load");
+    let clients_table = summary.tables.iter().find(|t| t.target == "raw.phi_clients").expect("clients");
+    assert_eq!((clients_table.inserted, clients_table.updated), (0, 1), "{summary:?}");
+    assert_eq!(warehouse_count(&config, "SELECT count(*) FROM raw.phi_clients").await, clients);
+    assert_eq!(
+        warehouse_count(&config, "SELECT count(*) FROM raw.phi_clients WHERE status = 'encrypted-test'").await,
+        1
+    );
+
+    let (unsealed, mentioning) = plain_files(&project, &smallest_email(&project));
+    assert!(unsealed.is_empty(), "files left in the clear: {unsealed:?}");
+    assert!(mentioning.is_empty(), "files that show an e-mail address: {mentioning:?}");
+
+    // Without the key, or with another one, the warehouse says so.
+    let config_text = std::fs::read_to_string(&project.config_path).expect("config");
+    std::fs::write(&project.config_path, config_text.replace("key_file = \"warehouse.key\"\n", "")).expect("config");
+    let error = query_error(&project).await;
+    assert!(error.contains("the warehouse is encrypted"), "{error}");
+    std::fs::write(&project.config_path, &config_text).expect("config");
+    set_key_file(&project, KEY_B);
+    let error = query_error(&project).await;
+    assert!(error.contains("not among the configured keys"), "{error}");
+    set_key_file(&project, "not hex");
+    let error = sokana::pipeline::warehouse(&project.config()).expect_err("bad key").to_string();
+    assert!(error.contains("warehouse.key_file") && error.contains("warehouse.key: key 1"), "{error}");
+
+    // DuckDB reads the Parquet files as they are, so it is not offered on an encrypted warehouse.
+    set_key_file(&project, KEY_A);
+    let duck = project.cli().args(["sql", "--engine", "duckdb", "SELECT 1"]).output().expect("sokana sql");
+    assert!(!duck.status.success());
+    assert!(String::from_utf8_lossy(&duck.stderr).contains("unencrypted"), "{}", String::from_utf8_lossy(&duck.stderr));
+    let export = project.dir.path().join("w.duckdb");
+    let exported = project.cli().args(["export", "duckdb"]).arg(&export).output().expect("sokana export");
+    assert!(!exported.status.success() && !export.exists());
+    let auto = project.cli().args(["sql", "--engine", "auto", "SELECT count(*) AS n FROM raw.phi_clients"]).output();
+    let auto = auto.expect("sokana sql");
+    assert!(auto.status.success(), "{}", String::from_utf8_lossy(&auto.stderr));
+    assert!(String::from_utf8_lossy(&auto.stdout).contains(&clients.to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plain_warehouse_is_encrypted_in_place_then_moved_to_a_new_key() {
+    let project = Project::new("sqlite://operational.db");
+    seed("sqlite://operational.db", project.dir.path(), 0.02).await;
+    project.run().await.expect("plain load");
+    let clients = source_count(&project, "SELECT count(*) FROM phi_clients");
+    let email = smallest_email(&project);
+    let (_, mentioning) = plain_files(&project, &email);
+    assert!(!mentioning.is_empty(), "a plain warehouse shows the smallest e-mail in its log");
+
+    set_key_file(&project, KEY_A);
+    let error = query_error(&project).await;
+    assert!(error.contains("run `sokana warehouse encrypt`"), "{error}");
+
+    let encrypt = |project: &Project| {
+        let out = project.cli().args(["warehouse", "encrypt"]).output().expect("sokana warehouse encrypt");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("report")
+    };
+    let report = encrypt(&project);
+    let files = report["encrypted"].as_u64().expect("count");
+    assert!(files > 10 && report["rekeyed"] == 0, "{report}");
+    let (unsealed, mentioning) = plain_files(&project, &email);
+    assert!(unsealed.is_empty() && mentioning.is_empty(), "{unsealed:?} {mentioning:?}");
+    assert_eq!(warehouse_count(&project.config(), "SELECT count(*) FROM raw.phi_clients").await, clients);
+
+    // Rotation: the new key first, the old one still accepted; every file moves to the new key.
+    set_key_file(&project, &format!("{KEY_B}\n{KEY_A}\n"));
+    let report = encrypt(&project);
+    assert_eq!((report["rekeyed"].as_u64(), report["encrypted"].as_u64()), (Some(files), Some(0)), "{report}");
+    set_key_file(&project, KEY_B);
+    assert_eq!(warehouse_count(&project.config(), "SELECT count(*) FROM raw.phi_clients").await, clients);
+    let report = encrypt(&project);
+    assert_eq!(report["current"].as_u64(), Some(files), "a second run has nothing left to do: {report}");
+
+    // An interrupted encryption is refused until it is run again.
+    let marker = project.dir.path().join("warehouse/_sokana/encryption.json");
+    std::fs::write(&marker, r#"{"state":"encrypting"}"#).expect("marker");
+    let error = query_error(&project).await;
+    assert!(error.contains("was interrupted"), "{error}");
+    encrypt(&project);
+    assert_eq!(warehouse_count(&project.config(), "SELECT count(*) FROM raw.phi_clients").await, clients);
+}
