@@ -11,7 +11,7 @@ use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use rusqlite::types::ValueRef;
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -139,12 +139,71 @@ fn affinity(declared: &str) -> ColumnType {
     }
 }
 
-fn cursor_param(value: &CursorValue) -> rusqlite::types::Value {
-    match value {
-        CursorValue::Timestamp(ts) => {
+/// How a cursor column's values are written in the file: SQLite has no timestamp type, and text
+/// compares character by character, so `2026-11-01 10:00:00` and `2026-11-01T10:00:00.000000Z`
+/// differ at the eleventh. Learned from one value; a column that mixes shapes is not supported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StoredAs {
+    /// ISO 8601 text: date and time separated by `sep`, `fraction` digits of seconds, then `Z`,
+    /// `+00:00` or nothing.
+    Text { sep: char, fraction: usize, suffix: &'static str },
+    /// Integers: seconds since 1970 for timestamps, or an increasing id.
+    Integer,
+    /// Anything else: compared through `julianday()`.
+    Unknown,
+}
+
+fn stored_as(conn: &Connection, table: &str, column: &str) -> Result<StoredAs, rusqlite::Error> {
+    let col = quote_ident(column);
+    let sql = format!("SELECT {col} FROM {} WHERE {col} IS NOT NULL LIMIT 1", quote_ident(table));
+    let sample: Option<rusqlite::types::Value> = conn.query_row(&sql, [], |r| r.get(0)).optional()?;
+    Ok(match sample {
+        Some(rusqlite::types::Value::Integer(_)) | None => StoredAs::Integer,
+        Some(rusqlite::types::Value::Text(text)) => text_shape(&text),
+        Some(_) => StoredAs::Unknown,
+    })
+}
+
+fn text_shape(text: &str) -> StoredAs {
+    let bytes = text.as_bytes();
+    if bytes.len() < 19 || !matches!(bytes[10], b'T' | b' ') {
+        return StoredAs::Unknown;
+    }
+    let mut rest = &text[19..];
+    let mut fraction = 0;
+    if let Some(after_dot) = rest.strip_prefix('.') {
+        fraction = after_dot.bytes().take_while(u8::is_ascii_digit).count();
+        rest = &after_dot[fraction..];
+    }
+    let suffix = match rest {
+        "Z" => "Z",
+        "+00:00" => "+00:00",
+        "" => "",
+        _ => return StoredAs::Unknown,
+    };
+    if fraction > 9 {
+        return StoredAs::Unknown;
+    }
+    StoredAs::Text { sep: char::from(bytes[10]), fraction, suffix }
+}
+
+fn cursor_param(value: &CursorValue, stored: StoredAs) -> rusqlite::types::Value {
+    use chrono::Timelike;
+    match (value, stored) {
+        (CursorValue::Timestamp(ts), StoredAs::Text { sep, fraction, suffix }) => {
+            let mut text = ts.format(&format!("%Y-%m-%d{sep}%H:%M:%S")).to_string();
+            if fraction > 0 {
+                let digits = ts.nanosecond() / 10u32.pow(9 - fraction as u32);
+                text.push_str(&format!(".{digits:0fraction$}"));
+            }
+            text.push_str(suffix);
+            rusqlite::types::Value::Text(text)
+        }
+        (CursorValue::Timestamp(ts), StoredAs::Integer) => rusqlite::types::Value::Integer(ts.timestamp()),
+        (CursorValue::Timestamp(ts), StoredAs::Unknown) => {
             rusqlite::types::Value::Text(ts.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
         }
-        CursorValue::Integer(i) => rusqlite::types::Value::Integer(*i),
+        (CursorValue::Integer(i), _) => rusqlite::types::Value::Integer(*i),
     }
 }
 
@@ -190,11 +249,22 @@ fn extract(
     let mut params = Vec::new();
     if let Some(range) = &spec.range {
         let col = quote_ident(&range.column);
-        sql.push_str(&format!(" WHERE {col} <= ?1"));
-        params.push(cursor_param(&range.upto));
+        let stored = stored_as(conn, &spec.table, &range.column).map_err(query_error)?;
+        // Bounds are compared as the column's values are written; a shape of its own goes
+        // through julianday(), which compares instants whatever their text looks like.
+        let compared = match stored {
+            StoredAs::Unknown => format!("julianday({col})"),
+            _ => col.clone(),
+        };
+        let bound = |placeholder: &str| match stored {
+            StoredAs::Unknown => format!("julianday({placeholder})"),
+            _ => placeholder.to_string(),
+        };
+        sql.push_str(&format!(" WHERE {compared} <= {}", bound("?1")));
+        params.push(cursor_param(&range.upto, stored));
         if let Some(after) = &range.after {
-            sql.push_str(&format!(" AND {col} > ?2"));
-            params.push(cursor_param(after));
+            sql.push_str(&format!(" AND {compared} > {}", bound("?2")));
+            params.push(cursor_param(after, stored));
         }
     }
     let mut stmt = conn.prepare(&sql).map_err(query_error)?;
@@ -342,5 +412,50 @@ impl Snapshot for SqliteSnapshot {
         let (tx, rx) = mpsc::channel(2);
         self.requests.send(Request::Extract(spec, tx)).map_err(|_| self.stopped())?;
         Ok(vec![Box::pin(RecordBatchStreamAdapter::new(schema, ReceiverStream::new(rx)))])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> CursorValue {
+        CursorValue::Timestamp(chrono::DateTime::parse_from_rfc3339(text).expect("time").with_timezone(&chrono::Utc))
+    }
+
+    #[test]
+    fn cursor_bounds_compare_as_the_column_is_written() {
+        let conn = Connection::open_in_memory().expect("sqlite");
+        for (stored, earlier, later) in [
+            ("space, no fraction", "2026-11-01 09:00:00", "2026-11-01 23:00:00"),
+            ("T, millis, Z", "2026-11-01T09:00:00.000Z", "2026-11-01T09:00:00.001Z"),
+            ("T, micros, offset", "2026-11-01T09:00:00.000000+00:00", "2026-11-01T09:00:00.000001+00:00"),
+            ("another offset", "2026-11-01T11:00:00+02:00", "2026-11-01T12:00:00+02:00"),
+        ] {
+            conn.execute_batch(&format!(
+                "DROP TABLE IF EXISTS t; CREATE TABLE t (updated_at TEXT);
+                 INSERT INTO t VALUES ('{earlier}'), ('{later}');"
+            ))
+            .expect("table");
+            let shape = stored_as(&conn, "t", "updated_at").expect("shape");
+            let compared = if shape == StoredAs::Unknown { "julianday(updated_at)" } else { "updated_at" };
+            let bound = if shape == StoredAs::Unknown { "julianday(?1)" } else { "?1" };
+            let count = |sql: &str, cursor: &CursorValue| -> i64 {
+                conn.query_row(sql, [cursor_param(cursor, shape)], |r| r.get(0)).expect("count")
+            };
+            let after = format!("SELECT count(*) FROM t WHERE {compared} > {bound}");
+            let upto = format!("SELECT count(*) FROM t WHERE {compared} <= {bound}");
+            let first = at("2026-11-01T09:00:00Z");
+            assert_eq!(count(&after, &first), 1, "{stored}: the later row is past the earlier's cursor");
+            assert_eq!(count(&upto, &first), 1, "{stored}: the earlier row is within its own cursor");
+        }
+    }
+
+    #[test]
+    fn shapes_are_read_from_one_value() {
+        assert_eq!(text_shape("2026-11-01 10:00:00"), StoredAs::Text { sep: ' ', fraction: 0, suffix: "" });
+        assert_eq!(text_shape("2026-11-01T10:00:00.123456Z"), StoredAs::Text { sep: 'T', fraction: 6, suffix: "Z" });
+        assert_eq!(text_shape("2026-11-01"), StoredAs::Unknown);
+        assert_eq!(text_shape("2026-11-01T10:00:00+02:00"), StoredAs::Unknown);
     }
 }
