@@ -111,5 +111,26 @@ fn the_warehouse_can_live_on_an_s3_protocol_server() {
     let source = rusqlite::Connection::open(project.sqlite_path()).unwrap();
     let expected: i64 = source.query_row("SELECT count(*) FROM payments", [], |r| r.get(0)).unwrap();
     assert_eq!(count, expected);
+
+    // Encrypted in place on the server, then loaded into and queried through the key only.
+    let key = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
+    let sokana = |args: &[&str], key: Option<&str>| {
+        let mut cmd = project.cli();
+        cmd.args(args);
+        with_s3(&mut cmd);
+        if let Some(key) = key {
+            cmd.env("SOKANA_WAREHOUSE_KEY", key);
+        }
+        cmd.output().unwrap()
+    };
+    for args in [&["warehouse", "encrypt"][..], &["pipeline", "run", "--all"]] {
+        let out = sokana(args, Some(key));
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let out = sokana(&["sql", "--format", "csv", "SELECT count(*) FROM raw.payments"], Some(key));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().nth(1).unwrap().trim(), expected.to_string());
+    let out = sokana(&["sql", "SELECT count(*) FROM raw.payments"], None);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("the warehouse is encrypted"));
     assert!(!project.dir.path().join("warehouse").exists(), "nothing was written locally");
 }
