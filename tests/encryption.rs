@@ -5,34 +5,18 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use common::{Project, seed, warehouse_count};
 
 const KEY_A: &str = "4b1d0f3e9a7c25d86e0b13f4a2c9d7e1058b6a3f2e4d1c09b8a7f6e5d4c3b2a1";
 const KEY_B: &str = "9f8e7d6c5b4a39281706f5e4d3c2b1a09f8e7d6c5b4a39281706f5e4d3c2b1a0";
 
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).expect("read dir") {
-            let path = entry.expect("entry").path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                found.push(path);
-            }
-        }
-    }
-    found
-}
-
 /// Files of the warehouse (the encryption marker aside) that are not sealed, and files whose raw
 /// bytes contain `needle`.
 fn plain_files(project: &Project, needle: &str) -> (Vec<PathBuf>, Vec<PathBuf>) {
     let (mut unsealed, mut mentioning) = (Vec::new(), Vec::new());
-    for path in files_under(&project.dir.path().join("warehouse")) {
+    for path in common::files_under(&project.dir.path().join("warehouse")) {
         if path.ends_with("_sokana/encryption.json") {
             continue;
         }

@@ -53,28 +53,20 @@ async fn rows_of(config: &sokana::config::Config, client: &str) -> Vec<(String, 
 /// checkpoints) decoded, whichever version they belong to.
 fn files_mentioning(dir: &Path, needle: &str) -> Vec<String> {
     let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).expect("read dir") {
-            let path = entry.expect("entry").path();
-            if path.is_dir() {
-                stack.push(path);
-                continue;
-            }
-            let text = if path.extension().is_some_and(|e| e == "parquet") {
-                let file = std::fs::File::open(&path).expect("open");
-                let reader = datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-                    .expect("parquet")
-                    .build()
-                    .expect("reader");
-                let batches: Vec<_> = reader.map(|b| b.expect("batch")).collect();
-                datafusion::arrow::util::pretty::pretty_format_batches(&batches).expect("format").to_string()
-            } else {
-                String::from_utf8_lossy(&std::fs::read(&path).expect("read")).into_owned()
-            };
-            if text.contains(needle) {
-                found.push(path.display().to_string());
-            }
+    for path in common::files_under(dir) {
+        let text = if path.extension().is_some_and(|e| e == "parquet") {
+            let file = std::fs::File::open(&path).expect("open");
+            let reader = datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+                .expect("parquet")
+                .build()
+                .expect("reader");
+            let batches: Vec<_> = reader.map(|b| b.expect("batch")).collect();
+            datafusion::arrow::util::pretty::pretty_format_batches(&batches).expect("format").to_string()
+        } else {
+            String::from_utf8_lossy(&std::fs::read(&path).expect("read")).into_owned()
+        };
+        if text.contains(needle) {
+            found.push(path.display().to_string());
         }
     }
     found

@@ -298,6 +298,23 @@ pub async fn assert_matches_source(project: &Project) {
     }
 }
 
+/// Every file under `dir`, at any depth.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
 /// One number from a SQL query over the warehouse.
 pub async fn warehouse_count(config: &Config, sql: &str) -> i64 {
     let ctx = sokana::query::session(&pipeline::warehouse(config).expect("warehouse")).await.expect("session");
