@@ -210,6 +210,66 @@ async fn tokens_rotate_and_a_reused_refresh_token_ends_the_session() {
     let (status, _) = http.send("GET", "/api/v1/auth/me", Some(&access), None).await;
     assert_eq!(status, 401, "logged out");
 
+    // In a browser: the same session in cookies, with a CSRF token for anything that changes state.
+    let browser = |method: &str, path: &str, cookie: String, csrf: Option<String>, body: Value| {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut request =
+            http.client.request(method, format!("{}{path}", http.base)).header("cookie", cookie).json(&body);
+        if let Some(csrf) = csrf {
+            request = request.header("x-csrf-token", csrf);
+        }
+        async move {
+            let response = request.send().await.expect("request");
+            let set: Vec<String> = response
+                .headers()
+                .get_all("set-cookie")
+                .iter()
+                .map(|v| v.to_str().expect("ascii").to_string())
+                .collect();
+            let status = response.status();
+            let text = response.text().await.expect("body");
+            (status, serde_json::from_str::<Value>(&text).unwrap_or(Value::String(text)), set)
+        }
+    };
+    let cookie = |set: &[String], name: &str| -> (String, String) {
+        let line = set.iter().find(|c| c.starts_with(&format!("{name}="))).expect("cookie set").clone();
+        let value = line.split(';').next().and_then(|p| p.split_once('=')).map(|(_, v)| v.to_string());
+        (value.expect("value"), line)
+    };
+    let (status, _, set) =
+        browser("POST", "/api/v1/auth/login", String::new(), None, json!({ "username": "ana", "password": PASSWORD }))
+            .await;
+    assert_eq!(status, 200);
+    let ((access, access_line), (refresh, refresh_line), (csrf, csrf_line)) =
+        (cookie(&set, "sokana_access"), cookie(&set, "sokana_refresh"), cookie(&set, "sokana_csrf"));
+    for line in [&access_line, &refresh_line] {
+        assert!(line.contains("HttpOnly") && line.contains("Secure") && line.contains("SameSite=Strict"), "{line}");
+    }
+    assert!(refresh_line.contains("Path=/api/v1/auth/refresh"), "{refresh_line}");
+    assert!(!csrf_line.contains("HttpOnly") && csrf_line.contains("SameSite=Strict"), "{csrf_line}");
+    let jar = format!("sokana_access={access}; sokana_csrf={csrf}");
+    let (status, me, _) = browser("GET", "/api/v1/auth/me", jar.clone(), None, json!(null)).await;
+    assert_eq!((status, me["user"].as_str()), (StatusCode::OK, Some("ana")), "{me}");
+    let query = json!({ "sql": "SELECT 1 AS one" });
+    for forged in [None, Some("00".to_string()), Some(hex::encode([7u8; 32]))] {
+        let (status, body, _) = browser("POST", "/api/v1/query", jar.clone(), forged, query.clone()).await;
+        assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("csrf")), "{body}");
+    }
+    let (status, body, _) = browser("POST", "/api/v1/query", jar.clone(), Some(csrf.clone()), query.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    let refresh_jar = format!("sokana_refresh={refresh}; sokana_csrf={csrf}");
+    let (status, body, _) = browser("POST", "/api/v1/auth/refresh", refresh_jar.clone(), None, json!({})).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("csrf")), "{body}");
+    let (status, _, set) = browser("POST", "/api/v1/auth/refresh", refresh_jar, Some(csrf.clone()), json!({})).await;
+    assert_eq!(status, 200);
+    let (access, _) = cookie(&set, "sokana_access");
+    let jar = format!("sokana_access={access}; sokana_csrf={csrf}");
+    let (status, _, set) = browser("POST", "/api/v1/auth/logout", jar.clone(), Some(csrf), json!(null)).await;
+    assert_eq!(status, 204);
+    assert!(set.iter().all(|c| c.contains("Max-Age=0")) && set.len() == 3, "{set:?}");
+    let (status, _, _) = browser("GET", "/api/v1/auth/me", jar, None, json!(null)).await;
+    assert_eq!(status, 401, "the cookie's session ended");
+
     // Bad tokens: wrongly signed, expired.
     let key = sokana::keyfile::read_or_create(&config.state_dir().join("auth.key")).expect("key");
     let now = chrono::Utc::now().timestamp();

@@ -1,6 +1,7 @@
 //! Authentication and authorisation at the HTTP edge: the middleware that finds the caller
-//! (`Authorization: Bearer` with an access token or an API key) and checks each route's
-//! `Access`, and the routes for logging in, sessions, second factors, users and API keys.
+//! (`Authorization: Bearer` with an access token or an API key, or a browser's session cookie with
+//! its CSRF token) and checks each route's `Access`, and the routes for logging in, sessions,
+//! second factors, users and API keys.
 
 use std::net::SocketAddr;
 
@@ -13,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{ApiError, AppState, RequestId};
+use super::{ApiError, AppState, RequestId, cookies};
 use crate::auth::audit::Event;
 use crate::auth::{AuthError, Device, Identity, Login, Permission, Role};
 
@@ -84,7 +85,10 @@ pub(super) async fn authorize(State(state): State<AppState>, mut request: Reques
             Ok(identity) => Some(identity),
             Err(e) => return unauthorized(ApiError::from(e), &request_id),
         },
-        None => None,
+        None => match from_cookie(&state, request.method(), request.headers()).await {
+            Ok(identity) => identity,
+            Err(error) => return unauthorized(error.with_request_id(&request_id), &request_id),
+        },
     };
     let verdict = match (access, &identity) {
         (Access::Public, _) => Ok(()),
@@ -159,6 +163,43 @@ fn unauthorized(error: ApiError, request_id: &RequestId) -> Response {
     response
 }
 
+/// The caller a browser's session cookie names, if it sent one. Only sessions ride in cookies (not
+/// API keys), and a request that changes state must carry the session's CSRF token as well.
+async fn from_cookie(state: &AppState, method: &Method, headers: &HeaderMap) -> Result<Option<Identity>, ApiError> {
+    let Some(token) = cookies::read(headers, cookies::ACCESS) else { return Ok(None) };
+    let identity = state.auth.verify_bearer(&token).await?;
+    let Some(session) = identity.session.as_deref() else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "only a session travels in a cookie".into(),
+        ));
+    };
+    if cookies::changes_state(method)
+        && !cookies::csrf_header(headers).is_some_and(|presented| state.auth.csrf_matches(session, presented))
+    {
+        return Err(csrf_refused());
+    }
+    Ok(Some(identity))
+}
+
+fn csrf_refused() -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "csrf",
+        "a request signed in by cookie that changes anything must send X-CSRF-Token with the sokana_csrf cookie's value"
+            .into(),
+    )
+}
+
+/// The tokens as JSON, with the same tokens as cookies for a browser.
+fn session_response(state: &AppState, tokens: &crate::auth::Tokens, body: impl serde::Serialize) -> Response {
+    let mut response = Json(body).into_response();
+    let csrf = state.auth.csrf_token(&tokens.session_id);
+    cookies::set(response.headers_mut(), tokens, &csrf, state.auth.refresh_seconds());
+    response
+}
+
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
 }
@@ -220,21 +261,43 @@ pub(super) async fn login(
     Json(body): Json<Login>,
 ) -> Result<Response, ApiError> {
     let tokens = state.auth.login(&body, &device).await?;
-    Ok(Json(tokens).into_response())
+    Ok(session_response(&state, &tokens, &tokens))
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RefreshBody {
-    refresh_token: String,
+    /// Absent when a browser refreshes with its cookie.
+    refresh_token: Option<String>,
 }
 
 pub(super) async fn refresh(
     State(state): State<AppState>,
     ClientDevice(device): ClientDevice,
+    headers: HeaderMap,
     Json(body): Json<RefreshBody>,
 ) -> Result<Response, ApiError> {
-    Ok(Json(state.auth.refresh(&body.refresh_token, &device).await?).into_response())
+    let token = match body.refresh_token {
+        Some(token) => token,
+        None => {
+            let token = cookies::read(&headers, cookies::REFRESH).ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "send {\"refresh_token\"}, or the sokana_refresh cookie".into(),
+                )
+            })?;
+            // The refresh cookie names no session before it is used, so the CSRF token is checked
+            // against its own cookie (which another site can neither read nor send).
+            let csrf = cookies::read(&headers, cookies::CSRF);
+            if csrf.is_none() || csrf.as_deref() != cookies::csrf_header(&headers) {
+                return Err(csrf_refused());
+            }
+            token
+        }
+    };
+    let tokens = state.auth.refresh(&token, &device).await?;
+    Ok(session_response(&state, &tokens, &tokens))
 }
 
 pub(super) async fn logout(State(state): State<AppState>, caller: Authenticated) -> Result<Response, ApiError> {
@@ -242,7 +305,9 @@ pub(super) async fn logout(State(state): State<AppState>, caller: Authenticated)
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "an API key has no session to end".into()));
     };
     state.auth.revoke_session(&session, "logged out").await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    cookies::clear(response.headers_mut());
+    Ok(response)
 }
 
 pub(super) async fn me(caller: Authenticated) -> Json<serde_json::Value> {
@@ -301,7 +366,8 @@ pub(super) async fn mfa_confirm(
 ) -> Result<Response, ApiError> {
     api_key_has_no_login(&caller)?;
     let who = &caller.identity;
-    Ok(Json(state.auth.mfa_confirm(&who.user, who.session.as_deref(), &body.code, &device).await?).into_response())
+    let confirmed = state.auth.mfa_confirm(&who.user, who.session.as_deref(), &body.code, &device).await?;
+    Ok(session_response(&state, &confirmed.tokens, &confirmed))
 }
 
 fn api_key_has_no_login(caller: &Authenticated) -> Result<(), ApiError> {

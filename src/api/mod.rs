@@ -3,6 +3,7 @@
 //! translates requests into calls on the modules above and holds no business rules of its own.
 
 mod auth;
+mod cookies;
 mod pgwire;
 mod privacy;
 mod query;

@@ -169,6 +169,8 @@ pub struct Auth {
     audit: Arc<audit::Audit>,
     /// Signs access tokens.
     token_key: [u8; 32],
+    /// Makes each session's CSRF token.
+    csrf_key: aws_lc_rs::hmac::Key,
     settings: Settings,
     logins: DefaultKeyedRateLimiter<String>,
     api_keys: DefaultKeyedRateLimiter<String>,
@@ -184,11 +186,13 @@ impl Auth {
         let master = crate::keyfile::read_or_create(&key_path).map_err(AuthError::Key)?;
         let token_key: [u8; 32] =
             Sha256::new().chain_update(&master).chain_update(b"sokana access tokens").finalize().into();
+        let csrf_key: [u8; 32] = Sha256::new().chain_update(&master).chain_update(b"sokana csrf").finalize().into();
         let per_minute = |n: u32| Quota::per_minute(NonZeroU32::new(n.max(1)).unwrap_or(NonZeroU32::MIN));
         Ok(Arc::new(Auth {
             audit: audit::Audit::start(store.clone()),
             store,
             token_key,
+            csrf_key: aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &csrf_key),
             settings: Settings {
                 access_minutes: config.auth.access_token_minutes,
                 refresh_days: config.auth.refresh_token_days,
@@ -197,6 +201,23 @@ impl Auth {
             logins: RateLimiter::keyed(per_minute(config.auth.logins_per_minute)),
             api_keys: RateLimiter::keyed(per_minute(config.auth.api_key_requests_per_minute)),
         }))
+    }
+
+    /// The CSRF token of a session: a MAC of its id, so a token planted in a cookie by someone
+    /// else does not fit the session the browser holds.
+    pub fn csrf_token(&self, session: &str) -> String {
+        hex::encode(aws_lc_rs::hmac::sign(&self.csrf_key, session.as_bytes()).as_ref())
+    }
+
+    /// Whether `presented` is the session's CSRF token (compared in constant time).
+    pub fn csrf_matches(&self, session: &str, presented: &str) -> bool {
+        hex::decode(presented)
+            .is_ok_and(|tag| aws_lc_rs::hmac::verify(&self.csrf_key, session.as_bytes(), &tag).is_ok())
+    }
+
+    /// How long a refresh token lives, in seconds.
+    pub fn refresh_seconds(&self) -> i64 {
+        self.settings.refresh_days * 86_400
     }
 
     pub fn store(&self) -> &MetaStore {
