@@ -561,6 +561,20 @@ async fn each_role_sees_each_column_as_the_policy_says() {
     assert!(listed(admin_key.clone()).await.contains("raw.sokana_audit"));
     assert!(!listed(analyst.clone()).await.contains("raw.sokana_audit"), "not listed to an analyst");
     for sql in [
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'raw'",
+        "SELECT DISTINCT table_name FROM information_schema.columns",
+        "SELECT relname AS table_name FROM pg_catalog.pg_class",
+    ] {
+        let names = |key: String| async move { query(key, sql.into()).await.1.to_string() };
+        let admin_sees = names(admin_key.clone()).await;
+        assert!(admin_sees.contains("sokana_audit"), "{sql}: {admin_sees}");
+        let analyst_sees = names(analyst.clone()).await;
+        assert!(
+            analyst_sees.contains("phi_clients") && !analyst_sees.contains("sokana_audit"),
+            "{sql}: {analyst_sees}"
+        );
+    }
+    for sql in [
         "SELECT count(*) FROM raw.sokana_audit",
         "WITH a AS (SELECT * FROM raw.sokana_audit) SELECT detail FROM a",
         "SELECT 1 FROM raw.phi_clients WHERE id IN (SELECT request_id FROM raw.sokana_audit)",

@@ -90,6 +90,44 @@ impl MaskingPolicy {
     }
 }
 
+/// Catalog tables that name warehouse tables: (schema, table, the column holding the schema if
+/// any, the column holding the table name).
+const CATALOGS: &[(&str, &str, Option<&str>, &str)] = &[
+    ("information_schema", "tables", Some("table_schema"), "table_name"),
+    ("information_schema", "columns", Some("table_schema"), "table_name"),
+    ("information_schema", "views", Some("table_schema"), "table_name"),
+    ("pg_catalog", "pg_tables", Some("schemaname"), "tablename"),
+    ("pg_catalog", "pg_class", None, "relname"),
+];
+
+impl MaskingPolicy {
+    /// A scan of a catalog table with the rows that name an administrators' table left out, so
+    /// `\dt` and `information_schema` do not list what the caller may not read.
+    fn catalog_scan(&self, scan: &LogicalPlan) -> Result<Option<LogicalPlan>, QueryError> {
+        let LogicalPlan::TableScan(inner) = scan else { return Ok(None) };
+        let (Some(schema), table) = (inner.table_name.schema(), inner.table_name.table()) else { return Ok(None) };
+        let Some((_, _, schema_column, name_column)) = CATALOGS.iter().find(|(s, t, _, _)| *s == schema && *t == table)
+        else {
+            return Ok(None);
+        };
+        let has = |column: &str| inner.projected_schema.fields().iter().any(|f| f.name() == column);
+        if self.admin_only.is_empty() || !has(name_column) {
+            return Ok(None);
+        }
+        let column = |name: &str| Expr::Column(datafusion::common::Column::new(Some(inner.table_name.clone()), name));
+        let hidden = self.admin_only.iter().map(|t| {
+            let named = column(name_column).eq(lit(t.name.clone()));
+            match schema_column.filter(|c| has(c)) {
+                Some(c) => named.and(column(c).eq(lit(t.schema.clone()))),
+                None => named,
+            }
+        });
+        let Some(hidden) = hidden.reduce(Expr::or) else { return Ok(None) };
+        let filtered = LogicalPlanBuilder::from(scan.clone()).filter(hidden.is_not_true()).and_then(|b| b.build());
+        filtered.map(Some).map_err(|e| QueryError::Sql(e.to_string()))
+    }
+}
+
 fn is_text(data_type: &DataType) -> bool {
     matches!(data_type, DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8)
 }
@@ -111,7 +149,16 @@ impl PlanPolicy for MaskingPolicy {
                     LogicalPlan::TableScan(scan) => warehouse_table(scan).map(|(name, _)| name),
                     _ => None,
                 };
-                let Some(table) = table else { return Ok(Transformed::no(node)) };
+                let Some(table) = table else {
+                    return match self.catalog_scan(&node) {
+                        Ok(Some(filtered)) => Ok(Transformed::yes(filtered)),
+                        Ok(None) => Ok(Transformed::no(node)),
+                        Err(e) => {
+                            failure = Some(e);
+                            Ok(Transformed::no(node))
+                        }
+                    };
+                };
                 if self.admin_only.contains(&table) {
                     failure = Some(QueryError::Denied(format!("{table} may be read by administrators only")));
                     return Ok(Transformed::no(node));

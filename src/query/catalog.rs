@@ -158,6 +158,12 @@ impl WarehouseCatalog {
         let Some(table) = self.warehouse.open(name).await? else { return Ok(None) };
         let provider = pin(name, &table).await?;
         *entry = Some(Entry { table, provider: provider.clone(), log_stamp: stamp });
+        // A table made since the names were listed is listed from its first use on.
+        if let Ok(mut names) = self.names.lock()
+            && let Err(at) = names.0.binary_search(name)
+        {
+            names.0.insert(at, name.clone());
+        }
         Ok(Some(provider))
     }
 
