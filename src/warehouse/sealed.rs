@@ -238,7 +238,12 @@ fn in_place(location: &Path, e: object_store::Error) -> object_store::Error {
 pub struct SealedStore {
     inner: Arc<dyn ObjectStore>,
     keys: Keyring,
+    /// Headers of objects read or written lately, so a range read needs one request, not two.
+    headers: moka::sync::Cache<Path, [u8; HEADER]>,
 }
+
+/// Headers remembered (32 bytes each).
+const REMEMBERED_HEADERS: u64 = 100_000;
 
 impl fmt::Display for SealedStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -248,7 +253,7 @@ impl fmt::Display for SealedStore {
 
 impl SealedStore {
     pub fn new(inner: Arc<dyn ObjectStore>, keys: Keyring) -> SealedStore {
-        SealedStore { inner, keys }
+        SealedStore { inner, keys, headers: moka::sync::Cache::new(REMEMBERED_HEADERS) }
     }
 
     /// A listing in path order with plaintext sizes. Delta's log reader expects the order S3 gives
@@ -270,6 +275,16 @@ impl SealedStore {
         })
         .flatten()
         .boxed()
+    }
+
+    /// An object's header, fetched and remembered.
+    async fn fetch_header(&self, location: &Path) -> Result<[u8; HEADER], object_store::Error> {
+        let range = GetOptions::new().with_range(Some(0..HEADER as u64));
+        let bytes = self.inner.get_opts(location, range).await?.bytes().await?;
+        let header: [u8; HEADER] =
+            bytes.as_ref().try_into().map_err(|_| failure(&format!("{location}: too short to be sealed")))?;
+        self.headers.insert(location.clone(), header);
+        Ok(header)
     }
 
     fn plain_meta(&self, mut meta: ObjectMeta) -> Result<ObjectMeta, object_store::Error> {
@@ -303,16 +318,29 @@ impl SealedStore {
             Some(_) => return Err(failure(&format!("{location}: empty range {start}..{end:?}"))),
             None => GetRange::Offset(sealed_start),
         };
-        let header = self.inner.get_opts(location, GetOptions::new().with_range(Some(0..HEADER as u64)));
-        let body = self.inner.get_opts(location, GetOptions { range: Some(sealed_range), ..options });
-        let (header, body) = futures::try_join!(async { header.await?.bytes().await }, async {
-            let result = body.await?;
+        let fetch_body = async {
+            let result = self.inner.get_opts(location, GetOptions { range: Some(sealed_range), ..options }).await?;
             let (meta, fetched, attributes) = (result.meta.clone(), result.range.clone(), result.attributes.clone());
             Ok::<_, object_store::Error>((meta, fetched, attributes, result.bytes().await?))
-        })?;
-        let (meta, fetched, attributes, body) = body;
+        };
+        // A header seen before saves a request; if the object was replaced since (only
+        // `_last_checkpoint` is, and objects `sokana warehouse encrypt` rewrites), its segments
+        // fail to open and the header is fetched again.
+        let known = self.headers.get(location);
+        let (header, (meta, fetched, attributes, body)) = match known {
+            Some(header) => (header, fetch_body.await?),
+            None => futures::try_join!(self.fetch_header(location), fetch_body)?,
+        };
         let reaches_end = fetched.end == meta.size;
-        let plain = self.keys.open_segments(&header, &body, first, reaches_end).map_err(|e| in_place(location, e))?;
+        let plain = match self.keys.open_segments(&header, &body, first, reaches_end) {
+            Ok(plain) => plain,
+            Err(_) if known.is_some() => {
+                self.headers.invalidate(location);
+                let header = self.fetch_header(location).await?;
+                self.keys.open_segments(&header, &body, first, reaches_end).map_err(|e| in_place(location, e))?
+            }
+            Err(e) => return Err(in_place(location, e)),
+        };
         let meta = self.plain_meta(meta)?;
         if start >= meta.size {
             return Err(failure(&format!("{location}: range starts at {start}, past the end ({})", meta.size)));
@@ -339,7 +367,12 @@ impl ObjectStore for SealedStore {
     ) -> Result<PutResult, object_store::Error> {
         let plain: Bytes = payload.into();
         let sealed = self.keys.seal(&plain)?;
-        self.inner.put_opts(location, sealed.into(), opts).await
+        let header: Option<[u8; HEADER]> = sealed[..HEADER].try_into().ok();
+        let written = self.inner.put_opts(location, sealed.into(), opts).await?;
+        if let Some(header) = header {
+            self.headers.insert(location.clone(), header);
+        }
+        Ok(written)
     }
 
     async fn put_multipart_opts(
@@ -366,7 +399,11 @@ impl ObjectStore for SealedStore {
         }
         let result = self.inner.get_opts(location, options).await?;
         let (meta, attributes) = (result.meta.clone(), result.attributes.clone());
-        let plain = Bytes::from(self.keys.open(&result.bytes().await?).map_err(|e| in_place(location, e))?);
+        let sealed = result.bytes().await?;
+        let plain = Bytes::from(self.keys.open(&sealed).map_err(|e| in_place(location, e))?);
+        if let Ok(header) = sealed[..HEADER].try_into() {
+            self.headers.insert(location.clone(), header);
+        }
         let meta = self.plain_meta(meta)?;
         Ok(GetResult {
             range: 0..plain.len() as u64,
@@ -408,6 +445,7 @@ impl ObjectStore for SealedStore {
         to: &Path,
         options: object_store::CopyOptions,
     ) -> Result<(), object_store::Error> {
+        self.headers.invalidate(to);
         self.inner.copy_opts(from, to, options).await
     }
 
@@ -417,6 +455,7 @@ impl ObjectStore for SealedStore {
         to: &Path,
         options: object_store::RenameOptions,
     ) -> Result<(), object_store::Error> {
+        self.headers.invalidate(to);
         self.inner.rename_opts(from, to, options).await
     }
 }
@@ -575,6 +614,19 @@ mod tests {
         assert_eq!(rotated.get(&path).await.expect("old key").bytes().await.expect("bytes"), plain);
         assert_eq!(Keyring::sealed_with(&raw), Some(keyring(KEY_A).current_id()));
         assert!(Keyring::sealed_with(b"PAR1 plain parquet").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_range_read_after_the_object_was_replaced_elsewhere_still_opens() {
+        let inner = Arc::new(InMemory::new());
+        let (reader, writer) =
+            (SealedStore::new(inner.clone(), keyring(KEY_A)), SealedStore::new(inner, keyring(KEY_A)));
+        let path = Path::from("_delta_log/_last_checkpoint");
+        writer.put(&path, vec![1u8; 100].into()).await.expect("put");
+        assert_eq!(reader.get_range(&path, 10..20).await.expect("range"), vec![1u8; 10]);
+        // Another process rewrites it: a new salt, so the header the reader remembers is stale.
+        writer.put(&path, vec![2u8; 100].into()).await.expect("put");
+        assert_eq!(reader.get_range(&path, 10..20).await.expect("range"), vec![2u8; 10]);
     }
 
     #[test]
