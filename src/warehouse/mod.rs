@@ -131,10 +131,6 @@ impl Warehouse {
         self.keys.is_none().then(|| self.local_root()).flatten()
     }
 
-    pub fn is_encrypted(&self) -> bool {
-        self.keys.is_some()
-    }
-
     pub fn table_url(&self, table: &TableName) -> Result<Url, WarehouseError> {
         self.root
             .join(&format!("{}/{}/", table.schema, table.name))
