@@ -5,6 +5,9 @@
 //! Types are kept: a masked column has its stored type, so clients that described a statement
 //! see the same schema they get.
 //!
+//! Tables marked `admin_only` are refused to other roles, and left out of the catalogs they list
+//! (`information_schema`, `pg_catalog`).
+//!
 //! Classes come from the pipelines (`raw.*`). A raw column no pipeline names (a new source column)
 //! counts as `phi` until someone classes it. Models build `marts.*` from pseudonymised keys and
 //! their columns count as `dim`; a model author who exposes anything more must class it there.
