@@ -91,19 +91,7 @@ impl MaskingPolicy {
         let projected = LogicalPlanBuilder::from(scan).project(exprs).and_then(|b| b.build());
         projected.map(Some).map_err(|e| QueryError::Sql(e.to_string()))
     }
-}
 
-/// Catalog tables that name warehouse tables: (schema, table, the column holding the schema if
-/// any, the column holding the table name).
-const CATALOGS: &[(&str, &str, Option<&str>, &str)] = &[
-    ("information_schema", "tables", Some("table_schema"), "table_name"),
-    ("information_schema", "columns", Some("table_schema"), "table_name"),
-    ("information_schema", "views", Some("table_schema"), "table_name"),
-    ("pg_catalog", "pg_tables", Some("schemaname"), "tablename"),
-    ("pg_catalog", "pg_class", None, "relname"),
-];
-
-impl MaskingPolicy {
     /// A scan of a catalog table with the rows that name an administrators' table left out, so
     /// `\dt` and `information_schema` do not list what the caller may not read.
     fn catalog_scan(&self, scan: &LogicalPlan) -> Result<Option<LogicalPlan>, QueryError> {
@@ -130,6 +118,16 @@ impl MaskingPolicy {
         filtered.map(Some).map_err(|e| QueryError::Sql(e.to_string()))
     }
 }
+
+/// Catalog tables that name warehouse tables: (schema, table, the column holding the schema if
+/// any, the column holding the table name).
+const CATALOGS: &[(&str, &str, Option<&str>, &str)] = &[
+    ("information_schema", "tables", Some("table_schema"), "table_name"),
+    ("information_schema", "columns", Some("table_schema"), "table_name"),
+    ("information_schema", "views", Some("table_schema"), "table_name"),
+    ("pg_catalog", "pg_tables", Some("schemaname"), "tablename"),
+    ("pg_catalog", "pg_class", None, "relname"),
+];
 
 fn is_text(data_type: &DataType) -> bool {
     matches!(data_type, DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8)

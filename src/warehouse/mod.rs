@@ -148,19 +148,24 @@ impl Warehouse {
         {
             return Ok(None);
         }
-        let handle = self.builder(table)?.load().await.map_err(|e| WarehouseError::delta(table, e))?;
+        let handle = self.builder(table, store, &root)?.load().await.map_err(|e| WarehouseError::delta(table, e))?;
         Ok(Some(handle))
     }
 
-    /// A Delta builder for `table`: on its own URL when plain; through the encrypting store, under
-    /// a `sealed://` URL of its own, when encrypted (see [`seal`]).
-    fn builder(&self, table: &TableName) -> Result<DeltaTableBuilder, WarehouseError> {
+    /// A Delta builder for `table`: on its own URL when plain; through the encrypting store over
+    /// `store` (the warehouse's, rooted at `root`), under a `sealed://` URL of its own, when
+    /// encrypted (see [`seal`]).
+    fn builder(
+        &self,
+        table: &TableName,
+        store: Arc<dyn ObjectStore>,
+        root: &StorePath,
+    ) -> Result<DeltaTableBuilder, WarehouseError> {
         let url = self.table_url(table)?;
         let builder = match &self.keys {
             None => DeltaTableBuilder::from_url(url),
             Some(keys) => {
-                let (store, root) = self.store()?;
-                let sealed_url = seal::table_url(&self.root, &root, keys, table)?;
+                let sealed_url = seal::table_url(&self.root, root, keys, table)?;
                 DeltaTableBuilder::from_url(sealed_url.clone()).map(|b| {
                     b.with_storage_backend(Arc::new(sealed::SealedStore::new(store, keys.clone())), sealed_url)
                 })
@@ -183,7 +188,8 @@ impl Warehouse {
                 reason: format!("cannot create the table directory: {e}"),
             })?;
         }
-        self.builder(table)?.build().map_err(|e| WarehouseError::delta(table, e))
+        let (store, root) = self.store()?;
+        self.builder(table, store, &root)?.build().map_err(|e| WarehouseError::delta(table, e))
     }
 
     /// Whether the table directory at `dir` has a Delta log.

@@ -28,6 +28,11 @@ fn marker_path(root: &StorePath) -> StorePath {
     MARKER.iter().fold(root.clone(), |path, part| path.join(*part))
 }
 
+/// The marker as errors name it: the warehouse URL and the marker's path under it.
+fn marker_location(location: &str) -> String {
+    format!("{location}{}", MARKER.join("/"))
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum State {
@@ -87,8 +92,7 @@ async fn read_marker(
     path: &StorePath,
     location: &str,
 ) -> Result<Option<Marker>, WarehouseError> {
-    let storage =
-        |reason: String| WarehouseError::Storage { location: format!("{location}{}", MARKER.join("/")), reason };
+    let storage = |reason: String| WarehouseError::Storage { location: marker_location(location), reason };
     match store.get(path).await {
         Ok(found) => {
             let bytes = found.bytes().await.map_err(|e| storage(e.to_string()))?;
@@ -107,10 +111,10 @@ async fn write_marker(
 ) -> Result<(), WarehouseError> {
     let body = serde_json::to_vec(&Marker { state })
         .map_err(|e| WarehouseError::Storage { location: location.to_string(), reason: e.to_string() })?;
-    store.put(path, PutPayload::from(body)).await.map_err(|e| WarehouseError::Storage {
-        location: format!("{location}{}", MARKER.join("/")),
-        reason: e.to_string(),
-    })?;
+    store
+        .put(path, PutPayload::from(body))
+        .await
+        .map_err(|e| WarehouseError::Storage { location: marker_location(location), reason: e.to_string() })?;
     Ok(())
 }
 

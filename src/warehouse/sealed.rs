@@ -366,7 +366,7 @@ impl ObjectStore for SealedStore {
         opts: PutOptions,
     ) -> Result<PutResult, object_store::Error> {
         let plain: Bytes = payload.into();
-        let sealed = self.keys.seal(&plain)?;
+        let sealed = self.keys.seal(&plain).map_err(|e| in_place(location, e))?;
         let header: Option<[u8; HEADER]> = sealed[..HEADER].try_into().ok();
         let written = self.inner.put_opts(location, sealed.into(), opts).await?;
         if let Some(header) = header {
@@ -380,7 +380,7 @@ impl ObjectStore for SealedStore {
         location: &Path,
         opts: PutMultipartOptions,
     ) -> Result<Box<dyn MultipartUpload>, object_store::Error> {
-        let sealer = Sealer::new(&self.keys.keys[0])?;
+        let sealer = Sealer::new(&self.keys.keys[0]).map_err(|e| in_place(location, e))?;
         let mut pending = Vec::with_capacity(PART + SEALED_SEGMENT);
         pending.extend_from_slice(&sealer.header);
         let inner = self.inner.put_multipart_opts(location, opts).await?;
