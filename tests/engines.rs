@@ -14,7 +14,8 @@ async fn duckdb_answers_like_datafusion_from_the_same_files() {
     project.run().await.expect("pipeline with models");
     let warehouse = sokana::pipeline::warehouse(&project.config()).expect("warehouse");
     let datafusion = query::session(&warehouse).await.expect("datafusion");
-    let duck = DuckSession::open(&WarehouseCatalog::new(warehouse.clone()), None).await.expect("duckdb");
+    let duck =
+        std::sync::Arc::new(DuckSession::open(&WarehouseCatalog::new(warehouse.clone()), None).await.expect("duckdb"));
     for sql in [
         "SELECT count(*) AS n, CAST(sum(amount) AS VARCHAR) AS total FROM raw.payments",
         // fct_payments is partitioned by month: the column comes from the file paths.
@@ -38,7 +39,8 @@ async fn duckdb_cannot_reach_outside_the_warehouse() {
     seed("sqlite://operational.db", project.dir.path(), 0.02).await;
     project.run().await.expect("pipeline");
     let warehouse = sokana::pipeline::warehouse(&project.config()).expect("warehouse");
-    let duck = DuckSession::open(&WarehouseCatalog::new(warehouse.clone()), None).await.expect("duckdb");
+    let duck =
+        std::sync::Arc::new(DuckSession::open(&WarehouseCatalog::new(warehouse.clone()), None).await.expect("duckdb"));
     let escape = project.dir.path().join("escaped.csv");
     let inside = project.dir.path().join("warehouse/raw/planted.csv");
     let operational = project.sqlite_path();

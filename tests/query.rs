@@ -444,6 +444,56 @@ async fn limits_end_runaway_queries_with_clear_errors() {
     assert!(capped.query(&typed).await.is_err(), "a text value for a numeric comparison is refused");
 }
 
+/// With the result cache off, each engine reuses its work between runs of a query (DataFusion its
+/// optimised plan, DuckDB its prepared statement on a pooled connection), and never across a commit
+/// to a table the query reads.
+#[tokio::test(flavor = "multi_thread")]
+async fn reused_plans_and_statements_follow_commits() {
+    let project = Project::new("sqlite://operational.db");
+    seed("sqlite://operational.db", project.dir.path(), 0.02).await;
+    project.run().await.expect("pipeline");
+    let catalog = Arc::new(WarehouseCatalog::new(sokana::pipeline::warehouse(&project.config()).expect("warehouse")));
+    let uncached =
+        QueryEngine::new(catalog, generous(), ResultCache::new(0, Duration::from_secs(1)), None).expect("engine");
+    let total = "SELECT count(*) AS n, CAST(sum(amount) AS VARCHAR) AS total FROM raw.payments";
+    let newest = "SELECT id FROM raw.payments ORDER BY id DESC";
+    let engines = [EngineChoice::Datafusion, EngineChoice::Duckdb];
+    let answer = |sql: &'static str, choice: EngineChoice, paged: bool| {
+        let uncached = &uncached;
+        async move {
+            let mut asked = request(sql, choice);
+            asked.page = paged.then_some(sokana::query::engine::Page { offset: 0, limit: 3 });
+            let output = uncached.query(&asked).await.unwrap_or_else(|e| panic!("{choice:?} {sql}: {e}"));
+            assert!(!output.cache_hit, "the result cache is off");
+            rows(&output.result.batches)
+        }
+    };
+    let mut before = Vec::new();
+    for choice in engines {
+        let first = (answer(total, choice, false).await, answer(newest, choice, true).await);
+        let again = (answer(total, choice, false).await, answer(newest, choice, true).await);
+        assert_eq!(first, again, "{choice:?}: a repeat answers the same");
+        before.push(first);
+    }
+    let conn = rusqlite::Connection::open(project.sqlite_path()).expect("sqlite");
+    conn.execute(
+        "INSERT INTO payments (id, txn_date, amount, method, gateway, transaction_id, description)
+         SELECT max(id) + 1, '2026-01-01T00:00:00Z', '10.00', 'cash', NULL, 'txn_reuse_test', 'test' FROM payments",
+        [],
+    )
+    .expect("new payment");
+    let new_id: i64 = conn.query_row("SELECT max(id) FROM payments", [], |r| r.get(0)).expect("max id");
+    project.run().await.expect("second run");
+    for (choice, (totals, page)) in engines.into_iter().zip(before) {
+        let after = answer(total, choice, false).await;
+        let count: i64 = after[0][0].parse().expect("count");
+        assert_eq!(count, totals[0][0].parse::<i64>().expect("count") + 1, "{choice:?} sees the commit");
+        let paged = answer(newest, choice, true).await;
+        assert_eq!(paged.len(), 3, "{choice:?}: a page of 3");
+        assert!(paged.iter().any(|row| row[0] == new_id.to_string()), "{choice:?}: {paged:?} after {page:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn cli_exports_checks_saved_queries_and_logs() {
     let project = Project::new("sqlite://operational.db");

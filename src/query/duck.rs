@@ -5,7 +5,8 @@
 //! engine's Arrow through `duckdb_arrow`. It reads the warehouse and never writes it.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
@@ -16,10 +17,54 @@ use super::{Params, QueryError, duckdb_arrow};
 use crate::warehouse::{SCHEMAS, TableName};
 
 /// A DuckDB database over the warehouse tables at the versions it was opened with. Each query runs
-/// on its own connection to it, so queries run side by side.
+/// on its own connection to it, so queries run side by side; connections are kept for the next
+/// query, with the statements they prepared (a repeated query is not parsed, bound or planned again).
 pub struct DuckSession {
     root: Mutex<duckdb::Connection>,
+    idle: Mutex<Vec<duckdb::Connection>>,
     versions: HashMap<TableName, i64>,
+}
+
+/// Idle connections kept per session, and prepared statements kept per connection.
+const IDLE_CONNECTIONS: usize = 8;
+const STATEMENTS_PER_CONNECTION: usize = 32;
+
+/// A connection lent to one query; it goes back to its session when dropped, unless the query was
+/// cancelled (a late interrupt meant for it must not reach the next query).
+pub struct PooledConnection {
+    conn: Option<duckdb::Connection>,
+    session: Arc<DuckSession>,
+    cancelled: Arc<AtomicBool>,
+}
+
+impl PooledConnection {
+    /// Set when the query is abandoned: the connection is closed instead of kept.
+    pub fn cancelled(&self) -> Arc<AtomicBool> {
+        self.cancelled.clone()
+    }
+}
+
+impl std::ops::Deref for PooledConnection {
+    type Target = duckdb::Connection;
+
+    fn deref(&self) -> &duckdb::Connection {
+        // Present from construction until drop.
+        self.conn.as_ref().unwrap_or_else(|| unreachable!("a pooled connection is taken only when dropped"))
+    }
+}
+
+impl Drop for PooledConnection {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else { return };
+        if self.cancelled.load(Ordering::SeqCst) {
+            return;
+        }
+        if let Ok(mut idle) = self.session.idle.lock()
+            && idle.len() < IDLE_CONNECTIONS
+        {
+            idle.push(conn);
+        }
+    }
 }
 
 fn duck_err(e: duckdb::Error) -> QueryError {
@@ -64,14 +109,16 @@ impl DuckSession {
         execute_all(&conn, &statements)?;
         let memory = memory_limit_mb.map(|mb| format!("SET memory_limit = '{mb}MB';")).unwrap_or_default();
         let root = root.to_string_lossy();
+        // Parquet footers are cached across queries: a Delta table never rewrites a file under the
+        // same name, so a cached footer cannot go stale.
         conn.execute_batch(&format!(
             "{memory} SET allowed_directories = [{}]; SET enable_external_access = false;
              SET autoinstall_known_extensions = false; SET autoload_known_extensions = false;
-             SET lock_configuration = true;",
+             SET parquet_metadata_cache = true; SET lock_configuration = true;",
             quote(&root)
         ))
         .map_err(duck_err)?;
-        Ok(DuckSession { root: Mutex::new(conn), versions })
+        Ok(DuckSession { root: Mutex::new(conn), idle: Mutex::new(Vec::new()), versions })
     }
 
     /// The version each table's view reads.
@@ -79,15 +126,24 @@ impl DuckSession {
         self.versions.get(table).copied()
     }
 
-    /// A new connection to this database, for one query.
-    pub fn connect(&self) -> Result<duckdb::Connection, QueryError> {
-        let root = self.root.lock().map_err(|_| QueryError::Sql("the DuckDB session was poisoned".into()))?;
-        root.try_clone().map_err(duck_err)
+    /// A connection to this database for one query: an idle one, or a new one.
+    pub fn connect(self: &Arc<Self>) -> Result<PooledConnection, QueryError> {
+        let poisoned = || QueryError::Sql("the DuckDB session was poisoned".into());
+        let reused = self.idle.lock().map_err(|_| poisoned())?.pop();
+        let conn = match reused {
+            Some(conn) => conn,
+            None => {
+                let conn = self.root.lock().map_err(|_| poisoned())?.try_clone().map_err(duck_err)?;
+                conn.set_prepared_statement_cache_capacity(STATEMENTS_PER_CONNECTION);
+                conn
+            }
+        };
+        Ok(PooledConnection { conn: Some(conn), session: self.clone(), cancelled: Arc::new(AtomicBool::new(false)) })
     }
 
-    /// Runs one query on a fresh connection and collects it (see [`run`]).
-    pub fn query(&self, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>), QueryError> {
-        run(&self.connect()?, sql, &Params::None, None)
+    /// Runs one query on a connection of its own and collects it (see [`run`]).
+    pub fn query(self: &Arc<Self>, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>), QueryError> {
+        run(&*self.connect()?, sql, &Params::None, None)
     }
 }
 
@@ -176,7 +232,26 @@ pub fn run(
     row_cap: Option<u64>,
 ) -> Result<(SchemaRef, Vec<RecordBatch>), QueryError> {
     ensure_query(sql)?;
-    let mut statement = conn.prepare(sql).map_err(duck_err)?;
+    let mut statement = conn.prepare_cached(sql).map_err(duck_err)?;
+    let answer = execute(&mut statement, params, row_cap);
+    // The statement keeps its last result until it runs again: only small ones stay cached.
+    let small = |(_, batches): &(SchemaRef, Vec<RecordBatch>)| {
+        batches.iter().map(RecordBatch::get_array_memory_size).sum::<usize>() <= CACHED_RESULT_BYTES
+    };
+    if !answer.as_ref().is_ok_and(small) {
+        statement.discard();
+    }
+    answer
+}
+
+/// The largest answer whose statement is kept prepared (DuckDB holds the answer beside it).
+const CACHED_RESULT_BYTES: usize = 256 * 1024;
+
+fn execute(
+    statement: &mut duckdb::Statement<'_>,
+    params: &Params,
+    row_cap: Option<u64>,
+) -> Result<(SchemaRef, Vec<RecordBatch>), QueryError> {
     let arrow = match params {
         Params::None => statement.query_arrow([]).map_err(duck_err)?,
         Params::Positional(list) => {

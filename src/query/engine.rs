@@ -154,6 +154,8 @@ pub struct QueryEngine {
     duck_available: bool,
     cache: ResultCache,
     prepared: moka::sync::Cache<(String, String), Arc<Prepared>>,
+    /// Optimised plans with the table versions they read, by [`Self::optimised`]'s key.
+    plans: moka::sync::Cache<String, Arc<OptimisedPlan>>,
     log: Option<QueryLog>,
     routing: Mutex<Routing>,
     limits: Limits,
@@ -239,6 +241,7 @@ impl QueryEngine {
             duck_available,
             cache,
             prepared: moka::sync::Cache::new(10_000),
+            plans: moka::sync::Cache::new(1_000),
             log,
             routing: Mutex::new(Routing::default()),
             limits,
@@ -381,6 +384,7 @@ impl QueryEngine {
         }
         let run_started = Instant::now();
         let cap = if request.page.is_some() { None } else { Some(self.limits.max_rows) };
+        let reuse = prepared.cacheable.then_some(tables.as_slice());
         let run = async {
             match engine {
                 EngineChoice::Duckdb => {
@@ -389,10 +393,10 @@ impl QueryEngine {
                         Some(answer) => Ok(answer),
                         // DuckDB's answer does not fit DataFusion's plan (a NULL where the plan has
                         // none, a type that does not cast): DataFusion answers instead.
-                        None => self.run_datafusion(request, cap).await,
+                        None => self.run_datafusion(request, cap, reuse).await,
                     }
                 }
-                _ => self.run_datafusion(request, cap).await,
+                _ => self.run_datafusion(request, cap, reuse).await,
             }
         };
         let seconds = self.limits.timeout.as_secs_f64();
@@ -507,7 +511,7 @@ impl QueryEngine {
             return Ok(Stream0 { schema, engine: "duckdb", batches: Box::pin(batches) });
         }
         record.engine = EngineChoice::Datafusion.name().into();
-        let frame = self.frame(request).await?;
+        let frame = self.frame(&self.session()?, request).await?;
         let limit = self.limits.memory_limit_mb;
         let stream = frame.execute_stream().await.map_err(|e| df_error(e, limit))?;
         let schema = stream.schema();
@@ -530,11 +534,10 @@ impl QueryEngine {
         Ok((prepared, engine))
     }
 
-    /// Plans `request` on a fresh session, parameters bound and the page applied (one more row
-    /// than the page, to tell whether another follows).
-    async fn frame(&self, request: &QueryRequest) -> Result<DataFrame, QueryError> {
-        let ctx = self.session()?;
-        let mut frame = self.plan_as(&ctx, &request.sql, &request.caller.scope).await?;
+    /// Plans `request` on `ctx`, parameters bound and the page applied (one more row than the
+    /// page, to tell whether another follows).
+    async fn frame(&self, ctx: &SessionContext, request: &QueryRequest) -> Result<DataFrame, QueryError> {
+        let mut frame = self.plan_as(ctx, &request.sql, &request.caller.scope).await?;
         if !request.params.is_empty() {
             frame = frame.with_param_values(request.params.to_datafusion())?;
         }
@@ -544,15 +547,59 @@ impl QueryEngine {
         Ok(frame)
     }
 
-    async fn run_datafusion(&self, request: &QueryRequest, cap: Option<u64>) -> Result<Answer, QueryError> {
-        let frame = self.frame(request).await?;
+    /// The optimised plan of `request` on `ctx`, and the table versions it reads. When `current`
+    /// gives the versions the tables have now, a plan made for the same text, scope, parameters
+    /// and page over those versions is reused: planning and optimising cost more than a
+    /// millisecond-long query. Callers pass `current` only for plans that cannot change between
+    /// runs (no clock, no catalog outside the warehouse).
+    async fn optimised(
+        &self,
+        ctx: &SessionContext,
+        request: &QueryRequest,
+        current: Option<&[(TableName, i64)]>,
+    ) -> Result<OptimisedPlan, QueryError> {
+        let key_for = |tables: &[(TableName, i64)]| {
+            KeyParts {
+                normalised: &request.sql,
+                params: &request.params,
+                scope: &request.caller.scope,
+                engine: "plan",
+                page: request.page.map(|p| (p.offset, p.limit)),
+                tables,
+            }
+            .key()
+        };
+        if let Some(found) = current.and_then(|current| self.plans.get(&key_for(current))) {
+            return Ok(found.as_ref().clone());
+        }
+        let frame = self.frame(ctx, request).await?;
         let read = tables_read(frame.logical_plan());
+        let plan = ctx.state().optimize(frame.logical_plan())?;
+        if current.is_some() {
+            self.plans.insert(key_for(&read), Arc::new((plan.clone(), read.clone())));
+        }
+        Ok((plan, read))
+    }
+
+    /// Runs `request` on DataFusion; `reuse` as for [`Self::optimised`].
+    async fn run_datafusion(
+        &self,
+        request: &QueryRequest,
+        cap: Option<u64>,
+        reuse: Option<&[(TableName, i64)]>,
+    ) -> Result<Answer, QueryError> {
+        let ctx = self.session()?;
+        let (plan, read) = self.optimised(&ctx, request, reuse).await?;
+        let state = ctx.state();
         let limit = self.limits.memory_limit_mb;
         // Executed on the query runtime: an operator that computes long between yields would
         // otherwise hold the caller's threads and keep its timeout from firing. Aborted when the
         // caller gives up (timeout, client gone).
         let task = query_runtime().spawn(async move {
-            let mut stream = frame.execute_stream().await.map_err(|e| df_error(e, limit))?;
+            let physical =
+                state.query_planner().create_physical_plan(&plan, &state).await.map_err(|e| df_error(e, limit))?;
+            let mut stream = datafusion::physical_plan::execute_stream(physical, state.task_ctx())
+                .map_err(|e| df_error(e, limit))?;
             let schema = stream.schema();
             let mut batches = Vec::new();
             let mut rows = 0u64;
@@ -584,6 +631,7 @@ impl QueryEngine {
             tables.iter().filter_map(|t| session.version(t).map(|v| (t.clone(), v))).collect();
         let conn = session.connect()?;
         let interrupt = conn.interrupt_handle();
+        let cancelled = conn.cancelled();
         let sql = match request.page {
             // Numbers only are added to the text; the query itself is unchanged inside.
             Some(page) => {
@@ -598,12 +646,12 @@ impl QueryEngine {
             let finished = finished.clone();
             move || {
                 let result = duck::run(&conn, &sql, &params, cap);
-                finished.store(true, Ordering::Release);
+                finished.store(true, Ordering::SeqCst);
                 result
             }
         });
         // Dropped (timeout, client gone) before DuckDB finished: interrupt it so the thread is freed.
-        let guard = Interrupt { handle: Some(interrupt), finished };
+        let guard = Interrupt { handle: Some(interrupt), finished, cancelled };
         let joined = task.await;
         guard.disarm();
         let (schema, batches) = joined.map_err(|e| QueryError::Sql(format!("DuckDB: {e}")))?.map_err(|e| match e {
@@ -761,6 +809,9 @@ impl QueryEngine {
     }
 }
 
+/// An optimised plan and the table versions it reads.
+type OptimisedPlan = (LogicalPlan, Vec<(TableName, i64)>);
+
 /// A collected answer: its schema, its batches, and the table versions it read.
 type Answer = (SchemaRef, Vec<RecordBatch>, Vec<(TableName, i64)>);
 
@@ -825,10 +876,12 @@ impl Drop for AbortOnDrop {
 
 /// Interrupts a DuckDB query when dropped before being disarmed. An interrupt that arrives while
 /// DuckDB is still preparing the statement is lost when execution starts, so it is repeated (every
-/// 20 ms, from a short-lived thread) until the query has stopped.
+/// 20 ms, from a short-lived thread) until the query has stopped. The connection is then closed,
+/// not kept for another query.
 struct Interrupt {
     handle: Option<Arc<duckdb::InterruptHandle>>,
     finished: Arc<AtomicBool>,
+    cancelled: Arc<AtomicBool>,
 }
 
 impl Interrupt {
@@ -840,9 +893,10 @@ impl Interrupt {
 impl Drop for Interrupt {
     fn drop(&mut self) {
         let Some(handle) = self.handle.take() else { return };
+        self.cancelled.store(true, Ordering::SeqCst);
         let finished = self.finished.clone();
         let repeat = move || {
-            while !finished.load(Ordering::Acquire) {
+            while !finished.load(Ordering::SeqCst) {
                 handle.interrupt();
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -953,7 +1007,7 @@ struct ShapeTimes {
 /// Samples kept per engine and shape; and how many each engine needs before the choice is made on
 /// times alone.
 const KEEP: usize = 20;
-const ENOUGH: usize = 3;
+const ENOUGH: usize = 2;
 /// Once decided, one run in this many goes to the other engine, so a change in the data shows.
 const RECHECK: u64 = 20;
 
@@ -1002,7 +1056,7 @@ mod tests {
             picks.push(pick);
             routing.observe("s", pick, if pick == "duckdb" { 900 } else { 300 });
         }
-        assert_eq!(picks.iter().filter(|p| **p == "duckdb").count(), 3, "{picks:?}");
+        assert_eq!(picks.iter().filter(|p| **p == "duckdb").count(), ENOUGH, "{picks:?}");
         let later: Vec<&str> = (0..40).map(|_| routing.choose("s")).collect();
         assert_eq!(later.iter().filter(|p| **p == "duckdb").count(), 2, "one recheck in {RECHECK}: {later:?}");
         assert_eq!(routing.choose("other"), "duckdb", "a new shape starts learning");
