@@ -16,9 +16,11 @@ use chrono::{SecondsFormat, Utc};
 use datafusion::error::DataFusionError;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::context::SQLOptions;
-use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::logical_expr::LogicalPlan;
-use datafusion::prelude::{DataFrame, SessionContext};
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::execution::{SessionState, TaskContext};
+use datafusion::logical_expr::{LogicalPlan, LogicalPlanBuilder};
+use datafusion::physical_plan::{ExecutionPlan, execute_stream};
+use datafusion::prelude::SessionContext;
 use futures::{Stream, StreamExt};
 
 use super::cache::{CachedResult, KeyParts, ResultCache};
@@ -277,17 +279,18 @@ impl QueryEngine {
         }
     }
 
-    /// Plans `sql` as `scope` may see it: the policy's rewrite before anything is optimised.
-    async fn plan_as(&self, ctx: &SessionContext, sql: &str, scope: &str) -> Result<DataFrame, QueryError> {
-        let frame = ctx.sql_with_options(sql, read_only()).await?;
+    /// Plans `sql` as `scope` may see it: a query only, with the policy's rewrite before anything
+    /// is optimised.
+    async fn plan_as(&self, state: &SessionState, sql: &str, scope: &str) -> Result<LogicalPlan, QueryError> {
+        let plan = state.create_logical_plan(sql).await?;
+        read_only().verify_plan(&plan)?;
         if self.sees_everything(scope) {
-            return Ok(frame);
+            return Ok(plan);
         }
         let Some(policy) = &self.policy else {
             return Err(QueryError::Sql(format!("scope {scope:?} may not query: no masking policy is installed")));
         };
-        let (state, plan) = frame.into_parts();
-        Ok(DataFrame::new(state, policy.rewrite(plan, scope)?))
+        policy.rewrite(plan, scope)
     }
 
     pub fn default_engine(&self) -> EngineChoice {
@@ -318,20 +321,27 @@ impl QueryEngine {
         setup_pg_catalog(&self.base, "sokana", EmptyContextProvider).map_err(|e| QueryError::from(*e))
     }
 
-    /// A session for one query: the shared catalog, with its own memory pool (spilling to disk
-    /// when a sort or join outgrows it).
+    /// A session for one client (the wire endpoint's): the shared catalog, with a memory pool of
+    /// its own.
     pub fn session(&self) -> Result<SessionContext, QueryError> {
-        let runtime = RuntimeEnvBuilder::new()
-            .with_memory_limit(self.limits.memory_limit_mb as usize * 1024 * 1024, 1.0)
-            .build_arc()?;
-        let state = SessionStateBuilder::new_from_existing(self.base.state()).with_runtime_env(runtime).build();
+        let state = SessionStateBuilder::new_from_existing(self.base.state()).with_runtime_env(self.runtime()?).build();
         Ok(SessionContext::new_with_state(state))
+    }
+
+    /// The runtime for one query: its own memory pool (spilling to disk when a sort or join
+    /// outgrows it), sharing the engine's object stores and caches (Parquet footers, file
+    /// statistics), which a new runtime would start without.
+    fn runtime(&self) -> Result<Arc<RuntimeEnv>, QueryError> {
+        Ok(RuntimeEnvBuilder::from_runtime_env(&self.base.runtime_env())
+            .with_memory_limit(self.limits.memory_limit_mb as usize * 1024 * 1024, 1.0)
+            .build_arc()?)
     }
 
     /// Plans `sql` (placeholders left unbound) without running it: unknown tables, columns and
     /// statements that are not queries are errors.
     pub async fn validate(&self, sql: &str) -> Result<(), QueryError> {
-        self.session()?.sql_with_options(sql, read_only()).await?;
+        let plan = self.base.state().create_logical_plan(sql).await?;
+        read_only().verify_plan(&plan)?;
         Ok(())
     }
 
@@ -511,9 +521,9 @@ impl QueryEngine {
             return Ok(Stream0 { schema, engine: "duckdb", batches: Box::pin(batches) });
         }
         record.engine = EngineChoice::Datafusion.name().into();
-        let frame = self.frame(&self.session()?, request).await?;
+        let (physical, task, _) = self.physical(request, None).await?;
         let limit = self.limits.memory_limit_mb;
-        let stream = frame.execute_stream().await.map_err(|e| df_error(e, limit))?;
+        let stream = execute_stream(physical, task).map_err(|e| df_error(e, limit))?;
         let schema = stream.schema();
         let batches = stream.map(move |b| b.map_err(|e| df_error(e, limit)));
         Ok(Stream0 { schema, engine: "datafusion", batches: Box::pin(batches) })
@@ -534,17 +544,17 @@ impl QueryEngine {
         Ok((prepared, engine))
     }
 
-    /// Plans `request` on `ctx`, parameters bound and the page applied (one more row than the
+    /// Plans `request` on `state`, parameters bound and the page applied (one more row than the
     /// page, to tell whether another follows).
-    async fn frame(&self, ctx: &SessionContext, request: &QueryRequest) -> Result<DataFrame, QueryError> {
-        let mut frame = self.plan_as(ctx, &request.sql, &request.caller.scope).await?;
+    async fn bound_plan(&self, state: &SessionState, request: &QueryRequest) -> Result<LogicalPlan, QueryError> {
+        let mut plan = self.plan_as(state, &request.sql, &request.caller.scope).await?;
         if !request.params.is_empty() {
-            frame = frame.with_param_values(request.params.to_datafusion())?;
+            plan = plan.with_param_values(request.params.to_datafusion())?;
         }
         if let Some(page) = request.page {
-            frame = frame.limit(page.offset as usize, Some(page.limit as usize + 1))?;
+            plan = LogicalPlanBuilder::from(plan).limit(page.offset as usize, Some(page.limit as usize + 1))?.build()?;
         }
-        Ok(frame)
+        Ok(plan)
     }
 
     /// The optimised plan of `request` on `ctx`, and the table versions it reads. When `current`
@@ -554,7 +564,7 @@ impl QueryEngine {
     /// runs (no clock, no catalog outside the warehouse).
     async fn optimised(
         &self,
-        ctx: &SessionContext,
+        state: &SessionState,
         request: &QueryRequest,
         current: Option<&[(TableName, i64)]>,
     ) -> Result<OptimisedPlan, QueryError> {
@@ -572,13 +582,29 @@ impl QueryEngine {
         if let Some(found) = current.and_then(|current| self.plans.get(&key_for(current))) {
             return Ok(found.as_ref().clone());
         }
-        let frame = self.frame(ctx, request).await?;
-        let read = tables_read(frame.logical_plan());
-        let plan = ctx.state().optimize(frame.logical_plan())?;
+        let bound = self.bound_plan(state, request).await?;
+        let read = tables_read(&bound);
+        let plan = state.optimize(&bound)?;
         if current.is_some() {
             self.plans.insert(key_for(&read), Arc::new((plan.clone(), read.clone())));
         }
         Ok((plan, read))
+    }
+
+    /// The physical plan of `request`, the context to execute it in (with the query's own memory
+    /// pool), and the table versions it reads; `reuse` as for [`Self::optimised`].
+    async fn physical(
+        &self,
+        request: &QueryRequest,
+        reuse: Option<&[(TableName, i64)]>,
+    ) -> Result<(Arc<dyn ExecutionPlan>, Arc<TaskContext>, Vec<(TableName, i64)>), QueryError> {
+        let state = self.base.state();
+        let (plan, read) = self.optimised(&state, request, reuse).await?;
+        let limit = self.limits.memory_limit_mb;
+        let physical =
+            state.query_planner().create_physical_plan(&plan, &state).await.map_err(|e| df_error(e, limit))?;
+        let task = Arc::new(TaskContext::from(&state).with_runtime(self.runtime()?));
+        Ok((physical, task, read))
     }
 
     /// Runs `request` on DataFusion; `reuse` as for [`Self::optimised`].
@@ -588,18 +614,13 @@ impl QueryEngine {
         cap: Option<u64>,
         reuse: Option<&[(TableName, i64)]>,
     ) -> Result<Answer, QueryError> {
-        let ctx = self.session()?;
-        let (plan, read) = self.optimised(&ctx, request, reuse).await?;
-        let state = ctx.state();
+        let (physical, task, read) = self.physical(request, reuse).await?;
         let limit = self.limits.memory_limit_mb;
         // Executed on the query runtime: an operator that computes long between yields would
         // otherwise hold the caller's threads and keep its timeout from firing. Aborted when the
         // caller gives up (timeout, client gone).
         let task = query_runtime().spawn(async move {
-            let physical =
-                state.query_planner().create_physical_plan(&plan, &state).await.map_err(|e| df_error(e, limit))?;
-            let mut stream = datafusion::physical_plan::execute_stream(physical, state.task_ctx())
-                .map_err(|e| df_error(e, limit))?;
+            let mut stream = execute_stream(physical, task).map_err(|e| df_error(e, limit))?;
             let schema = stream.schema();
             let mut batches = Vec::new();
             let mut rows = 0u64;
@@ -710,9 +731,9 @@ impl QueryEngine {
             return Ok(found);
         }
         self.catalog.refresh_names().await?;
-        let session = self.session()?;
-        let plan = match self.plan_as(&session, &request.sql, &request.caller.scope).await {
-            Ok(frame) => Ok(frame.into_unoptimized_plan()),
+        let state = self.base.state();
+        let plan = match self.plan_as(&state, &request.sql, &request.caller.scope).await {
+            Ok(plan) => Ok(plan),
             // Not a question of dialect: DuckDB must not be tried instead.
             Err(denied @ QueryError::Denied(_)) => return Err(denied),
             Err(e) => Err(e.to_string()),
@@ -723,7 +744,7 @@ impl QueryEngine {
                 let read: Vec<TableName> = tables_read(plan).into_iter().map(|(t, _)| t).collect();
                 let warehouse_only = catalog::scans_only_warehouse(plan);
                 // What the optimised plan reads: a masked column is a constant and is not read.
-                let columns = match session.state().optimize(plan) {
+                let columns = match state.optimize(plan) {
                     Ok(optimized) => catalog::columns_read(&optimized),
                     Err(_) => catalog::columns_read(plan),
                 };
