@@ -1058,10 +1058,12 @@ impl Routing {
     }
 }
 
+/// The lower median: of two samples the smaller, so that a shape's first run on an engine (which
+/// plans or prepares it, and reads cold files) does not decide against the engine on its own.
 fn median(samples: &VecDeque<u64>) -> u64 {
     let mut sorted: Vec<u64> = samples.iter().copied().collect();
     sorted.sort_unstable();
-    sorted[sorted.len() / 2]
+    sorted[(sorted.len() - 1) / 2]
 }
 
 #[cfg(test)]
@@ -1081,6 +1083,15 @@ mod tests {
         let later: Vec<&str> = (0..40).map(|_| routing.choose("s")).collect();
         assert_eq!(later.iter().filter(|p| **p == "duckdb").count(), 2, "one recheck in {RECHECK}: {later:?}");
         assert_eq!(routing.choose("other"), "duckdb", "a new shape starts learning");
+    }
+
+    #[test]
+    fn a_cold_first_run_does_not_decide() {
+        let mut routing = Routing::default();
+        for (engine, micros) in [("duckdb", 9_000), ("datafusion", 3_000), ("duckdb", 1_000), ("datafusion", 2_900)] {
+            routing.observe("s", engine, micros);
+        }
+        assert_eq!(routing.choose("s"), "duckdb");
     }
 
     #[test]
