@@ -7,7 +7,8 @@
 //!   same files);
 //! - `auto` through our layer, after the runs above taught it the faster engine per plan shape.
 //!
-//! Each query is run once to warm up, then `SOKANA_BENCH_ROUNDS` times (default 3) per way,
+//! Each query is run once to warm up, then `SOKANA_BENCH_ROUNDS` samples (default 3) per way (a
+//! sample of a query under 200 ms is the mean of enough runs to last 200 ms),
 //! alternating ways; medians are reported with per-query ratios and geometric means as Markdown for
 //! benches/README.md. A pass measures cached repeats (server time inside the engine). Then the
 //! same five ways over the Sokana marts at `SOKANA_BENCH_SCALE` (default 100): seeded into SQLite,
@@ -41,6 +42,9 @@ fn median(mut samples: Vec<f64>) -> f64 {
 fn geomean(values: &[f64]) -> f64 {
     (values.iter().map(|v| v.ln()).sum::<f64>() / values.len() as f64).exp()
 }
+
+/// The least time one sample of a query lasts (short queries are repeated within a sample).
+const SAMPLE_MS: f64 = 200.0;
 
 const WAYS: [&str; 5] = ["datafusion (layer)", "datafusion (bare)", "duckdb (layer)", "duckdb (bare)", "auto (layer)"];
 
@@ -172,12 +176,18 @@ impl<'a> Bench<'a> {
         let mut totals = [0.0f64; 5];
         for (label, sql) in queries {
             // Warm-up: file metadata, DuckDB's views, and auto's first samples.
-            let rows: Vec<u64> = (0..WAYS.len()).map(|way| self.run(way, sql).1).collect();
+            let warm: Vec<(f64, u64)> = (0..WAYS.len()).map(|way| self.run(way, sql)).collect();
+            let rows: Vec<u64> = warm.iter().map(|w| w.1).collect();
             assert!(rows.windows(2).all(|w| w[0] == w[1]), "{label}: the ways disagree on row counts: {rows:?}");
+            // A sample of a query that takes milliseconds is the mean of enough runs to last
+            // SAMPLE_MS: single runs of it vary by half between rounds on this machine.
+            let slowest = warm.iter().map(|w| w.0).fold(0.0, f64::max);
+            let repeats = ((SAMPLE_MS / slowest).ceil() as usize).clamp(1, 100);
             let mut samples: [Vec<f64>; 5] = Default::default();
             for _ in 0..self.rounds {
                 for (way, bucket) in samples.iter_mut().enumerate() {
-                    bucket.push(self.run(way, sql).0);
+                    let total: f64 = (0..repeats).map(|_| self.run(way, sql).0).sum();
+                    bucket.push(total / repeats as f64);
                 }
             }
             let m: Vec<f64> = samples.iter().map(|s| median(s.clone())).collect();

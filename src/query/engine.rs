@@ -552,7 +552,8 @@ impl QueryEngine {
             plan = plan.with_param_values(request.params.to_datafusion())?;
         }
         if let Some(page) = request.page {
-            plan = LogicalPlanBuilder::from(plan).limit(page.offset as usize, Some(page.limit as usize + 1))?.build()?;
+            plan =
+                LogicalPlanBuilder::from(plan).limit(page.offset as usize, Some(page.limit as usize + 1))?.build()?;
         }
         Ok(plan)
     }
