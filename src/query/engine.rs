@@ -243,7 +243,9 @@ impl QueryEngine {
             duck_available,
             cache,
             prepared: moka::sync::Cache::new(10_000),
-            plans: moka::sync::Cache::new(1_000),
+            // A plan holds its tables' snapshots: one no longer asked for (its tables moved on)
+            // is let go within minutes rather than when a thousand others push it out.
+            plans: moka::sync::Cache::builder().max_capacity(1_000).time_to_idle(Duration::from_secs(600)).build(),
             log,
             routing: Mutex::new(Routing::default()),
             limits,
@@ -558,7 +560,7 @@ impl QueryEngine {
         Ok(plan)
     }
 
-    /// The optimised plan of `request` on `ctx`, and the table versions it reads. When `current`
+    /// The optimised plan of `request` on `state`, and the table versions it reads. When `current`
     /// gives the versions the tables have now, a plan made for the same text, scope, parameters
     /// and page over those versions is reused: planning and optimising cost more than a
     /// millisecond-long query. Callers pass `current` only for plans that cannot change between
