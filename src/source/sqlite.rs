@@ -187,6 +187,15 @@ fn text_shape(text: &str) -> StoredAs {
     StoredAs::Text { sep: char::from(bytes[10]), fraction, suffix }
 }
 
+/// `expr` (the column, or a bound's placeholder) as cursor bounds are compared: as written, or for
+/// a shape of its own through `julianday()`, which compares instants whatever their text looks like.
+fn compared(expr: &str, stored: StoredAs) -> String {
+    match stored {
+        StoredAs::Unknown => format!("julianday({expr})"),
+        _ => expr.to_string(),
+    }
+}
+
 fn cursor_param(value: &CursorValue, stored: StoredAs) -> rusqlite::types::Value {
     use chrono::Timelike;
     match (value, stored) {
@@ -250,20 +259,11 @@ fn extract(
     if let Some(range) = &spec.range {
         let col = quote_ident(&range.column);
         let stored = stored_as(conn, &spec.table, &range.column).map_err(query_error)?;
-        // Bounds are compared as the column's values are written; a shape of its own goes
-        // through julianday(), which compares instants whatever their text looks like.
-        let compared = match stored {
-            StoredAs::Unknown => format!("julianday({col})"),
-            _ => col.clone(),
-        };
-        let bound = |placeholder: &str| match stored {
-            StoredAs::Unknown => format!("julianday({placeholder})"),
-            _ => placeholder.to_string(),
-        };
-        sql.push_str(&format!(" WHERE {compared} <= {}", bound("?1")));
+        let column = compared(&col, stored);
+        sql.push_str(&format!(" WHERE {column} <= {}", compared("?1", stored)));
         params.push(cursor_param(&range.upto, stored));
         if let Some(after) = &range.after {
-            sql.push_str(&format!(" AND {compared} > {}", bound("?2")));
+            sql.push_str(&format!(" AND {column} > {}", compared("?2", stored)));
             params.push(cursor_param(after, stored));
         }
     }
@@ -438,13 +438,12 @@ mod tests {
             ))
             .expect("table");
             let shape = stored_as(&conn, "t", "updated_at").expect("shape");
-            let compared = if shape == StoredAs::Unknown { "julianday(updated_at)" } else { "updated_at" };
-            let bound = if shape == StoredAs::Unknown { "julianday(?1)" } else { "?1" };
+            let (column, bound) = (compared("updated_at", shape), compared("?1", shape));
             let count = |sql: &str, cursor: &CursorValue| -> i64 {
                 conn.query_row(sql, [cursor_param(cursor, shape)], |r| r.get(0)).expect("count")
             };
-            let after = format!("SELECT count(*) FROM t WHERE {compared} > {bound}");
-            let upto = format!("SELECT count(*) FROM t WHERE {compared} <= {bound}");
+            let after = format!("SELECT count(*) FROM t WHERE {column} > {bound}");
+            let upto = format!("SELECT count(*) FROM t WHERE {column} <= {bound}");
             let first = at("2026-11-01T09:00:00Z");
             assert_eq!(count(&after, &first), 1, "{stored}: the later row is past the earlier's cursor");
             assert_eq!(count(&upto, &first), 1, "{stored}: the earlier row is within its own cursor");

@@ -384,7 +384,14 @@ impl ObjectStore for SealedStore {
         let mut pending = Vec::with_capacity(PART + SEALED_SEGMENT);
         pending.extend_from_slice(&sealer.header);
         let inner = self.inner.put_multipart_opts(location, opts).await?;
-        Ok(Box::new(SealingUpload { inner, sealer, plain: Vec::with_capacity(2 * SEGMENT), pending }))
+        Ok(Box::new(SealingUpload {
+            inner,
+            headers: self.headers.clone(),
+            location: location.clone(),
+            sealer,
+            plain: Vec::with_capacity(2 * SEGMENT),
+            pending,
+        }))
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult, object_store::Error> {
@@ -464,6 +471,9 @@ impl ObjectStore for SealedStore {
 /// them, and sent once a part's worth has gathered; the last segment waits for `complete`.
 struct SealingUpload {
     inner: Box<dyn MultipartUpload>,
+    /// Where the finished object's header is remembered, as for single puts.
+    headers: moka::sync::Cache<Path, [u8; HEADER]>,
+    location: Path,
     sealer: Sealer,
     plain: Vec<u8>,
     pending: Vec<u8>,
@@ -509,7 +519,9 @@ impl MultipartUpload for SealingUpload {
         let mut pending = std::mem::take(&mut self.pending);
         self.sealer.segment(&last, true, &mut pending)?;
         self.inner.put_part(pending.into()).await?;
-        self.inner.complete().await
+        let written = self.inner.complete().await?;
+        self.headers.insert(self.location.clone(), self.sealer.header);
+        Ok(written)
     }
 
     async fn abort(&mut self) -> Result<(), object_store::Error> {
