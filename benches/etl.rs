@@ -58,14 +58,6 @@ fn main() {
     runtime.block_on(load_lineitem(&pg, sf));
     eprintln!("lineitem SF{sf} loaded into PostgreSQL in {:.1}s", started.elapsed().as_secs_f64());
     let lineitem = runtime.block_on(expected(&pg.url(), &["lineitem"]));
-    if std::env::var_os("SOKANA_BENCH_HOLD").is_some() {
-        // For profiling by hand: keep the loaded cluster until stdin closes.
-        eprintln!("holding; lineitem at {}", pg.url());
-        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
-        return;
-    }
-    report.push(workload(&runtime, &pg.url(), &format!("TPC-H lineitem SF{sf}"), LINEITEM_PIPELINE, &lineitem, rounds));
-
     let started = Instant::now();
     runtime.block_on(async {
         let client = pg.client().await;
@@ -77,6 +69,13 @@ fn main() {
     let tables: Vec<&str> =
         sokana::source::schema::TABLES.iter().map(|t| t.name).filter(|t| *t != "quickbooks_tokens").collect();
     let expected_sokana = runtime.block_on(expected(&sokana_url, &tables));
+    if std::env::var_os("SOKANA_BENCH_HOLD").is_some() {
+        // For profiling by hand: keep the loaded cluster until stdin closes.
+        eprintln!("holding; lineitem at {}, Sokana at {sokana_url}", pg.url());
+        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
+        return;
+    }
+    report.push(workload(&runtime, &pg.url(), &format!("TPC-H lineitem SF{sf}"), LINEITEM_PIPELINE, &lineitem, rounds));
     report.push(workload(
         &runtime,
         &sokana_url,

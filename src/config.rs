@@ -79,6 +79,9 @@ pub struct WarehouseConfig {
     pub compact_min_files: usize,
     #[serde(default = "default_target_file_mb")]
     pub target_file_mb: u64,
+    /// The Parquet codec: `snappy` (default), `zstd`, `lz4` or `none`.
+    #[serde(default)]
+    pub compression: crate::warehouse::Compression,
     /// A file of hex AES-256 keys, newest first: when set (or `SOKANA_WAREHOUSE_KEY` is), every
     /// object in the warehouse is encrypted with the first; the others still open older objects.
     #[serde(default)]
@@ -92,6 +95,7 @@ impl Default for WarehouseConfig {
             retention_hours: default_retention_hours(),
             compact_min_files: default_compact_min_files(),
             target_file_mb: default_target_file_mb(),
+            compression: crate::warehouse::Compression::default(),
             key_file: None,
         }
     }

@@ -214,7 +214,7 @@ pub fn warehouse(config: &Config) -> Result<Warehouse, crate::config::ConfigErro
     } else {
         None
     };
-    Ok(Warehouse::with_keys(url, keys))
+    Ok(Warehouse::with_keys(url, keys).with_compression(config.warehouse.compression))
 }
 
 /// The environment variable that holds the warehouse's encryption keys.

@@ -454,8 +454,10 @@ fn fixed<const N: usize>(raw: &[u8]) -> Result<[u8; N], String> {
     raw.try_into().map_err(|_| format!("expected {N} bytes, got {}", raw.len()))
 }
 
+/// PostgreSQL checks text against the database's encoding, but a `SQL_ASCII` database stores any
+/// bytes; the SIMD check is several times faster than `std`'s on the long texts of free-text columns.
 fn utf8(raw: &[u8]) -> Result<&str, String> {
-    std::str::from_utf8(raw).map_err(|_| "text is not UTF-8".to_string())
+    simdutf8::basic::from_utf8(raw).map_err(|_| "text is not UTF-8".to_string())
 }
 
 fn append(builder: &mut ColumnBuilder, ty: &Type, raw: Option<&[u8]>) -> Result<(), String> {

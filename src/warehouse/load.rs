@@ -172,8 +172,9 @@ impl Warehouse {
             if rows.is_empty() {
                 return self.create_empty(handle, &name, schema, &request.partition_by, commit).await;
             }
+            let properties = writer_properties(self.compression, sample.as_ref());
             let (write, counter) =
-                streamed_write(handle, &schema, rows, sample.as_ref(), &request.partition_by, request.target_file_size)
+                streamed_write(handle, &schema, rows, properties, &request.partition_by, request.target_file_size)
                     .map_err(df_err)?;
             let table =
                 write.with_save_mode(SaveMode::Append).with_commit_properties(commit).await.map_err(delta_err)?;
@@ -284,7 +285,7 @@ impl Warehouse {
             .with_merge_schema(!added_columns.is_empty())
             .with_streaming(request.mode == SyncMode::Incremental)
             .with_commit_properties(commit)
-            .with_writer_properties(writer_properties(sample.as_ref()))
+            .with_writer_properties(writer_properties(self.compression, sample.as_ref()))
             .when_matched_delete(|d| d.predicate(is_delete.clone()))
             .and_then(|m| {
                 m.when_matched_update(|u| {
@@ -329,7 +330,7 @@ impl Warehouse {
             handle,
             &request.schema,
             rows,
-            sample.as_ref(),
+            writer_properties(self.compression, sample.as_ref()),
             &request.partition_by,
             request.target_file_size,
         )
@@ -418,7 +419,7 @@ fn streamed_write(
     handle: DeltaTable,
     schema: &SchemaRef,
     rows: Vec<SendableRecordBatchStream>,
-    sample: Option<&RecordBatch>,
+    properties: deltalake::parquet::file::properties::WriterProperties,
     partition_by: &[String],
     target_file_size: u64,
 ) -> Result<(deltalake::operations::write::WriteBuilder, Arc<AtomicU64>), DataFusionError> {
@@ -430,7 +431,7 @@ fn streamed_write(
         .with_input_plan(plan)
         .with_partition_columns(partition_by.to_vec())
         .with_target_file_size(std::num::NonZeroU64::new(target_file_size))
-        .with_writer_properties(writer_properties(sample));
+        .with_writer_properties(properties);
     Ok((write, counter))
 }
 
@@ -483,7 +484,7 @@ impl Warehouse {
             (table, _) = table
                 .optimize()
                 .with_target_size(target)
-                .with_writer_properties(writer_properties(None))
+                .with_writer_properties(writer_properties(self.compression, None))
                 .await
                 .map_err(delta_err)?;
             // A checkpoint after each compaction keeps the log that readers replay short (delta-rs

@@ -20,6 +20,7 @@ use object_store::ObjectStore;
 use object_store::path::Path as StorePath;
 use url::Url;
 
+pub use parquet::Compression;
 pub use load::{LoadOutcome, LoadRequest, Maintenance, ReplaceRequest, SyncMode};
 pub use seal::{SealReport, seal_all};
 pub use sealed::{KeyError, Keyring};
@@ -91,6 +92,8 @@ pub struct Warehouse {
     keys: Option<Keyring>,
     /// Whether the root's encryption marker agrees with `keys`; checked once per handle.
     sealing_checked: Arc<tokio::sync::OnceCell<()>>,
+    /// The codec of the Parquet files this handle writes.
+    compression: Compression,
 }
 
 static REGISTER_HANDLERS: Once = Once::new();
@@ -117,7 +120,13 @@ impl Warehouse {
             storage_options.insert("AWS_S3_ALLOW_UNSAFE_RENAME".into(), "true".into());
             storage_options.insert("conditional_put".into(), "etag".into());
         }
-        Warehouse { root, storage_options, keys, sealing_checked: Arc::default() }
+        Warehouse { root, storage_options, keys, sealing_checked: Arc::default(), compression: Compression::default() }
+    }
+
+    /// Writes Parquet files with `compression` (Snappy unless set).
+    pub fn with_compression(mut self, compression: Compression) -> Warehouse {
+        self.compression = compression;
+        self
     }
 
     /// The warehouse folder, when the warehouse is on local disk.

@@ -1,17 +1,45 @@
-//! Parquet settings for every file the warehouse writes: zstd, row groups of 128 Ki rows (a writer
-//! holds one modest row group in memory, readers skip at that grain), and dictionary encoding only
-//! for the columns where it pays. It owns no I/O; the loads and the compaction pass these settings
-//! to delta-rs.
+//! Parquet settings for every file the warehouse writes: the configured codec (Snappy by default),
+//! row groups of 128 Ki rows (a writer holds one modest row group in memory, readers skip at that
+//! grain), and dictionary encoding only for the columns where it pays. It owns no I/O; the loads
+//! and the compaction pass these settings to delta-rs.
 
 use std::collections::HashSet;
 
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{RowConverter, SortField};
-use deltalake::parquet::basic::{Compression, ZstdLevel};
+use deltalake::parquet::basic::{Compression as ParquetCompression, ZstdLevel};
 use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::parquet::schema::types::ColumnPath;
 
 const ROW_GROUP_ROWS: usize = 128 * 1024;
+
+/// The codec of the warehouse's Parquet files (`warehouse.compression`).
+///
+/// Snappy is the default, as in Spark, Delta and DuckDB: on a 2-core machine where the source
+/// database shares the CPU, zstd's compression was a fifth of the loader's CPU time (a load is
+/// bound by CPU, not by disk), for files about a quarter smaller. Choose `zstd` when storage or
+/// transfer costs more than CPU.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    #[default]
+    Snappy,
+    Zstd,
+    /// LZ4 in Parquet's `LZ4_RAW` framing; older readers may not know it.
+    Lz4,
+    None,
+}
+
+impl Compression {
+    fn parquet(self) -> ParquetCompression {
+        match self {
+            Compression::Snappy => ParquetCompression::SNAPPY,
+            Compression::Zstd => ParquetCompression::ZSTD(ZstdLevel::default()),
+            Compression::Lz4 => ParquetCompression::LZ4_RAW,
+            Compression::None => ParquetCompression::UNCOMPRESSED,
+        }
+    }
+}
 
 /// How many leading rows of a sample are looked at to judge a column's cardinality.
 const SAMPLE_ROWS: usize = 4096;
@@ -20,9 +48,9 @@ const SAMPLE_ROWS: usize = 4096;
 /// columns whose values are mostly distinct in it. The Parquet writer would otherwise try a
 /// dictionary in every row group of such a column (hashing each value) before falling back to plain
 /// encoding: measured on TPC-H lineitem, that was about a fifth of the loader's CPU time.
-pub fn writer_properties(sample: Option<&RecordBatch>) -> WriterProperties {
+pub fn writer_properties(compression: Compression, sample: Option<&RecordBatch>) -> WriterProperties {
     let mut builder = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_compression(compression.parquet())
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS));
     if let Some(sample) = sample {
         for (field, column) in sample.schema().fields().iter().zip(sample.columns()) {
@@ -58,9 +86,9 @@ mod tests {
         let statuses: ArrayRef =
             Arc::new(StringArray::from_iter_values((0..1000).map(|i| ["active", "lead", "closed"][i % 3])));
         let sample = RecordBatch::try_from_iter([("id", ids), ("status", statuses)]).expect("batch");
-        let props = writer_properties(Some(&sample));
+        let props = writer_properties(Compression::default(), Some(&sample));
         assert!(!props.dictionary_enabled(&ColumnPath::from("id")));
         assert!(props.dictionary_enabled(&ColumnPath::from("status")));
-        assert!(writer_properties(None).dictionary_enabled(&ColumnPath::from("id")));
+        assert!(writer_properties(Compression::Zstd, None).dictionary_enabled(&ColumnPath::from("id")));
     }
 }
