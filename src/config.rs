@@ -79,7 +79,7 @@ pub struct WarehouseConfig {
     pub compact_min_files: usize,
     #[serde(default = "default_target_file_mb")]
     pub target_file_mb: u64,
-    /// The Parquet codec: `snappy` (default), `zstd`, `lz4` or `none`.
+    /// The Parquet codec: `lz4` (default), `snappy`, `zstd` or `none`.
     #[serde(default)]
     pub compression: crate::warehouse::Compression,
     /// A file of hex AES-256 keys, newest first: when set (or `SOKANA_WAREHOUSE_KEY` is), every
@@ -536,6 +536,10 @@ mod tests {
         assert!(err.contains("sokana.toml"), "{err}");
         assert!(err.contains("line 3"), "{err}");
         assert!(err.contains("retention_hours"), "{err}");
+
+        let (_dir, path) = write("[warehouse]\ncompression = \"gzip\"\n");
+        let err = Config::load_with_env(Some(&path), []).unwrap_err().to_string();
+        assert!(err.contains("line 2") && err.contains("compression") && err.contains("lz4"), "{err}");
 
         let (_dir, path) = write("[server]\nlisten = \"127.0.0.1:1\"\nlistne = 3\n");
         let err = Config::load_with_env(Some(&path), []).unwrap_err().to_string();

@@ -123,7 +123,7 @@ impl Warehouse {
         Warehouse { root, storage_options, keys, sealing_checked: Arc::default(), compression: Compression::default() }
     }
 
-    /// Writes Parquet files with `compression` (Snappy unless set).
+    /// Writes Parquet files with `compression` (LZ4 unless set).
     pub fn with_compression(mut self, compression: Compression) -> Warehouse {
         self.compression = compression;
         self
