@@ -20,8 +20,8 @@ use object_store::ObjectStore;
 use object_store::path::Path as StorePath;
 use url::Url;
 
-pub use parquet::Compression;
 pub use load::{LoadOutcome, LoadRequest, Maintenance, ReplaceRequest, SyncMode};
+pub use parquet::Compression;
 pub use seal::{SealReport, seal_all};
 pub use sealed::{KeyError, Keyring};
 
