@@ -9,11 +9,10 @@ SELECT
     lower(trim(i.status)) AS status,
     lower(trim(i.payment_type)) AS payment_type,
     i.paid_at,
-    -- now() has no time zone (it is UTC): mark it UTC, then convert, to get New York's date.
     CASE
         WHEN i.paid_at IS NULL AND lower(trim(i.status)) NOT IN ('paid', 'cancelled')
-             AND i.due_date < CAST((now() AT TIME ZONE 'UTC') AT TIME ZONE 'America/New_York' AS DATE)
-        THEN CAST(CAST((now() AT TIME ZONE 'UTC') AT TIME ZONE 'America/New_York' AS DATE) - i.due_date AS INT)
+             AND i.due_date < CAST(now() AT TIME ZONE 'America/New_York' AS DATE)
+        THEN CAST(CAST(now() AT TIME ZONE 'America/New_York' AS DATE) - i.due_date AS INT)
         ELSE 0
     END AS days_overdue
 FROM raw.payment_installments i

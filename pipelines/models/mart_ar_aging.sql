@@ -1,7 +1,6 @@
 -- @description: Open receivables (invoice balances) by days past due as of the build (America/New_York): current, 1-30, 31-60, 61-90, 90+.
--- now() has no time zone (it is UTC): mark it UTC, then convert, to get New York's date.
 WITH today AS (
-    SELECT CAST((now() AT TIME ZONE 'UTC') AT TIME ZONE 'America/New_York' AS DATE) AS d
+    SELECT CAST(now() AT TIME ZONE 'America/New_York' AS DATE) AS d
 ),
 open_invoices AS (
     SELECT i.balance_amount,

@@ -132,6 +132,9 @@ pub(crate) fn session_config() -> SessionConfig {
         SessionConfig::new().with_information_schema(true).with_default_catalog_and_schema("sokana", "marts");
     // Planner errors then carry the position of what they are about (an unknown column, say).
     config.options_mut().sql_parser.collect_spans = true;
+    // Without a session time zone `now()` is a timestamp without one, and `now() AT TIME ZONE
+    // 'America/New_York'` reads UTC's wall-clock time as New York's (the wrong date every evening).
+    config.options_mut().execution.time_zone = Some("UTC".into());
     config
 }
 
@@ -194,5 +197,23 @@ pub fn format(batches: &[RecordBatch], format: OutputFormat) -> Result<String, Q
             .to_string()),
         OutputFormat::Csv => as_text(export::encode(export::ExportFormat::Csv, schema(), batches)?),
         OutputFormat::Json => as_text(export::encode(export::ExportFormat::Json, schema(), batches)?),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::{AsArray, types::Date32Type};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn now_converts_to_new_york_time() {
+        let ny_today = || chrono::Utc::now().with_timezone(&chrono_tz::America::New_York).date_naive();
+        let before = ny_today();
+        let ctx = SessionContext::new_with_config(session_config());
+        let batches = run(&ctx, "SELECT CAST(now() AT TIME ZONE 'America/New_York' AS DATE)").await.expect("query");
+        let after = ny_today();
+        let got = batches[0].column(0).as_primitive::<Date32Type>().value_as_date(0).expect("a date");
+        assert!(got == before || got == after, "{got} is not New York's date ({before})");
     }
 }
