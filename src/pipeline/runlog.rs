@@ -63,6 +63,11 @@ pub struct TableRecord {
     pub error: Option<String>,
 }
 
+/// Whether SQLite refused for another connection's lock.
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
+}
+
 impl RunLog {
     pub fn open(state_dir: &Path) -> Result<RunLog, RunLogError> {
         let path = state_dir.join("runs.db");
@@ -70,42 +75,53 @@ impl RunLog {
         std::fs::create_dir_all(state_dir).map_err(|e| store_err(&e))?;
         let mut conn = Connection::open(&path).map_err(|e| store_err(&e))?;
         conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(|e| store_err(&e))?;
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL;
-             CREATE TABLE IF NOT EXISTS runs (
-               id TEXT PRIMARY KEY, pipeline TEXT NOT NULL, trigger TEXT NOT NULL, status TEXT NOT NULL,
-               started_at TEXT NOT NULL, finished_at TEXT, error TEXT);
-             CREATE INDEX IF NOT EXISTS runs_by_pipeline ON runs (pipeline, started_at);
-             CREATE TABLE IF NOT EXISTS run_tables (
-               run_id TEXT NOT NULL REFERENCES runs (id), target TEXT NOT NULL, status TEXT NOT NULL,
-               rows_read INTEGER NOT NULL DEFAULT 0, inserted INTEGER NOT NULL DEFAULT 0,
-               updated INTEGER NOT NULL DEFAULT 0, deleted INTEGER NOT NULL DEFAULT 0,
-               version INTEGER, cursor TEXT, duration_ms INTEGER NOT NULL DEFAULT 0, error TEXT,
-               withheld INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (run_id, target));
-             CREATE TABLE IF NOT EXISTS schedule_slots (
-               pipeline TEXT PRIMARY KEY, slot TEXT NOT NULL);
-             CREATE TABLE IF NOT EXISTS schedule_decisions (
-               at TEXT NOT NULL, pipeline TEXT NOT NULL, slot TEXT, decision TEXT NOT NULL,
-               detail TEXT, run_id TEXT);
-             CREATE INDEX IF NOT EXISTS decisions_by_pipeline ON schedule_decisions (pipeline, at);",
-        )
-        .map_err(|e| store_err(&e))?;
-        // Added after the first release: logs made before it get the column here. The check and
-        // the change share one write transaction, so two processes opening an old log at once
-        // (the server and a CLI command) cannot both add it.
-        let migration =
+        // Switching a new log to WAL needs the file to itself, and SQLite answers "busy" at once
+        // rather than waiting when another opener holds it: try again for a while.
+        let mut attempts = 0;
+        while let Err(e) = conn.pragma_update(None, "journal_mode", "WAL") {
+            attempts += 1;
+            if attempts == 100 || !is_busy(&e) {
+                return Err(store_err(&e));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // The tables and the migration share one write transaction, taken before anything is read:
+        // a reader that later wants to write may be refused at once (SQLite's deadlock rule), and
+        // two processes opening an old log at once (the server and a CLI command) must not both
+        // add the column that came after the first release.
+        let setup =
             conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(|e| store_err(&e))?;
-        let has_withheld: bool = migration
+        setup
+            .execute_batch(
+                "CREATE TABLE IF NOT EXISTS runs (
+                   id TEXT PRIMARY KEY, pipeline TEXT NOT NULL, trigger TEXT NOT NULL, status TEXT NOT NULL,
+                   started_at TEXT NOT NULL, finished_at TEXT, error TEXT);
+                 CREATE INDEX IF NOT EXISTS runs_by_pipeline ON runs (pipeline, started_at);
+                 CREATE TABLE IF NOT EXISTS run_tables (
+                   run_id TEXT NOT NULL REFERENCES runs (id), target TEXT NOT NULL, status TEXT NOT NULL,
+                   rows_read INTEGER NOT NULL DEFAULT 0, inserted INTEGER NOT NULL DEFAULT 0,
+                   updated INTEGER NOT NULL DEFAULT 0, deleted INTEGER NOT NULL DEFAULT 0,
+                   version INTEGER, cursor TEXT, duration_ms INTEGER NOT NULL DEFAULT 0, error TEXT,
+                   withheld INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (run_id, target));
+                 CREATE TABLE IF NOT EXISTS schedule_slots (
+                   pipeline TEXT PRIMARY KEY, slot TEXT NOT NULL);
+                 CREATE TABLE IF NOT EXISTS schedule_decisions (
+                   at TEXT NOT NULL, pipeline TEXT NOT NULL, slot TEXT, decision TEXT NOT NULL,
+                   detail TEXT, run_id TEXT);
+                 CREATE INDEX IF NOT EXISTS decisions_by_pipeline ON schedule_decisions (pipeline, at);",
+            )
+            .map_err(|e| store_err(&e))?;
+        let has_withheld: bool = setup
             .query_row("SELECT count(*) > 0 FROM pragma_table_info('run_tables') WHERE name = 'withheld'", [], |r| {
                 r.get(0)
             })
             .map_err(|e| store_err(&e))?;
         if !has_withheld {
-            migration
+            setup
                 .execute_batch("ALTER TABLE run_tables ADD COLUMN withheld INTEGER NOT NULL DEFAULT 0")
                 .map_err(|e| store_err(&e))?;
         }
-        migration.commit().map_err(|e| store_err(&e))?;
+        setup.commit().map_err(|e| store_err(&e))?;
         Ok(RunLog { conn: std::sync::Mutex::new(conn), path })
     }
 
