@@ -284,8 +284,7 @@ impl QueryEngine {
     /// Plans `sql` as `scope` may see it: a query only, with the policy's rewrite before anything
     /// is optimised.
     async fn plan_as(&self, state: &SessionState, sql: &str, scope: &str) -> Result<LogicalPlan, QueryError> {
-        let plan = state.create_logical_plan(sql).await?;
-        read_only().verify_plan(&plan)?;
+        let plan = query_plan(state, sql).await?;
         if self.sees_everything(scope) {
             return Ok(plan);
         }
@@ -342,8 +341,7 @@ impl QueryEngine {
     /// Plans `sql` (placeholders left unbound) without running it: unknown tables, columns and
     /// statements that are not queries are errors.
     pub async fn validate(&self, sql: &str) -> Result<(), QueryError> {
-        let plan = self.base.state().create_logical_plan(sql).await?;
-        read_only().verify_plan(&plan)?;
+        query_plan(&self.base.state(), sql).await?;
         Ok(())
     }
 
@@ -736,10 +734,9 @@ impl QueryEngine {
         self.catalog.refresh_names().await?;
         let state = self.base.state();
         let plan = match self.plan_as(&state, &request.sql, &request.caller.scope).await {
-            Ok(plan) => Ok(plan),
             // Not a question of dialect: DuckDB must not be tried instead.
             Err(denied @ QueryError::Denied(_)) => return Err(denied),
-            Err(e) => Err(e.to_string()),
+            other => other.map_err(|e| e.to_string()),
         };
         let duck = duck::inspect(&request.sql).map_err(|e| e.to_string());
         let (tables, shape, warehouse_only, cacheable, columns) = match (&plan, &duck) {
@@ -1059,6 +1056,13 @@ impl Routing {
         }
         faster
     }
+}
+
+/// The unoptimised plan of `sql`, which must be a query (no DDL, DML or settings).
+async fn query_plan(state: &SessionState, sql: &str) -> Result<LogicalPlan, QueryError> {
+    let plan = state.create_logical_plan(sql).await?;
+    read_only().verify_plan(&plan)?;
+    Ok(plan)
 }
 
 /// The lower median: of two samples the smaller, so that a shape's first run on an engine (which
