@@ -138,6 +138,32 @@ async fn parallel_page_range_reads_are_one_consistent_snapshot() {
     assert_matches_source(&project).await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cursor_without_time_zone_misses_no_row_on_a_server_east_of_utc() {
+    let pg = Postgres::start();
+    let client = pg.client().await;
+    client
+        .batch_execute(
+            "ALTER DATABASE postgres SET timezone = 'Asia/Tokyo';
+             CREATE TABLE visits (id int PRIMARY KEY, note text, updated_at timestamp);
+             INSERT INTO visits VALUES (1, 'first', '2026-11-01 09:00:00'), (2, 'no cursor', NULL);",
+        )
+        .await
+        .unwrap();
+    let pipeline = "source = \"core\"\n[defaults]\nlookback_seconds = 0\n\n[[tables]]\nname = \"visits\"\nprimary_key = [\"id\"]\n\
+                    cursor = \"updated_at\"\n[tables.columns]\nid = \"id\"\nnote = \"dim\"\nupdated_at = \"dim\"\n";
+    let project = Project::with_pipeline(&pg.url(), pipeline);
+    let first = project.run().await.expect("first load");
+    assert_eq!((first.tables[0].inserted, first.tables[0].cursor.as_deref()), (2, Some("2026-11-01T09:00:00+00:00")));
+    // Two hours past the cursor as the warehouse reads it (UTC); read in Tokyo's time, seven before.
+    client.batch_execute("INSERT INTO visits VALUES (3, 'later', '2026-11-01 11:00:00')").await.unwrap();
+    let second = project.run().await.expect("incremental load");
+    let visits = &second.tables[0];
+    assert_eq!((visits.rows_read, visits.inserted), (1, 1), "{visits:?}");
+    assert_eq!(visits.cursor.as_deref(), Some("2026-11-01T11:00:00+00:00"));
+    assert_eq!(common::warehouse_count(&project.config(), "SELECT count(*) FROM raw.visits").await, 3);
+}
+
 #[test]
 fn demo_seeds_and_uses_a_postgres_source() {
     let pg = Postgres::start();

@@ -10,13 +10,16 @@ pub mod spec;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::execution::SendableRecordBatchStream;
+use datafusion::functions_aggregate::min_max::MaxAccumulator;
+use datafusion::logical_expr::Accumulator;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::scalar::ScalarValue;
 use futures::{StreamExt, TryStreamExt};
 use serde_json::json;
 
@@ -419,12 +422,12 @@ async fn load_table(
     let columns = select_columns(pipeline, table, snapshot.columns(&table.source_table).await?)?;
     let withhold = erasures.withhold(pipeline, table).map_err(Box::new)?;
     let existing = warehouse.open(&table.target).await?;
-    let previous: Option<CursorValue> = match &existing {
-        Some(t) => warehouse
-            .last_load(t, &table.target)
-            .await?
-            .and_then(|p| serde_json::from_value(p.get("cursor")?.clone()).ok()),
-        None => None,
+    // The cursor is the largest value the table holds: it is committed with the rows by
+    // construction, and the source is not scanned for it (the CRM has no index on `updated_at`;
+    // a `max()` there cost a sequential scan per table per run).
+    let previous: Option<CursorValue> = match (&existing, &table.sync) {
+        (Some(t), Sync::Incremental { cursor }) => cursor_value(&warehouse.max_value(t, &table.target, cursor).await?),
+        _ => None,
     };
     let batch_rows = pipeline.defaults.batch_rows;
 
@@ -445,38 +448,36 @@ async fn load_table(
         _ => None,
     };
 
-    let (mode, range, cursor) = match &table.sync {
-        Sync::Full => (SyncMode::Full, None, None),
-        Sync::Incremental { cursor } => {
-            let column = columns
-                .iter()
-                .find(|c| &c.name == cursor)
-                .cloned()
-                .ok_or_else(|| pipeline.table_error(table, format!("cursor column {cursor:?} is missing")))?;
-            let newest = snapshot.max_cursor(&table.source_table, &column).await?;
-            // The first load reads everything, rows with a NULL cursor included.
-            let range = match (&existing, newest) {
-                (Some(_), Some(upto)) => Some(CursorRange {
-                    column: cursor.clone(),
-                    after: previous.map(|p| step_back(p, pipeline.defaults.lookback_seconds)),
-                    upto,
-                }),
-                _ => None,
-            };
-            (SyncMode::Incremental, range, newest.or(previous))
-        }
+    let (mode, range) = match &table.sync {
+        Sync::Full => (SyncMode::Full, None),
+        // The first load reads everything, rows with a NULL cursor included.
+        Sync::Incremental { cursor } => (
+            SyncMode::Incremental,
+            previous.map(|p| CursorRange {
+                column: cursor.clone(),
+                after: step_back(p, pipeline.defaults.lookback_seconds),
+            }),
+        ),
     };
-    let unchanged = matches!(&range, Some(r) if r.after.is_some_and(|a| a >= r.upto));
+    let cursor_column = match &table.sync {
+        Sync::Incremental { cursor } => columns.iter().position(|c| &c.name == cursor),
+        Sync::Full => None,
+    };
     let spec = ExtractSpec { table: table.source_table.clone(), columns, range, batch_rows };
     let schema = spec.arrow_schema();
-    let partitions = if unchanged { Vec::new() } else { snapshot.extract(spec).await? };
+    let partitions = snapshot.extract(spec).await?;
     let read = Arc::new(AtomicU64::new(0));
     let withheld = Arc::new(AtomicU64::new(0));
+    let newest = Arc::new(Mutex::new(previous));
     let rows = partitions
         .into_iter()
         .map(|p| observe(p, &table.target.to_string(), read.clone(), progress))
         .map(|p| match &withhold {
             Some(w) => keep_out(p, w.clone(), withheld.clone()),
+            None => p,
+        })
+        .map(|p| match cursor_column {
+            Some(column) => track_cursor(p, column, newest.clone()),
             None => p,
         })
         .collect();
@@ -493,7 +494,6 @@ async fn load_table(
                 "run_id": run_id,
                 "pipeline": pipeline.name,
                 "source_table": table.source_table,
-                "cursor": cursor,
             }),
             target_file_size: maintenance.target_file_size,
         })
@@ -520,7 +520,7 @@ async fn load_table(
     record.updated = outcome.updated;
     record.deleted = outcome.deleted;
     record.version = outcome.version;
-    record.cursor = cursor.map(|c| c.to_string());
+    record.cursor = newest.lock().ok().and_then(|c| *c).map(|c| c.to_string());
     Ok(())
 }
 
@@ -557,6 +557,42 @@ fn observe(
         }
     });
     Box::pin(RecordBatchStreamAdapter::new(schema, observed))
+}
+
+/// A cursor column's value, as a table holds it.
+fn cursor_value(value: &ScalarValue) -> Option<CursorValue> {
+    match value {
+        ScalarValue::TimestampMicrosecond(Some(micros), _) => {
+            chrono::DateTime::from_timestamp_micros(*micros).map(CursorValue::Timestamp)
+        }
+        ScalarValue::Int16(Some(i)) => Some(CursorValue::Integer(i64::from(*i))),
+        ScalarValue::Int32(Some(i)) => Some(CursorValue::Integer(i64::from(*i))),
+        ScalarValue::Int64(Some(i)) => Some(CursorValue::Integer(*i)),
+        _ => None,
+    }
+}
+
+/// Keeps in `newest` the largest cursor value that passes through a stream (for the run log; the
+/// next run reads it from the table).
+fn track_cursor(
+    stream: SendableRecordBatchStream,
+    column: usize,
+    newest: Arc<Mutex<Option<CursorValue>>>,
+) -> SendableRecordBatchStream {
+    let schema = stream.schema();
+    let tracked = stream.inspect(move |batch| {
+        let Ok(batch) = batch else { return };
+        let largest = MaxAccumulator::try_new(batch.column(column).data_type()).and_then(|mut max| {
+            max.update_batch(std::slice::from_ref(batch.column(column)))?;
+            max.evaluate()
+        });
+        if let Some(value) = largest.ok().as_ref().and_then(cursor_value)
+            && let Ok(mut newest) = newest.lock()
+        {
+            *newest = (*newest).max(Some(value));
+        }
+    });
+    Box::pin(RecordBatchStreamAdapter::new(schema, tracked))
 }
 
 /// Drops the rows of erased people from a load's stream, counting them.

@@ -148,12 +148,11 @@ impl fmt::Display for CursorValue {
     }
 }
 
-/// Rows to extract: those whose cursor column lies in `(after, upto]`.
+/// Rows to extract: those whose cursor column is past `after` (rows with a NULL cursor are not).
 #[derive(Debug, Clone)]
 pub struct CursorRange {
     pub column: String,
-    pub after: Option<CursorValue>,
-    pub upto: CursorValue,
+    pub after: CursorValue,
 }
 
 /// What to read from one table.
@@ -177,8 +176,6 @@ impl ExtractSpec {
 pub trait Snapshot: Send {
     /// The table's columns from the live catalog, or `None` if the table does not exist.
     async fn columns(&mut self, table: &str) -> Result<Option<Vec<SourceColumn>>, SourceError>;
-    /// The largest value of the cursor column in this snapshot.
-    async fn max_cursor(&mut self, table: &str, column: &SourceColumn) -> Result<Option<CursorValue>, SourceError>;
     async fn count(&mut self, table: &str) -> Result<u64, SourceError>;
     /// Streams the rows in bounded memory, `spec.batch_rows` at a time, as one or more partitions
     /// that together hold every row once (a large PostgreSQL table is read in parallel ranges).

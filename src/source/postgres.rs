@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::BytesMut;
-use chrono::{DateTime, NaiveDateTime, Utc};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
@@ -95,7 +94,7 @@ impl PgSource {
     pub async fn snapshot(&self) -> Result<PgSnapshot, SourceError> {
         let client = self.client().await?;
         client
-            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .batch_execute(&format!("{BEGIN_SNAPSHOT}; {SESSION_UTC}"))
             .await
             .map_err(|e| query_error(&self.target, &e))?;
         // Each parallel stream keeps a core busy decoding and writing, and on this machine a second
@@ -204,6 +203,12 @@ fn select_expr(column: &SourceColumn) -> (String, Type) {
     }
 }
 
+const BEGIN_SNAPSHOT: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
+/// The warehouse takes a `timestamp` without time zone as UTC, so a run's transactions do too: a
+/// cursor bound (a `timestamptz` literal) then compares with such a column as the warehouse does,
+/// whatever the server's `TimeZone` (east of UTC, rows just past the cursor were skipped).
+const SESSION_UTC: &str = "SET LOCAL TIME ZONE 'UTC'";
+
 fn cursor_literal(value: &CursorValue) -> String {
     match value {
         CursorValue::Timestamp(ts) => format!("'{}'::timestamptz", ts.to_rfc3339()),
@@ -230,35 +235,6 @@ impl Snapshot for PgSnapshot {
         Ok(if cols.is_empty() { None } else { Some(cols) })
     }
 
-    async fn max_cursor(&mut self, table: &str, column: &SourceColumn) -> Result<Option<CursorValue>, SourceError> {
-        let col = quote_ident(&column.name);
-        let tbl = quote_ident(table);
-        let client = self.client()?;
-        let err = |e: tokio_postgres::Error| query_error(&self.target, &e);
-        Ok(match column.ty {
-            Some(ColumnType::Timestamptz) => {
-                let row = client.query_one(&format!("SELECT max({col}) FROM {tbl}"), &[]).await.map_err(err)?;
-                row.get::<_, Option<DateTime<Utc>>>(0).map(CursorValue::Timestamp)
-            }
-            Some(ColumnType::Timestamp) => {
-                let row = client.query_one(&format!("SELECT max({col}) FROM {tbl}"), &[]).await.map_err(err)?;
-                row.get::<_, Option<NaiveDateTime>>(0).map(|t| CursorValue::Timestamp(t.and_utc()))
-            }
-            Some(ColumnType::SmallInt | ColumnType::Int | ColumnType::BigInt) => {
-                let row = client.query_one(&format!("SELECT max({col})::bigint FROM {tbl}"), &[]).await.map_err(err)?;
-                row.get::<_, Option<i64>>(0).map(CursorValue::Integer)
-            }
-            _ => {
-                return Err(SourceError::Value {
-                    table: table.into(),
-                    column: column.name.clone(),
-                    expected: "a cursor (timestamp or integer)".into(),
-                    reason: format!("declared as {}", column.declared),
-                });
-            }
-        })
-    }
-
     async fn count(&mut self, table: &str) -> Result<u64, SourceError> {
         let row = self
             .client()?
@@ -272,11 +248,7 @@ impl Snapshot for PgSnapshot {
         let (exprs, types): (Vec<String>, Vec<Type>) = spec.columns.iter().map(select_expr).unzip();
         let mut conditions = Vec::new();
         if let Some(range) = &spec.range {
-            let col = quote_ident(&range.column);
-            conditions.push(format!("{col} <= {}", cursor_literal(&range.upto)));
-            if let Some(after) = &range.after {
-                conditions.push(format!("{col} > {}", cursor_literal(after)));
-            }
+            conditions.push(format!("{} > {}", quote_ident(&range.column), cursor_literal(&range.after)));
         }
         let select = format!("SELECT {} FROM {}", exprs.join(", "), quote_ident(&spec.table));
         let schema = spec.arrow_schema();
@@ -332,7 +304,7 @@ impl Snapshot for PgSnapshot {
                 let read = async {
                     client
                         .batch_execute(&format!(
-                            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{snapshot_id}'"
+                            "{BEGIN_SNAPSHOT}; SET TRANSACTION SNAPSHOT '{snapshot_id}'; {SESSION_UTC}"
                         ))
                         .await
                         .map_err(|e| query_error(&target, &e))?;

@@ -69,7 +69,6 @@ type Reply<T> = oneshot::Sender<Result<T, SourceError>>;
 
 enum Request {
     Columns(String, Reply<Option<Vec<SourceColumn>>>),
-    MaxCursor(String, SourceColumn, Reply<Option<CursorValue>>),
     Count(String, Reply<u64>),
     Extract(ExtractSpec, mpsc::Sender<Result<RecordBatch, DataFusionError>>),
 }
@@ -96,9 +95,6 @@ fn serve(
         match request {
             Request::Columns(table, reply) => {
                 let _ = reply.send(columns(&conn, &table).map_err(query_error));
-            }
-            Request::MaxCursor(table, column, reply) => {
-                let _ = reply.send(max_cursor(&conn, &target, &table, &column));
             }
             Request::Count(table, reply) => {
                 let sql = format!("SELECT count(*) FROM {}", quote_ident(&table));
@@ -216,36 +212,6 @@ fn cursor_param(value: &CursorValue, stored: StoredAs) -> rusqlite::types::Value
     }
 }
 
-fn max_cursor(
-    conn: &Connection,
-    target: &str,
-    table: &str,
-    column: &SourceColumn,
-) -> Result<Option<CursorValue>, SourceError> {
-    let sql = format!("SELECT max({}) FROM {}", quote_ident(&column.name), quote_ident(table));
-    let value: rusqlite::types::Value = conn
-        .query_row(&sql, [], |r| r.get(0))
-        .map_err(|e| SourceError::Query { target: target.into(), reason: e.to_string() })?;
-    let bad = |reason: &str| SourceError::Value {
-        table: table.into(),
-        column: column.name.clone(),
-        expected: "a cursor (timestamp or integer)".into(),
-        reason: reason.into(),
-    };
-    use rusqlite::types::Value as V;
-    Ok(match (value, column.effective_type()) {
-        (V::Null, _) => None,
-        (V::Integer(i), ColumnType::Int | ColumnType::BigInt | ColumnType::SmallInt) => Some(CursorValue::Integer(i)),
-        (V::Text(t), ColumnType::Timestamptz | ColumnType::Timestamp) => {
-            Some(CursorValue::Timestamp(parse_timestamp(&t).ok_or_else(|| bad("unparseable timestamp"))?))
-        }
-        (V::Integer(secs), ColumnType::Timestamptz | ColumnType::Timestamp) => Some(CursorValue::Timestamp(
-            chrono::DateTime::from_timestamp(secs, 0).ok_or_else(|| bad("timestamp out of range"))?,
-        )),
-        _ => return Err(bad("the column holds neither timestamps nor integers")),
-    })
-}
-
 fn extract(
     conn: &Connection,
     target: &str,
@@ -260,12 +226,8 @@ fn extract(
         let col = quote_ident(&range.column);
         let stored = stored_as(conn, &spec.table, &range.column).map_err(query_error)?;
         let column = compared(&col, stored);
-        sql.push_str(&format!(" WHERE {column} <= {}", compared("?1", stored)));
-        params.push(cursor_param(&range.upto, stored));
-        if let Some(after) = &range.after {
-            sql.push_str(&format!(" AND {column} > {}", compared("?2", stored)));
-            params.push(cursor_param(after, stored));
-        }
+        sql.push_str(&format!(" WHERE {column} > {}", compared("?1", stored)));
+        params.push(cursor_param(&range.after, stored));
     }
     let mut stmt = conn.prepare(&sql).map_err(query_error)?;
     let mut rows = stmt.query(rusqlite::params_from_iter(params)).map_err(query_error)?;
@@ -397,10 +359,6 @@ impl SqliteSnapshot {
 impl Snapshot for SqliteSnapshot {
     async fn columns(&mut self, table: &str) -> Result<Option<Vec<SourceColumn>>, SourceError> {
         self.ask(|reply| Request::Columns(table.to_string(), reply)).await
-    }
-
-    async fn max_cursor(&mut self, table: &str, column: &SourceColumn) -> Result<Option<CursorValue>, SourceError> {
-        self.ask(|reply| Request::MaxCursor(table.to_string(), column.clone(), reply)).await
     }
 
     async fn count(&mut self, table: &str) -> Result<u64, SourceError> {

@@ -1,6 +1,6 @@
 //! Removing rows for good (privacy erasure): a delete in one commit that keeps the table's load
-//! provenance, so the next incremental load goes on from the same cursor; then the table's history
-//! is cut so that no older version, data file or log entry still holds the rows.
+//! provenance (the run and pipeline that wrote it); then the table's history is cut so that no
+//! older version, data file or log entry still holds the rows.
 
 use datafusion::logical_expr::Expr;
 use deltalake::kernel::transaction::CommitProperties;

@@ -1,5 +1,5 @@
 //! One load of one table: a first full write, or a merge by primary key of changed rows and detected
-//! deletes, in a single Delta commit that also carries the load's provenance (cursor, run id). A
+//! deletes, in a single Delta commit that also carries the load's provenance (run id, pipeline). A
 //! crash before the commit leaves only unreferenced files, which vacuum removes; the table stays at
 //! its last good version.
 

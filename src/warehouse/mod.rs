@@ -1,5 +1,5 @@
 //! The warehouse: Delta Lake tables of Parquet files on object storage (a local folder by default,
-//! `s3://` by URL). Owns table naming and layout, atomic commits with their cursors, merges by
+//! `s3://` by URL). Owns table naming and layout, atomic commits with their provenance, merges by
 //! primary key, schema checks, compaction and vacuum. It knows nothing of SQL engines, sources or
 //! HTTP: callers hand it Arrow streams.
 
@@ -250,7 +250,7 @@ impl Warehouse {
         Ok(tables)
     }
 
-    /// The engine's provenance of the newest load commit of `table` (its cursor, run id, …).
+    /// The engine's provenance of the newest load commit of `table` (run id, pipeline, a model's inputs, …).
     pub async fn last_load(
         &self,
         table: &DeltaTable,
@@ -263,5 +263,33 @@ impl Warehouse {
             }
         }
         Ok(None)
+    }
+
+    /// The largest value of `column` in the current version of `table` (a null scalar when the
+    /// column holds none). An incremental load's cursor is read this way: the table's own rows are
+    /// the record of what was loaded, committed atomically with them by construction.
+    pub async fn max_value(
+        &self,
+        table: &DeltaTable,
+        name: &TableName,
+        column: &str,
+    ) -> Result<datafusion::scalar::ScalarValue, WarehouseError> {
+        use datafusion::functions_aggregate::expr_fn::max;
+        let failed = |e: datafusion::error::DataFusionError| WarehouseError::Invalid {
+            table: name.to_string(),
+            reason: format!("reading the largest {column:?}: {e}"),
+        };
+        let provider = table.table_provider().await.map_err(failed)?;
+        let batches = datafusion::prelude::SessionContext::new()
+            .read_table(provider)
+            .and_then(|t| t.aggregate(Vec::new(), vec![max(datafusion::prelude::ident(column))]))
+            .map_err(failed)?
+            .collect()
+            .await
+            .map_err(failed)?;
+        match batches.iter().find(|b| b.num_rows() > 0) {
+            Some(batch) => datafusion::scalar::ScalarValue::try_from_array(batch.column(0), 0).map_err(failed),
+            None => Ok(datafusion::scalar::ScalarValue::Null),
+        }
     }
 }
