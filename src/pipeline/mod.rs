@@ -33,7 +33,7 @@ use crate::source::{ConnectOptions, Source};
 use crate::warehouse::{Keyring, LoadRequest, Maintenance, SyncMode, TableName, Warehouse, WarehouseError};
 use model::ModelGraph;
 use runlog::{RunLock, RunLog, RunLogError, TableRecord};
-use spec::{Pipeline, SpecError, Sync, TableSpec};
+use spec::{ColumnClass, Pipeline, SpecError, Sync, TableSpec};
 
 /// Set to `TARGET:ROWS` (e.g. `raw.hours:5000`) to stop a load once that many rows of that table
 /// have streamed into the warehouse writer: the process prints [`FAULT_POINT_MESSAGE`] to stderr
@@ -463,6 +463,15 @@ async fn load_table(
         Sync::Incremental { cursor } => columns.iter().position(|c| &c.name == cursor),
         Sync::Full => None,
     };
+    // Personal data and uuids get no min/max statistics (see `warehouse::parquet`).
+    let unindexed = columns
+        .iter()
+        .filter(|c| {
+            let class = table.columns.get(&c.name).copied().unwrap_or(pipeline.defaults.new_column_class);
+            c.effective_type() == ColumnType::Uuid || matches!(class, ColumnClass::Pii | ColumnClass::Phi)
+        })
+        .map(|c| c.name.clone())
+        .collect();
     let spec = ExtractSpec { table: table.source_table.clone(), columns, range, batch_rows };
     let schema = spec.arrow_schema();
     let partitions = snapshot.extract(spec).await?;
@@ -496,6 +505,7 @@ async fn load_table(
                 "source_table": table.source_table,
             }),
             target_file_size: maintenance.target_file_size,
+            unindexed,
         })
         .await?;
     if !outcome.added_columns.is_empty() {

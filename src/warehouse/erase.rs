@@ -28,7 +28,7 @@ impl Warehouse {
         let (_, metrics) = table
             .delete()
             .with_predicate(predicate)
-            .with_writer_properties(writer_properties(self.compression, None))
+            .with_writer_properties(writer_properties(self.compression, None, &[]))
             .with_commit_properties(commit)
             .await
             .map_err(|e| WarehouseError::delta(name, e))?;

@@ -23,7 +23,7 @@ use deltalake::kernel::transaction::CommitProperties;
 use deltalake::protocol::SaveMode;
 use futures::StreamExt;
 
-use super::parquet::writer_properties;
+use super::parquet::{unindexed_table_properties, writer_properties};
 use super::{COMMIT_KEY, TableName, Warehouse, WarehouseError};
 
 const OP_COLUMN: &str = "__sokana_op";
@@ -51,6 +51,9 @@ pub struct LoadRequest {
     /// Provenance stored in the commit under [`COMMIT_KEY`].
     pub provenance: serde_json::Value,
     pub target_file_size: u64,
+    /// Columns kept out of the statistics, in the files and in the log of a table this load
+    /// creates (personal data, random uuids; see [`unindexed_table_properties`]).
+    pub unindexed: Vec<String>,
 }
 
 /// Rows that replace a table's contents (see [`Warehouse::replace`]).
@@ -169,15 +172,20 @@ impl Warehouse {
         if handle.version().is_none() {
             // First load: stream every row into new files, one commit creates the table.
             let (rows, sample) = non_empty(request.rows).await.map_err(df_err)?;
+            let table_properties = unindexed_table_properties(&schema, &request.unindexed);
             if rows.is_empty() {
-                return self.create_empty(handle, &name, schema, &request.partition_by, commit).await;
+                return self.create_empty(handle, &name, schema, &request.partition_by, table_properties, commit).await;
             }
-            let properties = writer_properties(self.compression, sample.as_ref());
+            let properties = writer_properties(self.compression, sample.as_ref(), &request.unindexed);
             let (write, counter) =
                 streamed_write(handle, &schema, rows, properties, &request.partition_by, request.target_file_size)
                     .map_err(df_err)?;
-            let table =
-                write.with_save_mode(SaveMode::Append).with_commit_properties(commit).await.map_err(delta_err)?;
+            let table = write
+                .with_save_mode(SaveMode::Append)
+                .with_configuration(table_properties)
+                .with_commit_properties(commit)
+                .await
+                .map_err(delta_err)?;
             return Ok(LoadOutcome {
                 version: table.version().map(|v| v as i64),
                 inserted: counter.load(Ordering::Relaxed),
@@ -285,7 +293,7 @@ impl Warehouse {
             .with_merge_schema(!added_columns.is_empty())
             .with_streaming(request.mode == SyncMode::Incremental)
             .with_commit_properties(commit)
-            .with_writer_properties(writer_properties(self.compression, sample.as_ref()))
+            .with_writer_properties(writer_properties(self.compression, sample.as_ref(), &request.unindexed))
             .when_matched_delete(|d| d.predicate(is_delete.clone()))
             .and_then(|m| {
                 m.when_matched_update(|u| {
@@ -330,7 +338,7 @@ impl Warehouse {
             handle,
             &request.schema,
             rows,
-            writer_properties(self.compression, sample.as_ref()),
+            writer_properties(self.compression, sample.as_ref(), &[]),
             &request.partition_by,
             request.target_file_size,
         )
@@ -357,6 +365,7 @@ impl Warehouse {
         name: &TableName,
         schema: SchemaRef,
         partition_by: &[String],
+        table_properties: Vec<(String, Option<String>)>,
         commit: CommitProperties,
     ) -> Result<LoadOutcome, WarehouseError> {
         let kernel: deltalake::kernel::StructType =
@@ -368,6 +377,7 @@ impl Warehouse {
             .create()
             .with_columns(kernel.fields().cloned())
             .with_partition_columns(partition_by.to_vec())
+            .with_configuration(table_properties)
             .with_commit_properties(commit)
             .await
             .map_err(|e| WarehouseError::delta(name, e))?;
@@ -484,7 +494,7 @@ impl Warehouse {
             (table, _) = table
                 .optimize()
                 .with_target_size(target)
-                .with_writer_properties(writer_properties(self.compression, None))
+                .with_writer_properties(writer_properties(self.compression, None, &[]))
                 .await
                 .map_err(delta_err)?;
             // A checkpoint after each compaction keeps the log that readers replay short (delta-rs
