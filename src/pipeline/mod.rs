@@ -448,8 +448,8 @@ async fn load_table(
         _ => None,
     };
 
-    let (mode, range) = match &table.sync {
-        Sync::Full => (SyncMode::Full, None),
+    let (mode, range, cursor_column) = match &table.sync {
+        Sync::Full => (SyncMode::Full, None, None),
         // The first load reads everything, rows with a NULL cursor included.
         Sync::Incremental { cursor } => (
             SyncMode::Incremental,
@@ -457,11 +457,8 @@ async fn load_table(
                 column: cursor.clone(),
                 after: step_back(p, pipeline.defaults.lookback_seconds),
             }),
+            columns.iter().position(|c| &c.name == cursor),
         ),
-    };
-    let cursor_column = match &table.sync {
-        Sync::Incremental { cursor } => columns.iter().position(|c| &c.name == cursor),
-        Sync::Full => None,
     };
     // Personal data and uuids get no min/max statistics (see `warehouse::parquet`).
     let unindexed = columns
