@@ -19,7 +19,6 @@ use datafusion::execution::SendableRecordBatchStream;
 use datafusion::functions_aggregate::min_max::MaxAccumulator;
 use datafusion::logical_expr::Accumulator;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::scalar::ScalarValue;
 use futures::{StreamExt, TryStreamExt};
 use serde_json::json;
 
@@ -426,7 +425,9 @@ async fn load_table(
     // construction, and the source is not scanned for it (the CRM has no index on `updated_at`;
     // a `max()` there cost a sequential scan per table per run).
     let previous: Option<CursorValue> = match (&existing, &table.sync) {
-        (Some(t), Sync::Incremental { cursor }) => cursor_value(&warehouse.max_value(t, &table.target, cursor).await?),
+        (Some(t), Sync::Incremental { cursor }) => {
+            CursorValue::from_scalar(&warehouse.max_value(t, &table.target, cursor).await?)
+        }
         _ => None,
     };
     let batch_rows = pipeline.defaults.batch_rows;
@@ -566,19 +567,6 @@ fn observe(
     Box::pin(RecordBatchStreamAdapter::new(schema, observed))
 }
 
-/// A cursor column's value, as a table holds it.
-fn cursor_value(value: &ScalarValue) -> Option<CursorValue> {
-    match value {
-        ScalarValue::TimestampMicrosecond(Some(micros), _) => {
-            chrono::DateTime::from_timestamp_micros(*micros).map(CursorValue::Timestamp)
-        }
-        ScalarValue::Int16(Some(i)) => Some(CursorValue::Integer(i64::from(*i))),
-        ScalarValue::Int32(Some(i)) => Some(CursorValue::Integer(i64::from(*i))),
-        ScalarValue::Int64(Some(i)) => Some(CursorValue::Integer(*i)),
-        _ => None,
-    }
-}
-
 /// Keeps in `newest` the largest cursor value that passes through a stream (for the run log; the
 /// next run reads it from the table).
 fn track_cursor(
@@ -593,7 +581,7 @@ fn track_cursor(
             max.update_batch(std::slice::from_ref(batch.column(column)))?;
             max.evaluate()
         });
-        if let Some(value) = largest.ok().as_ref().and_then(cursor_value)
+        if let Some(value) = largest.ok().as_ref().and_then(CursorValue::from_scalar)
             && let Ok(mut newest) = newest.lock()
         {
             *newest = (*newest).max(Some(value));

@@ -20,7 +20,7 @@ use chrono::{DateTime, Utc};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use serde::{Deserialize, Serialize};
+use datafusion::scalar::ScalarValue;
 
 pub use seed::{SeedOptions, SeedSummary, seed};
 pub use types::{ColumnType, SourceColumn};
@@ -132,11 +132,25 @@ impl Source {
 }
 
 /// The value of an incremental cursor: a timestamp (`updated_at`) or an increasing id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum CursorValue {
     Timestamp(DateTime<Utc>),
     Integer(i64),
+}
+
+impl CursorValue {
+    /// The cursor a value of a cursor column holds, as Arrow carries it (`None` for a null).
+    pub fn from_scalar(value: &ScalarValue) -> Option<CursorValue> {
+        match value {
+            ScalarValue::TimestampMicrosecond(Some(micros), _) => {
+                DateTime::from_timestamp_micros(*micros).map(CursorValue::Timestamp)
+            }
+            ScalarValue::Int16(Some(i)) => Some(CursorValue::Integer(i64::from(*i))),
+            ScalarValue::Int32(Some(i)) => Some(CursorValue::Integer(i64::from(*i))),
+            ScalarValue::Int64(Some(i)) => Some(CursorValue::Integer(*i)),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for CursorValue {
