@@ -546,15 +546,21 @@ async fn check(config: &Config) -> Result<()> {
 async fn serve(config: &Config) -> Result<()> {
     let state = sokana::api::AppState::open(config).await?;
     let listen = config.server.listen;
-    eprintln!(
-        "serving on http://{listen}  (health: /health/live, /health/ready; queries: POST /api/v1/query; \
-         pipelines: /api/v1/pipelines; scheduled pipelines run on time; Ctrl-C stops)\n\
-         PostgreSQL wire protocol on {pg}: psql -h {host} -p {port} -U admin sokana",
-        pg = config.server.pgwire,
-        host = config.server.pgwire.ip(),
-        port = config.server.pgwire.port(),
-    );
-    sokana::api::serve(listen, state).await.with_context(|| format!("serving on {listen}"))
+    // The addresses printed are the bound ones, so port 0 in the config shows the port chosen.
+    sokana::api::serve(state, |at| {
+        eprintln!(
+            "serving on {scheme}://{http}  (health: /health/live, /health/ready; queries: POST /api/v1/query; \
+             pipelines: /api/v1/pipelines; scheduled pipelines run on time; Ctrl-C stops)\n\
+             PostgreSQL wire protocol on {pg}: psql -h {host} -p {port} -U admin sokana",
+            scheme = if at.tls { "https" } else { "http" },
+            http = at.http,
+            pg = at.pgwire,
+            host = at.pgwire.ip(),
+            port = at.pgwire.port(),
+        )
+    })
+    .await
+    .with_context(|| format!("serving on {listen}"))
 }
 
 /// `sokana demo`: seed (once), write the config, run every pipeline, serve.

@@ -74,7 +74,7 @@ fn files_mentioning(dir: &Path, needle: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_is_exported_then_erased_everywhere_and_stays_out() {
-    let (project, http_port, pg) = common::sokana_project("").await;
+    let project = common::sokana_project("").await;
     let config = project.config();
     let clients = busy_clients(&config).await;
     let [(by_cli, email), (by_api, _)] = &clients[..] else { panic!("two busy clients: {clients:?}") };
@@ -155,7 +155,8 @@ async fn a_client_is_exported_then_erased_everywhere_and_stays_out() {
     auth.add_user("ana", Role::Analyst, "privacy-test-password").await.expect("analyst");
     let analyst = auth.create_api_key("ana", Role::Analyst, 1, "ana").await.expect("key").key;
     drop(auth);
-    let _server = common::serve(&project, http_port, pg);
+    let server = common::serve(&project);
+    let http_port = server.http;
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{http_port}/api/v1");
     let count_hours = || {

@@ -92,14 +92,14 @@ async fn tpch_queries_agree_across_engines() {
     assert_eq!(q1.result.schema, planned.result.schema);
 }
 
-/// A demo-like project served on free ports, with the admin login set and an admin API key.
-async fn sokana_project(extra_config: &str) -> (Project, u16, u16, String) {
-    let (project, http, pg) = common::sokana_project(extra_config).await;
+/// A demo-like project, with the admin login set and an admin API key.
+async fn sokana_project(extra_config: &str) -> (Project, String) {
+    let project = common::sokana_project(extra_config).await;
     let auth = sokana::auth::Auth::open(&project.config()).await.expect("auth");
     auth.ensure_admin(PASSWORD).await.expect("admin");
     // An admin's key: admins log in with a second factor, which one-shot tools cannot type.
     let key = auth.create_api_key("query tests", sokana::auth::Role::Admin, 1, "admin").await.expect("key").key;
-    (project, http, pg, key)
+    (project, key)
 }
 
 struct Api {
@@ -137,8 +137,9 @@ fn csv_of(batches: &[RecordBatch]) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn http_api_formats_pages_cache_and_errors() {
-    let (project, http, pg, key) = sokana_project("[query]\nmax_rows = 2000\n").await;
-    let _server = common::serve(&project, http, pg);
+    let (project, key) = sokana_project("[query]\nmax_rows = 2000\n").await;
+    let server = common::serve(&project);
+    let http = server.http;
     let api = Api::new(http, &key);
     let sql = "SELECT payment_id, client_key, CAST(amount AS VARCHAR) AS amount, txn_date FROM marts.fct_payments ORDER BY payment_id";
 
@@ -365,8 +366,9 @@ fn psql(port: u16, key: &str) -> Command {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn psql_and_psycopg_use_the_wire_endpoint() {
-    let (project, http, pg, key) = sokana_project("").await;
-    let _server = common::serve(&project, http, pg);
+    let (project, key) = sokana_project("").await;
+    let server = common::serve(&project);
+    let pg = server.pg;
     let source_count: i64 = rusqlite::Connection::open(project.sqlite_path())
         .expect("sqlite")
         .query_row("SELECT count(*) FROM phi_clients", [], |r| r.get(0))

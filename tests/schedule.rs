@@ -53,16 +53,9 @@ fn time(text: &str) -> DateTime<Utc> {
 #[tokio::test(flavor = "multi_thread")]
 async fn serve_runs_a_scheduled_pipeline_on_time_without_overlap() {
     let project = seeded(&pipeline_with("*/3 * * * * *", "skip", "")).await;
-    let port = common::free_port();
-    let mut server = project
-        .cli()
-        .arg("serve")
-        .env("SOKANA_SERVER__LISTEN", format!("127.0.0.1:{port}"))
-        .env("SOKANA_SERVER__PGWIRE", format!("127.0.0.1:{}", common::free_port()))
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("sokana serve");
-    common::wait_for_port(port, Duration::from_secs(30), "sokana serve");
+    let mut serve = project.cli();
+    serve.arg("serve").env("SOKANA_SERVER__LISTEN", "127.0.0.1:0").env("SOKANA_SERVER__PGWIRE", "127.0.0.1:0");
+    let server = common::serve_command(serve);
     let config = project.config();
 
     let (decisions, runs) = wait_for(&config, Duration::from_secs(60), "two scheduled runs", |_, runs| {
@@ -87,7 +80,7 @@ async fn serve_runs_a_scheduled_pipeline_on_time_without_overlap() {
     let auth = sokana::auth::Auth::open(&config).await.expect("auth");
     auth.add_user("ops", sokana::auth::Role::Manager, "schedule-test-password").await.expect("user");
     let key = auth.create_api_key("schedule test", sokana::auth::Role::Manager, 1, "ops").await.expect("key").key;
-    let base = format!("http://127.0.0.1:{port}/api/v1/pipelines");
+    let base = format!("http://127.0.0.1:{}/api/v1/pipelines", server.http);
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {key}").parse().expect("header"));
     let client = reqwest::Client::builder().default_headers(headers).build().expect("client");
@@ -108,9 +101,7 @@ async fn serve_runs_a_scheduled_pipeline_on_time_without_overlap() {
     wait_for(&config, Duration::from_secs(60), "the run started through the API", |_, runs| {
         runs.iter().any(|r| r.trigger == "api" && r.status == "succeeded")
     });
-
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
 }
 
 #[tokio::test(flavor = "multi_thread")]

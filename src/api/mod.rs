@@ -153,10 +153,31 @@ pub fn router(state: AppState) -> Router {
     router
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authorize))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(refuse_declared_oversize))
         .layer(tower_http::compression::CompressionLayer::new())
         .layer(axum::middleware::from_fn(request_id))
         .layer(axum::middleware::from_fn_with_state(state.config.server.tls_cert.is_some(), security_headers))
         .with_state(state)
+}
+
+/// A body whose declared length is over the limit is refused before a byte of it is read, and
+/// before authentication: the client learns at once, and the server reads nothing for nothing.
+/// (Bodies without a length are cut off at the limit by `DefaultBodyLimit`.)
+async fn refuse_declared_oversize(request: Request, next: Next) -> Response {
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(length) if length > MAX_BODY as u64 => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the request body is {length} bytes; the limit is {MAX_BODY}"),
+        )
+        .into_response(),
+        _ => next.run(request).await,
+    }
 }
 
 /// The id of one request: the caller's `X-Request-Id` if it sent a short one, else a new UUID. It
@@ -349,13 +370,27 @@ async fn start_run(State(state): State<AppState>, Path(name): Path<String>) -> R
     Ok((StatusCode::ACCEPTED, Json(json!({ "pipeline": name, "status": "started" }))).into_response())
 }
 
+/// The addresses a server listens on: with port 0 in `server.listen` or `server.pgwire`, the
+/// ports the system chose.
+#[derive(Debug, Clone, Copy)]
+pub struct Listening {
+    pub http: SocketAddr,
+    pub pgwire: SocketAddr,
+    /// Both endpoints speak TLS only.
+    pub tls: bool,
+}
+
 /// Serves until the process is stopped (Ctrl-C), with the scheduler and the PostgreSQL wire
 /// endpoint (on `server.pgwire`) running beside the server; over TLS when a certificate is set.
-pub async fn serve(listen: SocketAddr, state: AppState) -> std::io::Result<()> {
+/// `ready` is called once both endpoints accept connections.
+pub async fn serve(state: AppState, ready: impl FnOnce(Listening)) -> std::io::Result<()> {
     let pipelines = pipeline::load_pipelines(&state.config).map_err(std::io::Error::other)?;
     let tls = tls::Tls::from_config(&state.config).map_err(std::io::Error::other)?;
     let wire_tls = tls.as_ref().map(|t| t.pgwire.clone());
-    let wire = pgwire::start(state.config.server.pgwire, state.engine.clone(), state.auth.clone(), wire_tls).await?;
+    let listener = tokio::net::TcpListener::bind(state.config.server.listen).await?;
+    let (wire, pgwire) =
+        pgwire::start(state.config.server.pgwire, state.engine.clone(), state.auth.clone(), wire_tls).await?;
+    ready(Listening { http: listener.local_addr()?, pgwire, tls: tls.is_some() });
     let scheduled = schedule::start(state.config.clone(), pipelines);
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     let served = match tls {
@@ -367,10 +402,9 @@ pub async fn serve(listen: SocketAddr, state: AppState) -> std::io::Result<()> {
                 stopping.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
             });
             let config = axum_server::tls_rustls::RustlsConfig::from_config(tls.http);
-            axum_server::bind_rustls(listen, config).handle(handle).serve(app).await
+            axum_server::from_tcp_rustls(listener.into_std()?, config)?.handle(handle).serve(app).await
         }
         None => {
-            let listener = tokio::net::TcpListener::bind(listen).await?;
             axum::serve(listener, app)
                 .with_graceful_shutdown(async {
                     let _ = tokio::signal::ctrl_c().await;

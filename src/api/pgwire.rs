@@ -48,13 +48,14 @@ const SCOPE: &str = "sokana.scope";
 /// The user the login proved (for an API key, its creator), as the query log names them.
 const WHO: &str = "sokana.user";
 
-/// Binds `addr` and serves connections in the background until the task is aborted.
+/// Binds `addr` and serves connections in the background until the task is aborted; returns the
+/// task and the address bound (the chosen port when `addr` has port 0).
 pub async fn start(
     addr: SocketAddr,
     engine: Arc<QueryEngine>,
     auth: Arc<Auth>,
     tls: Option<Arc<rustls::ServerConfig>>,
-) -> std::io::Result<tokio::task::JoinHandle<()>> {
+) -> std::io::Result<(tokio::task::JoinHandle<()>, SocketAddr)> {
     let acceptor = tls.map(datafusion_postgres::pgwire::tokio::TlsAcceptor::from);
     engine.install_pg_catalog().map_err(std::io::Error::other)?;
     let ctx = Arc::new(engine.session().map_err(std::io::Error::other)?);
@@ -76,7 +77,8 @@ pub async fn start(
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         std::io::Error::new(e.kind(), format!("the PostgreSQL wire endpoint on {addr} (server.pgwire): {e}"))
     })?;
-    Ok(tokio::spawn(async move {
+    let bound = listener.local_addr()?;
+    let accepting = tokio::spawn(async move {
         loop {
             let (socket, peer) = match listener.accept().await {
                 Ok(accepted) => accepted,
@@ -93,7 +95,8 @@ pub async fn start(
                 }
             });
         }
-    }))
+    });
+    Ok((accepting, bound))
 }
 
 struct Handlers {

@@ -26,15 +26,6 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
-/// Waits until something accepts TCP connections on `port`, or panics after `limit`.
-pub fn wait_for_port(port: u16, limit: Duration, what: &str) {
-    let deadline = Instant::now() + limit;
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{what} did not start listening on port {port}");
-        std::thread::yield_now();
-    }
-}
-
 pub fn pg_bin_dir() -> PathBuf {
     if let Ok(out) = Command::new("pg_config").arg("--bindir").output()
         && out.status.success()
@@ -92,25 +83,34 @@ impl Postgres {
             .output()
             .expect("initdb runs");
         assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
-        let port = free_port();
-        let options = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
-            dir.path().display()
-        );
-        let out = pg_command(&bin.join("pg_ctl"))
-            .arg("-D")
-            .arg(&data)
-            .args(["-o", &options, "-l"])
-            .arg(dir.path().join("log"))
-            .args(["-w", "start"])
-            .output()
-            .expect("pg_ctl runs");
-        assert!(
-            out.status.success(),
-            "pg_ctl start failed: {}{}",
-            String::from_utf8_lossy(&out.stderr),
-            std::fs::read_to_string(dir.path().join("log")).unwrap_or_default()
-        );
+        // A port chosen free can be taken before the server binds it (by another test, or as the
+        // local end of an outgoing connection): a bind failure is retried on another port.
+        let mut attempts = 0;
+        let port = loop {
+            let port = free_port();
+            let options = format!(
+                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+                dir.path().display()
+            );
+            let out = pg_command(&bin.join("pg_ctl"))
+                .arg("-D")
+                .arg(&data)
+                .args(["-o", &options, "-l"])
+                .arg(dir.path().join("log"))
+                .args(["-w", "start"])
+                .output()
+                .expect("pg_ctl runs");
+            if out.status.success() {
+                break port;
+            }
+            let log = std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();
+            attempts += 1;
+            assert!(
+                log.contains("could not bind") && attempts < 5,
+                "pg_ctl start failed: {}{log}",
+                String::from_utf8_lossy(&out.stderr),
+            );
+        };
         Postgres { dir, bin, port }
     }
 
@@ -145,15 +145,29 @@ pub struct S3Server {
 
 impl S3Server {
     pub fn start() -> S3Server {
-        let port = free_port();
-        let child = Command::new("python3")
-            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 -m moto.server: the test command installs moto[server]");
-        wait_for_port(port, Duration::from_secs(60), "moto");
-        S3Server { child, port }
+        // As with PostgreSQL, the port chosen can be taken before moto binds it: moto then exits,
+        // and another port is tried.
+        for _ in 0..5 {
+            let port = free_port();
+            let mut child = Command::new("python3")
+                .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("python3 -m moto.server: the test command installs moto[server]");
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while child.try_wait().expect("moto's status").is_none() {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return S3Server { child, port };
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    panic!("moto did not start listening on port {port} within 60 s");
+                }
+                std::thread::yield_now();
+            }
+        }
+        panic!("moto exited before listening, five times");
     }
 
     pub fn endpoint(&self) -> String {
@@ -367,35 +381,69 @@ pub async fn client_fingerprint(config: &Config) -> String {
     csv.lines().nth(1).expect("a row").to_string()
 }
 
-/// A demo-like project (small Sokana data, pipelines run, marts built) with free ports for
-/// `sokana serve` in its config.
-pub async fn sokana_project(extra_config: &str) -> (Project, u16, u16) {
+/// A demo-like project (small Sokana data, pipelines run, marts built) whose `sokana serve`
+/// listens on ports the system chooses.
+pub async fn sokana_project(extra_config: &str) -> Project {
     let project = Project::new("sqlite://operational.db");
     seed("sqlite://operational.db", project.dir.path(), 0.05).await;
     project.add_core_models("query-test-key-0123456789");
-    let (http, pg) = (free_port(), free_port());
     let mut text = std::fs::read_to_string(&project.config_path).expect("config");
-    text.push_str(&format!("\n[server]\nlisten = \"127.0.0.1:{http}\"\npgwire = \"127.0.0.1:{pg}\"\n{extra_config}\n"));
+    text.push_str(&format!("\n[server]\nlisten = \"127.0.0.1:0\"\npgwire = \"127.0.0.1:0\"\n{extra_config}\n"));
     std::fs::write(&project.config_path, text).expect("config");
     project.run().await.expect("pipeline");
-    (project, http, pg)
+    project
 }
 
-/// A running `sokana serve`, stopped when dropped.
-pub struct Server(Child);
+/// A running `sokana serve` and the ports it listens on, stopped when dropped.
+pub struct Server {
+    child: Child,
+    pub http: u16,
+    pub pg: u16,
+}
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
-/// Starts `sokana serve` for `project` and waits until both ports answer.
-pub fn serve(project: &Project, http: u16, pg: u16) -> Server {
-    let child = project.cli().arg("serve").spawn().expect("sokana serve");
-    let server = Server(child);
-    wait_for_port(http, Duration::from_secs(60), "sokana serve (HTTP)");
-    wait_for_port(pg, Duration::from_secs(60), "sokana serve (pgwire)");
-    server
+/// Starts `sokana serve` for `project`.
+pub fn serve(project: &Project) -> Server {
+    let mut command = project.cli();
+    command.arg("serve");
+    serve_command(command)
+}
+
+/// Starts `command` (a `sokana serve`) and reads the ports it bound from the lines it prints once
+/// both endpoints accept connections; its other output is passed on to this test's stderr.
+pub fn serve_command(mut command: Command) -> Server {
+    use std::io::BufRead;
+    let mut child = command.stderr(Stdio::piped()).spawn().expect("sokana serve");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (ports, found) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let port_after = |line: &str, prefix: &str| {
+            let rest = line.split_once(prefix)?.1;
+            let address = rest.split([' ', '/']).next()?.trim_end_matches(':');
+            address.parse::<std::net::SocketAddr>().ok().map(|a| a.port())
+        };
+        let mut http = None;
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("{line}");
+            http = http.or(port_after(&line, "serving on http://")).or(port_after(&line, "serving on https://"));
+            if let (Some(http), Some(pg)) = (http, port_after(&line, "PostgreSQL wire protocol on ")) {
+                let _ = ports.send((http, pg));
+            }
+        }
+    });
+    match found.recv_timeout(Duration::from_secs(60)) {
+        Ok((http, pg)) => Server { child, http, pg },
+        Err(_) => {
+            let exit = child.try_wait();
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("sokana serve did not report its ports within 60 s (exit: {exit:?})");
+        }
+    }
 }
