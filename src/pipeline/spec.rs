@@ -101,6 +101,9 @@ pub struct Defaults {
     /// The class given to a source column that the file does not list (schema evolution).
     #[serde(default = "default_new_column_class")]
     pub new_column_class: ColumnClass,
+    /// Rows per Arrow batch read from the source. Up to ten batches wait for the Parquet writer
+    /// when reads outrun it (delta-rs' channel): 16 Ki rows kept a two-stream lineitem load at
+    /// 190–225 MB peak where 64 Ki rows reached 280–460 MB, in the same time.
     #[serde(default = "default_batch_rows")]
     pub batch_rows: usize,
 }
@@ -122,7 +125,7 @@ fn default_new_column_class() -> ColumnClass {
     ColumnClass::Phi
 }
 fn default_batch_rows() -> usize {
-    65_536
+    16_384
 }
 
 #[derive(Debug, Deserialize)]

@@ -97,11 +97,13 @@ impl PgSource {
             .batch_execute(&format!("{BEGIN_SNAPSHOT}; {SESSION_UTC}"))
             .await
             .map_err(|e| query_error(&self.target, &e))?;
-        // Each parallel stream keeps a core busy decoding and writing, and on this machine a second
-        // one for its server backend: measured on 2 cores with a local server, two streams took as
-        // long as one and twice the memory.
+        // Each stream keeps a core busy decoding, and a local server's backend one more; but the
+        // streams of a table share one Parquet writer, which two keep busy where one cannot:
+        // measured on 2 cores with a local server, two streams loaded TPC-H lineitem in 0.8 of one
+        // stream's time (10.3 s against 12.9 s), the Sokana source in 0.95.
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let streams = self.parallel_streams.unwrap_or(if self.local { (cores / 2).max(1) } else { cores });
+        let local_streams = (cores / 2).max(2).min(cores);
+        let streams = self.parallel_streams.unwrap_or(if self.local { local_streams } else { cores });
         Ok(PgSnapshot {
             client: Some(client),
             target: self.target.clone(),
