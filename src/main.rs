@@ -545,7 +545,6 @@ async fn check(config: &Config) -> Result<()> {
 
 async fn serve(config: &Config) -> Result<()> {
     let state = sokana::api::AppState::open(config).await?;
-    let listen = config.server.listen;
     // The addresses printed are the bound ones, so port 0 in the config shows the port chosen.
     sokana::api::serve(state, |at| {
         eprintln!(
@@ -560,7 +559,7 @@ async fn serve(config: &Config) -> Result<()> {
         )
     })
     .await
-    .with_context(|| format!("serving on {listen}"))
+    .context("sokana serve")
 }
 
 /// `sokana demo`: seed (once), write the config, run every pipeline, serve.

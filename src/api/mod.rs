@@ -387,7 +387,10 @@ pub async fn serve(state: AppState, ready: impl FnOnce(Listening)) -> std::io::R
     let pipelines = pipeline::load_pipelines(&state.config).map_err(std::io::Error::other)?;
     let tls = tls::Tls::from_config(&state.config).map_err(std::io::Error::other)?;
     let wire_tls = tls.as_ref().map(|t| t.pgwire.clone());
-    let listener = tokio::net::TcpListener::bind(state.config.server.listen).await?;
+    let listen = state.config.server.listen;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("the HTTP endpoint on {listen} (server.listen): {e}")))?;
     let (wire, pgwire) =
         pgwire::start(state.config.server.pgwire, state.engine.clone(), state.auth.clone(), wire_tls).await?;
     ready(Listening { http: listener.local_addr()?, pgwire, tls: tls.is_some() });
