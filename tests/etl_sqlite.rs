@@ -114,6 +114,47 @@ async fn new_source_columns_are_added_and_type_changes_refused() {
     assert_eq!((admins.status.as_str(), admins.updated), ("succeeded", 1));
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cursor_column_added_with_its_cursor_loads_everything_once() {
+    let project = seeded(0.05).await;
+    project.run().await.expect("first run");
+    // client_activities had no cursor; the source gains `updated_at` and the pipeline names it as
+    // the cursor in the same change, so the warehouse table does not have the column yet.
+    let db = Connection::open(project.sqlite_path()).unwrap();
+    db.execute_batch(
+        "ALTER TABLE client_activities ADD COLUMN updated_at timestamptz;
+         UPDATE client_activities SET updated_at = '2026-11-23T00:00:00.000000Z';",
+    )
+    .unwrap();
+    let path = project.dir.path().join("pipelines/sokana_core.toml");
+    let pipeline = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace(
+            "name = \"client_activities\"\nprimary_key = [\"id\"]\n",
+            "name = \"client_activities\"\nprimary_key = [\"id\"]\ncursor = \"updated_at\"\n",
+        )
+        .replace(
+            "timestamp = \"dim\"\n\n[[tables]]\nname = \"phi_contracts\"",
+            "timestamp = \"dim\"\nupdated_at = \"dim\"\n\n[[tables]]\nname = \"phi_contracts\"",
+        );
+    assert_eq!(pipeline.matches("updated_at = \"dim\"\n\n[[tables]]\nname = \"phi_contracts\"").count(), 1);
+    assert!(pipeline.contains("cursor = \"updated_at\"\nreferences = { client_id"), "the pipeline file changed shape");
+    std::fs::write(&path, pipeline).unwrap();
+
+    let run = project.run().await.expect("run with the new cursor");
+    let activities = table(&run, "raw.client_activities");
+    let source_rows: i64 = db.query_row("SELECT count(*) FROM client_activities", [], |r| r.get(0)).unwrap();
+    assert_eq!((activities.rows_read, activities.inserted), (source_rows as u64, 0), "read whole, merged");
+    let config = project.config();
+    let with_cursor = "SELECT count(*) FROM raw.client_activities WHERE updated_at IS NOT NULL";
+    assert_eq!(warehouse_count(&config, with_cursor).await, source_rows);
+    assert_matches_source(&project).await;
+
+    // From now on the column is the cursor: an idle run reads nothing past it.
+    let idle = project.run().await.expect("idle run");
+    assert_eq!(table(&idle, "raw.client_activities").rows_read, 0);
+}
+
 #[test]
 fn a_crash_in_the_middle_of_a_load_loses_and_duplicates_nothing() {
     let runtime = tokio::runtime::Runtime::new().unwrap();

@@ -265,9 +265,11 @@ impl Warehouse {
         Ok(None)
     }
 
-    /// The largest value of `column` in the current version of `table` (a null scalar when the
-    /// column holds none). An incremental load's cursor is read this way: the table's own rows are
-    /// the record of what was loaded, committed atomically with them by construction.
+    /// The largest value of `column` in the current version of `table`: a null scalar when the
+    /// column holds none, or is not in the table yet (a cursor column added to the source and
+    /// named in the same change: the load then reads everything and merges it). An incremental
+    /// load's cursor is read this way: the table's own rows are the record of what was loaded,
+    /// committed atomically with them by construction.
     pub async fn max_value(
         &self,
         table: &DeltaTable,
@@ -280,6 +282,9 @@ impl Warehouse {
             reason: format!("reading the largest {column:?}: {e}"),
         };
         let provider = table.table_provider().await.map_err(failed)?;
+        if provider.schema().field_with_name(column).is_err() {
+            return Ok(datafusion::scalar::ScalarValue::Null);
+        }
         let batches = datafusion::prelude::SessionContext::new()
             .read_table(provider)
             .and_then(|t| t.aggregate(Vec::new(), vec![max(datafusion::prelude::ident(column))]))
