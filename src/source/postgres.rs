@@ -392,7 +392,7 @@ async fn decode(
                     }
                     builder.rows += 1;
                     if builder.rows >= spec.batch_rows {
-                        let batch = builder.finish().map_err(SourceError::Stopped)?;
+                        let batch = builder.finish().map_err(malformed)?;
                         if out.send(Ok(batch)).await.is_err() {
                             return Ok(());
                         }
@@ -414,7 +414,7 @@ async fn decode(
         return Err(malformed("the COPY stream ended without its trailer".into()));
     }
     if builder.rows > 0 {
-        let batch = builder.finish().map_err(SourceError::Stopped)?;
+        let batch = builder.finish().map_err(malformed)?;
         let _ = out.send(Ok(batch)).await;
     }
     Ok(())
@@ -428,12 +428,6 @@ fn fixed<const N: usize>(raw: &[u8]) -> Result<[u8; N], String> {
     raw.try_into().map_err(|_| format!("expected {N} bytes, got {}", raw.len()))
 }
 
-/// PostgreSQL checks text against the database's encoding, but a `SQL_ASCII` database stores any
-/// bytes, so the check stays; `simdutf8`'s is the faster one on long free texts.
-fn utf8(raw: &[u8]) -> Result<&str, String> {
-    simdutf8::basic::from_utf8(raw).map_err(|_| "text is not UTF-8".to_string())
-}
-
 fn append(builder: &mut ColumnBuilder, ty: &Type, raw: Option<&[u8]>) -> Result<(), String> {
     let Some(raw) = raw else {
         builder.append_null();
@@ -442,9 +436,11 @@ fn append(builder: &mut ColumnBuilder, ty: &Type, raw: Option<&[u8]>) -> Result<
     match builder {
         ColumnBuilder::Utf8(b) if *ty == Type::UUID => {
             let uuid = uuid::Uuid::from_bytes(fixed(raw)?);
-            b.append_value(uuid.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()))
+            b.append_value(uuid.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()).as_bytes())
         }
-        ColumnBuilder::Utf8(b) => b.append_value(utf8(raw)?),
+        // Checked as UTF-8 when the batch is finished: PostgreSQL checks text against the
+        // database's encoding, but a `SQL_ASCII` database stores any bytes.
+        ColumnBuilder::Utf8(b) => b.append_value(raw),
         ColumnBuilder::Int16(b) => b.append_value(i16::from_be_bytes(fixed(raw)?)),
         ColumnBuilder::Int32(b) => b.append_value(i32::from_be_bytes(fixed(raw)?)),
         ColumnBuilder::Int64(b) => b.append_value(i64::from_be_bytes(fixed(raw)?)),

@@ -245,14 +245,16 @@ fn extract(
         }
         builder.rows += 1;
         if builder.rows >= spec.batch_rows {
-            let batch = builder.finish().map_err(SourceError::Stopped)?;
+            let batch =
+                builder.finish().map_err(|reason| SourceError::Stopped(format!("table {}: {reason}", spec.table)))?;
             if out.blocking_send(Ok(batch)).is_err() {
                 return Ok(());
             }
         }
     }
     if builder.rows > 0 {
-        let batch = builder.finish().map_err(SourceError::Stopped)?;
+        let batch =
+            builder.finish().map_err(|reason| SourceError::Stopped(format!("table {}: {reason}", spec.table)))?;
         let _ = out.blocking_send(Ok(batch));
     }
     Ok(())
