@@ -101,7 +101,6 @@ async fn serve_runs_a_scheduled_pipeline_on_time_without_overlap() {
     wait_for(&config, Duration::from_secs(60), "the run started through the API", |_, runs| {
         runs.iter().any(|r| r.trigger == "api" && r.status == "succeeded")
     });
-    drop(server);
 }
 
 #[tokio::test(flavor = "multi_thread")]

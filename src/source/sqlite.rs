@@ -233,6 +233,7 @@ fn extract(
     let mut rows = stmt.query(rusqlite::params_from_iter(params)).map_err(query_error)?;
     let types: Vec<ColumnType> = spec.columns.iter().map(SourceColumn::effective_type).collect();
     let mut builder = BatchBuilder::new(&spec.columns, spec.batch_rows);
+    let unfinished = |reason: String| SourceError::Stopped(format!("table {}: {reason}", spec.table));
     while let Some(row) = rows.next().map_err(query_error)? {
         for (i, ty) in types.iter().enumerate() {
             let value = row.get_ref(i).map_err(query_error)?;
@@ -245,16 +246,14 @@ fn extract(
         }
         builder.rows += 1;
         if builder.rows >= spec.batch_rows {
-            let batch =
-                builder.finish().map_err(|reason| SourceError::Stopped(format!("table {}: {reason}", spec.table)))?;
+            let batch = builder.finish().map_err(unfinished)?;
             if out.blocking_send(Ok(batch)).is_err() {
                 return Ok(());
             }
         }
     }
     if builder.rows > 0 {
-        let batch =
-            builder.finish().map_err(|reason| SourceError::Stopped(format!("table {}: {reason}", spec.table)))?;
+        let batch = builder.finish().map_err(unfinished)?;
         let _ = out.blocking_send(Ok(batch));
     }
     Ok(())
