@@ -33,6 +33,12 @@ pub enum UserCommand {
     Disable { name: String },
     /// Enable a disabled user again.
     Enable { name: String },
+    /// Give a user another role; their sessions and wire connections have it at their next request.
+    SetRole {
+        name: String,
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+    },
     /// Set a new password (from standard input) and end the user's sessions.
     ResetPassword {
         name: String,
@@ -155,6 +161,10 @@ pub async fn user(config: &Config, command: UserCommand) -> Result<()> {
             auth.set_disabled(&name, false).await?;
             eprintln!("enabled {name}");
         }
+        UserCommand::SetRole { name, role } => {
+            auth.set_role(&name, role).await?;
+            eprintln!("{name} is now {role}");
+        }
         UserCommand::ResetPassword { name, .. } => {
             auth.reset_password(&name, &read_password()?).await?;
             eprintln!("new password set for {name}; their sessions are revoked");
@@ -204,13 +214,12 @@ pub async fn audit(config: &Config, command: AuditCommand) -> Result<()> {
     let auth = Auth::open(config).await?;
     match command {
         AuditCommand::Verify => {
-            let verified = sokana::auth::audit::verify(auth.store()).await?;
+            let verified = auth.verify_audit().await?;
             let copy = copied_head(config).await?;
-            if let Some((seq, hash)) = &copy {
-                sokana::auth::audit::check_copy(auth.store(), *seq, hash).await?;
-            }
+            let copied_to = copy.as_ref().map(|(seq, _)| *seq);
+            sokana::auth::audit::check_copy(auth.store(), copy).await?;
             println!("audit trail intact: {} records, head {}", verified.records, verified.head);
-            if let Some((seq, _)) = copy {
+            if let Some(seq) = copied_to {
                 println!("matches the warehouse's copy (raw.sokana_audit) up to record {seq}");
             }
         }

@@ -21,7 +21,11 @@ use sokana::query::{self, OutputFormat, Params};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum CliFormat {
     Table,
+    /// CSV with cells a spreadsheet would run as formulas neutralised (a leading `'`).
     Csv,
+    /// CSV exactly as stored.
+    #[value(name = "csv-raw")]
+    CsvRaw,
     Json,
     Arrow,
     Parquet,
@@ -117,6 +121,7 @@ async fn run_one(
     let export = match format {
         CliFormat::Table => None,
         CliFormat::Csv => Some(ExportFormat::Csv),
+        CliFormat::CsvRaw => Some(ExportFormat::CsvRaw),
         CliFormat::Json => Some(ExportFormat::Json),
         CliFormat::Arrow => Some(ExportFormat::Arrow),
         CliFormat::Parquet => Some(ExportFormat::Parquet),

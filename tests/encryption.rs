@@ -21,7 +21,7 @@ fn plain_files(project: &Project, needle: &str) -> (Vec<PathBuf>, Vec<PathBuf>) 
             continue;
         }
         let bytes = std::fs::read(&path).expect("read");
-        if !bytes.starts_with(b"SKSEAL01") {
+        if !bytes.starts_with(b"SKSEAL02") {
             unsealed.push(path.clone());
         }
         if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
@@ -166,6 +166,11 @@ async fn a_plain_warehouse_is_encrypted_in_place_then_moved_to_a_new_key() {
     let (_, mentioning) = plain_files(&project, &language);
     assert!(mentioning.iter().any(|p| p.to_string_lossy().contains("_delta_log")), "{language}: {mentioning:?}");
 
+    // A file no log references, put beside the tables before encryption: not sealed (sealing it
+    // would make it pass for the warehouse's own), and reported.
+    let planted = project.dir.path().join("warehouse/raw/payments/planted.parquet");
+    std::fs::write(&planted, b"PAR1 not the warehouse's").expect("plant");
+
     set_key_file(&project, KEY_A);
     let error = query_error(&project).await;
     assert!(error.contains("run `sokana warehouse encrypt`"), "{error}");
@@ -178,8 +183,29 @@ async fn a_plain_warehouse_is_encrypted_in_place_then_moved_to_a_new_key() {
     let report = encrypt(&project);
     let files = report["encrypted"].as_u64().expect("count");
     assert!(files > 10 && report["rekeyed"] == 0, "{report}");
+    assert_eq!(report["left_plain"], serde_json::json!(["raw/payments/planted.parquet"]), "{report}");
     let (unsealed, mentioning) = plain_files(&project, &language);
-    assert!(unsealed.is_empty() && mentioning.is_empty(), "{unsealed:?} {mentioning:?}");
+    assert_eq!(unsealed, vec![planted.clone()], "only the planted file is left as it was");
+    assert!(mentioning.is_empty(), "{mentioning:?}");
+    std::fs::remove_file(&planted).expect("remove");
+
+    // In an encrypted warehouse a plain object is never sealed, a forged commit least of all; and a
+    // sealed commit copied over another version's does not open.
+    let log = project.dir.path().join("warehouse/raw/payments/_delta_log");
+    let forged = log.join("00000000000000000099.json");
+    std::fs::write(&forged, b"{\"commitInfo\":{}}\n").expect("forge");
+    let report = encrypt(&project);
+    assert_eq!(report["left_plain"].as_array().map(Vec::len), Some(1), "{report}");
+    assert_eq!(std::fs::read(&forged).expect("forged"), b"{\"commitInfo\":{}}\n", "left as it was");
+    std::fs::remove_file(&forged).expect("remove");
+    let payments_commit = log.join("00000000000000000000.json");
+    let saved = std::fs::read(&payments_commit).expect("payments' first commit");
+    let clients_commit = project.dir.path().join("warehouse/raw/phi_clients/_delta_log/00000000000000000000.json");
+    std::fs::copy(&clients_commit, &payments_commit).expect("swap");
+    let warehouse = sokana::pipeline::warehouse(&project.config()).expect("warehouse");
+    let name: sokana::warehouse::TableName = "raw.payments".parse().expect("name");
+    assert!(warehouse.open(&name).await.is_err(), "another table's commit in payments' log does not open");
+    std::fs::write(&payments_commit, saved).expect("restore");
     assert_eq!(warehouse_count(&project.config(), "SELECT count(*) FROM raw.phi_clients").await, clients);
 
     // Rotation: the new key first, the old one still accepted; every file moves to the new key.
@@ -198,4 +224,44 @@ async fn a_plain_warehouse_is_encrypted_in_place_then_moved_to_a_new_key() {
     assert!(error.contains("was interrupted"), "{error}");
     encrypt(&project);
     assert_eq!(warehouse_count(&project.config(), "SELECT count(*) FROM raw.phi_clients").await, clients);
+}
+
+/// Nothing derived from an encrypted warehouse's rows goes to disk in the clear: a sort that
+/// outgrows its memory, which spills to disk and finishes over a plain warehouse, fails over an
+/// encrypted one.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_encrypted_warehouse_never_spills_to_disk() {
+    use sokana::query::cache::ResultCache;
+    use sokana::query::catalog::WarehouseCatalog;
+    use sokana::query::engine::{Caller, EngineChoice, Limits, QueryEngine, QueryRequest};
+    use std::time::Duration;
+    let sort = |project: &Project| {
+        let warehouse = sokana::pipeline::warehouse(&project.config()).expect("warehouse");
+        let limits = Limits { timeout: Duration::from_secs(120), memory_limit_mb: 16, max_rows: 10_000_000 };
+        let cache = ResultCache::new(0, Duration::from_secs(1));
+        let engine = QueryEngine::new(std::sync::Arc::new(WarehouseCatalog::new(warehouse)), limits, cache, None)
+            .expect("engine");
+        let request = QueryRequest {
+            sql: "SELECT a.description, b.description AS other FROM raw.client_activities a \
+                  CROSS JOIN raw.client_activities b ORDER BY 1, 2"
+                .into(),
+            engine: EngineChoice::Datafusion,
+            params: sokana::query::Params::None,
+            page: None,
+            caller: Caller::cli(),
+        };
+        async move { engine.query(&request).await.map(|answer| answer.result.rows) }
+    };
+    let plain = Project::new("sqlite://operational.db");
+    seed("sqlite://operational.db", plain.dir.path(), 0.05).await;
+    plain.run().await.expect("plain load");
+    let rows = sort(&plain).await.expect("a plain warehouse's sort spills and finishes");
+    assert!(rows > 100_000, "{rows} rows: enough to outgrow 16 MB");
+
+    let encrypted = Project::new("sqlite://operational.db");
+    seed("sqlite://operational.db", encrypted.dir.path(), 0.05).await;
+    set_key_file(&encrypted, KEY_A);
+    encrypted.run().await.expect("encrypted load");
+    let error = sort(&encrypted).await.expect_err("no spilling").to_string();
+    assert!(error.contains("more memory than its limit"), "{error}");
 }

@@ -62,6 +62,49 @@ async fn duckdb_cannot_reach_outside_the_warehouse() {
     assert!(!escape.exists() && !inside.exists(), "nothing was written");
     assert!(duck.query("SELECT count(*) FROM raw.phi_clients").is_ok(), "the warehouse itself stays readable");
 
+    // DuckDB nests block comments and knows dollar quoting; a parser that does not sees one
+    // statement where DuckDB sees several, and duckdb-rs runs all but the last of them. DuckDB's
+    // own parser decides: only a text that is one SELECT to DuckDB runs at all.
+    let (_, before) = duck.query("SELECT count(*) AS n FROM raw.payments").expect("count");
+    let replace = "CREATE OR REPLACE VIEW raw.payments AS SELECT 42 AS x";
+    let copy = format!("COPY (SELECT 1) TO '{}'", escape.display());
+    let copy_inside = format!("COPY (SELECT 1) TO '{}'", inside.display());
+    for sql in [
+        format!("SELECT 1 AS a /* /* */, ' */; {replace}; SELECT 2 AS b --' AS c"),
+        format!("SELECT 1 AS a /* /* */, ' */; {copy}; SELECT 2 AS b --' AS c"),
+        format!("SELECT 1 AS a /* /* */, ' */; {copy_inside}; SELECT 2 AS b --' AS c"),
+        format!("SELECT $$ ' $$ AS a; {replace}; SELECT ' $$ AS b"),
+        format!("SELECT $x$ $$ $x$ AS a; {replace}; --"),
+        format!("SELECT 'it''s' AS a; {replace}"),
+        format!("/* /* */ {replace}; /* */ */ SELECT 1; {replace}"),
+        format!("{replace}; SELECT 1"),
+        format!("WITH t AS (SELECT 1) SELECT * FROM t; {replace}"),
+        "EXPLAIN ANALYZE SELECT 1".to_string(),
+        "CALL pragma_version()".to_string(),
+        "".to_string(),
+    ] {
+        assert!(duck.query(&sql).is_err(), "must be refused: {sql}");
+    }
+    // To DuckDB these are one SELECT each (an escaped quote keeps the string open): they may
+    // run, and change nothing.
+    for sql in [
+        format!("SELECT E'\\' AS a; {replace}; SELECT 1 -- ' AS b"),
+        format!("SELECT $$ ; {replace}; $$ AS a"),
+        format!("SELECT 1 AS a /* ; {replace}; /* */ */"),
+    ] {
+        let _ = duck.query(&sql);
+    }
+    let (_, after) = duck.query("SELECT count(*) AS n FROM raw.payments").expect("the view is still the table");
+    assert_eq!(
+        query::format(&after, OutputFormat::Csv).expect("csv"),
+        query::format(&before, OutputFormat::Csv).expect("csv")
+    );
+    assert!(!escape.exists() && !inside.exists(), "nothing was written");
+    // One SELECT, however it is quoted or commented, still runs.
+    let (_, one) =
+        duck.query("SELECT 1 AS a /* /* nested */ still a comment */ , $$ ; $$ AS b").expect("one statement");
+    assert_eq!(query::format(&one, OutputFormat::Csv).expect("csv"), "a,b\n1, ; \n");
+
     let datafusion = query::session(&warehouse).await.expect("datafusion");
     for sql in [
         "CREATE EXTERNAL TABLE passwd STORED AS CSV LOCATION '/etc/passwd'".to_string(),

@@ -183,3 +183,32 @@ fn demo_seeds_and_uses_a_postgres_source() {
     let config = sokana::config::Config::load_with_env(Some(&dir.path().join("sokana.toml")), []).unwrap();
     assert_eq!(runtime.block_on(common::warehouse_count(&config, "SELECT count(*) FROM raw.payments")), expected);
 }
+
+/// The URL's `sslmode` is honoured: a server that takes TLS only is read over TLS, its
+/// certificate checked against `sslrootcert`; without a root that vouches for it, or in clear
+/// text, the connection fails.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tls_only_server_is_read_over_verified_tls() {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("certificate");
+    let pg = Postgres::start_tls_only(&certified.cert.pem(), &certified.signing_key.serialize_pem());
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let root = scratch.path().join("root.pem");
+    std::fs::write(&root, certified.cert.pem()).expect("root");
+    let url = |query: &str| format!("postgres://postgres@localhost:{}/postgres?{query}", pg.port);
+    let verified = url(&format!("sslmode=verify-full&sslrootcert={}", root.display()));
+    let project = Project::new(&verified);
+    common::seed(&verified, project.dir.path(), 0.02).await;
+    let run = project.run().await.expect("a run over TLS");
+    assert!(run.tables.iter().all(|t| t.status == "succeeded"), "{run:?}");
+    assert_matches_source(&project).await;
+
+    for (query, why) in [("sslmode=require", "certificate"), ("sslmode=disable", "no encryption")] {
+        let other = Project::new(&url(query));
+        let failed = other.run().await;
+        let message = match failed {
+            Ok(summary) => summary.tables.iter().filter_map(|t| t.error.clone()).collect::<Vec<_>>().join("; "),
+            Err(e) => e.to_string(),
+        };
+        assert!(!message.is_empty(), "{query} must fail ({why})");
+    }
+}

@@ -303,5 +303,26 @@ async fn small_files_are_compacted_and_old_versions_vacuumed() {
     for column in ["id", "full_name", "email", "phone"] {
         assert!(!with_statistics.contains(column), "{column} has statistics: {with_statistics:?}");
     }
+    // Nor do the compacted file's own Parquet footers.
+    let compacted = match url::Url::parse(&active[0]) {
+        Ok(url) => url.to_file_path().unwrap(),
+        Err(_) => std::path::PathBuf::from(&active[0]),
+    };
+    use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
+    let reader = SerializedFileReader::new(std::fs::File::open(&compacted).unwrap()).unwrap();
+    let footer = reader.metadata();
+    let schema = footer.file_metadata().schema_descr();
+    let mut in_footer = std::collections::BTreeSet::new();
+    for group in footer.row_groups() {
+        for (i, column) in group.columns().iter().enumerate() {
+            if column.statistics().is_some_and(|s| s.min_bytes_opt().is_some()) {
+                in_footer.insert(schema.column(i).name().to_string());
+            }
+        }
+    }
+    assert!(in_footer.contains("updated_at"), "{in_footer:?}");
+    for column in ["id", "full_name", "email", "phone"] {
+        assert!(!in_footer.contains(column), "{column} has statistics in the compacted file: {in_footer:?}");
+    }
     assert_matches_source(&project).await;
 }

@@ -131,6 +131,7 @@ async fn a_client_is_exported_then_erased_everywhere_and_stays_out() {
     let list = String::from_utf8_lossy(&list.stdout).into_owned();
     assert!(list.contains("\"privacy.export\"") && list.contains("\"privacy.erase\""), "{list}");
     assert!(!list.contains(email.as_str()), "the audit trail holds no personal data");
+    assert!(project.cli().args(["pipeline", "run", "sokana_audit"]).status().expect("copy").success());
     assert!(project.cli().args(["audit", "verify"]).status().expect("verify").success());
 
     // The source changes the erased client again: the next load keeps them out, and says so.

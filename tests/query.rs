@@ -404,6 +404,115 @@ async fn psql_and_psycopg_use_the_wire_endpoint() {
     assert!(out.status.success(), "psycopg: {}", String::from_utf8_lossy(&out.stderr));
     let lines: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
     assert_eq!(lines, vec![source_count.to_string(), source_count.to_string()]);
+
+    // Every parameter type a driver sends binds, on both engines: `auto` runs a new query shape on
+    // DuckDB first and DataFusion second, so four runs of each query reach both.
+    let script = format!(
+        r#"
+import datetime, decimal, uuid
+import psycopg
+from psycopg.types.numeric import Int2, Int4, Int8, Float4
+from psycopg.types.string import StrDumper
+from psycopg.types.json import Json
+
+class Text(str): pass
+class Varchar(str): pass
+class TextDumper(StrDumper): oid = 25
+class VarcharDumper(StrDumper): oid = 1043
+
+cases = [
+    ("int2", Int2(5), "CAST(%s AS SMALLINT) = 5"),
+    ("small int", 1, "1 = %s"),
+    ("int4", Int4(70000), "CAST(%s AS INT) = 70000"),
+    ("int8", Int8(5000000000), "CAST(%s AS BIGINT) = 5000000000"),
+    ("float4", Float4(1.5), "CAST(%s AS REAL) = 1.5"),
+    ("float8", 2.25, "CAST(%s AS DOUBLE) = 2.25"),
+    ("numeric", decimal.Decimal("12.34"), "CAST(%s AS DECIMAL(10, 2)) = 12.34"),
+    ("unknown text", "lead", "%s = 'lead'"),
+    ("text", Text("lead"), "%s = 'lead'"),
+    ("varchar", Varchar("lead"), "%s = 'lead'"),
+    ("bool", True, "%s = true"),
+    ("date", datetime.date(2024, 3, 5), "CAST(%s AS DATE) = DATE '2024-03-05'"),
+    ("time", datetime.time(10, 30, 15), "CAST(%s AS TIME) = TIME '10:30:15'"),
+    ("timestamp", datetime.datetime(2024, 3, 5, 10, 30), "CAST(%s AS TIMESTAMP) = TIMESTAMP '2024-03-05 10:30:00'"),
+    ("timestamptz", datetime.datetime(2024, 3, 5, 10, 30, tzinfo=datetime.timezone.utc),
+        "CAST(%s AS TIMESTAMP) = TIMESTAMP '2024-03-05 10:30:00'"),
+    ("interval", datetime.timedelta(days=1, hours=2), "CAST(%s AS INTERVAL) = INTERVAL '1 day 2 hours'"),
+    ("uuid", uuid.UUID("12345678-1234-5678-1234-567812345678"),
+        "CAST(%s AS VARCHAR) = '12345678-1234-5678-1234-567812345678'"),
+    ("bytea", b"abc", "CAST(%s AS BYTEA) = CAST('abc' AS BYTEA)"),
+    ("json", Json({{"a": 1}}), "CAST(%s AS VARCHAR) = '{{\"a\": 1}}'"),
+]
+with psycopg.connect(host="127.0.0.1", port={pg}, user="admin", password="{key}", dbname="sokana") as c:
+    c.adapters.register_dumper(Text, TextDumper)
+    c.adapters.register_dumper(Varchar, VarcharDumper)
+    for name, value, condition in cases:
+        sql = "select count(*) from raw.phi_clients where " + condition
+        counts = [c.execute(sql, (value,)).fetchone()[0] for _ in range(4)]
+        print(name, *counts)
+"#
+    );
+    let out = Command::new("python3").arg("-c").arg(&script).output().expect("python3");
+    assert!(out.status.success(), "psycopg parameters: {}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().count(), 19, "{stdout}");
+    for line in stdout.lines() {
+        let counts: Vec<&str> = line.rsplitn(5, ' ').take(4).collect();
+        assert!(counts.iter().all(|n| *n == source_count.to_string()), "every run finds every client: {line}");
+    }
+}
+
+/// A small loaded Sokana project and an engine over it (no policy: the command line's view).
+async fn small_project() -> (Project, Arc<QueryEngine>) {
+    let project = Project::new("sqlite://operational.db");
+    seed("sqlite://operational.db", project.dir.path(), 0.01).await;
+    project.run().await.expect("pipeline");
+    let engine = engine(&project.config(), generous());
+    (project, engine)
+}
+
+/// The values the wire endpoint decodes for each PostgreSQL parameter type bind on both engines.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_wire_parameter_type_binds_on_both_engines() {
+    use datafusion::scalar::ScalarValue;
+    let (_project, engine) = small_project().await;
+    let micros = 1_709_634_600_000_000i64; // 2024-03-05 10:30:00 UTC
+    let cases: Vec<(ScalarValue, &str)> = vec![
+        (ScalarValue::Int8(Some(5)), "CAST($1 AS TINYINT) = 5"),
+        (ScalarValue::Int16(Some(5)), "CAST($1 AS SMALLINT) = 5"),
+        (ScalarValue::Int32(Some(70_000)), "CAST($1 AS INT) = 70000"),
+        (ScalarValue::Int64(Some(5_000_000_000)), "CAST($1 AS BIGINT) = 5000000000"),
+        (ScalarValue::Float32(Some(1.5)), "CAST($1 AS REAL) = 1.5"),
+        (ScalarValue::Float64(Some(2.25)), "CAST($1 AS DOUBLE) = 2.25"),
+        (ScalarValue::Decimal128(Some(1234), 10, 2), "CAST($1 AS DECIMAL(10, 2)) = 12.34"),
+        (ScalarValue::Utf8(Some("lead".into())), "$1 = 'lead'"),
+        (ScalarValue::LargeUtf8(Some("lead".into())), "CAST($1 AS VARCHAR) = 'lead'"),
+        (ScalarValue::Boolean(Some(true)), "$1 = true"),
+        (ScalarValue::Date32(Some(19_787)), "CAST($1 AS DATE) = DATE '2024-03-05'"),
+        (ScalarValue::Time64Nanosecond(Some(37_815_000_000_000)), "CAST($1 AS TIME) = TIME '10:30:15'"),
+        (ScalarValue::Time64Microsecond(Some(37_815_000_000)), "CAST($1 AS TIME) = TIME '10:30:15'"),
+        (
+            ScalarValue::TimestampMicrosecond(Some(micros), None),
+            "CAST($1 AS TIMESTAMP) = TIMESTAMP '2024-03-05 10:30:00'",
+        ),
+        (
+            ScalarValue::TimestampMicrosecond(Some(micros), Some("+00:00".into())),
+            "CAST($1 AS TIMESTAMP) = TIMESTAMP '2024-03-05 10:30:00'",
+        ),
+        (ScalarValue::new_interval_mdn(0, 1, 7_200_000_000_000), "CAST($1 AS INTERVAL) = INTERVAL '1 day 2 hours'"),
+        (ScalarValue::Binary(Some(b"abc".to_vec())), "CAST($1 AS BYTEA) = CAST('abc' AS BYTEA)"),
+    ];
+    let total = engine.query(&request("SELECT count(*) AS n FROM raw.phi_clients", EngineChoice::Datafusion)).await;
+    let total = csv_of(&total.expect("count").result.batches);
+    for (value, condition) in cases {
+        for choice in [EngineChoice::Duckdb, EngineChoice::Datafusion] {
+            let sql = format!("SELECT count(*) AS n FROM raw.phi_clients WHERE {condition}");
+            let mut asked = request(&sql, choice);
+            asked.params = Params::Positional(vec![value.clone()]);
+            let answer = engine.query(&asked).await.unwrap_or_else(|e| panic!("{choice:?} {value:?}: {e}"));
+            assert_eq!(csv_of(&answer.result.batches), total, "{choice:?} {value:?}: {condition}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -577,4 +686,19 @@ async fn cli_exports_checks_saved_queries_and_logs() {
         "{audit}"
     );
     assert!(!audit.contains("lead"), "the audit trail holds no values");
+}
+
+/// A plan's display abbreviates (a `VALUES` list shows five rows): two queries that differ only
+/// past that point are different questions and must not share a cached answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn plans_that_differ_only_where_their_display_abbreviates_are_cached_apart() {
+    let (_project, engine) = small_project().await;
+    let sql = |last: i64| format!("SELECT sum(x) AS s FROM (VALUES (1), (2), (3), (4), (5), (6), ({last})) AS t(x)");
+    let first = engine.query(&request(&sql(7), EngineChoice::Datafusion)).await.expect("first");
+    let second = engine.query(&request(&sql(700), EngineChoice::Datafusion)).await.expect("second");
+    assert!(!second.cache_hit, "a different sixth row is a different query");
+    assert_eq!(csv_of(&first.result.batches), "s\n28\n");
+    assert_eq!(csv_of(&second.result.batches), "s\n721\n");
+    let again = engine.query(&request(&sql(7), EngineChoice::Datafusion)).await.expect("again");
+    assert!(again.cache_hit && csv_of(&again.result.batches) == "s\n28\n", "the same query is still a hit");
 }

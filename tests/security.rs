@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::process::Command;
 
 use reqwest::StatusCode;
@@ -356,15 +356,6 @@ async fn api_keys_are_scoped_expiring_and_revocable() {
     assert_eq!(status, 401);
 }
 
-/// The classes of every column of every table, as the pipelines declare them.
-fn class_map(config: &sokana::config::Config) -> HashMap<(String, String), sokana::pipeline::spec::ColumnClass> {
-    sokana::pipeline::column_classes(config)
-        .expect("classes")
-        .into_iter()
-        .map(|((table, column), class)| ((table.to_string(), column), class))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn each_role_sees_each_column_as_the_policy_says() {
     let project = common::sokana_project("[auth]\nlogins_per_minute = 10000\n").await;
@@ -380,7 +371,7 @@ async fn each_role_sees_each_column_as_the_policy_says() {
     let server = common::serve(&project);
     let (http_port, pg) = (server.http, server.pg);
     let http = Http::new(http_port);
-    let classes = class_map(&config);
+    let classes = sokana::pipeline::classifier(&config).expect("classes");
     let query = |key: String, sql: String| {
         let http = &http;
         async move { http.send("POST", "/api/v1/query", Some(&key), Some(json!({ "sql": sql }))).await }
@@ -409,13 +400,7 @@ async fn each_role_sees_each_column_as_the_policy_says() {
             assert_eq!(stored_rows.len(), seen_rows.len(), "{role} {table}: masking keeps every row");
             for field in seen["columns"].as_array().expect("columns") {
                 let column = field["name"].as_str().expect("name");
-                let class = classes.get(&(table.clone(), column.to_string())).copied().unwrap_or(
-                    if table.starts_with("raw.") {
-                        sokana::pipeline::spec::ColumnClass::Phi
-                    } else {
-                        sokana::pipeline::spec::ColumnClass::Dim
-                    },
-                );
+                let class = classes.class_of(&table.parse().expect("table name"), column);
                 let sorted = |rows: &[Value]| {
                     let mut cells: Vec<String> = rows.iter().map(|r| r[column].to_string()).collect();
                     cells.sort();
@@ -648,14 +633,14 @@ async fn the_metadata_store_runs_on_postgresql() {
     let key = auth.create_api_key("pg", Role::Viewer, 1, "ana").await.expect("key");
     assert_eq!(auth.verify_bearer(&key.key).await.expect("key works").role, Role::Viewer);
     auth.audit().flush().await.expect("flush");
-    let verified = sokana::auth::audit::verify(auth.store()).await.expect("chain");
+    let verified = auth.verify_audit().await.expect("chain");
     assert_eq!(verified.records, 1, "the login is audited: {verified:?}");
     // A second instance on the same store sees the same users and continues the same chain.
     let other = Auth::open(&config).await.expect("second instance");
     assert_eq!(other.users().await.expect("users").len(), 1);
     assert!(other.login(&login, &device).await.is_ok());
     other.audit().flush().await.expect("flush");
-    assert!(sokana::auth::audit::verify(other.store()).await.expect("chain").records > verified.records);
+    assert!(other.verify_audit().await.expect("chain").records > verified.records);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -718,4 +703,148 @@ async fn with_a_certificate_both_endpoints_speak_tls_only() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A psycopg connection kept open by a Python process that runs each line written to it as one
+/// statement and answers `ok VALUE` or `error SQLSTATE`: lets a test act between two statements
+/// of the same wire connection.
+struct WireClient {
+    child: std::process::Child,
+    input: std::process::ChildStdin,
+    output: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl WireClient {
+    fn connect(port: u16, user: &str, password: &str) -> WireClient {
+        let script = format!(
+            r#"
+import sys, psycopg
+c = psycopg.connect(host="127.0.0.1", port={port}, user={user:?}, password={password:?}, dbname="sokana", autocommit=True)
+for line in sys.stdin:
+    try:
+        row = c.execute(line).fetchone()
+        print("ok", row[0], flush=True)
+    except psycopg.Error as e:
+        print("error", e.sqlstate, flush=True)
+"#
+        );
+        let mut child = Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let input = child.stdin.take().expect("stdin");
+        let output = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        WireClient { child, input, output }
+    }
+
+    /// Runs `sql` on the open connection: `Ok(first value)` or `Err(SQLSTATE)`.
+    fn run(&mut self, sql: &str) -> Result<String, String> {
+        use std::io::{BufRead, Write};
+        writeln!(self.input, "{sql}").expect("send");
+        let mut line = String::new();
+        self.output.read_line(&mut line).expect("answer");
+        match line.trim().split_once(' ') {
+            Some(("ok", value)) => Ok(value.to_string()),
+            Some(("error", state)) => Err(state.to_string()),
+            _ => panic!("the client ended: {line:?}"),
+        }
+    }
+}
+
+impl Drop for WireClient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Revoking a key, disabling a user, a new password and a new role take effect on wire
+/// connections that are already open, at their next statement, as over HTTP.
+#[tokio::test(flavor = "multi_thread")]
+async fn open_wire_connections_follow_changes_to_their_login() {
+    let project = common::sokana_project("[auth]\nlogins_per_minute = 10000\n").await;
+    let auth = Auth::open(&project.config()).await.expect("auth");
+    auth.ensure_admin(PASSWORD).await.expect("admin");
+    for user in ["revoked", "disabled", "reset", "promoted"] {
+        auth.add_user(user, Role::Analyst, PASSWORD).await.expect("user");
+    }
+    let key = auth.create_api_key("wire", Role::Analyst, 1, "revoked").await.expect("key");
+    let server = common::serve(&project);
+    let count = "select count(*) from raw.phi_clients";
+    let named = "select count(first_name) from raw.phi_clients";
+
+    let mut by_key = WireClient::connect(server.pg, "revoked", &key.key);
+    let clients = by_key.run(count).expect("the key works");
+    auth.revoke_api_key(&key.id).await.expect("revoke");
+    assert_eq!(by_key.run(count), Err("28000".into()), "a revoked key ends at once");
+
+    let mut disabled = WireClient::connect(server.pg, "disabled", PASSWORD);
+    assert_eq!(disabled.run(count).as_deref(), Ok(clients.as_str()));
+    auth.set_disabled("disabled", true).await.expect("disable");
+    assert_eq!(disabled.run(count), Err("28000".into()), "a disabled user ends at once");
+
+    let mut reset = WireClient::connect(server.pg, "reset", PASSWORD);
+    assert!(reset.run(count).is_ok());
+    auth.reset_password("reset", "another-password-for-reset").await.expect("reset");
+    assert_eq!(reset.run(count), Err("28000".into()), "a new password ends logins made with the old one");
+
+    // An analyst sees no names; as billing staff, the same connection sees them; as a viewer it
+    // may not run SQL at all.
+    let mut promoted = WireClient::connect(server.pg, "promoted", PASSWORD);
+    assert_eq!(promoted.run(named).as_deref(), Ok("0"), "names are hidden from analysts");
+    auth.set_role("promoted", Role::Billing).await.expect("role");
+    assert_eq!(promoted.run(named).as_deref(), Ok(clients.as_str()), "billing sees names, at once");
+    auth.set_role("promoted", Role::Viewer).await.expect("role");
+    assert_eq!(promoted.run(count), Err("42501".into()), "viewers may not run SQL");
+}
+
+/// `DESCRIBE` and the wire protocol's Describe show an administrators' table to no one else, as
+/// a scan of it is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn administrators_tables_are_described_to_administrators_only() {
+    let project = common::sokana_project("[auth]\nlogins_per_minute = 10000\n").await;
+    let auth = Auth::open(&project.config()).await.expect("auth");
+    auth.ensure_admin(PASSWORD).await.expect("admin");
+    auth.add_user("ana", Role::Analyst, PASSWORD).await.expect("user");
+    let admin_key = auth.create_api_key("admin", Role::Admin, 1, "admin").await.expect("key").key;
+    let analyst_key = auth.create_api_key("ana", Role::Analyst, 1, "ana").await.expect("key").key;
+    let out = project.cli().args(["pipeline", "run", "sokana_audit"]).output().expect("audit pipeline");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let server = common::serve(&project);
+    let http = Http::new(server.http);
+    let describe = |key: String, sql: &'static str| {
+        let http = &http;
+        async move { http.send("POST", "/api/v1/query", Some(&key), Some(json!({ "sql": sql }))).await }
+    };
+    let (status, described) = describe(admin_key.clone(), "DESCRIBE raw.sokana_audit").await;
+    assert_eq!(status, 200, "{described}");
+    assert!(described.to_string().contains("prev_hash"), "{described}");
+    let (status, refused) = describe(analyst_key.clone(), "DESCRIBE raw.sokana_audit").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{refused}");
+    assert!(!refused.to_string().contains("prev_hash"), "{refused}");
+    let (status, described) = describe(analyst_key.clone(), "DESCRIBE raw.phi_clients").await;
+    assert_eq!(status, 200, "an analyst may describe what they may read: {described}");
+
+    // psycopg's prepared statements send Parse and Describe before any row is asked for.
+    let script = format!(
+        r#"
+import psycopg
+with psycopg.connect(host="127.0.0.1", port={pg}, user="ana", password={password:?}, dbname="sokana", autocommit=True) as c:
+    try:
+        c.cursor().execute("select * from raw.sokana_audit where seq > %s", (0,), prepare=True)
+        print("described")
+    except psycopg.Error as e:
+        print("refused", e.sqlstate)
+    print(c.cursor().execute("select count(*) from raw.phi_clients where 1 = %s", (1,), prepare=True).fetchone()[0] > 0)
+"#,
+        pg = server.pg,
+        password = PASSWORD
+    );
+    let out = Command::new("python3").arg("-c").arg(&script).output().expect("python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout.lines().collect::<Vec<_>>(), ["refused 42501", "True"], "{stdout}");
 }

@@ -404,6 +404,15 @@ pub(super) async fn user_action(
         "disable" => state.auth.set_disabled(&name, true).await?,
         "enable" => state.auth.set_disabled(&name, false).await?,
         "reset-mfa" => state.auth.mfa_reset(&name).await?,
+        "set-role" => {
+            let role = body.as_ref().and_then(|b| b.get("role")).and_then(|r| r.as_str()).ok_or_else(|| {
+                ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "body: {\"role\": \"…\"} is required".into())
+            })?;
+            let role = Role::parse(role).ok_or_else(|| {
+                ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("role: {role:?} is not a role"))
+            })?;
+            state.auth.set_role(&name, role).await?
+        }
         "reset-password" => {
             let password = body.as_ref().and_then(|b| b.get("password")).and_then(|p| p.as_str()).ok_or_else(|| {
                 ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "body: {\"password\": \"…\"} is required".into())
@@ -414,7 +423,7 @@ pub(super) async fn user_action(
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 "unknown_action",
-                format!("{other:?} is not one of disable, enable, reset-password, reset-mfa"),
+                format!("{other:?} is not one of disable, enable, set-role, reset-password, reset-mfa"),
             ));
         }
     }

@@ -49,7 +49,7 @@ impl AppState {
     /// The state for `config`: its warehouse, a query engine masking by role, and its users.
     pub async fn open(config: &Config) -> Result<AppState, OpenError> {
         let setup = |e: &dyn std::fmt::Display| OpenError::Setup(e.to_string());
-        let classes = crate::pipeline::column_classes(config).map_err(|e| setup(&e))?;
+        let classes = crate::pipeline::classifier(config).map_err(|e| setup(&e))?;
         let key = crate::pipeline::build::pseudonym_key(&config.state_dir()).map_err(|e| setup(&e))?;
         let admin_only = crate::pipeline::admin_only_tables(config).map_err(|e| setup(&e))?;
         let policy = Arc::new(crate::auth::policy::MaskingPolicy::new(classes, &key).with_admin_only(admin_only));
@@ -210,9 +210,9 @@ async fn request_id(mut request: Request, next: Next) -> Response {
 }
 
 /// Headers every answer carries: nothing here is to be sniffed, framed, or followed by referrers;
-/// the API loads no scripts or styles; answers may be kept by the client alone, revalidated by
-/// their ETag (they can hold health data, which no shared cache may keep). Over TLS, browsers are
-/// told to use nothing else for a year.
+/// the API loads no scripts or styles; no answer is stored by any cache, the browser's included
+/// (answers can hold health data; a client that kept one may still revalidate it by its ETag).
+/// Over TLS, browsers are told to use nothing else for a year.
 async fn security_headers(State(tls): State<bool>, request: Request, next: Next) -> Response {
     use axum::http::header;
     let mut response = next.run(request).await;
@@ -227,7 +227,7 @@ async fn security_headers(State(tls): State<bool>, request: Request, next: Next)
     headers
         .entry(header::CONTENT_SECURITY_POLICY)
         .or_insert(HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"));
-    headers.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("private, no-cache"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 

@@ -37,16 +37,17 @@ use datafusion_postgres::pgwire::types::format::FormatOptions;
 use datafusion_postgres::{DfSessionService, Parser};
 use futures::{Sink, SinkExt, StreamExt};
 
-use crate::auth::{Auth, AuthError, Device, Permission};
+use crate::auth::{Auth, AuthError, Device, Permission, WireLogin};
 use crate::query::engine::{Caller, QueryEngine, QueryRequest};
 use crate::query::{Params, QueryError};
 
 /// The one database name the endpoint answers to.
 const DATABASE: &str = "sokana";
-/// Where the login's data-access scope is kept in the connection's metadata.
-const SCOPE: &str = "sokana.scope";
-/// The user the login proved (for an API key, its creator), as the query log names them.
-const WHO: &str = "sokana.user";
+/// Where the login is kept in the connection's metadata (server side only): the API key's id, or
+/// the user and the digest of their password hash at login (see [`WireLogin`]).
+const KEY: &str = "sokana.key";
+const USER: &str = "sokana.user";
+const CREDENTIAL: &str = "sokana.credential";
 
 /// Binds `addr` and serves connections in the background until the task is aborted; returns the
 /// task and the address bound (the chosen port when `addr` has port 0).
@@ -60,14 +61,14 @@ pub async fn start(
     engine.install_pg_catalog().map_err(std::io::Error::other)?;
     let ctx = Arc::new(engine.session().map_err(std::io::Error::other)?);
     let hooks: Vec<Arc<dyn QueryHook>> = vec![
-        Arc::new(Sandbox { engine: engine.clone() }),
+        Arc::new(Sandbox { engine: engine.clone(), auth: auth.clone() }),
         Arc::new(datafusion_postgres::hooks::set_show::SetShowHook),
         Arc::new(datafusion_postgres::hooks::transactions::TransactionStatementHook),
     ];
     let session = Arc::new(DfSessionService::new_with_hooks(ctx, hooks));
     let handlers = Arc::new(Handlers {
         simple: session.clone(),
-        extended: Arc::new(Extended { inner: session, engine }),
+        extended: Arc::new(Extended { inner: session, engine, auth: auth.clone() }),
         startup: Arc::new(PasswordStartup {
             auth,
             parameters: DefaultServerParameterProvider::default(),
@@ -164,12 +165,18 @@ impl StartupHandler for PasswordStartup {
                 let user = client.metadata().get(METADATA_USER).cloned().unwrap_or_default();
                 let device = Device { user_agent: "postgresql".into(), ip: Some(client.socket_addr().ip()) };
                 match self.auth.verify_wire(&user, &password.password, &device).await {
-                    Ok(identity) if identity.may(Permission::RunSql) => {
-                        client.metadata_mut().insert(SCOPE.into(), identity.scope().to_string());
-                        client.metadata_mut().insert(WHO.into(), identity.user);
+                    Ok((identity, login)) if identity.may(Permission::RunSql) => {
+                        let metadata = client.metadata_mut();
+                        match login {
+                            WireLogin::ApiKey { id } => metadata.insert(KEY.into(), id),
+                            WireLogin::Password { user, credential } => {
+                                metadata.insert(USER.into(), user);
+                                metadata.insert(CREDENTIAL.into(), credential)
+                            }
+                        };
                         finish_authentication(client, &self.parameters).await?;
                     }
-                    Ok(identity) => {
+                    Ok((identity, _)) => {
                         return Err(fatal("42501", format!("role {} may not run SQL", identity.role)));
                     }
                     Err(AuthError::InvalidCredentials | AuthError::InvalidMfa) => {
@@ -190,6 +197,7 @@ impl StartupHandler for PasswordStartup {
 /// change the session shared by every connection.
 struct Sandbox {
     engine: Arc<QueryEngine>,
+    auth: Arc<Auth>,
 }
 
 /// Settings a client may set for its own connection.
@@ -233,14 +241,35 @@ fn refused() -> PgWireError {
     user_error("42501", "only queries (SELECT, WITH … SELECT) run on the warehouse")
 }
 
-fn caller(client: &(impl ClientInfo + ?Sized)) -> Caller {
-    Caller {
-        user: client.metadata().get(WHO).cloned().unwrap_or_default(),
-        scope: client.metadata().get(SCOPE).cloned().unwrap_or_default(),
+/// Who the connection acts as now: its login checked again before every statement, so a revoked
+/// key, a disabled user, a new password or a new role takes effect at once, as over HTTP.
+async fn caller(auth: &Auth, client: &(impl ClientInfo + ?Sized)) -> PgWireResult<Caller> {
+    let metadata = client.metadata();
+    let login = match (metadata.get(KEY), metadata.get(USER), metadata.get(CREDENTIAL)) {
+        (Some(id), _, _) => WireLogin::ApiKey { id: id.clone() },
+        (None, Some(user), Some(credential)) => {
+            WireLogin::Password { user: user.clone(), credential: credential.clone() }
+        }
+        _ => return Err(fatal("28000", "this connection has not logged in")),
+    };
+    let identity = match auth.recheck_wire(&login).await {
+        Ok(identity) => identity,
+        Err(AuthError::Store(e)) => {
+            tracing::error!(error = %e, "pgwire: the login could not be checked again");
+            return Err(user_error("58000", "the login could not be checked; try again"));
+        }
+        Err(e) => return Err(fatal("28000", format!("this connection's login is no longer valid: {e}"))),
+    };
+    if !identity.may(Permission::RunSql) {
+        return Err(user_error("42501", format!("role {} may not run SQL", identity.role)));
+    }
+    Ok(Caller {
+        scope: identity.scope().to_string(),
+        user: identity.user,
         origin: "pgwire",
         request_id: uuid::Uuid::new_v4().to_string(),
         address: Some(client.socket_addr().ip()),
-    }
+    })
 }
 
 fn wire_error(e: QueryError) -> PgWireError {
@@ -249,6 +278,7 @@ fn wire_error(e: QueryError) -> PgWireError {
         QueryError::Sql(m) if m.contains("ParserError") || m.contains("SQL error") => "42601",
         QueryError::Sql(_) => "42000",
         QueryError::Param { .. } => "22023",
+        QueryError::Denied(_) => "42501",
         QueryError::Timeout { .. } => "57014",
         QueryError::Memory { .. } => "53200",
         QueryError::TooManyRows { .. } => "54000",
@@ -304,17 +334,14 @@ impl QueryHook for Sandbox {
     ) -> Option<PgWireResult<Response>> {
         match judge(statement) {
             Verdict::Query => {
+                let caller = match caller(&self.auth, client).await {
+                    Ok(caller) => caller,
+                    Err(e) => return Some(Err(e)),
+                };
                 let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
                 Some(
-                    answer(
-                        &self.engine,
-                        statement.to_string(),
-                        Params::None,
-                        caller(client),
-                        &Format::UnifiedText,
-                        options,
-                    )
-                    .await,
+                    answer(&self.engine, statement.to_string(), Params::None, caller, &Format::UnifiedText, options)
+                        .await,
                 )
             }
             Verdict::PassOn => None,
@@ -323,15 +350,24 @@ impl QueryHook for Sandbox {
         }
     }
 
+    /// A query's Describe comes from the engine's plan as the caller's role sees it: a table the
+    /// role may not read is refused, as running the query would be.
     async fn handle_extended_parse_query(
         &self,
         statement: &Statement,
         _ctx: &SessionContext,
-        _client: &(dyn ClientInfo + Send + Sync),
+        client: &(dyn ClientInfo + Send + Sync),
     ) -> Option<PgWireResult<LogicalPlan>> {
         match judge(statement) {
             Verdict::Refuse => Some(Err(refused())),
-            _ => None,
+            Verdict::Query => {
+                let caller = match caller(&self.auth, client).await {
+                    Ok(caller) => caller,
+                    Err(e) => return Some(Err(e)),
+                };
+                Some(self.engine.describe(&statement.to_string(), &caller.scope).await.map_err(wire_error))
+            }
+            Verdict::PassOn | Verdict::IgnoreSet => None,
         }
     }
 
@@ -352,11 +388,55 @@ impl QueryHook for Sandbox {
     }
 }
 
+/// `portal` with its `uuid`, `json` and `jsonb` parameters as the text they stand for, or `None`
+/// when it has none. arrow-pg 0.16 reads them as text and fails ("cannot convert postgres type
+/// uuid"), although drivers (psycopg, JDBC) send UUIDs and JSON values typed as such.
+fn textual_as_text<S: Clone>(portal: &Portal<S>) -> PgWireResult<Option<Portal<S>>> {
+    use datafusion_postgres::pgwire::api::Type;
+    use datafusion_postgres::pgwire::api::stmt::StoredStatement;
+    let textual = |t: &Option<Type>| matches!(t, Some(t) if *t == Type::UUID || *t == Type::JSON || *t == Type::JSONB);
+    let types = &portal.statement.parameter_types;
+    if !types.iter().any(textual) {
+        return Ok(None);
+    }
+    let mut parameters = portal.parameters.clone();
+    let mut codes = Vec::with_capacity(parameters.len());
+    for (i, value) in parameters.iter_mut().enumerate() {
+        let binary = portal.parameter_format.is_binary(i);
+        let ty = types.get(i).cloned().flatten();
+        match (&ty, value.as_ref()) {
+            (Some(ty), Some(bytes)) if binary && textual(&Some(ty.clone())) => {
+                let text = if *ty == Type::UUID {
+                    let uuid = uuid::Uuid::from_slice(bytes)
+                        .map_err(|e| user_error("22P02", format!("parameter ${}: {e}", i + 1)))?;
+                    bytes::Bytes::from(uuid.hyphenated().to_string())
+                } else if *ty == Type::JSONB {
+                    // Binary jsonb is a version byte (1) and the text.
+                    bytes.slice(1.min(bytes.len())..)
+                } else {
+                    bytes.clone()
+                };
+                *value = Some(text);
+                codes.push(0);
+            }
+            _ => codes.push(i16::from(binary)),
+        }
+    }
+    let retyped = types.iter().map(|t| if textual(t) { Some(Type::TEXT) } else { t.clone() }).collect();
+    let statement = StoredStatement::new(portal.statement.id.clone(), portal.statement.statement.clone(), retyped);
+    let mut retyped_portal = Portal::new_cursor(portal.name.clone(), Arc::new(statement));
+    retyped_portal.parameter_format = Format::Individual(codes);
+    retyped_portal.parameters = parameters;
+    retyped_portal.result_column_format = portal.result_column_format.clone();
+    Ok(Some(retyped_portal))
+}
+
 /// The extended protocol (prepared statements with parameters): datafusion-postgres parses and
 /// describes; queries execute through the engine with the portal's parameters and formats.
 struct Extended {
     inner: Arc<DfSessionService>,
     engine: Arc<QueryEngine>,
+    auth: Arc<Auth>,
 }
 
 #[async_trait]
@@ -394,12 +474,14 @@ impl ExtendedQueryHandler for Extended {
             .collect();
         ordered.sort_by_key(|(n, _)| *n);
         let inferred: Vec<Option<&DataType>> = ordered.iter().map(|(_, ty)| ty.as_ref()).collect();
-        let params = match deserialize_parameters(portal, &inferred)? {
+        let as_text = textual_as_text(portal)?;
+        let params = match deserialize_parameters(as_text.as_ref().unwrap_or(portal), &inferred)? {
             ParamValues::List(values) if values.is_empty() => Params::None,
             ParamValues::List(values) => Params::Positional(values.into_iter().map(|v| v.value).collect()),
             ParamValues::Map(map) => Params::Named(map.into_iter().map(|(k, v)| (k, v.value)).collect()),
         };
+        let caller = caller(&self.auth, client).await?;
         let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
-        answer(&self.engine, statement.to_string(), params, caller(client), &portal.result_column_format, options).await
+        answer(&self.engine, statement.to_string(), params, caller, &portal.result_column_format, options).await
     }
 }

@@ -1,5 +1,6 @@
 //! Privacy requests over HTTP, for administrators: one client's data as JSON, and its erasure.
 //! The erasure empties the engine's result cache, so no answer computed before it is served again.
+//! Neither answers before its audit record is stored.
 
 use axum::Json;
 use axum::extract::State;
@@ -46,6 +47,8 @@ pub(super) async fn export(
         rows: export.rows(),
         ..caller.event("privacy.export", format!("client {}", request.client))
     });
+    // The export leaves only once its record is durable.
+    state.auth.audit().flush().await?;
     Ok(Json(export))
 }
 
@@ -62,5 +65,7 @@ pub(super) async fn erase(
         rows: erasure.deleted.values().sum(),
         ..caller.event("privacy.erase", format!("client {}, erasure {}", request.client, erasure.id))
     });
+    // Answered only once its record is durable: a crash must not leave an erasure nobody recorded.
+    state.auth.audit().flush().await?;
     Ok(Json(erasure))
 }

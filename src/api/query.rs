@@ -89,7 +89,7 @@ fn wanted_format(
     if let Some(text) = &query.format {
         return ExportFormat::parse(text).ok_or_else(|| QueryError::Param {
             name: "format".into(),
-            message: format!("{text:?} is not one of json, csv, arrow, parquet"),
+            message: format!("{text:?} is not one of json, csv, csv-raw, arrow, parquet"),
         });
     }
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -375,7 +375,7 @@ pub async fn list_tables(
     State(state): State<AppState>,
     caller: super::auth::Authenticated,
 ) -> Result<Response, ApiError> {
-    let classes = crate::pipeline::column_classes(&state.config).unwrap_or_default();
+    let classes = crate::pipeline::classifier(&state.config).map_err(ApiError::internal)?;
     let hidden = match caller.identity.may(crate::auth::Permission::Administer) {
         true => Default::default(),
         false => crate::pipeline::admin_only_tables(&state.config).map_err(ApiError::internal)?,
@@ -405,7 +405,7 @@ pub async fn list_tables(
                     "name": f.name(),
                     "type": f.data_type().to_string(),
                     "nullable": f.is_nullable(),
-                    "class": classes.get(&(name.clone(), f.name().clone())),
+                    "class": classes.class_of(&name, f.name()),
                 })
             })
             .collect();

@@ -1,8 +1,10 @@
 //! The audit trail: every data access (each query, each authenticated request, each login and
 //! privacy request) as one record of who, when, from where, what (normalised SQL or route),
 //! which tables and which columns of which classes, and how many rows, never the data itself.
-//! Records form a hash chain: each carries the hash of the one before, so changing or removing
-//! a record shows when the chain is verified (`sokana audit verify`).
+//! Records form a keyed hash chain: each carries an HMAC-SHA256, under a key derived from
+//! `auth.key_file` and never kept in the store, of its contents and the MAC of the one before, so
+//! changing, inserting or removing a record shows when the chain is verified (`sokana audit
+//! verify`), even to someone who can rewrite the store but has not read the key.
 //!
 //! Records are appended by a background task in batches (one transaction each), off the
 //! request's path; a crash can lose the last few milliseconds of records, never break the chain.
@@ -10,7 +12,7 @@
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 use tokio::sync::{mpsc, oneshot};
 
 use super::store::{MetaStore, Row, Value};
@@ -61,18 +63,32 @@ pub struct Entry {
 /// The hash before the first record.
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-fn chain_hash(prev: &str, seq: i64, event: &Event) -> String {
-    // Field order is the struct's, so the same event always serialises the same way.
-    let body = serde_json::to_string(event).unwrap_or_default();
-    hex::encode(
-        Sha256::new()
-            .chain_update(prev)
-            .chain_update(b"\n")
-            .chain_update(seq.to_string())
-            .chain_update(b"\n")
-            .chain_update(body)
-            .finalize(),
-    )
+/// The key the chain is MACed with.
+#[derive(Clone)]
+pub struct ChainKey([u8; 32]);
+
+impl ChainKey {
+    pub fn new(key: [u8; 32]) -> ChainKey {
+        ChainKey(key)
+    }
+
+    fn mac(&self, prev: &str, seq: i64, event: &Event) -> String {
+        use hmac::{KeyInit, Mac};
+        // Field order is the struct's, so the same event always serialises the same way.
+        let body = serde_json::to_string(event).unwrap_or_default();
+        // HMAC takes keys of any length, so this cannot fail.
+        let mut mac = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(&self.0).unwrap_or_else(|_| unreachable!());
+        for part in [prev.as_bytes(), b"\n", seq.to_string().as_bytes(), b"\n", body.as_bytes()] {
+            mac.update(part);
+        }
+        hex::encode(mac.finalize().into_bytes())
+    }
+}
+
+impl std::fmt::Debug for ChainKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChainKey(<withheld>)")
+    }
 }
 
 enum Message {
@@ -89,10 +105,10 @@ pub struct Audit {
 const COLUMNS: &str = "seq, at, user_name, role, origin, address, request_id, action, detail, tables, columns, rows_read, outcome, prev_hash, hash";
 
 impl Audit {
-    /// Starts the writer over `store`.
-    pub fn start(store: MetaStore) -> Arc<Audit> {
+    /// Starts the writer over `store`, chaining records under `key`.
+    pub fn start(store: MetaStore, key: ChainKey) -> Arc<Audit> {
         let (sender, receiver) = mpsc::unbounded_channel();
-        tokio::spawn(write(store.clone(), receiver));
+        tokio::spawn(write(store.clone(), key, receiver));
         Arc::new(Audit { sender, store })
     }
 
@@ -166,7 +182,7 @@ async fn head(store: &MetaStore) -> Result<(i64, String), AuthError> {
     Ok(rows.first().map_or((0, GENESIS.to_string()), |r| (r.int(0), r.text(1))))
 }
 
-async fn write(store: MetaStore, mut receiver: mpsc::UnboundedReceiver<Message>) {
+async fn write(store: MetaStore, key: ChainKey, mut receiver: mpsc::UnboundedReceiver<Message>) {
     let mut chain: Option<(i64, String)> = None;
     let mut batch: Vec<Event> = Vec::new();
     let mut waiting: Vec<oneshot::Sender<bool>> = Vec::new();
@@ -200,7 +216,7 @@ async fn write(store: MetaStore, mut receiver: mpsc::UnboundedReceiver<Message>)
             let mut rows = Vec::with_capacity(batch.len());
             for event in &batch {
                 seq += 1;
-                let hash = chain_hash(&prev, seq, event);
+                let hash = key.mac(&prev, seq, event);
                 rows.push(vec![
                     Value::Int(seq),
                     event.at.clone().into(),
@@ -256,8 +272,8 @@ pub struct Verified {
 }
 
 /// Checks the whole chain: numbering without gaps, each record's link to the one before, and
-/// each record's own hash. The first broken record is named.
-pub async fn verify(store: &MetaStore) -> Result<Verified, AuthError> {
+/// each record's own MAC under `key`. The first broken record is named.
+pub async fn verify(store: &MetaStore, key: &ChainKey) -> Result<Verified, AuthError> {
     let mut prev = GENESIS.to_string();
     let mut expected = 1i64;
     loop {
@@ -276,8 +292,8 @@ pub async fn verify(store: &MetaStore) -> Result<Verified, AuthError> {
             if entry.prev_hash != prev {
                 return Err(tampered("it does not link to the record before"));
             }
-            if chain_hash(&prev, entry.seq, &entry.event) != entry.hash {
-                return Err(tampered("its contents do not match its hash"));
+            if key.mac(&prev, entry.seq, &entry.event) != entry.hash {
+                return Err(tampered("its contents do not match its MAC (changed, or written under another key)"));
             }
             prev = entry.hash;
             expected += 1;
@@ -290,18 +306,48 @@ pub async fn verify(store: &MetaStore) -> Result<Verified, AuthError> {
     Ok(Verified { records: expected - 1, head: prev })
 }
 
-/// Checks the store against a copy of its record `seq` (the newest one the warehouse holds, say):
-/// the chain alone cannot show that its newest records were cut off.
-pub async fn check_copy(store: &MetaStore, seq: i64, hash: &str) -> Result<(), AuthError> {
+/// How far the warehouse's copy of the trail (`raw.sokana_audit`, copied every 15 minutes) may
+/// lag behind the store before `verify` calls it rolled back.
+pub const COPY_LAG: chrono::Duration = chrono::Duration::hours(1);
+
+/// Checks the store against the warehouse's copy of the trail, whose newest record is `copy`
+/// (sequence number and MAC): the chain alone cannot show that its newest records were cut off.
+/// Fails when there is no copy though the store holds records; when the copy's newest record is
+/// not in the store as copied; and when the copy ends before records older than [`COPY_LAG`]
+/// (the copy was rolled back, or has not been made for too long).
+pub async fn check_copy(store: &MetaStore, copy: Option<(i64, String)>) -> Result<(), AuthError> {
+    let tampered = |seq: i64, reason: String| AuthError::Tampered { seq, reason };
+    let newest = store.query("SELECT max(seq) FROM audit", &[]).await?.first().and_then(|r| r.opt_int(0));
+    let Some((seq, hash)) = copy else {
+        return match newest {
+            None => Ok(()),
+            Some(newest) => Err(tampered(
+                newest,
+                "the warehouse holds no copy of the trail (raw.sokana_audit) to check its end against; \
+                 copy it with `sokana pipeline run sokana_audit` (the server does every 15 minutes)"
+                    .into(),
+            )),
+        };
+    };
     let rows = store.query("SELECT hash FROM audit WHERE seq = $1", &[seq.into()]).await?;
     match rows.first().map(|r| r.text(0)) {
-        None => {
-            Err(AuthError::Tampered { seq, reason: "the record was removed; the warehouse's copy holds it".into() })
-        }
+        None => return Err(tampered(seq, "the record was removed; the warehouse's copy holds it".into())),
         Some(stored) if stored != hash => {
-            Err(AuthError::Tampered { seq, reason: "its hash differs from the warehouse's copy".into() })
+            return Err(tampered(seq, "its MAC differs from the warehouse's copy".into()));
         }
-        Some(_) => Ok(()),
+        Some(_) => {}
+    }
+    let due = (chrono::Utc::now() - COPY_LAG).to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let overdue = store.query("SELECT max(seq) FROM audit WHERE at < $1", &[due.into()]).await?;
+    match overdue.first().and_then(|r| r.opt_int(0)) {
+        Some(older) if older > seq => Err(tampered(
+            older,
+            format!(
+                "the warehouse's copy ends at record {seq}, but records up to {older} are more than an hour old: \
+                 the copy was rolled back, or has not been made since (`sokana pipeline run sokana_audit`)"
+            ),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -356,20 +402,83 @@ mod tests {
     async fn the_chain_verifies_and_shows_a_changed_record() {
         let dir = tempfile::tempdir().unwrap();
         let store = MetaStore::open("meta.db", dir.path()).await.unwrap();
-        let audit = Audit::start(store.clone());
+        let key = ChainKey::new([7; 32]);
+        let audit = Audit::start(store.clone(), key.clone());
         for i in 0..5 {
             audit.record(Event { user: format!("u{i}"), action: "query".into(), rows: i, ..Event::default() });
         }
         audit.flush().await.unwrap();
-        let verified = verify(&store).await.unwrap();
+        let verified = verify(&store, &key).await.unwrap();
         assert_eq!(verified.records, 5);
         assert_eq!(audit.entries(3, 10, None).await.unwrap().len(), 2);
         store.execute("UPDATE audit SET rows_read = 99 WHERE seq = 3", &[]).await.unwrap();
-        match verify(&store).await {
+        match verify(&store, &key).await {
             Err(AuthError::Tampered { seq, .. }) => assert_eq!(seq, 3),
             other => panic!("expected tampering at 3, got {other:?}"),
         }
         store.execute("DELETE FROM audit WHERE seq = 3", &[]).await.unwrap();
-        assert!(matches!(verify(&store).await, Err(AuthError::Tampered { seq: 3, .. })));
+        assert!(matches!(verify(&store, &key).await, Err(AuthError::Tampered { seq: 3, .. })));
+    }
+
+    /// The warehouse's copy is the witness of the trail's end: missing, behind by more than an hour,
+    /// or different, verification fails rather than passing on the chain alone.
+    #[tokio::test]
+    async fn a_missing_stale_or_different_copy_fails_the_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MetaStore::open("meta.db", dir.path()).await.unwrap();
+        assert!(check_copy(&store, None).await.is_ok(), "an empty trail needs no copy");
+        let audit = Audit::start(store.clone(), ChainKey::new([7; 32]));
+        for i in 0..3 {
+            let at = format!("2026-01-0{}T00:00:00.000000Z", i + 1);
+            audit.record(Event { at, user: format!("u{i}"), action: "query".into(), ..Event::default() });
+        }
+        audit.flush().await.unwrap();
+        let entries = audit.entries(0, 10, None).await.unwrap();
+        let copy = |i: usize| Some((entries[i].seq, entries[i].hash.clone()));
+        assert!(check_copy(&store, copy(2)).await.is_ok());
+        match check_copy(&store, None).await {
+            Err(AuthError::Tampered { reason, .. }) => assert!(reason.contains("no copy"), "{reason}"),
+            other => panic!("a missing copy must fail: {other:?}"),
+        }
+        match check_copy(&store, copy(0)).await {
+            Err(AuthError::Tampered { seq: 3, reason }) => assert!(reason.contains("rolled back"), "{reason}"),
+            other => panic!("a copy behind by records days old must fail: {other:?}"),
+        }
+        assert!(matches!(check_copy(&store, Some((2, "0".repeat(64)))).await, Err(AuthError::Tampered { seq: 2, .. })));
+    }
+
+    /// Someone who can write the store but has not read the key cannot re-hash an edited record
+    /// and the ones after it so that the chain verifies again, as a plain SHA-256 chain allowed.
+    #[tokio::test]
+    async fn a_rewritten_and_rehashed_record_does_not_verify_without_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MetaStore::open("meta.db", dir.path()).await.unwrap();
+        let key = ChainKey::new([7; 32]);
+        let audit = Audit::start(store.clone(), key.clone());
+        for i in 0..3 {
+            audit.record(Event { user: format!("u{i}"), action: "query".into(), rows: i, ..Event::default() });
+        }
+        audit.flush().await.unwrap();
+        // The forger edits record 2 and recomputes it and its successor under a key of their own
+        // (plain SHA-256 of the same fields is what the unkeyed chain used).
+        let forged = ChainKey::new([0; 32]);
+        let entries = audit.entries(0, 10, None).await.unwrap();
+        let mut prev = entries[0].hash.clone();
+        for entry in &entries[1..] {
+            let mut event = entry.event.clone();
+            if entry.seq == 2 {
+                event.user = "someone else".into();
+            }
+            let hash = forged.mac(&prev, entry.seq, &event);
+            store
+                .execute(
+                    "UPDATE audit SET user_name = $2, prev_hash = $3, hash = $4 WHERE seq = $1",
+                    &[entry.seq.into(), event.user.clone().into(), prev.clone().into(), hash.clone().into()],
+                )
+                .await
+                .unwrap();
+            prev = hash;
+        }
+        assert!(matches!(verify(&store, &key).await, Err(AuthError::Tampered { seq: 2, .. })));
     }
 }

@@ -121,6 +121,15 @@ impl Identity {
     }
 }
 
+/// What a wire connection's login proved, kept with the connection (in the server's memory only)
+/// and checked again before each statement: the API key used, or the user and a digest of their
+/// password hash as it was at login.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WireLogin {
+    ApiKey { id: String },
+    Password { user: String, credential: String },
+}
+
 /// A user as listed (never with its hash or secrets).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct User {
@@ -174,6 +183,7 @@ pub struct Auth {
     settings: Settings,
     logins: DefaultKeyedRateLimiter<String>,
     api_keys: DefaultKeyedRateLimiter<String>,
+    chain_key: audit::ChainKey,
 }
 
 impl Auth {
@@ -187,9 +197,13 @@ impl Auth {
         let token_key: [u8; 32] =
             Sha256::new().chain_update(&master).chain_update(b"sokana access tokens").finalize().into();
         let csrf_key: [u8; 32] = Sha256::new().chain_update(&master).chain_update(b"sokana csrf").finalize().into();
+        let chain_key: [u8; 32] =
+            Sha256::new().chain_update(&master).chain_update(b"sokana audit chain").finalize().into();
+        let chain_key = audit::ChainKey::new(chain_key);
         let per_minute = |n: u32| Quota::per_minute(NonZeroU32::new(n.max(1)).unwrap_or(NonZeroU32::MIN));
         Ok(Arc::new(Auth {
-            audit: audit::Audit::start(store.clone()),
+            audit: audit::Audit::start(store.clone(), chain_key.clone()),
+            chain_key,
             store,
             token_key,
             csrf_key: aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &csrf_key),
@@ -226,6 +240,11 @@ impl Auth {
 
     pub fn audit(&self) -> &Arc<audit::Audit> {
         &self.audit
+    }
+
+    /// Verifies the audit chain under this installation's key.
+    pub async fn verify_audit(&self) -> Result<audit::Verified, AuthError> {
+        audit::verify(&self.store, &self.chain_key).await
     }
 
     /// Records a login attempt (never the password).
@@ -388,24 +407,32 @@ impl Auth {
 
     /// A login over the PostgreSQL wire protocol, which carries only a password: an API key, or
     /// the user's password, followed by the current 6-digit code when the account has a second
-    /// factor. Roles that need a second factor cannot log in before they have set one up.
-    pub async fn verify_wire(&self, user: &str, secret: &str, device: &Device) -> Result<Identity, AuthError> {
+    /// factor. Roles that need a second factor cannot log in before they have set one up. The
+    /// [`WireLogin`] is kept with the connection and checked again before each statement.
+    pub async fn verify_wire(
+        &self,
+        user: &str,
+        secret: &str,
+        device: &Device,
+    ) -> Result<(Identity, WireLogin), AuthError> {
         let outcome = self.verify_wire_unaudited(user, secret, device).await;
         self.audit_login(user, "pgwire", device, &outcome);
         outcome
     }
 
-    async fn verify_wire_unaudited(&self, user: &str, secret: &str, device: &Device) -> Result<Identity, AuthError> {
+    async fn verify_wire_unaudited(
+        &self,
+        user: &str,
+        secret: &str,
+        device: &Device,
+    ) -> Result<(Identity, WireLogin), AuthError> {
         self.limit_login(device)?;
         if Self::is_api_key(secret) {
-            return self.verify_api_key(secret).await;
+            let identity = self.verify_api_key(secret).await?;
+            let id = identity.api_key.clone().ok_or_else(|| AuthError::Internal("an API key without an id".into()))?;
+            return Ok((identity, WireLogin::ApiKey { id }));
         }
-        let has_factor = self
-            .store
-            .query("SELECT totp_enabled FROM users WHERE name = $1", &[user.into()])
-            .await?
-            .first()
-            .is_some_and(|r| r.int(0) != 0);
+        let has_factor = self.has_second_factor(user).await?;
         let split = secret.len().checked_sub(6).filter(|&at| has_factor && secret.is_char_boundary(at));
         let (password, code) = match split {
             Some(at) => (&secret[..at], Some(&secret[at..])),
@@ -418,7 +445,84 @@ impl Auth {
             None => {}
         }
         self.clear_failures(user).await?;
-        Ok(Identity { user: user.to_string(), role, session: None, api_key: None, enrolling: false })
+        let credential = self.credential(user).await?.ok_or(AuthError::InvalidCredentials)?;
+        let identity = Identity { user: user.to_string(), role, session: None, api_key: None, enrolling: false };
+        Ok((identity, WireLogin::Password { user: user.to_string(), credential }))
+    }
+
+    /// Whether the user has set up a second factor.
+    async fn has_second_factor(&self, user: &str) -> Result<bool, AuthError> {
+        let rows = self.store.query("SELECT totp_enabled FROM users WHERE name = $1", &[user.into()]).await?;
+        Ok(rows.first().is_some_and(|r| r.int(0) != 0))
+    }
+
+    /// A digest of the user's stored password hash: it changes with every new password.
+    async fn credential(&self, user: &str) -> Result<Option<String>, AuthError> {
+        let rows = self.store.query("SELECT password_hash FROM users WHERE name = $1", &[user.into()]).await?;
+        Ok(rows.first().map(|r| digest(&r.text(0))))
+    }
+
+    /// Who a wire connection acts as now: its login checked again, so that a revoked or expired
+    /// key, a disabled user, a new password and a new role take effect on the connection's next
+    /// statement, as they do on the next HTTP request.
+    pub async fn recheck_wire(&self, login: &WireLogin) -> Result<Identity, AuthError> {
+        match login {
+            WireLogin::ApiKey { id } => {
+                let rows = self
+                    .store
+                    .query(
+                        "SELECT k.role, k.expires_at, k.revoked_at, k.created_by, u.disabled FROM api_keys k \
+                         JOIN users u ON u.name = k.created_by WHERE k.id = $1",
+                        &[id.as_str().into()],
+                    )
+                    .await?;
+                let row = rows.first().ok_or(AuthError::SessionEnded)?;
+                if row.opt_int(2).is_some() || row.int(4) != 0 {
+                    return Err(AuthError::InvalidToken("this API key was revoked".into()));
+                }
+                if row.int(1) <= now() {
+                    return Err(AuthError::Expired);
+                }
+                let role = parse_role(&row.text(0))?;
+                Ok(Identity { user: row.text(3), role, session: None, api_key: Some(id.clone()), enrolling: false })
+            }
+            WireLogin::Password { user, credential } => {
+                let rows = self
+                    .store
+                    .query(
+                        "SELECT role, disabled, password_hash, totp_enabled FROM users WHERE name = $1",
+                        &[user.as_str().into()],
+                    )
+                    .await?;
+                let row = rows.first().ok_or(AuthError::SessionEnded)?;
+                if row.int(1) != 0 || digest(&row.text(2)) != *credential {
+                    return Err(AuthError::SessionEnded);
+                }
+                let role = parse_role(&row.text(0))?;
+                // A role that now needs a second factor is not had by a login made without one.
+                if role.requires_mfa() && row.int(3) == 0 {
+                    return Err(AuthError::MfaEnrollmentRequired);
+                }
+                Ok(Identity { user: user.clone(), role, session: None, api_key: None, enrolling: false })
+            }
+        }
+    }
+
+    /// Gives a user another role; their sessions and wire connections act with it from their next
+    /// request. A role that needs a second factor, given to someone without one, ends their
+    /// sessions so that they set one up at their next login.
+    pub async fn set_role(&self, name: &str, role: Role) -> Result<(), AuthError> {
+        let changed = self
+            .store
+            .execute("UPDATE users SET role = $2 WHERE name = $1", &[name.into(), role.name().into()])
+            .await?;
+        if changed == 0 {
+            return Err(AuthError::UnknownUser(name.into()));
+        }
+        if role.requires_mfa() && !self.has_second_factor(name).await? {
+            self.revoke_user_sessions(name, "role needs a second factor").await?;
+        }
+        Ok(())
     }
 
     /// Login attempts from one address are limited; an error says when to try again.

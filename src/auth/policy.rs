@@ -8,11 +8,12 @@
 //! Tables marked `admin_only` are refused to other roles, and left out of the catalogs they list
 //! (`information_schema`, `pg_catalog`).
 //!
-//! Classes come from the pipelines (`raw.*`). A raw column no pipeline names (a new source column)
-//! counts as `phi` until someone classes it. Models build `marts.*` from pseudonymised keys and
-//! their columns count as `dim`; a model author who exposes anything more must class it there.
+//! Classes come from the pipelines' [`Classifier`], the one the loader and the catalog use: a raw
+//! column no pipeline lists has its pipeline's `new_column_class` (`phi` unless set). Models build
+//! `marts.*` from pseudonymised keys and their columns count as `dim`; a model author who exposes
+//! anything more must class it there.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::DataType;
@@ -21,14 +22,14 @@ use datafusion::common::tree_node::Transformed;
 use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, ScalarUDF, cast, lit};
 
 use super::{Role, Visibility};
-use crate::pipeline::spec::ColumnClass;
+use crate::pipeline::spec::{Classifier, ColumnClass};
 use crate::query::QueryError;
 use crate::query::catalog::warehouse_table;
 use crate::query::engine::PlanPolicy;
 use crate::warehouse::TableName;
 
 pub struct MaskingPolicy {
-    classes: HashMap<(TableName, String), ColumnClass>,
+    classes: Classifier,
     pseudonym: Arc<ScalarUDF>,
     /// Tables no one but an administrator may read (the audit trail).
     admin_only: HashSet<TableName>,
@@ -37,7 +38,7 @@ pub struct MaskingPolicy {
 impl MaskingPolicy {
     /// The policy over `classes` (from the pipelines), pseudonymising with the same keyed hash
     /// the models use, so a masked `raw.*` key joins a mart's `*_key`.
-    pub fn new(classes: HashMap<(TableName, String), ColumnClass>, pseudonym_key: &[u8]) -> MaskingPolicy {
+    pub fn new(classes: Classifier, pseudonym_key: &[u8]) -> MaskingPolicy {
         MaskingPolicy {
             classes,
             pseudonym: Arc::new(crate::query::functions::pseudonym(pseudonym_key)),
@@ -52,11 +53,7 @@ impl MaskingPolicy {
     }
 
     pub fn class_of(&self, table: &TableName, column: &str) -> ColumnClass {
-        match self.classes.get(&(table.clone(), column.to_string())) {
-            Some(class) => *class,
-            None if table.schema == "raw" => ColumnClass::Phi,
-            None => ColumnClass::Dim,
-        }
+        self.classes.class_of(table, column)
     }
 
     /// A scan of `table` as `role` sees it; `None` when nothing in it is masked.

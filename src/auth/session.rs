@@ -88,6 +88,7 @@ impl Auth {
     pub(super) async fn open_session(&self, user: &str, device: &Device, complete: bool) -> Result<Tokens, AuthError> {
         let id = uuid::Uuid::new_v4().to_string();
         let now = now();
+        let expires = now + self.settings.refresh_days * 86_400;
         let agent: String = device.user_agent.chars().take(200).collect();
         self.store
             .execute(
@@ -97,19 +98,27 @@ impl Auth {
                     id.as_str().into(),
                     user.into(),
                     now.into(),
-                    (now + self.settings.refresh_days * 86_400).into(),
+                    expires.into(),
                     agent.into(),
                     device.ip_prefix().into(),
                     i64::from(complete).into(),
                 ],
             )
             .await?;
-        self.issue(user, &id, !complete).await
+        self.issue(user, &id, expires, !complete).await
     }
 
-    async fn issue(&self, user: &str, session: &str, enrolling: bool) -> Result<Tokens, AuthError> {
+    /// A token pair for `session`, which expires at `session_expires`: the access token ends then
+    /// at the latest.
+    async fn issue(
+        &self,
+        user: &str,
+        session: &str,
+        session_expires: i64,
+        enrolling: bool,
+    ) -> Result<Tokens, AuthError> {
         let now = now();
-        let lifetime = self.settings.access_minutes * 60;
+        let lifetime = (self.settings.access_minutes * 60).min(session_expires - now).max(0);
         let claims = Claims { sub: user.to_string(), sid: session.to_string(), iat: now, exp: now + lifetime };
         let access_token =
             jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(&self.token_key))
@@ -174,7 +183,7 @@ impl Auth {
         self.store
             .execute("UPDATE sessions SET last_seen_at = $2 WHERE id = $1", &[session.as_str().into(), now().into()])
             .await?;
-        self.issue(&user, &session, row.int(5) == 0).await
+        self.issue(&user, &session, row.int(4), row.int(5) == 0).await
     }
 
     /// Who an access token acts for, checked against its session now.
@@ -191,8 +200,8 @@ impl Auth {
         let rows = self
             .store
             .query(
-                "SELECT s.revoked_at, s.complete, u.disabled, u.role FROM sessions s JOIN users u ON u.name = s.user_name \
-                 WHERE s.id = $1 AND s.user_name = $2",
+                "SELECT s.revoked_at, s.complete, u.disabled, u.role, s.expires_at FROM sessions s \
+                 JOIN users u ON u.name = s.user_name WHERE s.id = $1 AND s.user_name = $2",
                 &[claims.sid.as_str().into(), claims.sub.as_str().into()],
             )
             .await?;
@@ -201,6 +210,10 @@ impl Auth {
         };
         if row.opt_int(0).is_some() || row.int(2) != 0 {
             return Err(AuthError::SessionEnded);
+        }
+        // A token cannot outlive its session, whatever its own expiry says.
+        if row.int(4) <= now() {
+            return Err(AuthError::Expired);
         }
         Ok(Identity {
             user: claims.sub,

@@ -9,8 +9,8 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use crate::source::redact;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_postgres::NoTls;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -212,11 +212,9 @@ impl MetaStore {
 
     fn open_postgres(url: &str) -> Result<MetaStore, StoreError> {
         let target = redact(url);
-        let config: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| StoreError::Backend {
-            target: target.clone(),
-            reason: e.to_string(),
-        })?;
-        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let (config, tls) = crate::source::pgtls::connect_config(url)
+            .map_err(|e| StoreError::Backend { target: target.clone(), reason: e.to_string() })?;
+        let manager = Manager::from_config(config, tls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(8)
             .build()
@@ -450,19 +448,6 @@ fn as_refs(params: &[PgParam]) -> Vec<&(dyn tokio_postgres::types::ToSql + Sync)
 
 fn pg_reason(e: &tokio_postgres::Error) -> String {
     e.as_db_error().map(|db| db.message().to_string()).unwrap_or_else(|| e.to_string())
-}
-
-/// A PostgreSQL URL without its password.
-fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) => {
-            if parsed.password().is_some() {
-                let _ = parsed.set_password(Some("***"));
-            }
-            parsed.to_string()
-        }
-        Err(_) => "<unparsable URL>".into(),
-    }
 }
 
 /// The store holds password hashes and token digests: readable by its owner only.

@@ -188,11 +188,15 @@ async fn build_one(
     let plan = frame.create_physical_plan().await.map_err(sql_err)?;
     let schema = stored(&plan.schema());
     let streams = datafusion::physical_plan::execute_stream_partitioned(plan, ctx.task_ctx()).map_err(sql_err)?;
+    let written = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let label = model.target.to_string();
+    let rows =
+        streams.into_iter().map(|s| super::with_fault_point(with_schema(s, schema.clone()), &label, written.clone()));
     let outcome = warehouse
         .replace(ReplaceRequest {
             table: model.target.clone(),
             schema: schema.clone(),
-            rows: streams.into_iter().map(|s| with_schema(s, schema.clone())).collect(),
+            rows: rows.collect(),
             replace_where: only,
             partition_by: model.partition_by.clone(),
             provenance: json!({ "run_id": run_id, "model": model.path.display().to_string(),

@@ -34,11 +34,48 @@ use model::ModelGraph;
 use runlog::{RunLock, RunLog, RunLogError, TableRecord};
 use spec::{ColumnClass, Pipeline, SpecError, Sync, TableSpec};
 
-/// Set to `TARGET:ROWS` (e.g. `raw.hours:5000`) to stop a load once that many rows of that table
-/// have streamed into the warehouse writer: the process prints [`FAULT_POINT_MESSAGE`] to stderr
-/// and waits there, so that the crash tests can `kill -9` it at an exact point in a load.
+/// Set to `TARGET:ROWS` (e.g. `raw.hours:5000`, `marts.fct_hours:1`) to stop a load or a model
+/// build once that many rows of that table have streamed into the warehouse writer: the process
+/// prints [`FAULT_POINT_MESSAGE`] to stderr and waits there, so that the crash tests can `kill -9`
+/// it at an exact point, before the commit.
 pub const FAULT_PAUSE_ENV: &str = "SOKANA_FAULT_PAUSE_AFTER_ROWS";
 pub const FAULT_POINT_MESSAGE: &str = "fault point reached";
+
+/// The row count at which [`FAULT_PAUSE_ENV`] stops the writing of `label`, if it names it.
+fn fault_pause_after(label: &str) -> Option<u64> {
+    std::env::var(FAULT_PAUSE_ENV)
+        .ok()
+        .and_then(|v| v.rsplit_once(':').filter(|(t, _)| *t == label).and_then(|(_, n)| n.parse().ok()))
+}
+
+/// Stops this thread for good once `total` rows of `label` reached the fault point, saying so.
+fn pause_at_fault_point(label: &str, total: u64, pause_after: Option<u64>) {
+    if pause_after.is_some_and(|n| total >= n) {
+        eprintln!("{FAULT_POINT_MESSAGE}: {label} after {total} rows; waiting to be killed");
+        loop {
+            std::thread::park();
+        }
+    }
+}
+
+/// Counts the rows of `stream` into `total` (shared by a table's partitions) and honours
+/// [`FAULT_PAUSE_ENV`] for `label`.
+fn with_fault_point(
+    stream: SendableRecordBatchStream,
+    label: &str,
+    total: Arc<AtomicU64>,
+) -> SendableRecordBatchStream {
+    let Some(pause_after) = fault_pause_after(label) else { return stream };
+    let schema = stream.schema();
+    let label = label.to_string();
+    let observed = stream.inspect(move |batch| {
+        if let Ok(batch) = batch {
+            let seen = total.fetch_add(batch.num_rows() as u64, Ordering::Relaxed) + batch.num_rows() as u64;
+            pause_at_fault_point(&label, seen, Some(pause_after));
+        }
+    });
+    Box::pin(RecordBatchStreamAdapter::new(schema, observed))
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -110,19 +147,9 @@ pub fn admin_only_tables(config: &Config) -> Result<std::collections::HashSet<Ta
     Ok(pipelines.into_iter().flat_map(|p| p.tables).filter(|t| t.admin_only).map(|t| t.target).collect())
 }
 
-/// The class of every raw column the pipelines declare, by (table, column).
-pub fn column_classes(
-    config: &Config,
-) -> Result<std::collections::HashMap<(TableName, String), spec::ColumnClass>, SpecError> {
-    let mut classes = std::collections::HashMap::new();
-    for pipeline in load_pipelines(config)? {
-        for table in pipeline.tables {
-            for (column, class) in table.columns {
-                classes.insert((table.target.clone(), column), class);
-            }
-        }
-    }
-    Ok(classes)
+/// The class of every warehouse column, by the project's pipelines.
+pub fn classifier(config: &Config) -> Result<spec::Classifier, SpecError> {
+    Ok(spec::Classifier::new(&load_pipelines(config)?))
 }
 
 /// Picks pipelines by name, in the order given.
@@ -462,10 +489,11 @@ async fn load_table(
         ),
     };
     // Personal data and uuids get no min/max statistics (see `warehouse::parquet`).
+    let classifier = spec::Classifier::new([pipeline]);
     let unindexed = columns
         .iter()
         .filter(|c| {
-            let class = table.columns.get(&c.name).copied().unwrap_or(pipeline.defaults.new_column_class);
+            let class = classifier.class_of(&table.target, &c.name);
             c.effective_type() == ColumnType::Uuid || matches!(class, ColumnClass::Pii | ColumnClass::Phi)
         })
         .map(|c| c.name.clone())
@@ -546,9 +574,7 @@ fn observe(
     read: Arc<AtomicU64>,
     progress: &Arc<dyn Progress>,
 ) -> SendableRecordBatchStream {
-    let pause_after: Option<u64> = std::env::var(FAULT_PAUSE_ENV)
-        .ok()
-        .and_then(|v| v.rsplit_once(':').filter(|(t, _)| *t == label).and_then(|(_, n)| n.parse().ok()));
+    let pause_after = fault_pause_after(label);
     let schema = stream.schema();
     let progress = progress.clone();
     let label = label.to_string();
@@ -556,12 +582,7 @@ fn observe(
         if let Ok(batch) = batch {
             let total = read.fetch_add(batch.num_rows() as u64, Ordering::Relaxed) + batch.num_rows() as u64;
             progress.update(&label, total);
-            if pause_after.is_some_and(|n| total >= n) {
-                eprintln!("{FAULT_POINT_MESSAGE}: {label} after {total} rows; waiting to be killed");
-                loop {
-                    std::thread::park();
-                }
-            }
+            pause_at_fault_point(&label, total, pause_after);
         }
     });
     Box::pin(RecordBatchStreamAdapter::new(schema, observed))

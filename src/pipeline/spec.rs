@@ -50,6 +50,43 @@ impl fmt::Display for ColumnClass {
     }
 }
 
+/// The class of every warehouse column, decided in one place for the loader (which columns get no
+/// statistics), the masking policy and the catalog (`GET /api/v1/tables`): a column its pipeline
+/// lists has that class; a raw column it does not list (one the source added since) has the
+/// pipeline's `defaults.new_column_class` (`phi` unless set), and a raw table no pipeline loads
+/// counts as `phi` throughout; a mart column is `dim` (models select pseudonymised keys only).
+#[derive(Debug, Clone, Default)]
+pub struct Classifier {
+    listed: std::collections::HashMap<(TableName, String), ColumnClass>,
+    unlisted: std::collections::HashMap<TableName, ColumnClass>,
+}
+
+impl Classifier {
+    pub fn new<'a>(pipelines: impl IntoIterator<Item = &'a Pipeline>) -> Classifier {
+        let mut classifier = Classifier::default();
+        for pipeline in pipelines {
+            for table in &pipeline.tables {
+                classifier.unlisted.insert(table.target.clone(), pipeline.defaults.new_column_class);
+                for (column, class) in &table.columns {
+                    classifier.listed.insert((table.target.clone(), column.clone()), *class);
+                }
+            }
+        }
+        classifier
+    }
+
+    pub fn class_of(&self, table: &TableName, column: &str) -> ColumnClass {
+        if let Some(class) = self.listed.get(&(table.clone(), column.to_string())) {
+            return *class;
+        }
+        match self.unlisted.get(table) {
+            Some(class) => *class,
+            None if table.schema == "raw" => ColumnClass::Phi,
+            None => ColumnClass::Dim,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CatchUp {
@@ -418,6 +455,30 @@ amount = "fin"
         assert_eq!(p.tables[0].target.to_string(), "raw.payments");
         assert_eq!(p.tables[0].sync, Sync::Incremental { cursor: "id".into() });
         assert_eq!(p.tables[0].line, 6);
+    }
+
+    #[test]
+    fn one_classifier_classes_listed_unlisted_and_mart_columns() {
+        let with_default = GOOD.replace("[[tables]]", "[defaults]\nnew_column_class = \"pii\"\n\n[[tables]]");
+        let pipelines = [parse(&with_default).unwrap()];
+        let classes = Classifier::new(&pipelines);
+        let payments: TableName = "raw.payments".parse().unwrap();
+        assert_eq!(classes.class_of(&payments, "amount"), ColumnClass::Fin);
+        assert_eq!(classes.class_of(&payments, "added_since"), ColumnClass::Pii, "the pipeline's default");
+        assert_eq!(classes.class_of(&"raw.unloaded".parse().unwrap(), "x"), ColumnClass::Phi);
+        assert_eq!(classes.class_of(&"marts.dim_clients".parse().unwrap(), "status"), ColumnClass::Dim);
+        assert_eq!(Classifier::new(&[parse(GOOD).unwrap()]).class_of(&payments, "added_since"), ColumnClass::Phi);
+    }
+
+    /// HIPAA's identifiers include health plan beneficiary numbers; free text can hold anything.
+    #[test]
+    fn the_shipped_pipeline_classes_identifiers_and_free_text_as_personal() {
+        let core = Pipeline::parse(Path::new("sokana_core.toml"), crate::SOKANA_CORE_PIPELINE).unwrap();
+        let classes = Classifier::new([&core]);
+        let class = |table: &str, column: &str| classes.class_of(&table.parse().unwrap(), column);
+        assert_eq!(class("raw.phi_clients", "policy_number"), ColumnClass::Pii);
+        assert_eq!(class("raw.payments", "description"), ColumnClass::Phi);
+        assert_eq!(class("raw.doula_availability", "reason"), ColumnClass::Pii);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! plan reads; a commit to one of those tables changes its version and so the key, while commits to
 //! other tables leave it alone. Bounded by bytes and by age (moka). The same key is the `ETag`.
 
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -48,12 +49,53 @@ impl KeyParts<'_> {
             hash.update((part.len() as u64).to_le_bytes());
             hash.update(part.as_bytes());
         }
-        // Debug of ScalarValue carries the type as well as the value: 1 and '1' differ.
-        hash.update(format!("{:?}|{:?}", self.params, self.page).as_bytes());
+        let mut hasher = Sha256Hasher(hash);
+        // Each value with its type: 1 and '1' differ.
+        match self.params {
+            super::Params::None => 0u8.hash(&mut hasher),
+            super::Params::Positional(values) => {
+                1u8.hash(&mut hasher);
+                values.iter().for_each(|v| (v.data_type(), v).hash(&mut hasher));
+                values.len().hash(&mut hasher);
+            }
+            super::Params::Named(values) => {
+                2u8.hash(&mut hasher);
+                values.iter().for_each(|(name, v)| (name, v.data_type(), v).hash(&mut hasher));
+                values.len().hash(&mut hasher);
+            }
+        }
+        self.page.hash(&mut hasher);
+        let mut hash = hasher.0;
         for (table, version) in self.tables {
             hash.update(format!("|{table}@{version}").as_bytes());
         }
         hex::encode(hash.finalize())
+    }
+}
+
+/// A SHA-256 digest of everything `value`'s `Hash` writes. The derived `Hash` of a logical plan
+/// covers every node, expression and literal, with lengths, where its display abbreviates (a
+/// `VALUES` list shows its first five rows), so two plans that differ anywhere get different keys.
+pub fn digest<T: Hash + ?Sized>(value: &T) -> String {
+    let mut hasher = Sha256Hasher(Sha256::new());
+    value.hash(&mut hasher);
+    hex::encode(hasher.0.finalize())
+}
+
+/// A `Hasher` that feeds SHA-256 instead of folding into 64 bits.
+struct Sha256Hasher(Sha256);
+
+impl Hasher for Sha256Hasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    /// Not used for keys (they take the whole digest); the digest's first eight bytes.
+    fn finish(&self) -> u64 {
+        let digest = self.0.clone().finalize();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest[..8]);
+        u64::from_le_bytes(first)
     }
 }
 

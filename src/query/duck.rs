@@ -23,11 +23,17 @@ pub struct DuckSession {
     root: Mutex<duckdb::Connection>,
     idle: Mutex<Vec<duckdb::Connection>>,
     versions: HashMap<TableName, i64>,
+    /// Texts the gate has judged to be one query each (a text's verdict does not change).
+    judged: moka::sync::Cache<String, ()>,
+    /// Declared after the connections, so that it (and the database it owns) goes last.
+    gate: gate::Gate,
 }
 
 /// Idle connections kept per session, and prepared statements kept per connection.
 const IDLE_CONNECTIONS: usize = 8;
 const STATEMENTS_PER_CONNECTION: usize = 32;
+/// Query texts whose verdict is remembered per session.
+const JUDGED_TEXTS: u64 = 4096;
 
 /// A connection lent to one query; it goes back to its session when dropped, unless the query was
 /// cancelled (a late interrupt meant for it must not reach the next query).
@@ -105,7 +111,9 @@ impl DuckSession {
     pub async fn open(catalog: &WarehouseCatalog, memory_limit_mb: Option<u64>) -> Result<DuckSession, QueryError> {
         let root = catalog.warehouse().plain_local_root().ok_or_else(|| QueryError::Sql(NEEDS_PLAIN_LOCAL.into()))?;
         let (statements, versions) = views(catalog).await?;
-        let conn = duckdb::Connection::open_in_memory().map_err(duck_err)?;
+        let database = gate::Database::open_in_memory()?;
+        // The connections share the database the gate judges texts against.
+        let conn = database.connect()?;
         execute_all(&conn, &statements)?;
         let memory = memory_limit_mb.map(|mb| format!("SET memory_limit = '{mb}MB';")).unwrap_or_default();
         let root = root.to_string_lossy();
@@ -118,7 +126,27 @@ impl DuckSession {
             quote(&root)
         ))
         .map_err(duck_err)?;
-        Ok(DuckSession { root: Mutex::new(conn), idle: Mutex::new(Vec::new()), versions })
+        let gate = gate::Gate::new(database)?;
+        Ok(DuckSession {
+            root: Mutex::new(conn),
+            idle: Mutex::new(Vec::new()),
+            versions,
+            judged: moka::sync::Cache::new(JUDGED_TEXTS),
+            gate,
+        })
+    }
+
+    /// Refuses anything but exactly one query (a `SELECT` as DuckDB's own parser counts and types
+    /// statements). duckdb-rs runs every statement of a text but the last when it prepares it, and
+    /// other parsers disagree with DuckDB on where statements end (DuckDB nests block comments),
+    /// so DuckDB itself is asked before the text goes near a connection that would run it.
+    pub fn judge(&self, sql: &str) -> Result<(), QueryError> {
+        if self.judged.contains_key(sql) {
+            return Ok(());
+        }
+        self.gate.judge(sql)?;
+        self.judged.insert(sql.to_string(), ());
+        Ok(())
     }
 
     /// The version each table's view reads.
@@ -143,7 +171,7 @@ impl DuckSession {
 
     /// Runs one query on a connection of its own and collects it (see [`run`]).
     pub fn query(self: &Arc<Self>, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>), QueryError> {
-        run(&*self.connect()?, sql, &Params::None, None)
+        run(&self.connect()?, sql, &Params::None, None)
     }
 }
 
@@ -226,12 +254,12 @@ pub async fn export_database(catalog: &WarehouseCatalog, path: &std::path::Path)
 /// folder DuckDB may read is also one it could write) with `params` bound by DuckDB, never spliced
 /// into the text; the result in the engine's Arrow. More than `row_cap` rows is an error.
 pub fn run(
-    conn: &duckdb::Connection,
+    conn: &PooledConnection,
     sql: &str,
     params: &Params,
     row_cap: Option<u64>,
 ) -> Result<(SchemaRef, Vec<RecordBatch>), QueryError> {
-    ensure_query(sql)?;
+    conn.session.judge(sql)?;
     let mut statement = conn.prepare_cached(sql).map_err(duck_err)?;
     let answer = execute(&mut statement, params, row_cap);
     // The statement keeps its last result until it runs again: only small ones stay cached.
@@ -282,31 +310,61 @@ fn execute(
     Ok((schema, batches))
 }
 
-/// A parameter value as DuckDB binds it.
+/// A parameter value as DuckDB binds it: every type a PostgreSQL driver sends over the wire
+/// (int2 … int8, float4/8, numeric, text, varchar, bool, date, time, timestamp(tz), interval, uuid
+/// and json as text, bytea) and the HTTP API's.
 fn duck_value(value: &ScalarValue) -> Result<duckdb::types::Value, QueryError> {
-    use duckdb::types::Value;
+    use duckdb::types::{TimeUnit as DuckUnit, Value};
     Ok(match value {
         v if v.is_null() => Value::Null,
         ScalarValue::Boolean(Some(b)) => Value::Boolean(*b),
-        ScalarValue::Int64(Some(i)) => Value::BigInt(*i),
+        ScalarValue::Int8(Some(i)) => Value::TinyInt(*i),
+        ScalarValue::Int16(Some(i)) => Value::SmallInt(*i),
         ScalarValue::Int32(Some(i)) => Value::Int(*i),
+        ScalarValue::Int64(Some(i)) => Value::BigInt(*i),
+        ScalarValue::UInt8(Some(i)) => Value::UTinyInt(*i),
+        ScalarValue::UInt16(Some(i)) => Value::USmallInt(*i),
+        ScalarValue::UInt32(Some(i)) => Value::UInt(*i),
+        ScalarValue::UInt64(Some(i)) => Value::UBigInt(*i),
+        ScalarValue::Float32(Some(f)) => Value::Float(*f),
         ScalarValue::Float64(Some(f)) => Value::Double(*f),
         ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)) | ScalarValue::LargeUtf8(Some(s)) => {
             Value::Text(s.clone())
         }
+        ScalarValue::Binary(Some(b))
+        | ScalarValue::BinaryView(Some(b))
+        | ScalarValue::LargeBinary(Some(b))
+        | ScalarValue::FixedSizeBinary(_, Some(b)) => Value::Blob(b.clone()),
         ScalarValue::Date32(Some(d)) => Value::Date32(*d),
-        ScalarValue::TimestampMicrosecond(Some(t), _) => Value::Timestamp(duckdb::types::TimeUnit::Microsecond, *t),
+        ScalarValue::Date64(Some(ms)) => Value::Date32((*ms).div_euclid(86_400_000) as i32),
+        // An instant: DuckDB's TIMESTAMP in UTC, which it casts to TIMESTAMPTZ where one is wanted.
+        ScalarValue::TimestampSecond(Some(t), _) => Value::Timestamp(DuckUnit::Second, *t),
+        ScalarValue::TimestampMillisecond(Some(t), _) => Value::Timestamp(DuckUnit::Millisecond, *t),
+        ScalarValue::TimestampMicrosecond(Some(t), _) => Value::Timestamp(DuckUnit::Microsecond, *t),
+        ScalarValue::TimestampNanosecond(Some(t), _) => Value::Timestamp(DuckUnit::Nanosecond, *t),
+        ScalarValue::Time32Second(Some(t)) => Value::Time64(DuckUnit::Second, i64::from(*t)),
+        ScalarValue::Time32Millisecond(Some(t)) => Value::Time64(DuckUnit::Millisecond, i64::from(*t)),
+        ScalarValue::Time64Microsecond(Some(t)) => Value::Time64(DuckUnit::Microsecond, *t),
+        ScalarValue::Time64Nanosecond(Some(t)) => Value::Time64(DuckUnit::Nanosecond, *t),
+        ScalarValue::IntervalMonthDayNano(Some(i)) => {
+            Value::Interval { months: i.months, days: i.days, nanos: i.nanoseconds }
+        }
+        ScalarValue::IntervalYearMonth(Some(months)) => Value::Interval { months: *months, days: 0, nanos: 0 },
+        ScalarValue::IntervalDayTime(Some(i)) => {
+            Value::Interval { months: 0, days: i.days, nanos: i64::from(i.milliseconds) * 1_000_000 }
+        }
+        ScalarValue::DurationSecond(Some(d)) => Value::Interval { months: 0, days: 0, nanos: d * 1_000_000_000 },
+        ScalarValue::DurationMillisecond(Some(d)) => Value::Interval { months: 0, days: 0, nanos: d * 1_000_000 },
+        ScalarValue::DurationMicrosecond(Some(d)) => Value::Interval { months: 0, days: 0, nanos: d * 1_000 },
+        ScalarValue::DurationNanosecond(Some(d)) => Value::Interval { months: 0, days: 0, nanos: *d },
         // Decimals cross as text, which DuckDB casts to the parameter's type without rounding.
-        ScalarValue::Decimal128(Some(_), _, _) => Value::Text(value.to_string()),
+        ScalarValue::Decimal128(Some(_), _, _) | ScalarValue::Decimal256(Some(_), _, _) => {
+            Value::Text(value.to_string())
+        }
         other => {
             return Err(QueryError::Sql(format!("DuckDB: no binding for a parameter of type {}", other.data_type())));
         }
     })
-}
-
-/// Accepts exactly one statement that is a query.
-fn ensure_query(sql: &str) -> Result<(), QueryError> {
-    inspect(sql).map(|_| ())
 }
 
 /// A query as DuckDB will run it: its text normalised by the parser (keywords, spacing) and the
@@ -317,7 +375,8 @@ pub struct Inspected {
     pub tables: Vec<TableName>,
 }
 
-/// Parses `sql` as DuckDB's dialect; exactly one query statement is accepted.
+/// Parses `sql` as DuckDB's dialect; exactly one query statement is accepted. This is for routing
+/// and logging only: what DuckDB may run is decided by [`DuckSession::judge`].
 pub fn inspect(sql: &str) -> Result<Inspected, QueryError> {
     use datafusion::sql::sqlparser::{ast::Statement, ast::visit_relations, dialect::DuckDbDialect, parser::Parser};
     let statements = Parser::parse_sql(&DuckDbDialect {}, sql).map_err(|e| QueryError::Sql(format!("DuckDB: {e}")))?;
@@ -352,4 +411,149 @@ fn cast_columns(schema: &SchemaRef, value: impl Fn(&str) -> String) -> Result<St
         .map(|f| Ok(format!("CAST({} AS {}) AS {}", value(f.name()), duck_type(f.data_type())?, quoted(f.name()))))
         .collect::<Result<Vec<_>, QueryError>>()?
         .join(", "))
+}
+
+/// The raw DuckDB handles the gate needs, which duckdb-rs does not expose: the database (opened
+/// here and lent to duckdb-rs) and a connection of the gate's own. Hand-written because no crate
+/// offers DuckDB's statement extraction without running what it extracts.
+mod gate {
+    use std::ffi::{CStr, CString};
+    use std::ptr;
+    use std::sync::Mutex;
+
+    use duckdb::ffi;
+
+    use super::{QueryError, duck_err};
+
+    /// An in-memory DuckDB database, closed when dropped (after every connection to it: DuckDB's
+    /// connections keep the database instance alive themselves).
+    pub(super) struct Database(ffi::duckdb_database);
+
+    // SAFETY: a `duckdb_database` may be used from any thread; DuckDB synchronises internally.
+    unsafe impl Send for Database {}
+    unsafe impl Sync for Database {}
+
+    impl Database {
+        pub(super) fn open_in_memory() -> Result<Database, QueryError> {
+            let mut raw: ffi::duckdb_database = ptr::null_mut();
+            // SAFETY: a null path opens an in-memory database; `raw` is written on success.
+            let state = unsafe { ffi::duckdb_open(ptr::null(), &mut raw) };
+            if state != ffi::DuckDBSuccess || raw.is_null() {
+                return Err(QueryError::Sql("DuckDB: the in-memory database could not be opened".into()));
+            }
+            Ok(Database(raw))
+        }
+
+        /// A duckdb-rs connection to this database.
+        pub(super) fn connect(&self) -> Result<duckdb::Connection, QueryError> {
+            // SAFETY: the handle is open until `self` is dropped, which the session orders after
+            // its connections.
+            unsafe { duckdb::Connection::open_from_raw(self.0) }.map_err(duck_err)
+        }
+    }
+
+    impl Drop for Database {
+        fn drop(&mut self) {
+            // SAFETY: opened by `duckdb_open`, closed once.
+            unsafe { ffi::duckdb_close(&mut self.0) }
+        }
+    }
+
+    /// A connection that only ever extracts and prepares statements, never executes them.
+    pub(super) struct Gate {
+        con: Mutex<ffi::duckdb_connection>,
+        _database: Database,
+    }
+
+    // SAFETY: the connection is used under the mutex only, one thread at a time.
+    unsafe impl Send for Gate {}
+    unsafe impl Sync for Gate {}
+
+    impl Gate {
+        pub(super) fn new(database: Database) -> Result<Gate, QueryError> {
+            let mut con: ffi::duckdb_connection = ptr::null_mut();
+            // SAFETY: `database` is open; `con` is written on success.
+            let state = unsafe { ffi::duckdb_connect(database.0, &mut con) };
+            if state != ffi::DuckDBSuccess || con.is_null() {
+                return Err(QueryError::Sql("DuckDB: the gate's connection could not be opened".into()));
+            }
+            Ok(Gate { con: Mutex::new(con), _database: database })
+        }
+
+        /// Exactly one statement, and DuckDB types it as a `SELECT`.
+        pub(super) fn judge(&self, sql: &str) -> Result<(), QueryError> {
+            let text = CString::new(sql).map_err(|_| QueryError::Sql("the query holds a NUL character".into()))?;
+            let con = self.con.lock().map_err(|_| QueryError::Sql("the DuckDB gate was poisoned".into()))?;
+            let mut extracted: ffi::duckdb_extracted_statements = ptr::null_mut();
+            // SAFETY: `con` is open, `text` is NUL-terminated; `extracted` is destroyed by the guard
+            // whatever the count.
+            let count = unsafe { ffi::duckdb_extract_statements(*con, text.as_ptr(), &mut extracted) };
+            let extracted = Extracted(extracted);
+            if count == 0 {
+                // SAFETY: the error belongs to `extracted`, alive here.
+                let reason = unsafe { message(ffi::duckdb_extract_statements_error(extracted.0)) };
+                return Err(QueryError::Sql(match reason {
+                    Some(reason) => format!("DuckDB: {reason}"),
+                    None => "no statement to run".into(),
+                }));
+            }
+            if count > 1 {
+                return Err(QueryError::Sql("send one statement at a time".into()));
+            }
+            let mut prepared = Prepared(ptr::null_mut());
+            // SAFETY: index 0 exists; `prepared` is destroyed by its guard even when this fails.
+            // Preparing binds the statement (names resolve) but runs nothing.
+            let state = unsafe { ffi::duckdb_prepare_extracted_statement(*con, extracted.0, 0, &mut prepared.0) };
+            if state != ffi::DuckDBSuccess {
+                // SAFETY: the error belongs to `prepared`, alive here.
+                let reason = unsafe { message(ffi::duckdb_prepare_error(prepared.0)) };
+                return Err(QueryError::Sql(format!(
+                    "DuckDB: {}",
+                    reason.unwrap_or_else(|| "the query did not prepare".into())
+                )));
+            }
+            // SAFETY: `prepared` is a successfully prepared statement.
+            let kind = unsafe { ffi::duckdb_prepared_statement_type(prepared.0) };
+            if kind != ffi::duckdb_statement_type_DUCKDB_STATEMENT_TYPE_SELECT {
+                return Err(QueryError::Sql("only queries (SELECT, WITH … SELECT) run on the warehouse".into()));
+            }
+            Ok(())
+        }
+    }
+
+    impl Drop for Gate {
+        fn drop(&mut self) {
+            if let Ok(con) = self.con.get_mut() {
+                // SAFETY: opened by `duckdb_connect`, disconnected once.
+                unsafe { ffi::duckdb_disconnect(con) }
+            }
+        }
+    }
+
+    struct Extracted(ffi::duckdb_extracted_statements);
+
+    impl Drop for Extracted {
+        fn drop(&mut self) {
+            // SAFETY: DuckDB requires this after every extraction, successful or not.
+            unsafe { ffi::duckdb_destroy_extracted(&mut self.0) }
+        }
+    }
+
+    struct Prepared(ffi::duckdb_prepared_statement);
+
+    impl Drop for Prepared {
+        fn drop(&mut self) {
+            // SAFETY: DuckDB requires this after every prepare, successful or not; null is allowed.
+            unsafe { ffi::duckdb_destroy_prepare(&mut self.0) }
+        }
+    }
+
+    /// A C string DuckDB owns, copied; `None` for null.
+    ///
+    /// # Safety
+    /// `raw` is null or a NUL-terminated string alive for the call.
+    unsafe fn message(raw: *const std::ffi::c_char) -> Option<String> {
+        // SAFETY: as the caller promises.
+        (!raw.is_null()).then(|| unsafe { CStr::from_ptr(raw) }.to_string_lossy().into_owned())
+    }
 }

@@ -130,7 +130,8 @@ pub struct Limits {
 /// cache without being planned again.
 #[derive(Debug)]
 struct Prepared {
-    /// DataFusion's logical plan, indented (normalises spelling, spacing and `SELECT *`).
+    /// A digest of DataFusion's logical plan, complete to the last literal (normalises spelling,
+    /// spacing and `SELECT *`).
     plan: Result<String, String>,
     /// The answer's columns as DataFusion plans them; `auto` gives DuckDB's answers these names
     /// and types, so a query's schema does not depend on the engine that ran it.
@@ -230,7 +231,7 @@ impl QueryEngine {
         cache: ResultCache,
         log: Option<QueryLog>,
     ) -> Result<QueryEngine, QueryError> {
-        let base = SessionContext::new_with_config(session_config());
+        let base = SessionContext::new_with_config_rt(session_config(), super::runtime_for(catalog.warehouse())?);
         let sokana = base.catalog("sokana").ok_or_else(|| QueryError::Sql("the default catalog is missing".into()))?;
         for schema in SCHEMAS {
             sokana.register_schema(schema, catalog.schema_provider(schema))?;
@@ -291,7 +292,21 @@ impl QueryEngine {
         let Some(policy) = &self.policy else {
             return Err(QueryError::Sql(format!("scope {scope:?} may not query: no masking policy is installed")));
         };
+        if let LogicalPlan::DescribeTable(_) = &plan {
+            // `DESCRIBE t` shows t's columns without scanning it: the policy judges a scan of t,
+            // so a table the scope may not read is not described either.
+            let table = described_table(state, sql)?;
+            policy.rewrite(query_plan(state, &format!("SELECT * FROM {table}")).await?, scope)?;
+            return Ok(plan);
+        }
         policy.rewrite(plan, scope)
+    }
+
+    /// The plan of `sql` as `scope` may see it, unbound and unoptimised: what a wire client's
+    /// Describe is answered from, so that it shows no more than running the query would.
+    pub async fn describe(&self, sql: &str, scope: &str) -> Result<LogicalPlan, QueryError> {
+        self.catalog.refresh_names().await?;
+        self.plan_as(&self.base.state(), sql, scope).await
     }
 
     pub fn default_engine(&self) -> EngineChoice {
@@ -756,7 +771,7 @@ impl QueryEngine {
         };
         let planned = plan.is_ok();
         let schema = plan.as_ref().ok().map(|p| p.schema().inner().clone());
-        let plan = plan.map(|p| p.display_indent().to_string());
+        let plan = plan.map(|p| super::cache::digest(&p));
         let prepared = Arc::new(Prepared { plan, schema, duck, warehouse_only, cacheable, tables, columns, shape });
         // Only what DataFusion planned is kept: a text that failed may name a table that comes later.
         if planned {
@@ -992,24 +1007,56 @@ fn shape(plan: &LogicalPlan) -> String {
         .join("|")
 }
 
-/// The SQL as the log keeps it: parsed and printed again, every literal replaced by `?`, so the
-/// log groups queries that differ only in values and never holds the values (which may be
-/// personal data). Text that does not parse is kept as a marker only.
+/// The SQL as the log keeps it: parsed and printed again (spelling and spacing normalised), then
+/// every literal token of the printed statement, of any kind (strings in every quoting, typed
+/// strings such as `DATE '…'` and `INTERVAL '…'`, numbers, `ESCAPE` characters), replaced by `?`,
+/// so the log groups queries that differ only in values and never holds the values (which may be
+/// personal data). Working on tokens rather than on the syntax tree leaves no literal behind in
+/// some node a tree walk does not visit. Text that does not parse is kept as a marker only.
 pub fn normalise_for_log(sql: &str) -> String {
-    use datafusion::sql::sqlparser::ast::{Expr, Value, visit_expressions_mut};
+    use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer, Whitespace};
     use datafusion::sql::sqlparser::{dialect::GenericDialect, parser::Parser};
-    let Ok(mut statements) = Parser::parse_sql(&GenericDialect {}, sql) else {
-        return "<SQL that did not parse>".into();
+    const UNPARSED: &str = "<SQL that did not parse>";
+    let Ok(statements) = Parser::parse_sql(&GenericDialect {}, sql) else {
+        return UNPARSED.into();
     };
-    let _ = visit_expressions_mut(&mut statements, |expr| {
-        if let Expr::Value(value) = expr
-            && !matches!(value.value, Value::Placeholder(_))
-        {
-            value.value = Value::Placeholder("?".into());
-        }
-        std::ops::ControlFlow::<()>::Continue(())
-    });
-    statements.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    let printed = statements.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+    let Ok(tokens) = Tokenizer::new(&GenericDialect {}, &printed).tokenize() else {
+        return UNPARSED.into();
+    };
+    let mut logged = String::with_capacity(printed.len());
+    for token in tokens {
+        let kept = match token {
+            Token::Word(_)
+            | Token::Placeholder(_)
+            | Token::Whitespace(Whitespace::Space | Whitespace::Newline | Whitespace::Tab) => token,
+            Token::Whitespace(_) => continue,
+            Token::Number(..)
+            | Token::Char(_)
+            | Token::SingleQuotedString(_)
+            | Token::DoubleQuotedString(_)
+            | Token::TripleSingleQuotedString(_)
+            | Token::TripleDoubleQuotedString(_)
+            | Token::DollarQuotedString(_)
+            | Token::SingleQuotedByteStringLiteral(_)
+            | Token::DoubleQuotedByteStringLiteral(_)
+            | Token::TripleSingleQuotedByteStringLiteral(_)
+            | Token::TripleDoubleQuotedByteStringLiteral(_)
+            | Token::SingleQuotedRawStringLiteral(_)
+            | Token::DoubleQuotedRawStringLiteral(_)
+            | Token::TripleSingleQuotedRawStringLiteral(_)
+            | Token::TripleDoubleQuotedRawStringLiteral(_)
+            | Token::NationalStringLiteral(_)
+            | Token::QuoteDelimitedStringLiteral(_)
+            | Token::NationalQuoteDelimitedStringLiteral(_)
+            | Token::EscapedStringLiteral(_)
+            | Token::UnicodeStringLiteral(_)
+            | Token::HexStringLiteral(_) => Token::Placeholder("?".into()),
+            operator => operator,
+        };
+        logged.push_str(&kept.to_string());
+    }
+    logged
 }
 
 /// Per plan shape, the recent times of each engine; `auto` picks the faster.
@@ -1065,6 +1112,20 @@ async fn query_plan(state: &SessionState, sql: &str) -> Result<LogicalPlan, Quer
     Ok(plan)
 }
 
+/// The table a `DESCRIBE` statement names.
+fn described_table(state: &SessionState, sql: &str) -> Result<String, QueryError> {
+    use datafusion::sql::parser::Statement as DfStatement;
+    use datafusion::sql::sqlparser::ast::Statement;
+    let dialect = state.config().options().sql_parser.dialect;
+    match state.sql_to_statement(sql, &dialect)? {
+        DfStatement::Statement(statement) => match *statement {
+            Statement::ExplainTable { table_name, .. } => Ok(table_name.to_string()),
+            _ => Err(QueryError::Sql("DESCRIBE names one table".into())),
+        },
+        _ => Err(QueryError::Sql("DESCRIBE names one table".into())),
+    }
+}
+
 /// The lower median: of two samples the smaller, so that a shape's first run on an engine (which
 /// plans or prepares it, and reads cold files) does not decide against the engine on its own.
 fn median(samples: &VecDeque<u64>) -> u64 {
@@ -1108,6 +1169,61 @@ mod tests {
         assert!(!logged.contains("Jane") && !logged.contains("41"), "{logged}");
         assert!(logged.contains("$1"), "{logged}");
         assert_eq!(normalise_for_log("selec oops 'Jane'"), "<SQL that did not parse>");
+    }
+
+    /// Every kind of literal in every place a query can hold one: generated queries, each carrying
+    /// a marker value, must all parse and none may leave its marker in the log.
+    #[test]
+    fn the_log_keeps_no_literal_of_any_kind_in_generated_sql() {
+        use rand::{Rng, SeedableRng};
+        let literals: &[fn(&str, u32) -> String] = &[
+            |m, _| format!("'{m}'"),
+            |m, _| format!("'it''s {m}'"),
+            |m, _| format!("E'{m}\\n'"),
+            |m, _| format!("N'{m}'"),
+            |m, _| format!("U&'{m}'"),
+            |m, _| format!("$${m}$$"),
+            |m, _| format!("$tag${m}$tag$"),
+            |_, n| format!("X'{n:08X}'"),
+            |_, n| format!("{n}"),
+            |_, n| format!("{n}.25"),
+            |_, n| format!("{n}e3"),
+            |_, n| format!("DATE '{}-01-02'", 1000 + n % 9000),
+            |_, n| format!("TIMESTAMP '2024-03-{:02} 10:{:02}:00'", 1 + n % 28, n % 60),
+            |_, n| format!("INTERVAL '{n} days'"),
+            |_, n| format!("INTERVAL '{n}' DAY"),
+            |m, _| format!("CAST('{m}' AS VARCHAR)"),
+            |m, _| format!("'{m}'::text"),
+        ];
+        let places: &[fn(&str, &str) -> String] = &[
+            |a, _| format!("SELECT * FROM raw.phi_clients WHERE first_name = {a}"),
+            |a, b| format!("SELECT id FROM raw.phi_clients WHERE email IN ({a}, {b})"),
+            |a, _| format!("SELECT id FROM raw.phi_clients WHERE email LIKE {a} ESCAPE '!'"),
+            |a, _| format!("SELECT id FROM raw.phi_clients WHERE email ILIKE {a}"),
+            |a, b| format!("SELECT {a} AS x, {b} AS y"),
+            |a, b| format!("SELECT CASE WHEN status = {a} THEN {b} ELSE 'other zq' END FROM raw.phi_clients"),
+            |a, b| format!("SELECT coalesce(first_name, {a}) FROM raw.phi_clients WHERE id BETWEEN {b} AND 2"),
+            |a, b| format!("WITH t AS (SELECT {a} AS v) SELECT v FROM t WHERE v <> {b}"),
+            |a, b| format!("SELECT * FROM (VALUES ({a}), ({b})) AS v(x)"),
+            |a, _| format!("SELECT [{a}] AS list"),
+            |a, b| format!("SELECT id FROM raw.phi_clients GROUP BY id HAVING count(*) > {a} ORDER BY {b}"),
+            |a, _| format!("SELECT id FROM raw.phi_clients WHERE concat(first_name, {a}) IS NOT NULL LIMIT 5 OFFSET 7"),
+            |a, b| format!("SELECT id FROM raw.phi_clients WHERE (first_name, last_name) = ({a}, {b})"),
+            |a, _| format!("SELECT id FROM raw.phi_clients WHERE EXISTS (SELECT 1 FROM raw.payments WHERE note = {a})"),
+        ];
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(15);
+        for round in 0..2_000u32 {
+            let n = rng.random_range(1_000_000..9_000_000u32);
+            let marker = format!("zq{n}x");
+            let a = literals[rng.random_range(0..literals.len())](&marker, n);
+            let b = literals[rng.random_range(0..literals.len())](&marker, n);
+            let sql = places[rng.random_range(0..places.len())](&a, &b);
+            let logged = normalise_for_log(&sql);
+            assert_ne!(logged, "<SQL that did not parse>", "round {round}: {sql}");
+            for secret in [marker.as_str(), &n.to_string(), &format!("{n:08X}"), "zq"] {
+                assert!(!logged.contains(secret), "round {round}: {sql}\n  logged as: {logged}");
+            }
+        }
     }
 
     #[test]

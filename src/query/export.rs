@@ -16,7 +16,12 @@ use super::QueryError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ExportFormat {
+    /// CSV with text cells that a spreadsheet would run as a formula neutralised.
     Csv,
+    /// CSV exactly as stored, for programs (`csv-raw`).
+    #[serde(rename = "csv-raw")]
+    #[value(name = "csv-raw")]
+    CsvRaw,
     Json,
     Arrow,
     Parquet,
@@ -25,7 +30,7 @@ pub enum ExportFormat {
 impl ExportFormat {
     pub fn content_type(self) -> &'static str {
         match self {
-            ExportFormat::Csv => "text/csv; charset=utf-8",
+            ExportFormat::Csv | ExportFormat::CsvRaw => "text/csv; charset=utf-8",
             ExportFormat::Json => "application/json",
             ExportFormat::Arrow => "application/vnd.apache.arrow.stream",
             ExportFormat::Parquet => "application/vnd.apache.parquet",
@@ -35,6 +40,7 @@ impl ExportFormat {
     pub fn parse(text: &str) -> Option<ExportFormat> {
         match text {
             "csv" => Some(ExportFormat::Csv),
+            "csv-raw" => Some(ExportFormat::CsvRaw),
             "json" => Some(ExportFormat::Json),
             "arrow" => Some(ExportFormat::Arrow),
             "parquet" => Some(ExportFormat::Parquet),
@@ -79,6 +85,7 @@ pub struct Encoder {
     writer: Writer,
     schema: SchemaRef,
     rows: usize,
+    neutralise: bool,
 }
 
 fn err(e: impl std::fmt::Display) -> QueryError {
@@ -89,7 +96,7 @@ impl Encoder {
     pub fn new(format: ExportFormat, schema: SchemaRef) -> Result<Encoder, QueryError> {
         let buffer = Shared::default();
         let writer = match format {
-            ExportFormat::Csv => {
+            ExportFormat::Csv | ExportFormat::CsvRaw => {
                 Writer::Csv(Box::new(arrow::csv::WriterBuilder::new().with_header(true).build(buffer.clone())))
             }
             ExportFormat::Json => Writer::Json(arrow::json::ArrayWriter::new(buffer.clone())),
@@ -106,12 +113,13 @@ impl Encoder {
                 ))
             }
         };
-        Ok(Encoder { buffer, writer, schema, rows: 0 })
+        Ok(Encoder { buffer, writer, schema, rows: 0, neutralise: format == ExportFormat::Csv })
     }
 
     pub fn write(&mut self, batch: &RecordBatch) -> Result<Vec<u8>, QueryError> {
         self.rows += batch.num_rows();
         match &mut self.writer {
+            Writer::Csv(w) if self.neutralise => w.write(&neutralised(batch)?).map_err(err)?,
             Writer::Csv(w) => w.write(batch).map_err(err)?,
             Writer::Json(w) => w.write(batch).map_err(err)?,
             Writer::Arrow(w) => w.write(batch).map_err(err)?,
@@ -144,6 +152,50 @@ impl Encoder {
         }
         Ok(self.buffer.take())
     }
+}
+
+/// Characters that make a spreadsheet read a cell as a formula when they lead it (OWASP's list for
+/// CSV injection).
+const FORMULA_LEADS: [char; 6] = ['=', '+', '-', '@', '\t', '\r'];
+
+/// `batch` with every text cell that starts like a formula prefixed by `'`, which spreadsheets
+/// show but do not evaluate. Other columns (a negative number) are left as they are.
+fn neutralised(batch: &RecordBatch) -> Result<RecordBatch, QueryError> {
+    use arrow::array::{Array, ArrayRef, AsArray, StringArray};
+    use arrow::datatypes::DataType;
+    let text = |column: &ArrayRef| -> Option<Vec<Option<String>>> {
+        let values: Vec<Option<&str>> = match column.data_type() {
+            DataType::Utf8 => column.as_string::<i32>().iter().collect(),
+            DataType::LargeUtf8 => column.as_string::<i64>().iter().collect(),
+            DataType::Utf8View => column.as_string_view().iter().collect(),
+            _ => return None,
+        };
+        if !values.iter().flatten().any(|v| v.starts_with(FORMULA_LEADS)) {
+            return None;
+        }
+        Some(
+            values
+                .into_iter()
+                .map(|v| v.map(|v| if v.starts_with(FORMULA_LEADS) { format!("'{v}") } else { v.to_string() }))
+                .collect(),
+        )
+    };
+    let mut columns = Vec::with_capacity(batch.num_columns());
+    let mut fields = Vec::with_capacity(batch.num_columns());
+    for (column, field) in batch.columns().iter().zip(batch.schema().fields()) {
+        match text(column) {
+            Some(values) => {
+                columns.push(Arc::new(StringArray::from(values)) as ArrayRef);
+                fields.push(field.as_ref().clone().with_data_type(DataType::Utf8));
+            }
+            None => {
+                columns.push(column.clone());
+                fields.push(field.as_ref().clone());
+            }
+        }
+    }
+    let schema = Arc::new(arrow::datatypes::Schema::new(fields));
+    RecordBatch::try_new(schema, columns).map_err(err)
 }
 
 /// A CSV field, quoted when it holds a comma, a quote or a line break.
@@ -233,6 +285,33 @@ mod tests {
             datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(parquet, 1024).unwrap();
         let rows: usize = reader.map(|b| b.unwrap().num_rows()).sum();
         assert_eq!(rows, 6);
+    }
+
+    #[test]
+    fn csv_cells_that_would_run_as_formulas_are_neutralised_unless_raw_is_asked_for() {
+        let schema =
+            Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false), Field::new("s", DataType::Utf8, true)]));
+        let cells = ["=HYPERLINK(\"http://x\")", "+1", "-2", "@SUM(A1)", "\tx", "plain", "a=b"];
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from_iter_values(-3..4)),
+                Arc::new(StringArray::from(cells.iter().map(|c| Some(*c)).collect::<Vec<_>>())),
+            ],
+        )
+        .unwrap();
+        let csv = String::from_utf8(encode(ExportFormat::Csv, schema.clone(), std::slice::from_ref(&batch)).unwrap())
+            .unwrap();
+        let mut reader = csv::ReaderBuilder::new().from_reader(csv.as_bytes());
+        let rows: Vec<(String, String)> =
+            reader.records().map(|r| r.unwrap()).map(|r| (r[0].to_string(), r[1].to_string())).collect();
+        assert_eq!(rows[0], ("-3".to_string(), "'=HYPERLINK(\"http://x\")".to_string()), "numbers stay numbers");
+        assert_eq!(
+            rows.iter().map(|r| r.1.as_str()).collect::<Vec<_>>(),
+            ["'=HYPERLINK(\"http://x\")", "'+1", "'-2", "'@SUM(A1)", "'\tx", "plain", "a=b"]
+        );
+        let raw = String::from_utf8(encode(ExportFormat::CsvRaw, schema, &[batch]).unwrap()).unwrap();
+        assert!(raw.contains("\n-3,\"=HYPERLINK(\"\"http://x\"\")\"\n"), "{raw}");
     }
 
     #[test]

@@ -138,10 +138,24 @@ pub(crate) fn session_config() -> SessionConfig {
     config
 }
 
+/// The runtime sessions over `warehouse` start from: on an encrypted warehouse nothing spills to
+/// disk (sorts and joins that outgrow memory fail instead), since spill files would hold its rows
+/// in the clear.
+pub(crate) fn runtime_for(
+    warehouse: &Warehouse,
+) -> Result<Arc<datafusion::execution::runtime_env::RuntimeEnv>, QueryError> {
+    use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+    let mut runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new();
+    if warehouse.is_encrypted() {
+        runtime = runtime.with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled));
+    }
+    Ok(runtime.build_arc()?)
+}
+
 /// A session over the warehouse's versions as they are now, whose tables can be re-pointed (model
 /// builds use it; the serving engine, [`engine::QueryEngine`], follows new versions by itself).
 pub async fn session(warehouse: &Warehouse) -> Result<SessionContext, QueryError> {
-    let ctx = SessionContext::new_with_config(session_config());
+    let ctx = SessionContext::new_with_config_rt(session_config(), runtime_for(warehouse)?);
     let catalog = ctx.catalog("sokana").ok_or_else(|| QueryError::Sql("the default catalog is missing".into()))?;
     for schema in SCHEMAS {
         catalog.register_schema(schema, Arc::new(MemorySchemaProvider::new()))?;

@@ -6,6 +6,7 @@
 mod batch;
 pub mod generate;
 mod pgcopy;
+pub mod pgtls;
 mod postgres;
 pub mod schema;
 mod seed;
@@ -63,7 +64,8 @@ impl SourceUrl {
             return Ok(SourceUrl::Sqlite(base.join(path)));
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            url.parse::<tokio_postgres::Config>().map_err(|e| bad(&e.to_string()))?;
+            // Checked as it will connect: its settings, and TLS to any server not on this machine.
+            pgtls::connect_config(url)?;
             return Ok(SourceUrl::Postgres(url.to_string()));
         }
         Err(bad("expected sqlite://PATH or postgres://USER@HOST/DB"))
@@ -86,15 +88,32 @@ impl fmt::Display for SourceUrl {
     }
 }
 
-/// A URL with its password replaced by `***`, for messages and logs.
+/// A URL with every password in it replaced by `***`, for messages and logs: the one in the
+/// user part and a `password=` parameter (libpq takes both). Text that is not a URL keeps only
+/// what cannot be a secret: its scheme.
 pub fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
-        }
-        _ => url.to_string(),
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return match url.split_once("://") {
+            Some((scheme, _)) if scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c)) => {
+                format!("{scheme}://<unparsable URL>")
+            }
+            _ => "<unparsable URL>".into(),
+        };
+    };
+    if parsed.password().is_some() {
+        let _ = parsed.set_password(Some("***"));
     }
+    if parsed.query_pairs().any(|(key, _)| key.eq_ignore_ascii_case("password")) {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(key, value)| {
+                let value = if key.eq_ignore_ascii_case("password") { "***".to_string() } else { value.into_owned() };
+                (key.into_owned(), value)
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    parsed.to_string()
 }
 
 /// How to connect to a source.
@@ -204,4 +223,20 @@ pub fn merge_partitions(schema: SchemaRef, partitions: Vec<SendableRecordBatchSt
 /// Quotes an identifier for SQL (both PostgreSQL and SQLite use double quotes).
 pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_password_in_a_url_is_redacted() {
+        let shown =
+            redact("postgres://ana:s3cret@db.example:5432/core?sslmode=require&password=other&application_name=x");
+        assert!(!shown.contains("s3cret") && !shown.contains("other"), "{shown}");
+        assert!(shown.contains("sslmode=require") && shown.contains("ana") && shown.contains("db.example"), "{shown}");
+        assert_eq!(redact("postgres://db/core"), "postgres://db/core");
+        let broken = redact("postgres://ana:s3cret@[bad/core");
+        assert!(!broken.contains("s3cret"), "{broken}");
+    }
 }

@@ -12,8 +12,8 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use futures::StreamExt;
 use tokio::sync::mpsc;
+use tokio_postgres::CopyOutStream;
 use tokio_postgres::types::Type;
-use tokio_postgres::{CopyOutStream, NoTls};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::batch::{BatchBuilder, ColumnBuilder};
@@ -56,16 +56,14 @@ where
 impl PgSource {
     pub async fn connect(url: &str, options: &ConnectOptions) -> Result<PgSource, SourceError> {
         let target = redact(url);
-        let config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e: tokio_postgres::Error| SourceError::BadUrl { url: target.clone(), reason: e.to_string() })?;
+        let (config, tls) = super::pgtls::connect_config(url)?;
         let local = config.get_hosts().iter().all(|host| match host {
             tokio_postgres::config::Host::Tcp(name) => {
                 name == "localhost" || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
             }
             tokio_postgres::config::Host::Unix(_) => true,
         });
-        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let manager = Manager::from_config(config, tls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(options.pool_size.max(1))
             .build()

@@ -7,7 +7,6 @@ use std::pin::pin;
 use rusqlite::Connection;
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use tokio::sync::mpsc;
-use tokio_postgres::NoTls;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 
@@ -155,7 +154,8 @@ async fn seed_postgres(
 ) -> Result<SeedSummary, SourceError> {
     let target = redact(url);
     let err = |e: tokio_postgres::Error| SourceError::Query { target: target.clone(), reason: db_error_reason(&e) };
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await.map_err(|e| SourceError::Unreachable {
+    let (config, tls) = super::pgtls::connect_config(url)?;
+    let (client, connection) = config.connect(tls).await.map_err(|e| SourceError::Unreachable {
         target: target.clone(),
         attempts: 1,
         reason: db_error_reason(&e),

@@ -5,7 +5,7 @@
 use datafusion::logical_expr::Expr;
 use deltalake::kernel::transaction::CommitProperties;
 
-use super::parquet::writer_properties;
+use super::parquet::{unindexed_columns, writer_properties};
 use super::{COMMIT_KEY, TableName, Warehouse, WarehouseError};
 
 impl Warehouse {
@@ -25,10 +25,11 @@ impl Warehouse {
         };
         provenance.insert("erasure".into(), note);
         let commit = CommitProperties::default().with_metadata([(COMMIT_KEY.to_string(), provenance.into())]);
+        let unindexed = unindexed_columns(&table);
         let (_, metrics) = table
             .delete()
             .with_predicate(predicate)
-            .with_writer_properties(writer_properties(self.compression, None, &[]))
+            .with_writer_properties(writer_properties(self.compression, None, &unindexed))
             .with_commit_properties(commit)
             .await
             .map_err(|e| WarehouseError::delta(name, e))?;

@@ -23,7 +23,7 @@ use deltalake::kernel::transaction::CommitProperties;
 use deltalake::protocol::SaveMode;
 use futures::StreamExt;
 
-use super::parquet::{unindexed_table_properties, writer_properties};
+use super::parquet::{unindexed_columns, unindexed_table_properties, writer_properties};
 use super::{COMMIT_KEY, TableName, Warehouse, WarehouseError};
 
 const OP_COLUMN: &str = "__sokana_op";
@@ -125,23 +125,29 @@ fn stream_frame(
 
 /// Drops the partitions that hold no rows, keeping each other one whole (its first batch is put
 /// back in front), and returns the first batch seen as a sample of the rows. Empty when there are
-/// no rows at all.
+/// no rows at all. The partitions are polled together: those of one plan can feed each other
+/// (a repartition or a partitioned join reads its input for every partition at once), so waiting
+/// on one while the others are not polled can wait for ever.
 async fn non_empty(
     streams: Vec<SendableRecordBatchStream>,
 ) -> Result<(Vec<SendableRecordBatchStream>, Option<RecordBatch>), DataFusionError> {
-    let mut kept: Vec<SendableRecordBatchStream> = Vec::new();
-    let mut sample = None;
-    for mut stream in streams {
+    let firsts = futures::future::try_join_all(streams.into_iter().map(|mut stream| async move {
         while let Some(batch) = stream.next().await {
             let batch = batch?;
             if batch.num_rows() > 0 {
-                sample.get_or_insert_with(|| batch.clone());
-                let schema = stream.schema();
-                let chained = futures::stream::once(async { Ok(batch) }).chain(stream);
-                kept.push(Box::pin(RecordBatchStreamAdapter::new(schema, chained)));
-                break;
+                return Ok(Some((batch, stream)));
             }
         }
+        Ok::<_, DataFusionError>(None)
+    }))
+    .await?;
+    let mut kept: Vec<SendableRecordBatchStream> = Vec::new();
+    let mut sample = None;
+    for (batch, stream) in firsts.into_iter().flatten() {
+        sample.get_or_insert_with(|| batch.clone());
+        let schema = stream.schema();
+        let chained = futures::stream::once(async { Ok(batch) }).chain(stream);
+        kept.push(Box::pin(RecordBatchStreamAdapter::new(schema, chained)));
     }
     Ok((kept, sample))
 }
@@ -491,10 +497,11 @@ impl Warehouse {
         let compact = files >= settings.compact_min_files;
         if compact {
             let target = std::num::NonZeroU64::new(settings.target_file_size).unwrap_or(std::num::NonZeroU64::MIN);
+            let unindexed = unindexed_columns(&table);
             (table, _) = table
                 .optimize()
                 .with_target_size(target)
-                .with_writer_properties(writer_properties(self.compression, None, &[]))
+                .with_writer_properties(writer_properties(self.compression, None, &unindexed))
                 .await
                 .map_err(delta_err)?;
             // A checkpoint after each compaction keeps the log that readers replay short (delta-rs

@@ -105,6 +105,12 @@ impl Warehouse {
         Warehouse::with_keys(root, None)
     }
 
+    /// Whether its files are encrypted at rest: nothing derived from them may then be written to
+    /// disk in the clear (DataFusion's spill files included).
+    pub fn is_encrypted(&self) -> bool {
+        self.keys.is_some()
+    }
+
     /// A warehouse encrypted at rest with `keys` (see [`sealed`]), or plain when `None`.
     pub fn with_keys(root: Url, keys: Option<Keyring>) -> Warehouse {
         REGISTER_HANDLERS.call_once(|| {
@@ -176,7 +182,8 @@ impl Warehouse {
             Some(keys) => {
                 let sealed_url = seal::table_url(&self.root, root, keys, table)?;
                 DeltaTableBuilder::from_url(sealed_url.clone()).map(|b| {
-                    b.with_storage_backend(Arc::new(sealed::SealedStore::new(store, keys.clone())), sealed_url)
+                    let sealed = sealed::SealedStore::new(store, keys.clone(), root.clone());
+                    b.with_storage_backend(Arc::new(sealed), sealed_url)
                 })
             }
         };

@@ -102,6 +102,25 @@ pub fn unindexed_table_properties(schema: &Schema, unindexed: &[String]) -> Vec<
     vec![(TableProperty::DataSkippingStatsColumns.as_ref().to_string(), Some(indexed.join(",")))]
 }
 
+/// The columns a table keeps out of its statistics ([`unindexed_table_properties`]), read back
+/// from its properties, so that every later writer of its files (compaction, erasure) leaves their
+/// minimum and maximum out of the Parquet footers as the loads do.
+pub fn unindexed_columns(table: &deltalake::DeltaTable) -> Vec<String> {
+    let Ok(state) = table.snapshot() else { return Vec::new() };
+    let schema = state.snapshot().arrow_schema();
+    let properties = state.table_config();
+    let all = || schema.fields().iter().map(|f| f.name().clone()).collect::<Vec<_>>();
+    match (&properties.data_skipping_stats_columns, &properties.data_skipping_num_indexed_cols) {
+        (Some(indexed), _) => {
+            let indexed: HashSet<&str> = indexed.iter().filter_map(|c| c.path().first()).map(String::as_str).collect();
+            all().into_iter().filter(|name| !indexed.contains(name.as_str())).collect()
+        }
+        // The kernel's type for the count is not re-exported by deltalake; only 0 is ever set here.
+        (None, Some(count)) if format!("{count:?}") == "NumColumns(0)" => all(),
+        _ => Vec::new(),
+    }
+}
+
 /// Whether the first `rows` values of `column` have at most half as many distinct values as rows.
 /// Columns whose type the row format cannot encode keep the writer's default (dictionary on).
 fn mostly_repeated(column: &datafusion::arrow::array::ArrayRef, rows: usize) -> bool {

@@ -4,6 +4,7 @@
 //! says the warehouse is encrypted, and [`seal_all`] encrypts a plain warehouse in place or moves
 //! an encrypted one to a new key. It owns no key material; the [`Keyring`] comes from the caller.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use deltalake::DeltaResult;
@@ -15,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use url::Url;
 
-use super::sealed::Keyring;
+use super::sealed::{Keyring, relative_to};
 use super::{TableName, Warehouse, WarehouseError};
 use crate::progress::Progress;
 
@@ -148,18 +149,23 @@ pub(super) async fn check(warehouse: &Warehouse) -> Result<(), WarehouseError> {
 pub struct SealReport {
     /// Plain objects encrypted.
     pub encrypted: u64,
-    /// Objects moved from an older key to the current one.
+    /// Objects moved from an older key (or the first, path-less format) to the current one.
     pub rekeyed: u64,
     /// Objects already under the current key.
     pub current: u64,
     pub bytes: u64,
     pub key_id: String,
+    /// Plain objects left as they were, by path under the root: no table's log references them
+    /// (leftovers of a crashed load, which vacuum removes, or files put there by someone else).
+    pub left_plain: Vec<String>,
 }
 
-/// Encrypts every object of a plain warehouse in place, or re-encrypts those under an older key
-/// with the current one (key rotation). Each object is replaced whole, so a crash leaves every
-/// object either as it was or done; running it again finishes the work. The caller holds every
-/// pipeline's lock, so no load writes meanwhile.
+/// Encrypts the objects of a plain warehouse in place (each table's log and the data files its log
+/// references, nothing else it finds), or re-encrypts those under an older key with the current
+/// one (key rotation; a plain object in an encrypted warehouse is never sealed, since sealing it
+/// would vouch for whatever someone put there). Each object is replaced whole, so a crash leaves
+/// every object either as it was or done; running it again finishes the work. The caller holds
+/// every pipeline's lock, so no load writes meanwhile.
 pub async fn seal_all(warehouse: &Warehouse, progress: &dyn Progress) -> Result<SealReport, WarehouseError> {
     let keys = warehouse.keys.clone().ok_or_else(|| WarehouseError::Storage {
         location: warehouse.root.to_string(),
@@ -168,31 +174,39 @@ pub async fn seal_all(warehouse: &Warehouse, progress: &dyn Progress) -> Result<
     let (store, root) = warehouse.store()?;
     let location = warehouse.root.to_string();
     let storage = |path: &StorePath, e: object_store::Error| WarehouseError::Storage {
-        location: format!("{location}{}", path.as_ref().strip_prefix(root.as_ref()).unwrap_or(path.as_ref())),
+        location: format!("{location}{}", relative_to(&root, path)),
         reason: e.to_string(),
     };
     let marker_path = marker_path(&root);
     let marker = read_marker(store.as_ref(), &marker_path, &location).await?;
+    let was_encrypted = matches!(marker, Some(Marker { state: State::Encrypted }));
     if marker.is_none() {
         write_marker(store.as_ref(), &marker_path, State::Encrypting, &location).await?;
     }
     let objects: Vec<_> = store.list(Some(&root)).try_collect().await.map_err(|e| storage(&root, e))?;
     let objects: Vec<_> = objects.into_iter().filter(|o| o.location != marker_path).collect();
+    let referenced =
+        if was_encrypted { HashSet::new() } else { referenced(store.as_ref(), &root, &keys, &objects).await? };
     let current = keys.current_id();
     let mut report = SealReport { key_id: current.clone(), ..SealReport::default() };
     progress.start("warehouse", Some(objects.len() as u64));
     for (done, object) in objects.iter().enumerate() {
         progress.update("warehouse", done as u64);
         let path = &object.location;
+        let relative = relative_to(&root, path);
         let bytes = store.get(path).await.map_err(|e| storage(path, e))?.bytes().await.map_err(|e| storage(path, e))?;
         let plain = match Keyring::sealed_with(&bytes) {
-            Some(id) if id == current => {
+            Some((id, bound)) if id == current && bound => {
                 report.current += 1;
                 continue;
             }
             Some(_) => {
                 report.rekeyed += 1;
-                keys.open(&bytes).map_err(|e| storage(path, e))?
+                keys.open(&bytes, &relative).map_err(|e| storage(path, e))?
+            }
+            None if !referenced.contains(path) => {
+                report.left_plain.push(relative);
+                continue;
             }
             None => {
                 report.encrypted += 1;
@@ -200,16 +214,111 @@ pub async fn seal_all(warehouse: &Warehouse, progress: &dyn Progress) -> Result<
             }
         };
         report.bytes += plain.len() as u64;
-        let sealed = keys.seal(&plain).map_err(|e| storage(path, e))?;
+        let sealed = keys.seal(&plain, &relative).map_err(|e| storage(path, e))?;
         store.put(path, sealed.into()).await.map_err(|e| storage(path, e))?;
     }
     write_marker(store.as_ref(), &marker_path, State::Encrypted, &location).await?;
+    if !report.left_plain.is_empty() {
+        tracing::warn!(
+            objects = %report.left_plain.join(", "),
+            "left unencrypted: no table's log references them (vacuum removes a crashed load's files; inspect the others)"
+        );
+    }
     progress.finish(
         "warehouse",
         &format!(
-            "{} encrypted, {} moved to key {current}, {} already current",
-            report.encrypted, report.rekeyed, report.current
+            "{} encrypted, {} moved to key {current}, {} already current, {} unreferenced left as they were",
+            report.encrypted,
+            report.rekeyed,
+            report.current,
+            report.left_plain.len()
         ),
     );
     Ok(report)
+}
+
+/// The objects the tables' logs account for: every object under a `_delta_log/` directory, and
+/// every data file a commit or checkpoint there adds or removes (removed files stay readable for
+/// time travel until vacuum deletes them). Log objects already sealed are opened to be read.
+async fn referenced(
+    store: &dyn ObjectStore,
+    root: &StorePath,
+    keys: &Keyring,
+    objects: &[object_store::ObjectMeta],
+) -> Result<HashSet<StorePath>, WarehouseError> {
+    let mut found = HashSet::new();
+    for object in objects {
+        let path = &object.location;
+        let relative = relative_to(root, path);
+        let Some((table, file)) = relative.split_once("/_delta_log/") else { continue };
+        found.insert(path.clone());
+        let is_commit = file.ends_with(".json") && !file.starts_with('_');
+        let is_checkpoint = file.contains(".checkpoint") && file.ends_with(".parquet");
+        if !is_commit && !is_checkpoint {
+            continue;
+        }
+        let invalid = |reason: String| WarehouseError::Storage { location: relative.clone(), reason };
+        let bytes = store
+            .get(path)
+            .await
+            .map_err(|e| invalid(e.to_string()))?
+            .bytes()
+            .await
+            .map_err(|e| invalid(e.to_string()))?;
+        let bytes = match Keyring::sealed_with(&bytes) {
+            Some(_) => bytes::Bytes::from(keys.open(&bytes, &relative).map_err(|e| invalid(e.to_string()))?),
+            None => bytes,
+        };
+        let files = if is_commit { commit_files(&bytes) } else { checkpoint_files(bytes).map_err(invalid)? };
+        for file in files {
+            let decoded = percent_decode(&file);
+            let full = match root.as_ref() {
+                "" => format!("{table}/{decoded}"),
+                root => format!("{root}/{table}/{decoded}"),
+            };
+            found.insert(StorePath::from(full.as_str()));
+        }
+    }
+    Ok(found)
+}
+
+/// The paths a commit's `add` and `remove` actions name (relative to the table).
+fn commit_files(bytes: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(bytes)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .flat_map(|action| {
+            ["add", "remove"].into_iter().filter_map(move |kind| action[kind]["path"].as_str().map(str::to_string))
+        })
+        .collect()
+}
+
+/// The paths a checkpoint's `add` and `remove` actions name.
+fn checkpoint_files(bytes: bytes::Bytes) -> Result<Vec<String>, String> {
+    use datafusion::arrow::array::{Array, AsArray};
+    use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes).and_then(|b| b.build()).map_err(|e| e.to_string())?;
+    let mut files = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| e.to_string())?;
+        for kind in ["add", "remove"] {
+            let Some(actions) = batch.column_by_name(kind).and_then(|c| c.as_struct_opt()) else { continue };
+            let Some(paths) = actions.column_by_name("path") else { continue };
+            let Some(paths) = paths.as_string_opt::<i32>() else { continue };
+            files.extend(
+                (0..paths.len())
+                    .filter(|&i| actions.is_valid(i) && paths.is_valid(i))
+                    .map(|i| paths.value(i).to_string()),
+            );
+        }
+    }
+    Ok(files)
+}
+
+/// A Delta log path is URL-encoded (`month=2024-01` is written `month%3D2024-01` by some writers).
+fn percent_decode(path: &str) -> String {
+    url::form_urlencoded::parse(format!("p={}", path.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_else(|| path.to_string())
 }

@@ -9,12 +9,16 @@
 //! writers without decryption properties, and would still log plaintext statistics.
 //!
 //! # Format
-//! `SKSEAL01` · key id (8 bytes) · salt (16 random bytes), then the plaintext in segments of
+//! `SKSEAL02` · key id (8 bytes) · salt (16 random bytes), then the plaintext in segments of
 //! [`SEGMENT`] bytes, each sealed with its own 16-byte tag. The object key is HKDF-SHA256 of the
 //! master key with the salt; a segment's nonce is its index and whether it is the last, so
-//! segments cannot be reordered, dropped or cut off unnoticed, and the header is authenticated with
-//! each. A byte range is read by fetching only the segments it touches. Sizes reported by `head`
-//! and listings are the plaintext sizes, which is what the Delta log records.
+//! segments cannot be reordered, dropped or cut off unnoticed. The header and the object's path
+//! under the warehouse root are authenticated with each segment, so an object moved or copied to
+//! another path (a commit swapped for another version's, one table's file put in another's place)
+//! does not open; moves through the store re-seal for the new path. Objects of the first format,
+//! `SKSEAL01`, authenticated the header only: they still open, and `sokana warehouse encrypt`
+//! re-seals them. A byte range is read by fetching only the segments it touches. Sizes reported by
+//! `head` and listings are the plaintext sizes, which is what the Delta log records.
 
 use std::fmt;
 use std::sync::Arc;
@@ -27,11 +31,13 @@ use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{
     GetOptions, GetRange, GetResult, GetResultPayload, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    PutMultipartOptions, PutOptions, PutPayload, PutResult, UploadPart,
+    ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, PutResult, UploadPart,
 };
 use sha2::{Digest, Sha256};
 
-const MAGIC: &[u8; 8] = b"SKSEAL01";
+const MAGIC: &[u8; 8] = b"SKSEAL02";
+/// The first format, whose segments authenticate the header but not the path.
+const PATHLESS_MAGIC: &[u8; 8] = b"SKSEAL01";
 const HEADER: usize = 32;
 const TAG: usize = 16;
 /// Plaintext bytes per segment: small enough that a Parquet page read fetches little more than it
@@ -114,9 +120,9 @@ impl Keyring {
         })
     }
 
-    /// Seals `plain` whole.
-    pub fn seal(&self, plain: &[u8]) -> Result<Vec<u8>, object_store::Error> {
-        let mut sealer = Sealer::new(&self.keys[0])?;
+    /// Seals `plain` whole, for the object at `path` (relative to the warehouse root).
+    pub fn seal(&self, plain: &[u8], path: &str) -> Result<Vec<u8>, object_store::Error> {
+        let mut sealer = Sealer::new(&self.keys[0], path)?;
         let mut out = Vec::with_capacity(sealed_size(plain.len() as u64) as usize);
         out.extend_from_slice(&sealer.header);
         let mut chunks = plain.chunks(SEGMENT).peekable();
@@ -129,15 +135,17 @@ impl Keyring {
         Ok(out)
     }
 
-    /// Opens a whole sealed object.
-    pub fn open(&self, sealed: &[u8]) -> Result<Vec<u8>, object_store::Error> {
+    /// Opens a whole sealed object found at `path` (relative to the warehouse root).
+    pub fn open(&self, sealed: &[u8], path: &str) -> Result<Vec<u8>, object_store::Error> {
         let header = sealed.get(..HEADER).ok_or_else(|| failure("too short to be sealed"))?;
-        self.open_segments(header, &sealed[HEADER..], 0, true)
+        self.open_segments(header, &sealed[HEADER..], 0, true, path)
     }
 
-    /// The key id an object was sealed with, or `None` if it is not sealed.
-    pub fn sealed_with(object: &[u8]) -> Option<String> {
-        (object.len() >= HEADER + TAG && object.starts_with(MAGIC)).then(|| hex::encode(&object[8..16]))
+    /// The key id an object was sealed with, and whether in the current format (bound to its
+    /// path); `None` if it is not sealed.
+    pub fn sealed_with(object: &[u8]) -> Option<(String, bool)> {
+        let sealed = object.len() >= HEADER + TAG && (object.starts_with(MAGIC) || object.starts_with(PATHLESS_MAGIC));
+        sealed.then(|| (hex::encode(&object[8..16]), object.starts_with(MAGIC)))
     }
 
     /// Opens consecutive sealed segments starting at segment `first`; `reaches_end` says whether
@@ -148,39 +156,58 @@ impl Keyring {
         body: &[u8],
         first: u64,
         reaches_end: bool,
+        path: &str,
     ) -> Result<Vec<u8>, object_store::Error> {
-        if !header.starts_with(MAGIC) || header.len() != HEADER {
+        if header.len() != HEADER {
             return Err(failure("not a sealed object (is the warehouse encrypted?)"));
         }
+        let aad = if header.starts_with(MAGIC) {
+            bound_to(header, path)
+        } else if header.starts_with(PATHLESS_MAGIC) {
+            header.to_vec()
+        } else {
+            return Err(failure("not a sealed object (is the warehouse encrypted?)"));
+        };
         let key = self.find(&header[8..16])?.object_key(&header[16..])?;
         let chunks: Vec<&[u8]> = body.chunks(SEALED_SEGMENT).collect();
         let mut plain = Vec::with_capacity(body.len());
         for (offset, chunk) in chunks.iter().enumerate() {
             let last = reaches_end && offset + 1 == chunks.len();
             let mut buffer = chunk.to_vec();
-            let opened = key
-                .open_in_place(nonce(first + offset as u64, last), Aad::from(header), &mut buffer)
-                .map_err(|_| failure("a segment failed authentication (wrong key, or the object was altered)"))?;
+            let opened =
+                key.open_in_place(nonce(first + offset as u64, last), Aad::from(&aad[..]), &mut buffer).map_err(
+                    |_| failure("a segment failed authentication (wrong key, or the object was altered or moved here)"),
+                )?;
             plain.extend_from_slice(opened);
         }
         Ok(plain)
     }
 }
 
-/// Seals segments one after another under one object key.
+/// What each segment of an object at `path` authenticates besides itself: its header and path.
+fn bound_to(header: &[u8], path: &str) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(header.len() + 1 + path.len());
+    aad.extend_from_slice(header);
+    aad.push(0);
+    aad.extend_from_slice(path.as_bytes());
+    aad
+}
+
+/// Seals segments one after another under one object key, for one path.
 struct Sealer {
     key: LessSafeKey,
     header: [u8; HEADER],
+    aad: Vec<u8>,
     next: u64,
 }
 
 impl Sealer {
-    fn new(master: &MasterKey) -> Result<Sealer, object_store::Error> {
+    fn new(master: &MasterKey, path: &str) -> Result<Sealer, object_store::Error> {
         let mut header = [0u8; HEADER];
         header[..8].copy_from_slice(MAGIC);
         header[8..16].copy_from_slice(&master.id);
         aws_lc_rs::rand::fill(&mut header[16..]).map_err(|_| failure("no randomness for a salt"))?;
-        Ok(Sealer { key: master.object_key(&header[16..])?, header, next: 0 })
+        Ok(Sealer { key: master.object_key(&header[16..])?, aad: bound_to(&header, path), header, next: 0 })
     }
 
     fn segment(&mut self, plain: &[u8], last: bool, out: &mut Vec<u8>) -> Result<(), object_store::Error> {
@@ -188,7 +215,7 @@ impl Sealer {
         out.extend_from_slice(plain);
         let tag = self
             .key
-            .seal_in_place_separate_tag(nonce(self.next, last), Aad::from(&self.header), &mut out[start..])
+            .seal_in_place_separate_tag(nonce(self.next, last), Aad::from(&self.aad[..]), &mut out[start..])
             .map_err(|_| failure("sealing a segment"))?;
         out.extend_from_slice(tag.as_ref());
         self.next += 1;
@@ -233,11 +260,20 @@ fn in_place(location: &Path, e: object_store::Error) -> object_store::Error {
     }
 }
 
+/// `location`'s path under `root`, without a leading separator.
+pub fn relative_to(root: &Path, location: &Path) -> String {
+    let (root, location) = (root.as_ref(), location.as_ref());
+    location.strip_prefix(root).unwrap_or(location).trim_start_matches('/').to_string()
+}
+
 /// Seals what goes into `inner` and opens what comes out.
 #[derive(Debug, Clone)]
 pub struct SealedStore {
     inner: Arc<dyn ObjectStore>,
     keys: Keyring,
+    /// The warehouse root in `inner`: objects are bound to their path under it, so a warehouse
+    /// moved elsewhere whole still opens.
+    root: Path,
     /// Headers of objects read or written lately, so a range read needs one request, not two.
     headers: moka::sync::Cache<Path, [u8; HEADER]>,
 }
@@ -252,8 +288,28 @@ impl fmt::Display for SealedStore {
 }
 
 impl SealedStore {
-    pub fn new(inner: Arc<dyn ObjectStore>, keys: Keyring) -> SealedStore {
-        SealedStore { inner, keys, headers: moka::sync::Cache::new(REMEMBERED_HEADERS) }
+    pub fn new(inner: Arc<dyn ObjectStore>, keys: Keyring, root: Path) -> SealedStore {
+        SealedStore { inner, keys, root, headers: moka::sync::Cache::new(REMEMBERED_HEADERS) }
+    }
+
+    /// `location`'s path under the warehouse root, which its segments authenticate.
+    fn bound(&self, location: &Path) -> String {
+        relative_to(&self.root, location)
+    }
+
+    /// Moves or copies `from` to `to`, re-sealed for its new path (whole objects in memory: delta-rs
+    /// renames only commit files, which are small).
+    async fn reseal(&self, from: &Path, to: &Path, mode: object_store::PutMode) -> Result<(), object_store::Error> {
+        let sealed = self.inner.get(from).await?.bytes().await?;
+        let plain = self.keys.open(&sealed, &self.bound(from)).map_err(|e| in_place(from, e))?;
+        let resealed = self.keys.seal(&plain, &self.bound(to)).map_err(|e| in_place(to, e))?;
+        let header: Option<[u8; HEADER]> = resealed[..HEADER].try_into().ok();
+        self.headers.invalidate(to);
+        self.inner.put_opts(to, resealed.into(), PutOptions { mode, ..PutOptions::default() }).await?;
+        if let Some(header) = header {
+            self.headers.insert(to.clone(), header);
+        }
+        Ok(())
     }
 
     /// A listing in path order with plaintext sizes. Delta's log reader expects the order S3 gives
@@ -332,12 +388,15 @@ impl SealedStore {
             None => futures::try_join!(self.fetch_header(location), fetch_body)?,
         };
         let reaches_end = fetched.end == meta.size;
-        let plain = match self.keys.open_segments(&header, &body, first, reaches_end) {
+        let bound = self.bound(location);
+        let plain = match self.keys.open_segments(&header, &body, first, reaches_end, &bound) {
             Ok(plain) => plain,
             Err(_) if known.is_some() => {
                 self.headers.invalidate(location);
                 let header = self.fetch_header(location).await?;
-                self.keys.open_segments(&header, &body, first, reaches_end).map_err(|e| in_place(location, e))?
+                self.keys
+                    .open_segments(&header, &body, first, reaches_end, &bound)
+                    .map_err(|e| in_place(location, e))?
             }
             Err(e) => return Err(in_place(location, e)),
         };
@@ -366,7 +425,7 @@ impl ObjectStore for SealedStore {
         opts: PutOptions,
     ) -> Result<PutResult, object_store::Error> {
         let plain: Bytes = payload.into();
-        let sealed = self.keys.seal(&plain).map_err(|e| in_place(location, e))?;
+        let sealed = self.keys.seal(&plain, &self.bound(location)).map_err(|e| in_place(location, e))?;
         let header: Option<[u8; HEADER]> = sealed[..HEADER].try_into().ok();
         let written = self.inner.put_opts(location, sealed.into(), opts).await?;
         if let Some(header) = header {
@@ -380,7 +439,7 @@ impl ObjectStore for SealedStore {
         location: &Path,
         opts: PutMultipartOptions,
     ) -> Result<Box<dyn MultipartUpload>, object_store::Error> {
-        let sealer = Sealer::new(&self.keys.keys[0]).map_err(|e| in_place(location, e))?;
+        let sealer = Sealer::new(&self.keys.keys[0], &self.bound(location)).map_err(|e| in_place(location, e))?;
         let mut pending = Vec::with_capacity(PART + SEALED_SEGMENT);
         pending.extend_from_slice(&sealer.header);
         let inner = self.inner.put_multipart_opts(location, opts).await?;
@@ -407,7 +466,7 @@ impl ObjectStore for SealedStore {
         let result = self.inner.get_opts(location, options).await?;
         let (meta, attributes) = (result.meta.clone(), result.attributes.clone());
         let sealed = result.bytes().await?;
-        let plain = Bytes::from(self.keys.open(&sealed).map_err(|e| in_place(location, e))?);
+        let plain = Bytes::from(self.keys.open(&sealed, &self.bound(location)).map_err(|e| in_place(location, e))?);
         if let Ok(header) = sealed[..HEADER].try_into() {
             self.headers.insert(location.clone(), header);
         }
@@ -445,25 +504,35 @@ impl ObjectStore for SealedStore {
         Ok(listing)
     }
 
-    // A sealed object stays valid wherever it moves: its key comes from its own header.
+    // A sealed object opens only at its own path: a copy or a move is sealed again for the new one.
     async fn copy_opts(
         &self,
         from: &Path,
         to: &Path,
         options: object_store::CopyOptions,
     ) -> Result<(), object_store::Error> {
-        self.headers.invalidate(to);
-        self.inner.copy_opts(from, to, options).await
+        let mode = match options.mode {
+            object_store::CopyMode::Overwrite => object_store::PutMode::Overwrite,
+            object_store::CopyMode::Create => object_store::PutMode::Create,
+        };
+        self.reseal(from, to, mode).await
     }
 
+    /// A commit is a rename of a temporary file to the version's name, if that name is free: the
+    /// create-if-absent put of the re-sealed object is the commit's atomic step.
     async fn rename_opts(
         &self,
         from: &Path,
         to: &Path,
         options: object_store::RenameOptions,
     ) -> Result<(), object_store::Error> {
-        self.headers.invalidate(to);
-        self.inner.rename_opts(from, to, options).await
+        let mode = match options.target_mode {
+            object_store::RenameTargetMode::Overwrite => object_store::PutMode::Overwrite,
+            object_store::RenameTargetMode::Create => object_store::PutMode::Create,
+        };
+        self.reseal(from, to, mode).await?;
+        self.headers.invalidate(from);
+        self.inner.delete(from).await
     }
 }
 
@@ -532,7 +601,6 @@ impl MultipartUpload for SealingUpload {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use object_store::ObjectStoreExt;
     use object_store::memory::InMemory;
 
     fn keyring(hex_keys: &str) -> Keyring {
@@ -548,14 +616,15 @@ mod tests {
             [0u64, 1, 100, SEGMENT as u64 - 1, SEGMENT as u64, SEGMENT as u64 + 1, 3 * SEGMENT as u64, 1_000_003]
         {
             assert_eq!(plain_size(sealed_size(plain), &Path::from("x")).expect("size"), plain, "{plain}");
-            assert_eq!(keyring(KEY_A).seal(&vec![7u8; plain as usize]).expect("seal").len() as u64, sealed_size(plain));
+            let sealed = keyring(KEY_A).seal(&vec![7u8; plain as usize], "t/x").expect("seal");
+            assert_eq!(sealed.len() as u64, sealed_size(plain));
         }
     }
 
     #[tokio::test]
     async fn objects_round_trip_whole_by_range_and_by_multipart() {
         let inner = Arc::new(InMemory::new());
-        let store = SealedStore::new(inner.clone(), keyring(KEY_A));
+        let store = SealedStore::new(inner.clone(), keyring(KEY_A), Path::default());
         let plain: Vec<u8> = (0..(3 * SEGMENT + 1234)).map(|i| (i * 31 % 251) as u8).collect();
         let path = Path::from("t/part-0.parquet");
         store.put(&path, plain.clone().into()).await.expect("put");
@@ -600,7 +669,7 @@ mod tests {
     #[tokio::test]
     async fn altered_truncated_or_foreign_objects_are_refused() {
         let inner = Arc::new(InMemory::new());
-        let store = SealedStore::new(inner.clone(), keyring(KEY_A));
+        let store = SealedStore::new(inner.clone(), keyring(KEY_A), Path::default());
         let path = Path::from("x");
         let plain = vec![1u8; 2 * SEGMENT + 5];
         store.put(&path, plain.clone().into()).await.expect("put");
@@ -617,28 +686,75 @@ mod tests {
         assert!(store.get(&path).await.is_err(), "a truncation at a segment boundary");
 
         inner.put(&path, raw.clone().into()).await.expect("put");
-        let other = SealedStore::new(inner.clone(), keyring(KEY_B));
+        let other = SealedStore::new(inner.clone(), keyring(KEY_B), Path::default());
         let error = other.get(&path).await.expect_err("wrong key").to_string();
         assert!(error.contains("not among the configured keys") && error.contains('x'), "{error}");
 
         // After a rotation both keys open it; new objects use the new key.
-        let rotated = SealedStore::new(inner.clone(), keyring(&format!("{KEY_B}\n{KEY_A}")));
+        let rotated = SealedStore::new(inner.clone(), keyring(&format!("{KEY_B}\n{KEY_A}")), Path::default());
         assert_eq!(rotated.get(&path).await.expect("old key").bytes().await.expect("bytes"), plain);
-        assert_eq!(Keyring::sealed_with(&raw), Some(keyring(KEY_A).current_id()));
+        assert_eq!(Keyring::sealed_with(&raw), Some((keyring(KEY_A).current_id(), true)));
         assert!(Keyring::sealed_with(b"PAR1 plain parquet").is_none());
     }
 
     #[tokio::test]
     async fn a_range_read_after_the_object_was_replaced_elsewhere_still_opens() {
         let inner = Arc::new(InMemory::new());
-        let (reader, writer) =
-            (SealedStore::new(inner.clone(), keyring(KEY_A)), SealedStore::new(inner, keyring(KEY_A)));
+        let (reader, writer) = (
+            SealedStore::new(inner.clone(), keyring(KEY_A), Path::default()),
+            SealedStore::new(inner, keyring(KEY_A), Path::default()),
+        );
         let path = Path::from("_delta_log/_last_checkpoint");
         writer.put(&path, vec![1u8; 100].into()).await.expect("put");
         assert_eq!(reader.get_range(&path, 10..20).await.expect("range"), vec![1u8; 10]);
         // Another process rewrites it: a new salt, so the header the reader remembers is stale.
         writer.put(&path, vec![2u8; 100].into()).await.expect("put");
         assert_eq!(reader.get_range(&path, 10..20).await.expect("range"), vec![2u8; 10]);
+    }
+
+    /// An object put in another's place (a commit swapped for another version's, one table's file
+    /// for another's) does not open; a move through the store re-seals it and does.
+    #[tokio::test]
+    async fn objects_open_only_at_their_own_path() {
+        use object_store::{RenameOptions, RenameTargetMode};
+        let inner = Arc::new(InMemory::new());
+        let root = Path::from("warehouse");
+        let store = SealedStore::new(inner.clone(), keyring(KEY_A), root.clone());
+        let (first, second) = (
+            Path::from("warehouse/raw/t/_delta_log/00000000000000000000.json"),
+            Path::from("warehouse/raw/t/_delta_log/00000000000000000001.json"),
+        );
+        store.put(&first, b"version 0".to_vec().into()).await.expect("put");
+        store.put(&second, b"version 1".to_vec().into()).await.expect("put");
+        let raw_first = inner.get(&first).await.expect("raw").bytes().await.expect("bytes");
+        inner.put(&second, raw_first.clone().into()).await.expect("swap");
+        let swapped = SealedStore::new(inner.clone(), keyring(KEY_A), root.clone());
+        let error = swapped.get(&second).await.expect_err("a swapped object").to_string();
+        assert!(error.contains("moved here"), "{error}");
+        assert!(swapped.get_range(&second, 0..3).await.is_err(), "ranges too");
+
+        // A commit's rename: the temporary file's object moves to the version's name and opens there.
+        let temporary = Path::from("warehouse/raw/t/_delta_log/_commit_x.json.tmp");
+        let third = Path::from("warehouse/raw/t/_delta_log/00000000000000000002.json");
+        store.put(&temporary, b"version 2".to_vec().into()).await.expect("put");
+        let create = RenameOptions { target_mode: RenameTargetMode::Create, ..RenameOptions::default() };
+        store.rename_opts(&temporary, &third, create.clone()).await.expect("rename");
+        assert_eq!(store.get(&third).await.expect("moved").bytes().await.expect("bytes"), b"version 2".to_vec());
+        assert!(store.get(&temporary).await.is_err(), "the temporary file is gone");
+        store.put(&temporary, b"late".to_vec().into()).await.expect("put");
+        assert!(matches!(
+            store.rename_opts(&temporary, &third, create).await,
+            Err(object_store::Error::AlreadyExists { .. })
+        ));
+
+        // The same warehouse under another root (copied elsewhere whole) still opens.
+        let moved = Path::from("elsewhere/raw/t/_delta_log/00000000000000000000.json");
+        inner.put(&moved, raw_first.into()).await.expect("copy");
+        let relocated = SealedStore::new(inner, keyring(KEY_A), Path::from("elsewhere"));
+        assert_eq!(
+            relocated.get(&moved).await.expect("relocated").bytes().await.expect("bytes"),
+            b"version 0".to_vec()
+        );
     }
 
     #[test]

@@ -69,6 +69,15 @@ pub struct Postgres {
 
 impl Postgres {
     pub fn start() -> Postgres {
+        Postgres::start_with(None)
+    }
+
+    /// A cluster that accepts TLS connections only, with this certificate and key (PEM).
+    pub fn start_tls_only(cert: &str, key: &str) -> Postgres {
+        Postgres::start_with(Some((cert, key)))
+    }
+
+    fn start_with(tls: Option<(&str, &str)>) -> Postgres {
         let bin = pg_bin_dir();
         let dir = tempfile::Builder::new().prefix("sokana-pg-").tempdir().expect("temp dir");
         if is_root() {
@@ -83,13 +92,31 @@ impl Postgres {
             .output()
             .expect("initdb runs");
         assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        let mut tls_options = String::new();
+        if let Some((cert, key)) = tls {
+            let (cert_path, key_path) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+            std::fs::write(&cert_path, cert).expect("certificate");
+            std::fs::write(&key_path, key).expect("key");
+            std::fs::set_permissions(&key_path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+            if is_root() {
+                let status = Command::new("chown").args(["65534:65534"]).arg(&cert_path).arg(&key_path).status();
+                assert!(status.expect("chown").success());
+            }
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "hostssl all all 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 reject\n",
+            )
+            .expect("pg_hba");
+            tls_options =
+                format!(" -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}", cert_path.display(), key_path.display());
+        }
         // A port chosen free can be taken before the server binds it (by another test, or as the
         // local end of an outgoing connection): a bind failure is retried on another port.
         let mut attempts = 0;
         let port = loop {
             let port = free_port();
             let options = format!(
-                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off{tls_options}",
                 dir.path().display()
             );
             let out = pg_command(&bin.join("pg_ctl"))
