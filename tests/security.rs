@@ -462,7 +462,7 @@ async fn each_role_sees_each_column_as_the_policy_says() {
             Some(json!({ "sql": "SELECT first_name FROM raw.phi_clients", "engine": "duckdb" })),
         )
         .await;
-    assert_eq!(status, 400, "DuckDB is refused to a masked role");
+    assert_eq!(status, StatusCode::FORBIDDEN, "DuckDB is refused to a masked role");
     // A masked key joins the marts' keys: same keyed hash.
     let (_, joined) = query(
         analyst.clone(),

@@ -272,19 +272,13 @@ async fn caller(auth: &Auth, client: &(impl ClientInfo + ?Sized)) -> PgWireResul
     })
 }
 
-fn wire_error(e: QueryError) -> PgWireError {
-    let code = match &e {
-        QueryError::Sql(m) if m.contains("not found") => "42P01",
-        QueryError::Sql(m) if m.contains("ParserError") || m.contains("SQL error") => "42601",
-        QueryError::Sql(_) => "42000",
-        QueryError::Param { .. } => "22023",
-        QueryError::Denied(_) => "42501",
-        QueryError::Timeout { .. } => "57014",
-        QueryError::Memory { .. } => "53200",
-        QueryError::TooManyRows { .. } => "54000",
-        _ => "XX000",
-    };
-    user_error(code, e.to_string())
+/// A query's failure as the wire protocol's error: its SQLSTATE by kind; an internal fault's detail
+/// goes to the log, and the client is told only its request id.
+fn wire_error(e: QueryError, request_id: &str) -> PgWireError {
+    if e.is_internal() {
+        tracing::error!(request_id, error = %e, "pgwire: a query failed inside the engine");
+    }
+    user_error(e.sqlstate(), e.public_message(request_id))
 }
 
 /// Runs `sql` through the engine and encodes the rows in `format`. A result over the row cap is
@@ -297,6 +291,7 @@ async fn answer(
     format: &Format,
     options: Arc<FormatOptions>,
 ) -> PgWireResult<Response> {
+    let request_id = caller.request_id.clone();
     let request = QueryRequest { sql, engine: engine.default_engine(), params, page: None, caller };
     let (schema, batches): (SchemaRef, futures::stream::BoxStream<'static, Result<RecordBatch, QueryError>>) =
         match engine.query(&request).await {
@@ -306,10 +301,10 @@ async fn answer(
                 (result.schema.clone(), futures::stream::iter(batches.into_iter().map(Ok)).boxed())
             }
             Err(QueryError::TooManyRows { .. }) => {
-                let stream = engine.stream(&request).await.map_err(wire_error)?;
+                let stream = engine.stream(&request).await.map_err(|e| wire_error(e, &request_id))?;
                 (stream.schema, stream.batches)
             }
-            Err(e) => return Err(wire_error(e)),
+            Err(e) => return Err(wire_error(e, &request_id)),
         };
     let fields = Arc::new(arrow_schema_to_pg_fields(&schema, format, Some(options))?);
     let encoding = fields.clone();
@@ -317,7 +312,7 @@ async fn answer(
         .map(move |batch| -> Box<dyn Iterator<Item = PgWireResult<_>> + Send> {
             match batch {
                 Ok(batch) => encode_recordbatch(encoding.clone(), batch),
-                Err(e) => Box::new(std::iter::once(Err(wire_error(e)))),
+                Err(e) => Box::new(std::iter::once(Err(wire_error(e, &request_id)))),
             }
         })
         .flat_map(futures::stream::iter);
@@ -365,7 +360,8 @@ impl QueryHook for Sandbox {
                     Ok(caller) => caller,
                     Err(e) => return Some(Err(e)),
                 };
-                Some(self.engine.describe(&statement.to_string(), &caller.scope).await.map_err(wire_error))
+                let described = self.engine.describe(&statement.to_string(), &caller.scope).await;
+                Some(described.map_err(|e| wire_error(e, &caller.request_id)))
             }
             Verdict::PassOn | Verdict::IgnoreSet => None,
         }

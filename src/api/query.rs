@@ -51,18 +51,15 @@ pub struct QueryBody {
 }
 
 impl ApiError {
+    /// The answer to a query's failure: its status and code by kind; an internal fault's detail
+    /// goes to the log under the request id, and the caller is told only that id.
     pub(super) fn query(e: QueryError, request_id: &RequestId) -> ApiError {
-        let status = match &e {
-            QueryError::Sql(_) | QueryError::Param { .. } | QueryError::Saved(_) => StatusCode::BAD_REQUEST,
-            QueryError::TooManyRows { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            QueryError::Denied(_) => StatusCode::FORBIDDEN,
-            QueryError::Audit(_) => StatusCode::SERVICE_UNAVAILABLE,
-            QueryError::Timeout { .. } => StatusCode::REQUEST_TIMEOUT,
-            QueryError::Memory { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            QueryError::Warehouse(_) | QueryError::Format(_) | QueryError::Log(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        let mut error = ApiError::new(status, e.code(), e.to_string()).with_request_id(request_id);
-        error.position = e.position();
+        let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if e.is_internal() {
+            tracing::error!(request_id = %request_id.0, error = %e, "a query failed inside the engine");
+        }
+        let mut error = ApiError::new(status, e.code(), e.public_message(&request_id.0)).with_request_id(request_id);
+        error.position = e.position().map(|p| (p.line, p.column));
         error
     }
 }

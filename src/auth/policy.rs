@@ -76,7 +76,7 @@ impl MaskingPolicy {
                 }
                 // Keys that are not text (row numbers) would change type as hashes: hidden instead.
                 Visibility::Pseudonymised | Visibility::Hidden => {
-                    lit(ScalarValue::try_from(field.data_type()).map_err(|e| QueryError::Sql(e.to_string()))?)
+                    lit(ScalarValue::try_from(field.data_type()).map_err(|e| QueryError::Internal(e.to_string()))?)
                 }
             };
             masked_any = true;
@@ -86,7 +86,7 @@ impl MaskingPolicy {
             return Ok(None);
         }
         let projected = LogicalPlanBuilder::from(scan).project(exprs).and_then(|b| b.build());
-        projected.map(Some).map_err(|e| QueryError::Sql(e.to_string()))
+        projected.map(Some).map_err(|e| QueryError::Internal(e.to_string()))
     }
 
     /// A scan of a catalog table with the rows that name an administrators' table left out, so
@@ -112,7 +112,7 @@ impl MaskingPolicy {
         });
         let Some(hidden) = hidden.reduce(Expr::or) else { return Ok(None) };
         let filtered = LogicalPlanBuilder::from(scan.clone()).filter(hidden.is_not_true()).and_then(|b| b.build());
-        filtered.map(Some).map_err(|e| QueryError::Sql(e.to_string()))
+        filtered.map(Some).map_err(|e| QueryError::Internal(e.to_string()))
     }
 }
 
@@ -136,7 +136,7 @@ impl PlanPolicy for MaskingPolicy {
     }
 
     fn rewrite(&self, plan: LogicalPlan, scope: &str) -> Result<LogicalPlan, QueryError> {
-        let role = Role::parse(scope).ok_or_else(|| QueryError::Sql(format!("unknown scope {scope:?}")))?;
+        let role = Role::parse(scope).ok_or_else(|| QueryError::Internal(format!("unknown scope {scope:?}")))?;
         if role.sees_everything() {
             return Ok(plan);
         }
@@ -170,7 +170,7 @@ impl PlanPolicy for MaskingPolicy {
                     }
                 }
             })
-            .map_err(|e| QueryError::Sql(e.to_string()))?;
+            .map_err(|e| QueryError::Internal(e.to_string()))?;
         match failure {
             Some(e) => Err(e),
             None => Ok(rewritten.data),

@@ -13,7 +13,7 @@ use arrow::record_batch::RecordBatch;
 use datafusion::scalar::ScalarValue;
 
 use super::catalog::WarehouseCatalog;
-use super::{Params, QueryError, duckdb_arrow};
+use super::{Params, QueryError, SqlError, SqlErrorKind, duckdb_arrow};
 use crate::warehouse::{SCHEMAS, TableName};
 
 /// A DuckDB database over the warehouse tables at the versions it was opened with. Each query runs
@@ -73,8 +73,36 @@ impl Drop for PooledConnection {
     }
 }
 
+/// DuckDB's error as the engine's: its message names its kind ("Parser Error: …", "Catalog
+/// Error: …"), which duckdb-rs does not carry otherwise.
 fn duck_err(e: duckdb::Error) -> QueryError {
-    QueryError::Sql(format!("DuckDB: {e}"))
+    duck_mistake(e.to_string())
+}
+
+/// A DuckDB error message, sorted by the kind it names.
+fn duck_mistake(message: String) -> QueryError {
+    const INVALID: [&str; 8] = [
+        "Binder Error",
+        "Conversion Error",
+        "Invalid Input Error",
+        "Not implemented Error",
+        "Out of Range Error",
+        "Permission Error",
+        "Constraint Error",
+        "INTERRUPT Error",
+    ];
+    let mistake = |kind: SqlErrorKind| QueryError::Sql(SqlError::new(kind, format!("DuckDB: {message}")));
+    if message.starts_with("Parser Error") {
+        mistake(SqlErrorKind::Syntax)
+    } else if message.starts_with("Catalog Error") {
+        mistake(SqlErrorKind::NotFound)
+    } else if message.starts_with("Out of Memory Error") {
+        QueryError::Memory { limit_mb: 0, detail: message }
+    } else if INVALID.iter().any(|prefix| message.starts_with(prefix)) {
+        mistake(SqlErrorKind::Invalid)
+    } else {
+        QueryError::Internal(format!("DuckDB: {message}"))
+    }
 }
 
 /// `'text'` as a SQL string literal.
@@ -96,9 +124,13 @@ fn duck_type(ty: &DataType) -> Result<String, QueryError> {
         DataType::Timestamp(TimeUnit::Microsecond, None) => "TIMESTAMP".into(),
         DataType::Decimal128(p, s) => format!("DECIMAL({p}, {s})"),
         DataType::List(item) => format!("{}[]", duck_type(item.data_type())?),
-        other => return Err(QueryError::Sql(format!("DuckDB views: no mapping for the column type {other}"))),
+        other => return Err(QueryError::Internal(format!("DuckDB views: no mapping for the column type {other}"))),
     })
 }
+
+/// What refusing a statement that is not a query says, and refusing several at once.
+const ONLY_QUERIES: &str = "only queries (SELECT, WITH … SELECT) run on the warehouse";
+const ONE_STATEMENT: &str = "send one statement at a time";
 
 /// Why DuckDB is not offered: it reads the Parquet files itself, which needs them on local disk
 /// and not encrypted.
@@ -109,7 +141,7 @@ impl DuckSession {
     /// Opens DuckDB with a view per committed table (at its newest version) of a warehouse on local
     /// disk. `memory_limit_mb` bounds the whole DuckDB database.
     pub async fn open(catalog: &WarehouseCatalog, memory_limit_mb: Option<u64>) -> Result<DuckSession, QueryError> {
-        let root = catalog.warehouse().plain_local_root().ok_or_else(|| QueryError::Sql(NEEDS_PLAIN_LOCAL.into()))?;
+        let root = catalog.warehouse().plain_local_root().ok_or_else(|| SqlError::invalid(NEEDS_PLAIN_LOCAL))?;
         let (statements, versions) = views(catalog).await?;
         let database = gate::Database::open_in_memory()?;
         // The connections share the database the gate judges texts against.
@@ -156,7 +188,7 @@ impl DuckSession {
 
     /// A connection to this database for one query: an idle one, or a new one.
     pub fn connect(self: &Arc<Self>) -> Result<PooledConnection, QueryError> {
-        let poisoned = || QueryError::Sql("the DuckDB session was poisoned".into());
+        let poisoned = || QueryError::Internal("the DuckDB session was poisoned".into());
         let reused = self.idle.lock().map_err(|_| poisoned())?.pop();
         let conn = match reused {
             Some(conn) => conn,
@@ -183,7 +215,7 @@ async fn views(catalog: &WarehouseCatalog) -> Result<(Vec<String>, HashMap<Table
     let mut versions = HashMap::new();
     for name in catalog.warehouse().list_tables().await? {
         let Some(table) = catalog.delta(&name).await? else { continue };
-        let delta_err = |e: deltalake::DeltaTableError| QueryError::Sql(format!("{name}: {e}"));
+        let delta_err = |e: deltalake::DeltaTableError| QueryError::Internal(format!("{name}: {e}"));
         let snapshot = table.snapshot().map_err(delta_err)?;
         let schema: SchemaRef = snapshot.snapshot().arrow_schema();
         let partitions: Vec<String> = snapshot.metadata().partition_columns().to_vec();
@@ -232,13 +264,13 @@ fn execute_all(conn: &duckdb::Connection, statements: &[String]) -> Result<(), Q
 /// so an interrupted export leaves no half-made database under the name asked for.
 pub async fn export_database(catalog: &WarehouseCatalog, path: &std::path::Path) -> Result<usize, QueryError> {
     if catalog.warehouse().plain_local_root().is_none() {
-        return Err(QueryError::Sql(
+        return Err(QueryError::Internal(
             "a DuckDB export needs an unencrypted warehouse on local disk (its views read the Parquet files as they are)"
                 .into(),
         ));
     }
     let partial = path.with_extension("duckdb.partial");
-    let io = |e: std::io::Error| QueryError::Sql(format!("{}: {e}", path.display()));
+    let io = |e: std::io::Error| QueryError::Internal(format!("{}: {e}", path.display()));
     if partial.exists() {
         std::fs::remove_file(&partial).map_err(io)?;
     }
@@ -295,7 +327,8 @@ fn execute(
             statement.query_arrow(bound.as_slice()).map_err(duck_err)?
         }
     };
-    let schema = duckdb_arrow::schema_to_engine(&arrow.get_schema()).map_err(|e| QueryError::Sql(e.to_string()))?;
+    let schema =
+        duckdb_arrow::schema_to_engine(&arrow.get_schema()).map_err(|e| QueryError::Internal(e.to_string()))?;
     let mut batches = Vec::new();
     let mut rows = 0u64;
     for batch in arrow {
@@ -305,7 +338,7 @@ fn execute(
         {
             return Err(QueryError::TooManyRows { cap });
         }
-        batches.push(duckdb_arrow::to_engine(batch).map_err(|e| QueryError::Sql(e.to_string()))?);
+        batches.push(duckdb_arrow::to_engine(batch).map_err(|e| QueryError::Internal(e.to_string()))?);
     }
     Ok((schema, batches))
 }
@@ -362,7 +395,10 @@ fn duck_value(value: &ScalarValue) -> Result<duckdb::types::Value, QueryError> {
             Value::Text(value.to_string())
         }
         other => {
-            return Err(QueryError::Sql(format!("DuckDB: no binding for a parameter of type {}", other.data_type())));
+            return Err(QueryError::Param {
+                name: "params".into(),
+                message: format!("DuckDB takes no parameter of type {}", other.data_type()),
+            });
         }
     })
 }
@@ -379,7 +415,8 @@ pub struct Inspected {
 /// and logging only: what DuckDB may run is decided by [`DuckSession::judge`].
 pub fn inspect(sql: &str) -> Result<Inspected, QueryError> {
     use datafusion::sql::sqlparser::{ast::Statement, ast::visit_relations, dialect::DuckDbDialect, parser::Parser};
-    let statements = Parser::parse_sql(&DuckDbDialect {}, sql).map_err(|e| QueryError::Sql(format!("DuckDB: {e}")))?;
+    let statements = Parser::parse_sql(&DuckDbDialect {}, sql)
+        .map_err(|e| SqlError::new(SqlErrorKind::Syntax, format!("DuckDB: {e}")))?;
     match statements.as_slice() {
         [statement @ Statement::Query(_)] => {
             let mut tables = Vec::new();
@@ -394,8 +431,8 @@ pub fn inspect(sql: &str) -> Result<Inspected, QueryError> {
             tables.dedup();
             Ok(Inspected { normalised: statement.to_string(), tables })
         }
-        [_] => Err(QueryError::Sql("only queries (SELECT, WITH … SELECT) run on the warehouse".into())),
-        _ => Err(QueryError::Sql("send one statement at a time".into())),
+        [_] => Err(SqlError::invalid(ONLY_QUERIES).into()),
+        _ => Err(SqlError::invalid(ONE_STATEMENT).into()),
     }
 }
 
@@ -423,7 +460,7 @@ mod gate {
 
     use duckdb::ffi;
 
-    use super::{QueryError, duck_err};
+    use super::{ONE_STATEMENT, ONLY_QUERIES, QueryError, SqlError, SqlErrorKind, duck_err, duck_mistake};
 
     /// An in-memory DuckDB database, closed when dropped (after every connection to it: DuckDB's
     /// connections keep the database instance alive themselves).
@@ -439,7 +476,7 @@ mod gate {
             // SAFETY: a null path opens an in-memory database; `raw` is written on success.
             let state = unsafe { ffi::duckdb_open(ptr::null(), &mut raw) };
             if state != ffi::DuckDBSuccess || raw.is_null() {
-                return Err(QueryError::Sql("DuckDB: the in-memory database could not be opened".into()));
+                return Err(QueryError::Internal("DuckDB: the in-memory database could not be opened".into()));
             }
             Ok(Database(raw))
         }
@@ -475,15 +512,16 @@ mod gate {
             // SAFETY: `database` is open; `con` is written on success.
             let state = unsafe { ffi::duckdb_connect(database.0, &mut con) };
             if state != ffi::DuckDBSuccess || con.is_null() {
-                return Err(QueryError::Sql("DuckDB: the gate's connection could not be opened".into()));
+                return Err(QueryError::Internal("DuckDB: the gate's connection could not be opened".into()));
             }
             Ok(Gate { con: Mutex::new(con), _database: database })
         }
 
         /// Exactly one statement, and DuckDB types it as a `SELECT`.
         pub(super) fn judge(&self, sql: &str) -> Result<(), QueryError> {
-            let text = CString::new(sql).map_err(|_| QueryError::Sql("the query holds a NUL character".into()))?;
-            let con = self.con.lock().map_err(|_| QueryError::Sql("the DuckDB gate was poisoned".into()))?;
+            let text = CString::new(sql)
+                .map_err(|_| SqlError::new(SqlErrorKind::Syntax, "the query holds a NUL character"))?;
+            let con = self.con.lock().map_err(|_| QueryError::Internal("the DuckDB gate was poisoned".into()))?;
             let mut extracted: ffi::duckdb_extracted_statements = ptr::null_mut();
             // SAFETY: `con` is open, `text` is NUL-terminated; `extracted` is destroyed by the guard
             // whatever the count.
@@ -492,13 +530,11 @@ mod gate {
             if count == 0 {
                 // SAFETY: the error belongs to `extracted`, alive here.
                 let reason = unsafe { message(ffi::duckdb_extract_statements_error(extracted.0)) };
-                return Err(QueryError::Sql(match reason {
-                    Some(reason) => format!("DuckDB: {reason}"),
-                    None => "no statement to run".into(),
-                }));
+                let reason = reason.map_or_else(|| "no statement to run".into(), |r| format!("DuckDB: {r}"));
+                return Err(SqlError::new(SqlErrorKind::Syntax, reason).into());
             }
             if count > 1 {
-                return Err(QueryError::Sql("send one statement at a time".into()));
+                return Err(SqlError::invalid(ONE_STATEMENT).into());
             }
             let mut prepared = Prepared(ptr::null_mut());
             // SAFETY: index 0 exists; `prepared` is destroyed by its guard even when this fails.
@@ -507,15 +543,12 @@ mod gate {
             if state != ffi::DuckDBSuccess {
                 // SAFETY: the error belongs to `prepared`, alive here.
                 let reason = unsafe { message(ffi::duckdb_prepare_error(prepared.0)) };
-                return Err(QueryError::Sql(format!(
-                    "DuckDB: {}",
-                    reason.unwrap_or_else(|| "the query did not prepare".into())
-                )));
+                return Err(duck_mistake(reason.unwrap_or_else(|| "the query did not prepare".into())));
             }
             // SAFETY: `prepared` is a successfully prepared statement.
             let kind = unsafe { ffi::duckdb_prepared_statement_type(prepared.0) };
             if kind != ffi::duckdb_statement_type_DUCKDB_STATEMENT_TYPE_SELECT {
-                return Err(QueryError::Sql("only queries (SELECT, WITH … SELECT) run on the warehouse".into()));
+                return Err(SqlError::invalid(ONLY_QUERIES).into());
             }
             Ok(())
         }

@@ -27,7 +27,7 @@ use super::cache::{CachedResult, KeyParts, ResultCache};
 use super::catalog::{self, WarehouseCatalog, tables_read};
 use super::duck::{self, DuckSession};
 use super::log::{QueryLog, QueryRecord};
-use super::{Params, QueryError, session_config};
+use super::{Params, QueryError, SqlError, session_config};
 use crate::config::Config;
 use crate::warehouse::{SCHEMAS, TableName};
 
@@ -132,12 +132,12 @@ pub struct Limits {
 struct Prepared {
     /// A digest of DataFusion's logical plan, complete to the last literal (normalises spelling,
     /// spacing and `SELECT *`).
-    plan: Result<String, String>,
+    plan: Result<String, SqlError>,
     /// The answer's columns as DataFusion plans them; `auto` gives DuckDB's answers these names
     /// and types, so a query's schema does not depend on the engine that ran it.
     schema: Option<SchemaRef>,
     /// DuckDB's parse of the text, and the tables it names.
-    duck: Result<duck::Inspected, String>,
+    duck: Result<duck::Inspected, SqlError>,
     /// Whether every table the plan scans is a warehouse table (not `information_schema` or
     /// `pg_catalog`, which DuckDB has its own, different, versions of).
     warehouse_only: bool,
@@ -197,7 +197,7 @@ fn read_only() -> SQLOptions {
 impl QueryEngine {
     /// The engine over the configured warehouse, logging to `STATE_DIR/queries.db`.
     pub fn open(config: &Config) -> Result<QueryEngine, QueryError> {
-        let warehouse = crate::pipeline::warehouse(config).map_err(|e| QueryError::Sql(e.to_string()))?;
+        let warehouse = crate::pipeline::warehouse(config).map_err(|e| QueryError::Internal(e.to_string()))?;
         let log = QueryLog::open(&config.state_dir())?;
         let q = &config.query;
         let limits = Limits {
@@ -232,7 +232,8 @@ impl QueryEngine {
         log: Option<QueryLog>,
     ) -> Result<QueryEngine, QueryError> {
         let base = SessionContext::new_with_config_rt(session_config(), super::runtime_for(catalog.warehouse())?);
-        let sokana = base.catalog("sokana").ok_or_else(|| QueryError::Sql("the default catalog is missing".into()))?;
+        let sokana =
+            base.catalog("sokana").ok_or_else(|| QueryError::Internal("the default catalog is missing".into()))?;
         for schema in SCHEMAS {
             sokana.register_schema(schema, catalog.schema_provider(schema))?;
         }
@@ -290,7 +291,7 @@ impl QueryEngine {
             return Ok(plan);
         }
         let Some(policy) = &self.policy else {
-            return Err(QueryError::Sql(format!("scope {scope:?} may not query: no masking policy is installed")));
+            return Err(QueryError::Denied(format!("scope {scope:?} may not query: no masking policy is installed")));
         };
         if let LogicalPlan::DescribeTable(_) = &plan {
             // `DESCRIBE t` shows t's columns without scanning it: the policy judges a scan of t,
@@ -653,7 +654,8 @@ impl QueryEngine {
             Ok((schema, batches))
         });
         let _abort = AbortOnDrop(task.abort_handle());
-        let (schema, batches) = task.await.map_err(|e| QueryError::Sql(format!("the query task ended: {e}")))??;
+        let (schema, batches) =
+            task.await.map_err(|e| QueryError::Internal(format!("the query task ended: {e}")))??;
         Ok((schema, batches, read))
     }
 
@@ -691,10 +693,11 @@ impl QueryEngine {
         let guard = Interrupt { handle: Some(interrupt), finished, cancelled };
         let joined = task.await;
         guard.disarm();
-        let (schema, batches) = joined.map_err(|e| QueryError::Sql(format!("DuckDB: {e}")))?.map_err(|e| match e {
-            QueryError::Sql(m) if m.contains("Out of Memory") => QueryError::Memory { limit_mb, detail: m },
-            other => other,
-        })?;
+        let (schema, batches) =
+            joined.map_err(|e| QueryError::Internal(format!("DuckDB: {e}")))?.map_err(|e| match e {
+                QueryError::Memory { detail, .. } => QueryError::Memory { limit_mb, detail },
+                other => other,
+            })?;
         Ok((schema, batches, read))
     }
 
@@ -748,12 +751,18 @@ impl QueryEngine {
         }
         self.catalog.refresh_names().await?;
         let state = self.base.state();
+        // A mistake in the query may be DataFusion's dialect only, and DuckDB may take it; any
+        // other failure (refused, an internal fault) is not a question of dialect.
         let plan = match self.plan_as(&state, &request.sql, &request.caller.scope).await {
-            // Not a question of dialect: DuckDB must not be tried instead.
-            Err(denied @ QueryError::Denied(_)) => return Err(denied),
-            other => other.map_err(|e| e.to_string()),
+            Ok(plan) => Ok(plan),
+            Err(QueryError::Sql(mistake)) => Err(mistake),
+            Err(other) => return Err(other),
         };
-        let duck = duck::inspect(&request.sql).map_err(|e| e.to_string());
+        let duck = match duck::inspect(&request.sql) {
+            Ok(inspected) => Ok(inspected),
+            Err(QueryError::Sql(mistake)) => Err(mistake),
+            Err(other) => return Err(other),
+        };
         let (tables, shape, warehouse_only, cacheable, columns) = match (&plan, &duck) {
             (Ok(plan), _) => {
                 let read: Vec<TableName> = tables_read(plan).into_iter().map(|(t, _)| t).collect();
@@ -790,13 +799,13 @@ impl QueryEngine {
             }
             EngineChoice::Duckdb => {
                 if masked {
-                    return Err(QueryError::Sql(format!(
+                    return Err(QueryError::Denied(format!(
                         "the DuckDB engine is for scopes that see every column; scope {:?} queries through DataFusion, where masking applies",
                         request.caller.scope
                     )));
                 }
                 if !self.duck_available {
-                    return Err(QueryError::Sql(duck::NEEDS_PLAIN_LOCAL.into()));
+                    return Err(SqlError::invalid(duck::NEEDS_PLAIN_LOCAL).into());
                 }
                 prepared.duck.as_ref().map_err(|e| QueryError::Sql(e.clone()))?;
                 Ok(EngineChoice::Duckdb)
@@ -1120,9 +1129,9 @@ fn described_table(state: &SessionState, sql: &str) -> Result<String, QueryError
     match state.sql_to_statement(sql, &dialect)? {
         DfStatement::Statement(statement) => match *statement {
             Statement::ExplainTable { table_name, .. } => Ok(table_name.to_string()),
-            _ => Err(QueryError::Sql("DESCRIBE names one table".into())),
+            _ => Err(SqlError::invalid("DESCRIBE names one table").into()),
         },
-        _ => Err(QueryError::Sql("DESCRIBE names one table".into())),
+        _ => Err(SqlError::invalid("DESCRIBE names one table").into()),
     }
 }
 
@@ -1227,10 +1236,18 @@ mod tests {
     }
 
     #[test]
-    fn errors_point_at_the_sql_position() {
-        let e = QueryError::Sql(
-            "SQL error: ParserError(\"Expected: end of statement, found: x at Line: 2, Column: 8\")".into(),
+    fn parser_errors_are_syntax_errors_with_their_position() {
+        let parse = datafusion::sql::sqlparser::parser::ParserError::ParserError(
+            "Expected: end of statement, found: x at Line: 2, Column: 8".into(),
         );
-        assert_eq!(e.position(), Some((2, 8)));
+        let e = QueryError::from(DataFusionError::SQL(Box::new(parse), None));
+        assert_eq!(e.code(), "syntax_error");
+        assert_eq!(e.sqlstate(), "42601");
+        assert_eq!(e.position(), Some(super::super::Position { line: 2, column: 8 }));
+        let internal = QueryError::from(DataFusionError::Internal("a broken invariant".into()));
+        assert_eq!((internal.http_status(), internal.sqlstate()), (500, "XX000"));
+        assert!(!internal.public_message("r-1").contains("invariant"), "internal details stay in the log");
+        let missing = QueryError::from(DataFusionError::Plan("table 'sokana.raw.nope' not found".into()));
+        assert_eq!((missing.code(), missing.http_status(), missing.sqlstate()), ("not_found", 400, "42P01"));
     }
 }

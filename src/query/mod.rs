@@ -22,12 +22,52 @@ pub mod functions;
 pub mod log;
 pub mod saved;
 
+/// Where in the SQL text an error is: line and column, both from 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    pub line: u64,
+    pub column: u64,
+}
+
+/// What kind of mistake a query holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SqlErrorKind {
+    /// The text does not parse.
+    Syntax,
+    /// A table, column or function it names does not exist.
+    NotFound,
+    /// It parses but cannot be planned or run as asked: a type mismatch, a statement that is not
+    /// a query, a value out of range.
+    Invalid,
+}
+
+/// A mistake in a query, as the parser, the planner or DuckDB reported it: its kind, the message
+/// and, when they said, where.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct SqlError {
+    pub kind: SqlErrorKind,
+    pub message: String,
+    pub position: Option<Position>,
+}
+
+impl SqlError {
+    pub fn new(kind: SqlErrorKind, message: impl Into<String>) -> SqlError {
+        SqlError { kind, message: message.into(), position: None }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> SqlError {
+        SqlError::new(SqlErrorKind::Invalid, message)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
     #[error(transparent)]
     Warehouse(#[from] WarehouseError),
-    #[error("{0}")]
-    Sql(String),
+    /// A mistake in the query: the caller's to fix.
+    #[error(transparent)]
+    Sql(#[from] SqlError),
     #[error("formatting the result: {0}")]
     Format(String),
     #[error("the query ran longer than its limit of {seconds} s and was cancelled")]
@@ -50,14 +90,20 @@ pub enum QueryError {
     Audit(String),
     #[error(transparent)]
     Log(#[from] log::QueryLogError),
+    /// A fault of the engine, not of the query (storage, a broken invariant): its detail is for
+    /// the server's log, not for the caller.
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl QueryError {
-    /// A stable code for API errors.
+    /// A stable code for API errors and the query log.
     pub fn code(&self) -> &'static str {
         match self {
             QueryError::Warehouse(_) => "warehouse",
-            QueryError::Sql(_) => "sql",
+            QueryError::Sql(SqlError { kind: SqlErrorKind::Syntax, .. }) => "syntax_error",
+            QueryError::Sql(SqlError { kind: SqlErrorKind::NotFound, .. }) => "not_found",
+            QueryError::Sql(SqlError { kind: SqlErrorKind::Invalid, .. }) => "invalid_query",
             QueryError::Format(_) => "format",
             QueryError::Timeout { .. } => "timeout",
             QueryError::Memory { .. } => "memory_limit",
@@ -67,33 +113,119 @@ impl QueryError {
             QueryError::Denied(_) => "forbidden",
             QueryError::Audit(_) => "audit_unavailable",
             QueryError::Log(_) => "query_log",
+            QueryError::Internal(_) => "internal",
         }
     }
 
-    /// Where in the SQL text the error is, when the parser said: (line, column), both from 1.
-    pub fn position(&self) -> Option<(u64, u64)> {
-        let QueryError::Sql(message) = self else { return None };
-        let at = message.rfind("Line: ")?;
-        let rest = &message[at + "Line: ".len()..];
-        let (line, rest) = rest.split_once(", Column: ")?;
-        let column: String = rest.chars().take_while(char::is_ascii_digit).collect();
-        Some((line.trim().parse().ok()?, column.parse().ok()?))
+    /// The HTTP status that answers it.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            QueryError::Sql(_) | QueryError::Param { .. } | QueryError::Saved(_) => 400,
+            QueryError::Denied(_) => 403,
+            QueryError::Timeout { .. } => 408,
+            QueryError::TooManyRows { .. } => 413,
+            QueryError::Memory { .. } => 422,
+            QueryError::Audit(_) => 503,
+            QueryError::Warehouse(_) | QueryError::Format(_) | QueryError::Log(_) | QueryError::Internal(_) => 500,
+        }
+    }
+
+    /// The SQLSTATE that answers it over the PostgreSQL wire protocol.
+    pub fn sqlstate(&self) -> &'static str {
+        match self {
+            QueryError::Sql(SqlError { kind: SqlErrorKind::Syntax, .. }) => "42601",
+            QueryError::Sql(SqlError { kind: SqlErrorKind::NotFound, .. }) => "42P01",
+            QueryError::Sql(SqlError { kind: SqlErrorKind::Invalid, .. }) | QueryError::Saved(_) => "42000",
+            QueryError::Param { .. } => "22023",
+            QueryError::Denied(_) => "42501",
+            QueryError::Timeout { .. } => "57014",
+            QueryError::Memory { .. } => "53200",
+            QueryError::TooManyRows { .. } => "54000",
+            QueryError::Audit(_) => "58000",
+            QueryError::Warehouse(_) | QueryError::Format(_) | QueryError::Log(_) | QueryError::Internal(_) => "XX000",
+        }
+    }
+
+    /// Whether it is the engine's fault rather than the caller's: its detail stays in the log.
+    pub fn is_internal(&self) -> bool {
+        self.http_status() == 500
+    }
+
+    /// What the caller is told: the message, or for an internal fault only that there was one and
+    /// the request id the server's log holds it under.
+    pub fn public_message(&self, request_id: &str) -> String {
+        if self.is_internal() {
+            format!("an internal error stopped the query; the server's log has it under request id {request_id}")
+        } else {
+            self.to_string()
+        }
+    }
+
+    /// Where in the SQL text the error is, when the parser or planner said.
+    pub fn position(&self) -> Option<Position> {
+        match self {
+            QueryError::Sql(e) => e.position,
+            _ => None,
+        }
     }
 }
 
 impl From<DataFusionError> for QueryError {
+    /// Sorts DataFusion's error by its kind. DataFusion wraps errors in context layers; the
+    /// innermost is the one that says what happened, and its diagnostic, when the planner left
+    /// one, where in the SQL.
     fn from(e: DataFusionError) -> Self {
-        // DataFusion wraps errors in context layers; the innermost message is the useful one. Its
-        // diagnostic, when the planner left one, says where in the SQL the problem is.
-        let at = e.diagnostic().and_then(|d| d.span).map(|span| span.start);
-        let message = e.find_root().to_string();
-        match at {
-            Some(at) if !message.contains("Line: ") => {
-                QueryError::Sql(format!("{message} at Line: {}, Column: {}", at.line, at.column))
+        let at = e
+            .diagnostic()
+            .and_then(|d| d.span)
+            .map(|span| Position { line: span.start.line, column: span.start.column });
+        let root = e.find_root();
+        let message = root.to_string();
+        let sql = |kind: SqlErrorKind, position: Option<Position>| {
+            QueryError::Sql(SqlError { kind, message: message.clone(), position })
+        };
+        match root {
+            // sqlparser reports where only in its message ("… at Line: 2, Column: 8").
+            DataFusionError::SQL(parse, _) => {
+                sql(SqlErrorKind::Syntax, at.or_else(|| parser_position(&parse.to_string())))
             }
-            _ => QueryError::Sql(message),
+            DataFusionError::SchemaError(schema, _) => match **schema {
+                datafusion::common::SchemaError::FieldNotFound { .. } => sql(SqlErrorKind::NotFound, at),
+                _ => sql(SqlErrorKind::Invalid, at),
+            },
+            // The planner says "table '…' not found" and "Invalid function '…'" in plain Plan errors.
+            DataFusionError::Plan(text) if text.contains("not found") || text.starts_with("Invalid function") => {
+                sql(SqlErrorKind::NotFound, at)
+            }
+            DataFusionError::Plan(_) | DataFusionError::NotImplemented(_) | DataFusionError::Execution(_) => {
+                sql(SqlErrorKind::Invalid, at)
+            }
+            // Errors the data itself raises while running (a failed cast, a division by zero).
+            DataFusionError::ArrowError(arrow, _)
+                if matches!(
+                    **arrow,
+                    arrow::error::ArrowError::CastError(_)
+                        | arrow::error::ArrowError::ComputeError(_)
+                        | arrow::error::ArrowError::DivideByZero
+                        | arrow::error::ArrowError::ArithmeticOverflow(_)
+                        | arrow::error::ArrowError::InvalidArgumentError(_)
+                        | arrow::error::ArrowError::ParseError(_)
+                ) =>
+            {
+                sql(SqlErrorKind::Invalid, at)
+            }
+            _ => QueryError::Internal(message),
         }
     }
+}
+
+/// The position sqlparser writes at the end of its messages.
+fn parser_position(message: &str) -> Option<Position> {
+    let at = message.rfind("Line: ")?;
+    let rest = &message[at + "Line: ".len()..];
+    let (line, rest) = rest.split_once(", Column: ")?;
+    let column: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    Some(Position { line: line.trim().parse().ok()?, column: column.parse().ok()? })
 }
 
 /// Values for a query's placeholders: `$1, $2, …` or `$name`. They are bound by the engine, never
@@ -156,7 +288,7 @@ pub(crate) fn runtime_for(
 /// builds use it; the serving engine, [`engine::QueryEngine`], follows new versions by itself).
 pub async fn session(warehouse: &Warehouse) -> Result<SessionContext, QueryError> {
     let ctx = SessionContext::new_with_config_rt(session_config(), runtime_for(warehouse)?);
-    let catalog = ctx.catalog("sokana").ok_or_else(|| QueryError::Sql("the default catalog is missing".into()))?;
+    let catalog = ctx.catalog("sokana").ok_or_else(|| QueryError::Internal("the default catalog is missing".into()))?;
     for schema in SCHEMAS {
         catalog.register_schema(schema, Arc::new(MemorySchemaProvider::new()))?;
     }
@@ -171,7 +303,7 @@ pub async fn refresh(ctx: &SessionContext, warehouse: &Warehouse, name: &TableNa
     let schema = ctx
         .catalog("sokana")
         .and_then(|c| c.schema(&name.schema))
-        .ok_or_else(|| QueryError::Sql(format!("schema {} is missing", name.schema)))?;
+        .ok_or_else(|| QueryError::Internal(format!("schema {} is missing", name.schema)))?;
     schema.deregister_table(&name.name)?;
     register(ctx, warehouse, name).await
 }
@@ -182,7 +314,7 @@ async fn register(ctx: &SessionContext, warehouse: &Warehouse, name: &TableName)
     let schema = ctx
         .catalog("sokana")
         .and_then(|c| c.schema(&name.schema))
-        .ok_or_else(|| QueryError::Sql(format!("schema {} is missing", name.schema)))?;
+        .ok_or_else(|| QueryError::Internal(format!("schema {} is missing", name.schema)))?;
     schema.register_table(name.name.clone(), provider)?;
     Ok(())
 }
