@@ -505,6 +505,43 @@ fn set_path(table: &mut toml::Table, keys: &[String], value: toml::Value) -> Res
     }
 }
 
+/// The configured warehouse, with its encryption keys: `SOKANA_WAREHOUSE_KEY` (hex keys, comma
+/// separated, newest first) or else the file named by `warehouse.key_file`.
+pub fn open_warehouse(config: &Config) -> Result<crate::warehouse::Warehouse, ConfigError> {
+    let url = config.warehouse_url()?;
+    let keys = if let Ok(text) = std::env::var(WAREHOUSE_KEY_VAR) {
+        Some(
+            crate::warehouse::Keyring::parse(&text, WAREHOUSE_KEY_VAR)
+                .map_err(|e| ConfigError::Env { var: WAREHOUSE_KEY_VAR.into(), message: e.to_string() })?,
+        )
+    } else if let Some(file) = &config.warehouse.key_file {
+        let path = config.resolve(file);
+        let invalid = |message: String| ConfigError::Invalid {
+            path: config.path.clone().unwrap_or_default(),
+            message: format!("key `warehouse.key_file`: {message}"),
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| invalid(format!("{}: {e}", path.display())))?;
+        Some(crate::warehouse::Keyring::parse(&text, &path.display().to_string()).map_err(|e| invalid(e.to_string()))?)
+    } else {
+        None
+    };
+    Ok(crate::warehouse::Warehouse::with_keys(url, keys).with_compression(config.warehouse.compression))
+}
+
+/// The environment variable that holds the warehouse's encryption keys.
+pub const WAREHOUSE_KEY_VAR: &str = "SOKANA_WAREHOUSE_KEY";
+
+impl Config {
+    /// The maintenance settings of the `[warehouse]` section.
+    pub fn maintenance(&self) -> crate::warehouse::Maintenance {
+        crate::warehouse::Maintenance {
+            compact_min_files: self.warehouse.compact_min_files,
+            target_file_size: self.warehouse.target_file_mb * 1024 * 1024,
+            retention_hours: self.warehouse.retention_hours,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

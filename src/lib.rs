@@ -2,11 +2,16 @@
 //!
 //! Data flows one way: [`source`] → [`warehouse`] → [`query`] → [`api`]; [`pipeline`] drives the
 //! first two. Each module's own documentation says what it owns and what it must not touch.
+//!
+//! A module uses only modules before it in this order (`tests/layers.rs` checks it): [`keyfile`],
+//! [`progress`], [`source`], [`metastore`], [`warehouse`], [`config`], [`query`], [`pipeline`],
+//! [`auth`], [`privacy`], [`api`].
 
 pub mod api;
 pub mod auth;
 pub mod config;
 pub mod keyfile;
+pub mod metastore;
 pub mod pipeline;
 pub mod privacy;
 pub mod progress;

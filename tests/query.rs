@@ -147,6 +147,7 @@ async fn http_api_formats_pages_cache_and_errors() {
     let (status, headers, json) = api.json(json!({ "sql": sql })).await;
     assert_eq!(status, 200, "{json}");
     assert_eq!(headers["x-cache"], "miss");
+    assert_eq!(headers["cache-control"], "no-store", "answers hold health data: no cache may keep them");
     let rows = json["rows"].as_array().expect("rows").clone();
     assert!(!rows.is_empty());
     let csv_body =

@@ -848,3 +848,36 @@ with psycopg.connect(host="127.0.0.1", port={pg}, user="ana", password={password
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(stdout.lines().collect::<Vec<_>>(), ["refused 42501", "True"], "{stdout}");
 }
+
+/// An access token ends with its session, whatever its own expiry says: a session that has run
+/// out stops its tokens at once, and a token issued near a session's end lives no longer than it.
+#[tokio::test(flavor = "multi_thread")]
+async fn access_tokens_end_with_their_session() {
+    let project = common::Project::new("sqlite://operational.db");
+    let config = project.config();
+    let auth = Auth::open(&config).await.expect("auth");
+    auth.add_user("ana", Role::Analyst, PASSWORD).await.expect("user");
+    let device = sokana::auth::Device::default();
+    let login =
+        sokana::auth::Login { username: "ana".into(), password: PASSWORD.into(), totp: None, recovery_code: None };
+    let tokens = auth.login(&login, &device).await.expect("login");
+    assert!(auth.verify_access_token(&tokens.access_token).await.is_ok());
+    let now = chrono::Utc::now().timestamp();
+    auth.store()
+        .execute(
+            "UPDATE sessions SET expires_at = $2 WHERE id = $1",
+            &[tokens.session_id.as_str().into(), (now + 30).into()],
+        )
+        .await
+        .expect("shorten");
+    let refreshed = auth.refresh(&tokens.refresh_token, &device).await.expect("refresh");
+    assert!(refreshed.expires_in <= 30, "a token lives no longer than its session: {}", refreshed.expires_in);
+    auth.store()
+        .execute(
+            "UPDATE sessions SET expires_at = $2 WHERE id = $1",
+            &[tokens.session_id.as_str().into(), (now - 1).into()],
+        )
+        .await
+        .expect("expire");
+    assert!(matches!(auth.verify_access_token(&refreshed.access_token).await, Err(sokana::auth::AuthError::Expired)));
+}

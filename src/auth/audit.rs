@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use tokio::sync::{mpsc, oneshot};
 
-use super::store::{MetaStore, Row, Value};
 use super::{AuthError, policy::MaskingPolicy};
+use crate::metastore::{MetaStore, Row, Value};
 use crate::query::engine::{AccessRecorder, Caller};
 use crate::query::log::QueryRecord;
 

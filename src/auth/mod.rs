@@ -10,7 +10,6 @@ pub mod mfa;
 pub mod policy;
 pub mod role;
 pub mod session;
-pub mod store;
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -20,9 +19,11 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use sha2::{Digest, Sha256};
 
+/// The metadata store, where users, sessions, keys and the audit trail live.
+pub use crate::metastore as store;
+pub use crate::metastore::{MetaStore, StoreError};
 pub use role::{Permission, Role, Visibility};
 pub use session::{Login, SessionInfo, Tokens};
-pub use store::{MetaStore, StoreError};
 
 use crate::config::Config;
 

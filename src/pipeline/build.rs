@@ -48,7 +48,7 @@ pub async fn build(
     let warehouse = warehouse(config)?;
     let key = pseudonym_key(&config.state_dir())?;
     let ctx = model_session(&warehouse, &key).await?;
-    let maintenance = Maintenance::from_config(config);
+    let maintenance = config.maintenance();
     let mut failed: BTreeSet<TableName> = unavailable.clone();
     let mut records = Vec::new();
     for model in models {

@@ -3,6 +3,7 @@
 //! writes the warehouse only through their modules, and knows nothing of HTTP or rendering.
 
 pub mod build;
+pub mod erasures;
 pub mod model;
 pub mod runlog;
 pub mod schedule;
@@ -23,13 +24,13 @@ use futures::{StreamExt, TryStreamExt};
 use serde_json::json;
 
 use crate::config::Config;
-use crate::privacy::{ErasureList, Withhold};
 use crate::progress::Progress;
 use crate::source::{
     ColumnType, CursorRange, CursorValue, ExtractSpec, Snapshot, SourceColumn, SourceError, SourceUrl, merge_partitions,
 };
 use crate::source::{ConnectOptions, Source};
-use crate::warehouse::{Keyring, LoadRequest, Maintenance, SyncMode, TableName, Warehouse, WarehouseError};
+use crate::warehouse::{LoadRequest, Maintenance, SyncMode, TableName, Warehouse, WarehouseError};
+use erasures::{ErasureList, ErasureListError, Withhold};
 use model::ModelGraph;
 use runlog::{RunLock, RunLog, RunLogError, TableRecord};
 use spec::{ColumnClass, Pipeline, SpecError, Sync, TableSpec};
@@ -98,7 +99,7 @@ pub enum PipelineError {
     #[error("pseudonym key: {0}")]
     Key(String),
     #[error(transparent)]
-    Privacy(#[from] Box<crate::privacy::PrivacyError>),
+    Erasures(#[from] ErasureListError),
     #[error("metadata store: {0}")]
     MetaStore(String),
     #[error("no pipeline named {name:?} in {dir} (have: {have})")]
@@ -222,39 +223,15 @@ fn finish_run(
     }
 }
 
-/// The configured warehouse, with its encryption keys: `SOKANA_WAREHOUSE_KEY` (hex keys, comma
-/// separated, newest first) or else the file named by `warehouse.key_file`.
-pub fn warehouse(config: &Config) -> Result<Warehouse, crate::config::ConfigError> {
-    use crate::config::ConfigError;
-    let url = config.warehouse_url()?;
-    let keys = if let Ok(text) = std::env::var(WAREHOUSE_KEY_VAR) {
-        Some(
-            Keyring::parse(&text, WAREHOUSE_KEY_VAR)
-                .map_err(|e| ConfigError::Env { var: WAREHOUSE_KEY_VAR.into(), message: e.to_string() })?,
-        )
-    } else if let Some(file) = &config.warehouse.key_file {
-        let path = config.resolve(file);
-        let invalid = |message: String| ConfigError::Invalid {
-            path: config.path.clone().unwrap_or_default(),
-            message: format!("key `warehouse.key_file`: {message}"),
-        };
-        let text = std::fs::read_to_string(&path).map_err(|e| invalid(format!("{}: {e}", path.display())))?;
-        Some(Keyring::parse(&text, &path.display().to_string()).map_err(|e| invalid(e.to_string()))?)
-    } else {
-        None
-    };
-    Ok(Warehouse::with_keys(url, keys).with_compression(config.warehouse.compression))
-}
-
-/// The environment variable that holds the warehouse's encryption keys.
-pub const WAREHOUSE_KEY_VAR: &str = "SOKANA_WAREHOUSE_KEY";
+/// The warehouse a configuration names, with its encryption keys (see [`crate::config`]).
+pub use crate::config::{WAREHOUSE_KEY_VAR, open_warehouse as warehouse};
 
 /// Connects to the pipeline's source. The metadata store is opened first when it is the source,
 /// which creates it and its tables: the audit pipeline runs on a project no one has logged into.
 async fn connect(config: &Config, pipeline: &Pipeline) -> Result<Source, PipelineError> {
     let (url, options) = if pipeline.source == META_SOURCE {
         let store = config.meta_store_url();
-        crate::auth::store::MetaStore::open(&store, &config.base_dir)
+        crate::metastore::MetaStore::open(&store, &config.base_dir)
             .await
             .map_err(|e| PipelineError::MetaStore(e.to_string()))?;
         let url =
@@ -339,7 +316,7 @@ async fn run_locked(
     let warehouse = warehouse(config)?;
     let source = connect(config, pipeline).await?;
     let mut snapshot = source.snapshot().await?;
-    let maintenance = Maintenance::from_config(config);
+    let maintenance = config.maintenance();
     let erasures = ErasureList::open(&config.state_dir());
     let mut records = Vec::new();
     for table in &pipeline.tables {
@@ -446,7 +423,7 @@ async fn load_table(
     record: &mut TableRecord,
 ) -> Result<(), PipelineError> {
     let columns = select_columns(pipeline, table, snapshot.columns(&table.source_table).await?)?;
-    let withhold = erasures.withhold(pipeline, table).map_err(Box::new)?;
+    let withhold = erasures.withhold(pipeline, table)?;
     let existing = warehouse.open(&table.target).await?;
     // The cursor is the largest value the table holds: it is committed with the rows by
     // construction, and the source is not scanned for it (the CRM has no index on `updated_at`;
@@ -677,7 +654,7 @@ pub async fn source_holds(
     let probe = Withhold::single(&table.primary_key[0], wanted);
     while let Some(batch) = keys.next().await {
         let batch = batch.map_err(|e| WarehouseError::Source { table: subject.to_string(), reason: e.to_string() })?;
-        let (_, found) = probe.apply(batch).map_err(Box::new)?;
+        let (_, found) = probe.apply(batch)?;
         if found > 0 {
             return Ok(true);
         }

@@ -13,8 +13,9 @@ use datafusion::sql::parser::{DFParser, Statement};
 use datafusion::sql::resolve::resolve_table_references;
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 
-use super::spec::{SpecError, is_identifier};
+use super::spec::SpecError;
 use crate::warehouse::TableName;
+use crate::warehouse::is_identifier;
 
 /// How a model's table is written.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::warehouse::TableName;
+use crate::warehouse::{TableName, is_identifier};
 
 #[derive(Debug, thiserror::Error)]
 #[error("{}{}: {message}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
@@ -418,12 +418,6 @@ impl Pipeline {
     pub fn table_error(&self, table: &TableSpec, message: String) -> SpecError {
         SpecError { path: self.path.clone(), line: Some(table.line), message }
     }
-}
-
-pub fn is_identifier(name: &str) -> bool {
-    !name.is_empty()
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-        && !name.as_bytes()[0].is_ascii_digit()
 }
 
 #[cfg(test)]

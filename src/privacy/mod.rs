@@ -1,12 +1,10 @@
 //! Privacy requests about one person: everything the warehouse holds about them (export), and
 //! their removal from raw tables, marts, old versions and the engine's caches (erasure). A person's
 //! rows are traced through the pipelines' `subject` table and `references` (a payment through its
-//! client, invoice or contract). Owns the erasure list (`STATE/erasures.json`), which later loads
-//! consult so that erased people are not loaded again. It writes the warehouse only through
+//! client, invoice or contract). It adds to the erasure list (`STATE/erasures.json`, kept by
+//! `pipeline::erasures`), which later loads consult so that erased people are not loaded again. It writes the warehouse only through
 //! `warehouse` and rebuilds marts only through `pipeline`; it knows nothing of HTTP or users (the
 //! callers record the request in the audit trail).
-
-mod erasures;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -18,7 +16,7 @@ use datafusion::logical_expr::{Expr, cast, ident, lit};
 use datafusion::prelude::SessionContext;
 use serde::Serialize;
 
-pub use erasures::{ErasureList, Withhold};
+pub use crate::pipeline::erasures::{ErasureList, ErasureListError, Withhold};
 
 use crate::config::Config;
 use crate::pipeline::spec::Pipeline;
@@ -37,8 +35,8 @@ pub enum PrivacyError {
     Query(#[from] QueryError),
     #[error("{0}")]
     Trace(String),
-    #[error("erasure list {path}: {reason}")]
-    List { path: String, reason: String },
+    #[error(transparent)]
+    List(#[from] ErasureListError),
 }
 
 impl From<datafusion::error::DataFusionError> for PrivacyError {

@@ -197,7 +197,7 @@ fn read_only() -> SQLOptions {
 impl QueryEngine {
     /// The engine over the configured warehouse, logging to `STATE_DIR/queries.db`.
     pub fn open(config: &Config) -> Result<QueryEngine, QueryError> {
-        let warehouse = crate::pipeline::warehouse(config).map_err(|e| QueryError::Internal(e.to_string()))?;
+        let warehouse = crate::config::open_warehouse(config).map_err(|e| QueryError::Internal(e.to_string()))?;
         let log = QueryLog::open(&config.state_dir())?;
         let q = &config.query;
         let limits = Limits {

@@ -470,17 +470,6 @@ pub struct Maintenance {
     pub retention_hours: u64,
 }
 
-impl Maintenance {
-    /// The settings of the config's `[warehouse]` section.
-    pub fn from_config(config: &crate::config::Config) -> Maintenance {
-        Maintenance {
-            compact_min_files: config.warehouse.compact_min_files,
-            target_file_size: config.warehouse.target_file_mb * 1024 * 1024,
-            retention_hours: config.warehouse.retention_hours,
-        }
-    }
-}
-
 impl Warehouse {
     /// Compacts a table once it has `compact_min_files` files; after a compaction or a load that
     /// committed (`changed`), vacuums files that no version younger than the retention needs.

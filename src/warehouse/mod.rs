@@ -62,6 +62,14 @@ pub struct TableName {
     pub name: String,
 }
 
+/// A name of lower-case letters, digits and `_`, not starting with a digit: a table's, a column's
+/// or a model's as files and SQL may spell it unquoted.
+pub fn is_identifier(name: &str) -> bool {
+    !name.is_empty()
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !name.as_bytes()[0].is_ascii_digit()
+}
+
 impl FromStr for TableName {
     type Err = String;
 
@@ -70,7 +78,7 @@ impl FromStr for TableName {
         if !SCHEMAS.contains(&schema) {
             return Err(format!("{s:?}: schema must be one of {}", SCHEMAS.join(", ")));
         }
-        if !crate::pipeline::spec::is_identifier(name) {
+        if !is_identifier(name) {
             return Err(format!("{s:?}: table name must be lower-case letters, digits and _"));
         }
         Ok(TableName { schema: schema.into(), name: name.into() })

@@ -1,7 +1,9 @@
-//! The engine's own metadata store: users, sessions, refresh tokens, recovery codes, API keys and
-//! login failures. A SQLite file by default (`STATE_DIR/meta.db`), PostgreSQL by URL when several
-//! instances share it. Both speak the same SQL: text and 64-bit integer columns only, parameters
-//! written `$1, $2…` (SQLite reads them as `?1, ?2…`).
+//! The engine's own metadata store: users, sessions, refresh tokens, recovery codes, API keys,
+//! login failures and the audit trail, whose tables and migrations it owns. A SQLite file by default
+//! (`STATE_DIR/meta.db`), PostgreSQL by URL when several instances share it. Both speak the same
+//! SQL: text and 64-bit integer columns only, parameters written `$1, $2…` (SQLite reads them as
+//! `?1, ?2…`). It stores rows and knows nothing of what they mean: `auth` does, and the built-in
+//! audit pipeline reads the trail from here as a source.
 //!
 //! Written over rusqlite and tokio-postgres, which the project already uses, rather than sqlx:
 //! sqlx's SQLite driver links its own sqlite3 beside rusqlite's, and Cargo allows only one.

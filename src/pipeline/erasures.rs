@@ -1,5 +1,6 @@
 //! The erasure list: who was erased, and the keys of their rows in each table. Loads consult it so
-//! that an erased person is not loaded again from a source that still holds them. Kept in the state
+//! that an erased person is not loaded again from a source that still holds them; `privacy`
+//! writes it. Kept in the state
 //! directory, readable by its owner only, rewritten whole or not at all.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -9,8 +10,17 @@ use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
 use datafusion::arrow::datatypes::DataType;
 use serde::{Deserialize, Serialize};
 
-use super::PrivacyError;
-use crate::pipeline::spec::{Pipeline, TableSpec};
+use super::spec::{Pipeline, TableSpec};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ErasureListError {
+    /// The list could not be read or written.
+    #[error("erasure list {path}: {reason}")]
+    File { path: String, reason: String },
+    /// A row's key could not be compared with the erased keys.
+    #[error("keeping erased people out: column {column}: {reason}")]
+    Compare { column: String, reason: String },
+}
 
 const FILE: &str = "erasures.json";
 
@@ -38,11 +48,11 @@ impl ErasureList {
         ErasureList { path: state_dir.join(FILE) }
     }
 
-    fn error(&self, reason: impl std::fmt::Display) -> PrivacyError {
-        PrivacyError::List { path: self.path.display().to_string(), reason: reason.to_string() }
+    fn error(&self, reason: impl std::fmt::Display) -> ErasureListError {
+        ErasureListError::File { path: self.path.display().to_string(), reason: reason.to_string() }
     }
 
-    fn read(&self) -> Result<Stored, PrivacyError> {
+    fn read(&self) -> Result<Stored, ErasureListError> {
         match std::fs::read(&self.path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| self.error(e)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Stored::default()),
@@ -52,7 +62,7 @@ impl ErasureList {
 
     /// Records an erasure of `client` with the keys of their rows; returns its id. Erasing the
     /// same person again adds the keys found this time.
-    pub fn add(&self, client: &str, keys: BTreeMap<String, Vec<String>>) -> Result<String, PrivacyError> {
+    pub fn add(&self, client: &str, keys: BTreeMap<String, Vec<String>>) -> Result<String, ErasureListError> {
         let mut stored = self.read()?;
         let id = uuid::Uuid::new_v4().to_string();
         stored.erasures.push(Entry {
@@ -68,14 +78,14 @@ impl ErasureList {
 
     /// The tables earlier erasures of `client` removed rows from: an erasure cut short before it
     /// cut those tables' history is finished by the next one, which finds no rows left to delete.
-    pub fn tables_of(&self, client: &str) -> Result<BTreeSet<String>, PrivacyError> {
+    pub fn tables_of(&self, client: &str) -> Result<BTreeSet<String>, ErasureListError> {
         let stored = self.read()?;
         Ok(stored.erasures.iter().filter(|e| e.client == client).flat_map(|e| e.keys.keys().cloned()).collect())
     }
 
     /// What a load of `table` must keep out: rows whose key was erased, and rows that reference an
     /// erased row of another table. `None` when nothing applies.
-    pub fn withhold(&self, pipeline: &Pipeline, table: &TableSpec) -> Result<Option<Withhold>, PrivacyError> {
+    pub fn withhold(&self, pipeline: &Pipeline, table: &TableSpec) -> Result<Option<Withhold>, ErasureListError> {
         let stored = self.read()?;
         let keys_of = |target: &str| -> BTreeSet<String> {
             stored.erasures.iter().filter_map(|e| e.keys.get(target)).flatten().cloned().collect()
@@ -107,7 +117,7 @@ impl Withhold {
     }
 
     /// `batch` without the withheld rows, and how many those were.
-    pub fn apply(&self, batch: RecordBatch) -> Result<(RecordBatch, u64), PrivacyError> {
+    pub fn apply(&self, batch: RecordBatch) -> Result<(RecordBatch, u64), ErasureListError> {
         let mut batch = batch;
         let mut dropped = 0;
         for (column, keys) in &self.checks {
@@ -119,10 +129,10 @@ impl Withhold {
 }
 
 /// Rows of `batch` whose `column` (as text) is not in `keys`; with how many were dropped.
-fn without(batch: &RecordBatch, column: &str, keys: &BTreeSet<String>) -> Result<(RecordBatch, u64), PrivacyError> {
+fn without(batch: &RecordBatch, column: &str, keys: &BTreeSet<String>) -> Result<(RecordBatch, u64), ErasureListError> {
     let Ok(index) = batch.schema().index_of(column) else { return Ok((batch.clone(), 0)) };
     let text = datafusion::arrow::compute::cast(batch.column(index), &DataType::Utf8)
-        .map_err(|e| PrivacyError::Trace(format!("column {column}: {e}")))?;
+        .map_err(|e| ErasureListError::Compare { column: column.to_string(), reason: e.to_string() })?;
     let text = text.as_string::<i32>();
     let keep: BooleanArray = (0..text.len()).map(|i| Some(text.is_null(i) || !keys.contains(text.value(i)))).collect();
     let dropped = keep.false_count() as u64;
@@ -130,6 +140,6 @@ fn without(batch: &RecordBatch, column: &str, keys: &BTreeSet<String>) -> Result
         return Ok((batch.clone(), 0));
     }
     let kept = datafusion::arrow::compute::filter_record_batch(batch, &keep)
-        .map_err(|e| PrivacyError::Trace(format!("column {column}: {e}")))?;
+        .map_err(|e| ErasureListError::Compare { column: column.to_string(), reason: e.to_string() })?;
     Ok((kept, dropped))
 }
