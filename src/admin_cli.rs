@@ -8,7 +8,7 @@ use std::io::{BufRead, IsTerminal};
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 
-use sokana::auth::audit::Event;
+use sokana::auth::audit::{Copy, Event};
 use sokana::auth::{Auth, Role};
 use sokana::config::Config;
 use sokana::pipeline;
@@ -216,7 +216,10 @@ pub async fn audit(config: &Config, command: AuditCommand) -> Result<()> {
         AuditCommand::Verify => {
             let verified = auth.verify_audit().await?;
             let copy = copied_head(config).await?;
-            let copied_to = copy.as_ref().map(|(seq, _)| *seq);
+            let copied_to = match &copy {
+                Copy::Newest(seq, _) => Some(*seq),
+                Copy::Missing | Copy::Empty => None,
+            };
             sokana::auth::audit::check_copy(auth.store(), copy).await?;
             println!("audit trail intact: {} records, head {}", verified.records, verified.head);
             if let Some(seq) = copied_to {
@@ -232,19 +235,22 @@ pub async fn audit(config: &Config, command: AuditCommand) -> Result<()> {
     Ok(())
 }
 
-/// The newest record in the warehouse's copy of the audit trail, if it has been copied.
-async fn copied_head(config: &Config) -> Result<Option<(i64, String)>> {
+/// What the warehouse's copy of the audit trail holds: its newest record, if any.
+async fn copied_head(config: &Config) -> Result<Copy> {
     let warehouse = sokana::pipeline::warehouse(config)?;
     let table: sokana::warehouse::TableName = "raw.sokana_audit".parse().map_err(|e: String| anyhow::anyhow!(e))?;
     if warehouse.open(&table).await?.is_none() {
-        return Ok(None);
+        return Ok(Copy::Missing);
     }
     let ctx = sokana::query::session(&warehouse).await?;
     let sql = "SELECT seq, hash FROM raw.sokana_audit ORDER BY seq DESC LIMIT 1";
     let batches = sokana::query::run(&ctx, sql).await?;
     let json = sokana::query::format(&batches, sokana::query::OutputFormat::Json)?;
     let rows: Vec<serde_json::Value> = serde_json::from_str(&json)?;
-    Ok(rows.first().and_then(|r| Some((r["seq"].as_i64()?, r["hash"].as_str()?.to_string()))))
+    Ok(rows
+        .first()
+        .and_then(|r| Some(Copy::Newest(r["seq"].as_i64()?, r["hash"].as_str()?.to_string())))
+        .unwrap_or(Copy::Empty))
 }
 
 pub async fn privacy(

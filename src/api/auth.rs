@@ -47,7 +47,11 @@ impl From<AuthError> for ApiError {
             AuthError::UserExists(_) | AuthError::Conflict(_) => StatusCode::CONFLICT,
             AuthError::BadInput { .. } => StatusCode::BAD_REQUEST,
             AuthError::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            AuthError::Store(_) | AuthError::Key(_) | AuthError::Internal(_) | AuthError::Tampered { .. } => {
+            AuthError::Store(_)
+            | AuthError::Key(_)
+            | AuthError::Internal(_)
+            | AuthError::Tampered { .. }
+            | AuthError::Unverifiable(_) => {
                 tracing::error!(error = %e, "authentication failed inside");
                 return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error".into());
             }

@@ -310,43 +310,49 @@ pub async fn verify(store: &MetaStore, key: &ChainKey) -> Result<Verified, AuthE
 /// lag behind the store before `verify` calls it rolled back.
 pub const COPY_LAG: chrono::Duration = chrono::Duration::hours(1);
 
-/// Checks the store against the warehouse's copy of the trail, whose newest record is `copy`
-/// (sequence number and MAC): the chain alone cannot show that its newest records were cut off.
-/// Fails when there is no copy though the store holds records; when the copy's newest record is
-/// not in the store as copied; and when the copy ends before records older than [`COPY_LAG`]
-/// (the copy was rolled back, or has not been made for too long).
-pub async fn check_copy(store: &MetaStore, copy: Option<(i64, String)>) -> Result<(), AuthError> {
-    let tampered = |seq: i64, reason: String| AuthError::Tampered { seq, reason };
+/// What the warehouse holds of the trail (`raw.sokana_audit`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Copy {
+    /// The table was never made: the trail was never copied.
+    Missing,
+    /// The table holds no record yet.
+    Empty,
+    /// Its newest record: sequence number and MAC.
+    Newest(i64, String),
+}
+
+/// Checks the store against the warehouse's copy of the trail: the chain alone cannot show that
+/// its newest records were cut off. Fails when there is no copy though the store holds records;
+/// when the copy's newest record is not in the store as copied; and when the copy ends before
+/// records older than [`COPY_LAG`] (the copy was rolled back, or has not been made for too long).
+pub async fn check_copy(store: &MetaStore, copy: Copy) -> Result<(), AuthError> {
     let newest = store.query("SELECT max(seq) FROM audit", &[]).await?.first().and_then(|r| r.opt_int(0));
-    let Some((seq, hash)) = copy else {
-        return match newest {
-            None => Ok(()),
-            Some(newest) => Err(tampered(
-                newest,
-                "the warehouse holds no copy of the trail (raw.sokana_audit) to check its end against; \
-                 copy it with `sokana pipeline run sokana_audit` (the server does every 15 minutes)"
+    let copied = match copy {
+        Copy::Missing if newest.is_some() => {
+            return Err(AuthError::Unverifiable(
+                "the warehouse holds no copy of it (raw.sokana_audit) to check its end against; copy it with \
+                 `sokana pipeline run sokana_audit` (the server does every 15 minutes)"
                     .into(),
-            )),
-        };
-    };
-    let rows = store.query("SELECT hash FROM audit WHERE seq = $1", &[seq.into()]).await?;
-    match rows.first().map(|r| r.text(0)) {
-        None => return Err(tampered(seq, "the record was removed; the warehouse's copy holds it".into())),
-        Some(stored) if stored != hash => {
-            return Err(tampered(seq, "its MAC differs from the warehouse's copy".into()));
+            ));
         }
-        Some(_) => {}
-    }
+        Copy::Missing | Copy::Empty => 0,
+        Copy::Newest(seq, hash) => {
+            let rows = store.query("SELECT hash FROM audit WHERE seq = $1", &[seq.into()]).await?;
+            let tampered = |reason: &str| AuthError::Tampered { seq, reason: reason.into() };
+            match rows.first().map(|r| r.text(0)) {
+                None => return Err(tampered("the record was removed; the warehouse's copy holds it")),
+                Some(stored) if stored != hash => return Err(tampered("its MAC differs from the warehouse's copy")),
+                Some(_) => seq,
+            }
+        }
+    };
     let due = (chrono::Utc::now() - COPY_LAG).to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     let overdue = store.query("SELECT max(seq) FROM audit WHERE at < $1", &[due.into()]).await?;
     match overdue.first().and_then(|r| r.opt_int(0)) {
-        Some(older) if older > seq => Err(tampered(
-            older,
-            format!(
-                "the warehouse's copy ends at record {seq}, but records up to {older} are more than an hour old: \
-                 the copy was rolled back, or has not been made since (`sokana pipeline run sokana_audit`)"
-            ),
-        )),
+        Some(older) if older > copied => Err(AuthError::Unverifiable(format!(
+            "the warehouse's copy ends at record {copied}, but records up to {older} are more than an hour old: \
+             the copy was rolled back, or has not been made since (`sokana pipeline run sokana_audit`)"
+        ))),
         _ => Ok(()),
     }
 }
@@ -426,7 +432,7 @@ mod tests {
     async fn a_missing_stale_or_different_copy_fails_the_check() {
         let dir = tempfile::tempdir().unwrap();
         let store = MetaStore::open("meta.db", dir.path()).await.unwrap();
-        assert!(check_copy(&store, None).await.is_ok(), "an empty trail needs no copy");
+        assert!(check_copy(&store, Copy::Missing).await.is_ok(), "an empty trail needs no copy");
         let audit = Audit::start(store.clone(), ChainKey::new([7; 32]));
         for i in 0..3 {
             let at = format!("2026-01-0{}T00:00:00.000000Z", i + 1);
@@ -434,17 +440,24 @@ mod tests {
         }
         audit.flush().await.unwrap();
         let entries = audit.entries(0, 10, None).await.unwrap();
-        let copy = |i: usize| Some((entries[i].seq, entries[i].hash.clone()));
+        let copy = |i: usize| Copy::Newest(entries[i].seq, entries[i].hash.clone());
         assert!(check_copy(&store, copy(2)).await.is_ok());
-        match check_copy(&store, None).await {
-            Err(AuthError::Tampered { reason, .. }) => assert!(reason.contains("no copy"), "{reason}"),
+        match check_copy(&store, Copy::Missing).await {
+            Err(AuthError::Unverifiable(reason)) => assert!(reason.contains("no copy"), "{reason}"),
             other => panic!("a missing copy must fail: {other:?}"),
         }
-        match check_copy(&store, copy(0)).await {
-            Err(AuthError::Tampered { seq: 3, reason }) => assert!(reason.contains("rolled back"), "{reason}"),
-            other => panic!("a copy behind by records days old must fail: {other:?}"),
+        for behind in [copy(0), Copy::Empty] {
+            match check_copy(&store, behind).await {
+                Err(AuthError::Unverifiable(reason)) => assert!(reason.contains("rolled back"), "{reason}"),
+                other => panic!("a copy behind by records days old must fail: {other:?}"),
+            }
         }
-        assert!(matches!(check_copy(&store, Some((2, "0".repeat(64)))).await, Err(AuthError::Tampered { seq: 2, .. })));
+        let forged = Copy::Newest(2, "0".repeat(64));
+        assert!(matches!(check_copy(&store, forged).await, Err(AuthError::Tampered { seq: 2, .. })));
+        // Records younger than the copy's lag need not be copied yet.
+        audit.record(Event::now());
+        audit.flush().await.unwrap();
+        assert!(check_copy(&store, copy(2)).await.is_ok());
     }
 
     /// Someone who can write the store but has not read the key cannot re-hash an edited record

@@ -66,6 +66,9 @@ pub enum AuthError {
     BadInput { field: &'static str, reason: String },
     #[error("the audit trail was changed at record {seq}: {reason}")]
     Tampered { seq: i64, reason: String },
+    /// The end of the trail cannot be checked against the warehouse's copy.
+    #[error("the audit trail cannot be checked to its end: {0}")]
+    Unverifiable(String),
     #[error("the audit trail cannot be written; see the server's log")]
     AuditUnavailable,
     #[error("{0}")]
@@ -92,6 +95,7 @@ impl AuthError {
             AuthError::UserExists(_) => "user_exists",
             AuthError::BadInput { .. } => "bad_request",
             AuthError::Tampered { .. } => "audit_tampered",
+            AuthError::Unverifiable(_) => "audit_unverifiable",
             AuthError::AuditUnavailable => "audit_unavailable",
         }
     }
