@@ -92,15 +92,24 @@ impl std::fmt::Debug for ChainKey {
 }
 
 enum Message {
-    Event(Box<Event>),
-    /// Answered once everything sent before is written: `false` when some of it could not be.
-    Flush(oneshot::Sender<bool>),
+    /// A record and its ticket (the number of records sent before it, plus one).
+    Event(Box<Event>, u64),
+    /// Answered once everything sent before is written: `false` when a record whose ticket is in
+    /// `from..=through` could not be.
+    Flush { from: u64, through: u64, done: oneshot::Sender<bool> },
 }
 
 pub struct Audit {
     sender: mpsc::UnboundedSender<Message>,
     store: MetaStore,
+    /// Tickets handed out so far.
+    sent: std::sync::atomic::AtomicU64,
+    /// The last ticket a [`Audit::flush`] vouched for.
+    flushed: std::sync::atomic::AtomicU64,
 }
+
+/// Ranges of tickets whose records could not be written, kept for this many batches.
+const FAILURES_KEPT: usize = 4096;
 
 const COLUMNS: &str = "seq, at, user_name, role, origin, address, request_id, action, detail, tables, columns, rows_read, outcome, prev_hash, hash";
 
@@ -109,19 +118,36 @@ impl Audit {
     pub fn start(store: MetaStore, key: ChainKey) -> Arc<Audit> {
         let (sender, receiver) = mpsc::unbounded_channel();
         tokio::spawn(write(store.clone(), key, receiver));
-        Arc::new(Audit { sender, store })
+        Arc::new(Audit { sender, store, sent: Default::default(), flushed: Default::default() })
     }
 
-    pub fn record(&self, event: Event) {
+    /// Queues a record; its ticket tells [`Audit::written`] which record to wait for.
+    pub fn record(&self, event: Event) -> u64 {
+        use std::sync::atomic::Ordering;
+        let ticket = self.sent.fetch_add(1, Ordering::SeqCst) + 1;
         // The writer ends only with the process.
-        let _ = self.sender.send(Message::Event(Box::new(event)));
+        let _ = self.sender.send(Message::Event(Box::new(event), ticket));
+        ticket
     }
 
-    /// Waits until every record sent before is written; an error when one of them (or one since
-    /// the last flush) could not be.
+    /// Waits until the record with `ticket` is written; an error when it could not be. Another
+    /// caller's failed record does not fail this one.
+    pub async fn written(&self, ticket: u64) -> Result<(), AuthError> {
+        self.wait(ticket, ticket).await
+    }
+
+    /// Waits until every record sent before is written; an error when one sent since the last
+    /// flush could not be.
     pub async fn flush(&self) -> Result<(), AuthError> {
+        use std::sync::atomic::Ordering;
+        let through = self.sent.load(Ordering::SeqCst);
+        let from = self.flushed.swap(through, Ordering::SeqCst) + 1;
+        self.wait(from, through).await
+    }
+
+    async fn wait(&self, from: u64, through: u64) -> Result<(), AuthError> {
         let (done, wait) = oneshot::channel();
-        self.sender.send(Message::Flush(done)).map_err(|_| AuthError::AuditUnavailable)?;
+        self.sender.send(Message::Flush { from, through, done }).map_err(|_| AuthError::AuditUnavailable)?;
         match wait.await {
             Ok(true) => Ok(()),
             _ => Err(AuthError::AuditUnavailable),
@@ -185,15 +211,19 @@ async fn head(store: &MetaStore) -> Result<(i64, String), AuthError> {
 async fn write(store: MetaStore, key: ChainKey, mut receiver: mpsc::UnboundedReceiver<Message>) {
     let mut chain: Option<(i64, String)> = None;
     let mut batch: Vec<Event> = Vec::new();
-    let mut waiting: Vec<oneshot::Sender<bool>> = Vec::new();
-    let mut lost = false;
+    let mut tickets: Vec<u64> = Vec::new();
+    let mut waiting: Vec<(u64, u64, oneshot::Sender<bool>)> = Vec::new();
+    let mut failed: std::collections::VecDeque<(u64, u64)> = std::collections::VecDeque::new();
     while let Some(first) = receiver.recv().await {
         let mut next = Some(first);
         // Take whatever else is queued, up to a batch.
         while let Some(message) = next.take() {
             match message {
-                Message::Event(event) => batch.push(*event),
-                Message::Flush(done) => waiting.push(done),
+                Message::Event(event, ticket) => {
+                    batch.push(*event);
+                    tickets.push(ticket);
+                }
+                Message::Flush { from, through, done } => waiting.push((from, through, done)),
             }
             if batch.len() < 512 {
                 next = receiver.try_recv().ok();
@@ -243,6 +273,7 @@ async fn write(store: MetaStore, key: ChainKey, mut receiver: mpsc::UnboundedRec
                 Ok(()) => {
                     chain = Some((seq, prev));
                     batch.clear();
+                    tickets.clear();
                 }
                 // Another instance appended first (a taken sequence number): read the head again.
                 Err(e) => {
@@ -252,14 +283,18 @@ async fn write(store: MetaStore, key: ChainKey, mut receiver: mpsc::UnboundedRec
         }
         if !batch.is_empty() {
             tracing::error!(records = batch.len(), "audit: records could not be written");
-            batch.clear();
-            lost = true;
-        }
-        if !waiting.is_empty() {
-            for done in waiting.drain(..) {
-                let _ = done.send(!lost);
+            if let (Some(first), Some(last)) = (tickets.first(), tickets.last()) {
+                if failed.len() == FAILURES_KEPT {
+                    failed.pop_front();
+                }
+                failed.push_back((*first, *last));
             }
-            lost = false;
+            batch.clear();
+            tickets.clear();
+        }
+        for (from, through, done) in waiting.drain(..) {
+            let lost = failed.iter().any(|&(first, last)| first <= through && from <= last);
+            let _ = done.send(!lost);
         }
     }
 }
@@ -365,11 +400,11 @@ pub struct QueryAudit {
 
 #[async_trait::async_trait]
 impl AccessRecorder for QueryAudit {
-    async fn settle(&self) -> Result<(), String> {
-        self.audit.flush().await.map_err(|e| e.to_string())
+    async fn settle(&self, ticket: u64) -> Result<(), String> {
+        self.audit.written(ticket).await.map_err(|e| e.to_string())
     }
 
-    fn record(&self, caller: &Caller, record: &QueryRecord) {
+    fn record(&self, caller: &Caller, record: &QueryRecord) -> u64 {
         let columns = record
             .columns
             .iter()
@@ -396,7 +431,7 @@ impl AccessRecorder for QueryAudit {
             columns,
             rows: record.rows,
             outcome: record.error.clone().unwrap_or_else(|| "ok".into()),
-        });
+        })
     }
 }
 
@@ -458,6 +493,28 @@ mod tests {
         audit.record(Event::now());
         audit.flush().await.unwrap();
         assert!(check_copy(&store, copy(2)).await.is_ok());
+    }
+
+    /// A record that could not be written fails the answer it belongs to, not the next one.
+    #[tokio::test]
+    async fn a_failed_record_fails_its_own_answer_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MetaStore::open("meta.db", dir.path()).await.unwrap();
+        let audit = Audit::start(store.clone(), ChainKey::new([7; 32]));
+        store
+            .execute("CREATE TRIGGER refuse BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'refused'); END", &[])
+            .await
+            .unwrap();
+        let refused = audit.record(Event::now());
+        assert!(audit.written(refused).await.is_err());
+        // Another record that fails after the answer above was given, as a route's record does.
+        let late = audit.record(Event::now());
+        assert!(audit.written(late).await.is_err());
+        store.execute("DROP TRIGGER refuse", &[]).await.unwrap();
+        let kept = audit.record(Event::now());
+        assert!(audit.written(kept).await.is_ok(), "earlier failures do not fail a record that was written");
+        assert!(audit.flush().await.is_err(), "a flush vouches for everything since the last one");
+        assert!(audit.flush().await.is_ok());
     }
 
     /// Someone who can write the store but has not read the key cannot re-hash an edited record

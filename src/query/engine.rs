@@ -182,9 +182,10 @@ pub trait PlanPolicy: Send + Sync {
 /// Told of every query the engine finishes, after the query log: the audit trail hangs here.
 #[async_trait::async_trait]
 pub trait AccessRecorder: Send + Sync {
-    fn record(&self, caller: &Caller, record: &QueryRecord);
-    /// Waits until every record so far is durable; an answer is handed over only then.
-    async fn settle(&self) -> Result<(), String>;
+    /// Keeps the record; the ticket names it to [`AccessRecorder::settle`].
+    fn record(&self, caller: &Caller, record: &QueryRecord) -> u64;
+    /// Waits until the record with `ticket` is durable; an answer is handed over only then.
+    async fn settle(&self, ticket: u64) -> Result<(), String>;
 }
 
 /// The scope that sees everything when no policy is installed (the local command line).
@@ -368,10 +369,10 @@ impl QueryEngine {
         let at = Utc::now();
         let mut record = QueryRecord::default();
         let result = self.query_logged(request, &mut record).await;
-        self.finish(request, record, at, started, result.as_ref().err().map(QueryError::code));
+        let ticket = self.finish(request, record, at, started, result.as_ref().err().map(QueryError::code));
         // No answer leaves before the record of it is written (a crash must not lose it).
-        if let (Ok(_), Some(recorder)) = (&result, &self.recorder) {
-            recorder.settle().await.map_err(QueryError::Audit)?;
+        if let (Ok(_), Some(recorder), Some(ticket)) = (&result, &self.recorder, ticket) {
+            recorder.settle(ticket).await.map_err(QueryError::Audit)?;
         }
         result
     }
@@ -486,8 +487,8 @@ impl QueryEngine {
             opening.at = at.to_rfc3339_opts(SecondsFormat::Micros, true);
             opening.sql = normalise_for_log(&request.sql);
             opening.error = Some("streaming".into());
-            recorder.record(&request.caller, &opening);
-            recorder.settle().await.map_err(QueryError::Audit)?;
+            let ticket = recorder.record(&request.caller, &opening);
+            recorder.settle(ticket).await.map_err(QueryError::Audit)?;
         }
         let deadline = tokio::time::Instant::now() + self.limits.timeout;
         let seconds = self.limits.timeout.as_secs_f64();
@@ -822,7 +823,7 @@ impl QueryEngine {
     }
 
     /// Counts and logs one query; `error` is the error's code (the log keeps no messages, which
-    /// may quote the SQL).
+    /// may quote the SQL). The ticket of its audit record, when a recorder is installed.
     fn finish(
         &self,
         request: &QueryRequest,
@@ -830,7 +831,7 @@ impl QueryEngine {
         at: chrono::DateTime<Utc>,
         started: Instant,
         error: Option<&str>,
-    ) {
+    ) -> Option<u64> {
         self.queries.fetch_add(1, Ordering::Relaxed);
         if error.is_some() {
             self.errors.fetch_add(1, Ordering::Relaxed);
@@ -845,12 +846,11 @@ impl QueryEngine {
         if record.engine.is_empty() {
             record.engine = request.engine.name().into();
         }
-        if let Some(recorder) = &self.recorder {
-            recorder.record(&request.caller, &record);
-        }
+        let ticket = self.recorder.as_ref().map(|recorder| recorder.record(&request.caller, &record));
         if let Some(log) = &self.log {
             log.record(record);
         }
+        ticket
     }
 }
 
