@@ -198,7 +198,7 @@ async fn shell(config: &Config, engine: &Arc<QueryEngine>, mut choice: EngineCho
     let _ = editor.load_history(&history);
     eprintln!(
         "sokana sql ({}): end statements with ;  \\d tables  \\d TABLE columns  \\engine NAME  \\q quit",
-        name(choice)
+        choice.name()
     );
     let mut pending = String::new();
     loop {
@@ -236,7 +236,7 @@ async fn shell(config: &Config, engine: &Arc<QueryEngine>, mut choice: EngineCho
                 (Some("\\engine"), Some(next)) => match EngineChoice::parse(next) {
                     Some(next) => {
                         choice = next;
-                        eprintln!("engine: {next}", next = name(choice));
+                        eprintln!("engine: {next}", next = choice.name());
                     }
                     None => eprintln!("unknown engine {next:?}: datafusion, duckdb or auto"),
                 },
@@ -260,14 +260,6 @@ async fn shell(config: &Config, engine: &Arc<QueryEngine>, mut choice: EngineCho
     }
     let _ = editor.save_history(&history);
     Ok(())
-}
-
-fn name(choice: EngineChoice) -> &'static str {
-    match choice {
-        EngineChoice::Datafusion => "datafusion",
-        EngineChoice::Duckdb => "duckdb",
-        EngineChoice::Auto => "auto",
-    }
 }
 
 fn report(outcome: Result<()>) {

@@ -50,7 +50,8 @@ impl EngineChoice {
         }
     }
 
-    fn name(self) -> &'static str {
+    /// As the API, the CLI and the query log spell it.
+    pub fn name(self) -> &'static str {
         match self {
             EngineChoice::Datafusion => "datafusion",
             EngineChoice::Duckdb => "duckdb",
