@@ -43,24 +43,29 @@ pub struct AppState {
     pub warehouse: Warehouse,
     pub engine: Arc<QueryEngine>,
     pub auth: Arc<Auth>,
+    /// The classes and administrators' tables the engine masks by, for the catalog listing.
+    pub policy: Arc<crate::auth::policy::MaskingPolicy>,
 }
 
 impl AppState {
     /// The state for `config`: its warehouse, a query engine masking by role, and its users.
     pub async fn open(config: &Config) -> Result<AppState, OpenError> {
         let setup = |e: &dyn std::fmt::Display| OpenError::Setup(e.to_string());
-        let classes = crate::pipeline::classifier(config).map_err(|e| setup(&e))?;
+        let pipelines = crate::pipeline::load_pipelines(config).map_err(|e| setup(&e))?;
+        let classes = crate::pipeline::spec::Classifier::new(&pipelines);
+        let admin_only =
+            pipelines.into_iter().flat_map(|p| p.tables).filter(|t| t.admin_only).map(|t| t.target).collect();
         let key = crate::pipeline::build::pseudonym_key(&config.state_dir()).map_err(|e| setup(&e))?;
-        let admin_only = crate::pipeline::admin_only_tables(config).map_err(|e| setup(&e))?;
         let policy = Arc::new(crate::auth::policy::MaskingPolicy::new(classes, &key).with_admin_only(admin_only));
         let auth = Auth::open(config).await?;
         let recorder = crate::auth::audit::QueryAudit { audit: auth.audit().clone(), policy: policy.clone() };
-        let engine = QueryEngine::open(config)?.with_policy(policy).with_recorder(Arc::new(recorder));
+        let engine = QueryEngine::open(config)?.with_policy(policy.clone()).with_recorder(Arc::new(recorder));
         Ok(AppState {
             config: Arc::new(config.clone()),
-            warehouse: crate::pipeline::warehouse(config).map_err(|e| setup(&e))?,
+            warehouse: engine.catalog().warehouse().clone(),
             engine: Arc::new(engine),
             auth,
+            policy,
         })
     }
 }

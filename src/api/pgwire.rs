@@ -390,7 +390,8 @@ impl QueryHook for Sandbox {
 fn textual_as_text<S: Clone>(portal: &Portal<S>) -> PgWireResult<Option<Portal<S>>> {
     use datafusion_postgres::pgwire::api::Type;
     use datafusion_postgres::pgwire::api::stmt::StoredStatement;
-    let textual = |t: &Option<Type>| matches!(t, Some(t) if *t == Type::UUID || *t == Type::JSON || *t == Type::JSONB);
+    let is_textual = |t: &Type| *t == Type::UUID || *t == Type::JSON || *t == Type::JSONB;
+    let textual = |t: &Option<Type>| t.as_ref().is_some_and(is_textual);
     let types = &portal.statement.parameter_types;
     if !types.iter().any(textual) {
         return Ok(None);
@@ -399,24 +400,22 @@ fn textual_as_text<S: Clone>(portal: &Portal<S>) -> PgWireResult<Option<Portal<S
     let mut codes = Vec::with_capacity(parameters.len());
     for (i, value) in parameters.iter_mut().enumerate() {
         let binary = portal.parameter_format.is_binary(i);
-        let ty = types.get(i).cloned().flatten();
-        match (&ty, value.as_ref()) {
-            (Some(ty), Some(bytes)) if binary && textual(&Some(ty.clone())) => {
-                let text = if *ty == Type::UUID {
-                    let uuid = uuid::Uuid::from_slice(bytes)
-                        .map_err(|e| user_error("22P02", format!("parameter ${}: {e}", i + 1)))?;
-                    bytes::Bytes::from(uuid.hyphenated().to_string())
-                } else if *ty == Type::JSONB {
-                    // Binary jsonb is a version byte (1) and the text.
-                    bytes.slice(1.min(bytes.len())..)
-                } else {
-                    bytes.clone()
-                };
-                *value = Some(text);
-                codes.push(0);
-            }
-            _ => codes.push(i16::from(binary)),
-        }
+        let ty = types.get(i).cloned().flatten().filter(|t| binary && is_textual(t));
+        let (Some(ty), Some(bytes)) = (ty, value.as_ref()) else {
+            codes.push(i16::from(binary));
+            continue;
+        };
+        *value = Some(if ty == Type::UUID {
+            let uuid =
+                uuid::Uuid::from_slice(bytes).map_err(|e| user_error("22P02", format!("parameter ${}: {e}", i + 1)))?;
+            bytes::Bytes::from(uuid.hyphenated().to_string())
+        } else if ty == Type::JSONB {
+            // Binary jsonb is a version byte (1) and the text.
+            bytes.slice(1.min(bytes.len())..)
+        } else {
+            bytes.clone()
+        });
+        codes.push(0);
     }
     let retyped = types.iter().map(|t| if textual(t) { Some(Type::TEXT) } else { t.clone() }).collect();
     let statement = StoredStatement::new(portal.statement.id.clone(), portal.statement.statement.clone(), retyped);

@@ -42,13 +42,13 @@ pub(super) async fn export(
     Json(request): Json<PrivacyRequest>,
 ) -> Result<Json<privacy::Export>, ApiError> {
     let export = privacy::export(&state.config, &request.client).await?;
-    state.auth.audit().record(Event {
+    let ticket = state.auth.audit().record(Event {
         tables: export.tables.keys().cloned().collect(),
         rows: export.rows(),
         ..caller.event("privacy.export", format!("client {}", request.client))
     });
     // The export leaves only once its record is durable.
-    state.auth.audit().flush().await?;
+    state.auth.audit().written(ticket).await?;
     Ok(Json(export))
 }
 
@@ -60,12 +60,12 @@ pub(super) async fn erase(
     let progress: std::sync::Arc<dyn Progress> = std::sync::Arc::new(crate::progress::Silent);
     let erasure = privacy::erase(&state.config, &request.client, &progress).await?;
     state.engine.purge_cache();
-    state.auth.audit().record(Event {
+    let ticket = state.auth.audit().record(Event {
         tables: erasure.deleted.keys().chain(&erasure.rebuilt).cloned().collect(),
         rows: erasure.deleted.values().sum(),
         ..caller.event("privacy.erase", format!("client {}, erasure {}", request.client, erasure.id))
     });
     // Answered only once its record is durable: a crash must not leave an erasure nobody recorded.
-    state.auth.audit().flush().await?;
+    state.auth.audit().written(ticket).await?;
     Ok(Json(erasure))
 }

@@ -372,15 +372,11 @@ pub async fn list_tables(
     State(state): State<AppState>,
     caller: super::auth::Authenticated,
 ) -> Result<Response, ApiError> {
-    let classes = crate::pipeline::classifier(&state.config).map_err(ApiError::internal)?;
-    let hidden = match caller.identity.may(crate::auth::Permission::Administer) {
-        true => Default::default(),
-        false => crate::pipeline::admin_only_tables(&state.config).map_err(ApiError::internal)?,
-    };
+    let administrator = caller.identity.may(crate::auth::Permission::Administer);
     let catalog = state.engine.catalog();
     let mut out = Vec::new();
     for name in catalog.warehouse().list_tables().await.map_err(ApiError::internal)? {
-        if hidden.contains(&name) {
+        if !administrator && state.policy.is_admin_only(&name) {
             continue;
         }
         let Some(table) = catalog.delta(&name).await.map_err(ApiError::internal)? else { continue };
@@ -402,7 +398,7 @@ pub async fn list_tables(
                     "name": f.name(),
                     "type": f.data_type().to_string(),
                     "nullable": f.is_nullable(),
-                    "class": classes.class_of(&name, f.name()),
+                    "class": state.policy.class_of(&name, f.name()),
                 })
             })
             .collect();

@@ -2,6 +2,7 @@
 //! role, expiring, revocable, and rate limited per key.
 
 use super::{Auth, AuthError, Identity, Role, digest, now, parse_role};
+use crate::metastore::Row;
 
 /// What creating a key answers: the key itself appears here and nowhere else.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -108,43 +109,58 @@ impl Auth {
         let invalid = || AuthError::InvalidToken("unknown API key".into());
         let rest = token.strip_prefix(PREFIX).ok_or_else(invalid)?;
         let (id, secret) = rest.split_once('_').ok_or_else(invalid)?;
-        let rows = self
-            .store
-            .query(
-                "SELECT k.hash, k.role, k.expires_at, k.revoked_at, k.created_by, u.disabled, k.last_used_at FROM api_keys k \
-                 JOIN users u ON u.name = k.created_by WHERE k.id = $1",
-                &[id.into()],
-            )
-            .await?;
+        let sql = format!(
+            "SELECT {KEY_COLUMNS}, k.hash, k.last_used_at FROM api_keys k JOIN users u ON u.name = k.created_by \
+             WHERE k.id = $1"
+        );
+        let rows = self.store.query(&sql, &[id.into()]).await?;
         let row = rows.first().ok_or_else(invalid)?;
-        if !constant_time_eq(row.text(0).as_bytes(), digest(secret).as_bytes()) {
+        if !constant_time_eq(row.text(5).as_bytes(), digest(secret).as_bytes()) {
             return Err(invalid());
         }
-        if row.opt_int(3).is_some() || row.int(5) != 0 {
-            return Err(AuthError::InvalidToken("this API key was revoked".into()));
-        }
-        if row.int(2) <= now() {
-            return Err(AuthError::Expired);
-        }
+        let identity = key_identity(id, row)?;
         self.api_keys.check_key(&id.to_string()).map_err(super::rate_limited)?;
         // Kept to the minute: a write on every request would put a commit on the hot path.
         let now = now();
         if row.opt_int(6).is_none_or(|used| now - used >= 60) {
             self.store.execute("UPDATE api_keys SET last_used_at = $2 WHERE id = $1", &[id.into(), now.into()]).await?;
         }
-        Ok(Identity {
-            user: row.text(4),
-            role: parse_role(&row.text(1))?,
-            session: None,
-            api_key: Some(id.to_string()),
-            enrolling: false,
-        })
+        Ok(identity)
+    }
+
+    /// Who the key with `id` acts for now, without its secret (a wire connection that logged in
+    /// with it, checked again).
+    pub(super) async fn api_key_identity(&self, id: &str) -> Result<Identity, AuthError> {
+        let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys k JOIN users u ON u.name = k.created_by WHERE k.id = $1");
+        let rows = self.store.query(&sql, &[id.into()]).await?;
+        key_identity(id, rows.first().ok_or(AuthError::SessionEnded)?)
     }
 
     /// An access token or an API key.
     pub async fn verify_bearer(&self, token: &str) -> Result<Identity, AuthError> {
         if Self::is_api_key(token) { self.verify_api_key(token).await } else { self.verify_access_token(token).await }
     }
+}
+
+/// The columns [`key_identity`] reads, first in every query of a key.
+const KEY_COLUMNS: &str = "k.role, k.expires_at, k.revoked_at, k.created_by, u.disabled";
+
+/// The identity a key's row (starting with [`KEY_COLUMNS`]) grants, unless it was revoked, its
+/// owner disabled, or it expired.
+fn key_identity(id: &str, row: &Row) -> Result<Identity, AuthError> {
+    if row.opt_int(2).is_some() || row.int(4) != 0 {
+        return Err(AuthError::InvalidToken("this API key was revoked".into()));
+    }
+    if row.int(1) <= now() {
+        return Err(AuthError::Expired);
+    }
+    Ok(Identity {
+        user: row.text(3),
+        role: parse_role(&row.text(0))?,
+        session: None,
+        api_key: Some(id.to_string()),
+        enrolling: false,
+    })
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

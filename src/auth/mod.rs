@@ -199,12 +199,13 @@ impl Auth {
         let key_path =
             config.auth.key_file.as_ref().map(|p| config.resolve(p)).unwrap_or_else(|| state.join("auth.key"));
         let master = crate::keyfile::read_or_create(&key_path).map_err(AuthError::Key)?;
-        let token_key: [u8; 32] =
-            Sha256::new().chain_update(&master).chain_update(b"sokana access tokens").finalize().into();
-        let csrf_key: [u8; 32] = Sha256::new().chain_update(&master).chain_update(b"sokana csrf").finalize().into();
-        let chain_key: [u8; 32] =
-            Sha256::new().chain_update(&master).chain_update(b"sokana audit chain").finalize().into();
-        let chain_key = audit::ChainKey::new(chain_key);
+        // One key per use, each derived from the master key and what it is for.
+        let derive = |purpose: &[u8]| -> [u8; 32] {
+            Sha256::new().chain_update(&master).chain_update(purpose).finalize().into()
+        };
+        let token_key = derive(b"sokana access tokens");
+        let csrf_key = derive(b"sokana csrf");
+        let chain_key = audit::ChainKey::new(derive(b"sokana audit chain"));
         let per_minute = |n: u32| Quota::per_minute(NonZeroU32::new(n.max(1)).unwrap_or(NonZeroU32::MIN));
         Ok(Arc::new(Auth {
             audit: audit::Audit::start(store.clone(), chain_key.clone()),
@@ -472,25 +473,7 @@ impl Auth {
     /// statement, as they do on the next HTTP request.
     pub async fn recheck_wire(&self, login: &WireLogin) -> Result<Identity, AuthError> {
         match login {
-            WireLogin::ApiKey { id } => {
-                let rows = self
-                    .store
-                    .query(
-                        "SELECT k.role, k.expires_at, k.revoked_at, k.created_by, u.disabled FROM api_keys k \
-                         JOIN users u ON u.name = k.created_by WHERE k.id = $1",
-                        &[id.as_str().into()],
-                    )
-                    .await?;
-                let row = rows.first().ok_or(AuthError::SessionEnded)?;
-                if row.opt_int(2).is_some() || row.int(4) != 0 {
-                    return Err(AuthError::InvalidToken("this API key was revoked".into()));
-                }
-                if row.int(1) <= now() {
-                    return Err(AuthError::Expired);
-                }
-                let role = parse_role(&row.text(0))?;
-                Ok(Identity { user: row.text(3), role, session: None, api_key: Some(id.clone()), enrolling: false })
-            }
+            WireLogin::ApiKey { id } => self.api_key_identity(id).await,
             WireLogin::Password { user, credential } => {
                 let rows = self
                     .store

@@ -52,6 +52,11 @@ impl MaskingPolicy {
         self
     }
 
+    /// Whether only administrators may read `table`.
+    pub fn is_admin_only(&self, table: &TableName) -> bool {
+        self.admin_only.contains(table)
+    }
+
     pub fn class_of(&self, table: &TableName, column: &str) -> ColumnClass {
         self.classes.class_of(table, column)
     }

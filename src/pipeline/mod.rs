@@ -142,12 +142,6 @@ pub fn load_pipelines(config: &Config) -> Result<Vec<Pipeline>, SpecError> {
     Ok(pipelines)
 }
 
-/// Tables only administrators may read.
-pub fn admin_only_tables(config: &Config) -> Result<std::collections::HashSet<TableName>, SpecError> {
-    let pipelines = load_pipelines(config)?;
-    Ok(pipelines.into_iter().flat_map(|p| p.tables).filter(|t| t.admin_only).map(|t| t.target).collect())
-}
-
 /// The class of every warehouse column, by the project's pipelines.
 pub fn classifier(config: &Config) -> Result<spec::Classifier, SpecError> {
     Ok(spec::Classifier::new(&load_pipelines(config)?))

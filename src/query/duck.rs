@@ -264,10 +264,10 @@ fn execute_all(conn: &duckdb::Connection, statements: &[String]) -> Result<(), Q
 /// so an interrupted export leaves no half-made database under the name asked for.
 pub async fn export_database(catalog: &WarehouseCatalog, path: &std::path::Path) -> Result<usize, QueryError> {
     if catalog.warehouse().plain_local_root().is_none() {
-        return Err(QueryError::Internal(
-            "a DuckDB export needs an unencrypted warehouse on local disk (its views read the Parquet files as they are)"
-                .into(),
-        ));
+        return Err(SqlError::invalid(
+            "a DuckDB export needs an unencrypted warehouse on local disk (its views read the Parquet files as they are)",
+        )
+        .into());
     }
     let partial = path.with_extension("duckdb.partial");
     let io = |e: std::io::Error| QueryError::Internal(format!("{}: {e}", path.display()));

@@ -755,16 +755,8 @@ impl QueryEngine {
         let state = self.base.state();
         // A mistake in the query may be DataFusion's dialect only, and DuckDB may take it; any
         // other failure (refused, an internal fault) is not a question of dialect.
-        let plan = match self.plan_as(&state, &request.sql, &request.caller.scope).await {
-            Ok(plan) => Ok(plan),
-            Err(QueryError::Sql(mistake)) => Err(mistake),
-            Err(other) => return Err(other),
-        };
-        let duck = match duck::inspect(&request.sql) {
-            Ok(inspected) => Ok(inspected),
-            Err(QueryError::Sql(mistake)) => Err(mistake),
-            Err(other) => return Err(other),
-        };
+        let plan = mistake_or_fail(self.plan_as(&state, &request.sql, &request.caller.scope).await)?;
+        let duck = mistake_or_fail(duck::inspect(&request.sql))?;
         let (tables, shape, warehouse_only, cacheable, columns) = match (&plan, &duck) {
             (Ok(plan), _) => {
                 let read: Vec<TableName> = tables_read(plan).into_iter().map(|(t, _)| t).collect();
@@ -1120,6 +1112,16 @@ async fn query_plan(state: &SessionState, sql: &str) -> Result<LogicalPlan, Quer
     let plan = state.create_logical_plan(sql).await?;
     read_only().verify_plan(&plan)?;
     Ok(plan)
+}
+
+/// `result` with a mistake in the query kept as its value, to be weighed against the other
+/// engine's reading; any other failure ends the caller.
+fn mistake_or_fail<T>(result: Result<T, QueryError>) -> Result<Result<T, SqlError>, QueryError> {
+    match result {
+        Ok(value) => Ok(Ok(value)),
+        Err(QueryError::Sql(mistake)) => Ok(Err(mistake)),
+        Err(other) => Err(other),
+    }
 }
 
 /// The table a `DESCRIBE` statement names.

@@ -44,11 +44,22 @@ pub enum SqlErrorKind {
 /// A mistake in a query, as the parser, the planner or DuckDB reported it: its kind, the message
 /// and, when they said, where.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
 pub struct SqlError {
     pub kind: SqlErrorKind,
     pub message: String,
     pub position: Option<Position>,
+}
+
+/// The message, and where in the SQL when known and the message does not say it already (the
+/// parser's does), so that the command line shows the place as the API's `position` does.
+impl std::fmt::Display for SqlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)?;
+        match self.position {
+            Some(at) if !self.message.contains("Line: ") => write!(f, " at Line: {}, Column: {}", at.line, at.column),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl SqlError {

@@ -65,7 +65,7 @@ impl SourceUrl {
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             // Checked as it will connect: its settings, and TLS to any server not on this machine.
-            pgtls::connect_config(url)?;
+            pgtls::settings(url)?;
             return Ok(SourceUrl::Postgres(url.to_string()));
         }
         Err(bad("expected sqlite://PATH or postgres://USER@HOST/DB"))

@@ -17,6 +17,14 @@ use super::{SourceError, redact};
 
 /// A URL's connection settings and the TLS connector to make its connections with.
 pub fn connect_config(url: &str) -> Result<(tokio_postgres::Config, MakeRustlsConnect), SourceError> {
+    let (config, root_cert) = settings(url)?;
+    let tls = connector(root_cert.as_deref()).map_err(|reason| SourceError::BadUrl { url: redact(url), reason })?;
+    Ok((config, tls))
+}
+
+/// A URL's connection settings under the rules above, and the root certificate file it names:
+/// what checking a configuration needs, without reading any certificate.
+pub fn settings(url: &str) -> Result<(tokio_postgres::Config, Option<String>), SourceError> {
     let bad = |reason: String| SourceError::BadUrl { url: redact(url), reason };
     let mut parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
     let mut mode: Option<String> = None;
@@ -53,7 +61,7 @@ pub fn connect_config(url: &str) -> Result<(tokio_postgres::Config, MakeRustlsCo
         }
     };
     config.ssl_mode(ssl_mode);
-    Ok((config, connector(root_cert.as_deref()).map_err(bad)?))
+    Ok((config, root_cert))
 }
 
 fn is_loopback(host: &Host) -> bool {
