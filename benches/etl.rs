@@ -191,7 +191,9 @@ fn run_sokana(runtime: &tokio::runtime::Runtime, url: &str, pipeline: &str, expe
 }
 
 async fn warehouse_text(config: &sokana::config::Config, sql: &str) -> String {
-    let ctx = sokana::query::session(&sokana::pipeline::warehouse(config).expect("warehouse")).await.expect("session");
+    let ctx = sokana::query::unmasked_session(&sokana::pipeline::warehouse(config).expect("warehouse"))
+        .await
+        .expect("session");
     let batches = sokana::query::run(&ctx, sql).await.expect("query");
     let csv = sokana::query::format(&batches, sokana::query::OutputFormat::Csv).expect("csv");
     csv.lines().nth(1).unwrap_or_default().trim().to_string()

@@ -242,7 +242,7 @@ async fn copied_head(config: &Config) -> Result<Copy> {
     if warehouse.open(&table).await?.is_none() {
         return Ok(Copy::Missing);
     }
-    let ctx = sokana::query::session(&warehouse).await?;
+    let ctx = sokana::query::unmasked_session(&warehouse).await?;
     let sql = "SELECT seq, hash FROM raw.sokana_audit ORDER BY seq DESC LIMIT 1";
     let batches = sokana::query::run(&ctx, sql).await?;
     let json = sokana::query::format(&batches, sokana::query::OutputFormat::Json)?;

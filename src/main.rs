@@ -617,7 +617,7 @@ async fn demo(dir: &Path, no_serve: bool, source: Option<String>, scale: f64, se
         .context("setting the demo admin's password (SOKANA_DEMO_PASSWORD)")?;
 
     run_pipelines(&config, &[], true, "demo").await?;
-    let ctx = query::session(&pipeline::warehouse(&config)?).await?;
+    let ctx = query::unmasked_session(&pipeline::warehouse(&config)?).await?;
     let batches = query::run(
         &ctx,
         "SELECT table_schema || '.' || table_name AS \"table\" FROM information_schema.tables \

@@ -178,8 +178,40 @@ pub struct MetaStore {
 
 #[derive(Clone)]
 enum Backend {
-    Sqlite(Arc<Mutex<rusqlite::Connection>>),
+    Sqlite { writer: Arc<Mutex<rusqlite::Connection>>, readers: Arc<Readers> },
     Postgres(Pool),
+}
+
+/// Read-only connections to a SQLite store, kept for reuse. In WAL mode a reader sees every commit
+/// made before its statement began and never waits for the writer, so a key check is not held up
+/// behind a batch of audit records being synced to disk.
+struct Readers {
+    path: std::path::PathBuf,
+    idle: Mutex<Vec<rusqlite::Connection>>,
+}
+
+/// Idle readers kept; more are opened under load and closed after.
+const IDLE_READERS: usize = 8;
+
+impl Readers {
+    fn take(&self) -> Result<rusqlite::Connection, String> {
+        if let Some(conn) = self.idle.lock().map_err(|e| e.to_string())?.pop() {
+            return Ok(conn);
+        }
+        use rusqlite::OpenFlags;
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+        let conn = rusqlite::Connection::open_with_flags(&self.path, flags).map_err(|e| e.to_string())?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| e.to_string())?;
+        Ok(conn)
+    }
+
+    fn give_back(&self, conn: rusqlite::Connection) {
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < IDLE_READERS
+        {
+            idle.push(conn);
+        }
+    }
 }
 
 impl MetaStore {
@@ -209,7 +241,11 @@ impl MetaStore {
         }
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;")
             .map_err(|e| fail(&e))?;
-        Ok(MetaStore { backend: Backend::Sqlite(Arc::new(Mutex::new(conn))), target })
+        let readers = Readers { path: path.to_path_buf(), idle: Mutex::new(Vec::new()) };
+        Ok(MetaStore {
+            backend: Backend::Sqlite { writer: Arc::new(Mutex::new(conn)), readers: Arc::new(readers) },
+            target,
+        })
     }
 
     fn open_postgres(url: &str) -> Result<MetaStore, StoreError> {
@@ -276,7 +312,7 @@ impl MetaStore {
     /// Runs several statements in one transaction.
     async fn batch(&self, sql: &str) -> Result<(), StoreError> {
         match &self.backend {
-            Backend::Sqlite(conn) => {
+            Backend::Sqlite { writer: conn, .. } => {
                 let sql = format!("BEGIN IMMEDIATE; {sql}; COMMIT;");
                 self.on_sqlite(conn, move |conn| {
                     conn.execute_batch(&sql).map_err(|e| {
@@ -298,7 +334,7 @@ impl MetaStore {
     /// Runs one statement; the number of rows it changed.
     pub async fn execute(&self, sql: &str, params: &[Value]) -> Result<u64, StoreError> {
         match &self.backend {
-            Backend::Sqlite(conn) => {
+            Backend::Sqlite { writer: conn, .. } => {
                 let (sql, params) = (sqlite_sql(sql), params.to_vec());
                 self.on_sqlite(conn, move |conn| {
                     let mut statement = conn.prepare_cached(&sql).map_err(|e| e.to_string())?;
@@ -321,7 +357,7 @@ impl MetaStore {
     /// Runs one statement once per row of parameters, all in one transaction.
     pub async fn execute_many(&self, sql: &str, rows: Vec<Vec<Value>>) -> Result<(), StoreError> {
         match &self.backend {
-            Backend::Sqlite(conn) => {
+            Backend::Sqlite { writer: conn, .. } => {
                 let sql = sqlite_sql(sql);
                 self.on_sqlite(conn, move |conn| {
                     let tx = conn.transaction().map_err(|e| e.to_string())?;
@@ -354,31 +390,18 @@ impl MetaStore {
     /// Runs one query; its rows.
     pub async fn query(&self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
         match &self.backend {
-            Backend::Sqlite(conn) => {
+            Backend::Sqlite { readers, .. } => {
                 let (sql, params) = (sqlite_sql(sql), params.to_vec());
-                self.on_sqlite(conn, move |conn| {
-                    let mut statement = conn.prepare_cached(&sql).map_err(|e| e.to_string())?;
-                    let columns = statement.column_count();
-                    let mut rows = statement
-                        .query(rusqlite::params_from_iter(params.iter().map(to_sqlite)))
-                        .map_err(|e| e.to_string())?;
-                    let mut out = Vec::new();
-                    while let Some(row) = rows.next().map_err(|e| e.to_string())? {
-                        let mut values = Vec::with_capacity(columns);
-                        for i in 0..columns {
-                            values.push(match row.get_ref(i).map_err(|e| e.to_string())? {
-                                rusqlite::types::ValueRef::Integer(n) => Value::Int(n),
-                                rusqlite::types::ValueRef::Text(t) => {
-                                    Value::Text(String::from_utf8_lossy(t).into_owned())
-                                }
-                                _ => Value::Null,
-                            });
-                        }
-                        out.push(Row(values));
-                    }
-                    Ok(out)
+                let readers = readers.clone();
+                let outcome = tokio::task::spawn_blocking(move || {
+                    let conn = readers.take()?;
+                    let rows = sqlite_rows(&conn, &sql, &params);
+                    readers.give_back(conn);
+                    rows
                 })
                 .await
+                .map_err(|e| self.error(e))?;
+                outcome.map_err(|e| self.error(e))
             }
             Backend::Postgres(pool) => {
                 let client = pool.get().await.map_err(|e| self.error(e))?;
@@ -407,6 +430,27 @@ impl MetaStore {
 }
 
 /// `$1` → `?1`: SQLite numbers `?NNN` parameters exactly, whatever order they appear in.
+/// The rows `sql` answers on `conn`, integers and text as such, anything else as NULL.
+fn sqlite_rows(conn: &rusqlite::Connection, sql: &str, params: &[Value]) -> Result<Vec<Row>, String> {
+    let mut statement = conn.prepare_cached(sql).map_err(|e| e.to_string())?;
+    let columns = statement.column_count();
+    let mut rows =
+        statement.query(rusqlite::params_from_iter(params.iter().map(to_sqlite))).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(|e| e.to_string())? {
+        let mut values = Vec::with_capacity(columns);
+        for i in 0..columns {
+            values.push(match row.get_ref(i).map_err(|e| e.to_string())? {
+                rusqlite::types::ValueRef::Integer(n) => Value::Int(n),
+                rusqlite::types::ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+                _ => Value::Null,
+            });
+        }
+        out.push(Row(values));
+    }
+    Ok(out)
+}
+
 fn sqlite_sql(sql: &str) -> String {
     let mut out = String::with_capacity(sql.len());
     let mut chars = sql.chars().peekable();

@@ -60,7 +60,7 @@ fn set_key_file(project: &Project, keys: &str) {
 
 async fn query_error(project: &Project) -> String {
     let warehouse = sokana::pipeline::warehouse(&project.config()).expect("warehouse");
-    match sokana::query::session(&warehouse).await {
+    match sokana::query::unmasked_session(&warehouse).await {
         Err(e) => e.to_string(),
         Ok(ctx) => {
             sokana::query::run(&ctx, "SELECT count(*) FROM raw.phi_clients").await.expect_err("refused").to_string()

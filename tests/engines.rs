@@ -13,7 +13,7 @@ async fn duckdb_answers_like_datafusion_from_the_same_files() {
     project.add_core_models("engines-test-key-0123456789");
     project.run().await.expect("pipeline with models");
     let warehouse = sokana::pipeline::warehouse(&project.config()).expect("warehouse");
-    let datafusion = query::session(&warehouse).await.expect("datafusion");
+    let datafusion = query::unmasked_session(&warehouse).await.expect("datafusion");
     let duck =
         std::sync::Arc::new(DuckSession::open(&WarehouseCatalog::new(warehouse.clone()), None).await.expect("duckdb"));
     for sql in [
@@ -105,7 +105,7 @@ async fn duckdb_cannot_reach_outside_the_warehouse() {
         duck.query("SELECT 1 AS a /* /* nested */ still a comment */ , $$ ; $$ AS b").expect("one statement");
     assert_eq!(query::format(&one, OutputFormat::Csv).expect("csv"), "a,b\n1, ; \n");
 
-    let datafusion = query::session(&warehouse).await.expect("datafusion");
+    let datafusion = query::unmasked_session(&warehouse).await.expect("datafusion");
     for sql in [
         "CREATE EXTERNAL TABLE passwd STORED AS CSV LOCATION '/etc/passwd'".to_string(),
         "SELECT * FROM '/etc/passwd'".to_string(),

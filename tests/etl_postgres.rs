@@ -46,7 +46,7 @@ async fn types_arrive_exactly_uuid_numeric_timestamptz_arrays_json() {
     let client = pg.client().await;
     let total: String = client.query_one("SELECT sum(amount)::text FROM payments", &[]).await.unwrap().get(0);
     let config = project.config();
-    let ctx = sokana::query::session(&sokana::pipeline::warehouse(&config).unwrap()).await.unwrap();
+    let ctx = sokana::query::unmasked_session(&sokana::pipeline::warehouse(&config).unwrap()).await.unwrap();
     let batches = sokana::query::run(
         &ctx,
         "SELECT CAST(sum(amount) AS VARCHAR) AS total, arrow_typeof(min(amount)) AS t FROM raw.payments",

@@ -38,7 +38,7 @@ async fn project(scale: f64, models: Option<&[(&str, &str)]>) -> Project {
 
 /// Query results as rows of strings (CSV rendering of the warehouse's values).
 async fn rows(config: &Config, sql: &str) -> Vec<Vec<String>> {
-    let ctx = sokana::query::session(&pipeline::warehouse(config).expect("warehouse")).await.expect("session");
+    let ctx = sokana::query::unmasked_session(&pipeline::warehouse(config).expect("warehouse")).await.expect("session");
     let batches = sokana::query::run(&ctx, sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
     let csv = sokana::query::format(&batches, sokana::query::OutputFormat::Csv).expect("csv");
     let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(csv.as_bytes());
@@ -405,7 +405,7 @@ fn bad_model_files_are_reported_by_check_with_file_and_line() {
 /// how they are laid out in files and versions.
 async fn contents(config: &Config) -> BTreeMap<String, Vec<String>> {
     let warehouse = pipeline::warehouse(config).expect("warehouse");
-    let ctx = sokana::query::session(&warehouse).await.expect("session");
+    let ctx = sokana::query::unmasked_session(&warehouse).await.expect("session");
     let mut out = BTreeMap::new();
     for table in warehouse.list_tables().await.expect("tables") {
         let batches = sokana::query::run(&ctx, &format!("SELECT * FROM {table}")).await.expect("scan");

@@ -11,7 +11,9 @@ use sokana::auth::{Auth, Role};
 
 /// Clients with rows in the most tables, most rows first: (id, e-mail).
 async fn busy_clients(config: &sokana::config::Config) -> Vec<(String, String)> {
-    let ctx = sokana::query::session(&sokana::pipeline::warehouse(config).expect("warehouse")).await.expect("session");
+    let ctx = sokana::query::unmasked_session(&sokana::pipeline::warehouse(config).expect("warehouse"))
+        .await
+        .expect("session");
     let sql = "SELECT c.id, c.email FROM raw.phi_clients c \
                JOIN raw.phi_contracts k ON k.client_id = c.id \
                JOIN raw.hours h ON h.client_id = c.id \

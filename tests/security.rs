@@ -881,3 +881,35 @@ async fn access_tokens_end_with_their_session() {
         .expect("expire");
     assert!(matches!(auth.verify_access_token(&refreshed.access_token).await, Err(sokana::auth::AuthError::Expired)));
 }
+
+/// Masking is in the session states, not in a call the engine remembers to make: the wire
+/// endpoint's own session (for `SET` and `SHOW`) refuses to read the warehouse, and an `EXPLAIN`
+/// planned as an analyst shows the masked scan.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_session_state_masks_what_it_plans() {
+    use sokana::query::Params;
+    use sokana::query::engine::{Caller, EngineChoice, QueryRequest};
+    let project = common::sokana_project("").await;
+    let state = sokana::api::AppState::open(&project.config()).await.expect("state");
+    let wire = state.engine.session().expect("wire session");
+    let frame = wire.sql("SELECT first_name FROM raw.phi_clients").await.expect("planned");
+    let refused = frame.collect().await.expect_err("the wire's own session reads no warehouse table");
+    assert!(refused.to_string().contains("reads no warehouse table"), "{refused}");
+    let show = wire.sql("SHOW datafusion.execution.batch_size").await.expect("SHOW");
+    assert_eq!(show.collect().await.expect("SHOW runs").len(), 1);
+
+    let explain = |scope: &str| QueryRequest {
+        sql: "EXPLAIN SELECT first_name FROM raw.phi_clients".into(),
+        engine: EngineChoice::Datafusion,
+        params: Params::None,
+        page: None,
+        caller: Caller { scope: scope.into(), ..Caller::cli() },
+    };
+    let shown = |output: sokana::query::engine::QueryOutput| {
+        arrow::util::pretty::pretty_format_batches(&output.result.batches).expect("format").to_string()
+    };
+    let analyst = shown(state.engine.query(&explain("analyst")).await.expect("analyst's EXPLAIN"));
+    let admin = shown(state.engine.query(&explain("admin")).await.expect("admin's EXPLAIN"));
+    assert!(!analyst.contains("projection=[first_name"), "first_name is not read for analysts:\n{analyst}");
+    assert!(admin.contains("first_name"), "{admin}");
+}

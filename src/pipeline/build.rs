@@ -108,7 +108,7 @@ enum Built {
 
 /// A session over the warehouse with the functions models may call.
 async fn model_session(warehouse: &Warehouse, key: &[u8]) -> Result<SessionContext, PipelineError> {
-    let ctx = query::session(warehouse).await.map_err(|e| PipelineError::Query(e.to_string()))?;
+    let ctx = query::unmasked_session(warehouse).await.map_err(|e| PipelineError::Query(e.to_string()))?;
     ctx.register_udf(query::functions::pseudonym(key));
     Ok(ctx)
 }

@@ -192,7 +192,7 @@ async fn in_marts(
 /// A session over the warehouse as it is now.
 async fn session(config: &Config) -> Result<SessionContext, PrivacyError> {
     let warehouse = pipeline::warehouse(config).map_err(PipelineError::from)?;
-    Ok(query::session(&warehouse).await?)
+    Ok(query::unmasked_session(&warehouse).await?)
 }
 
 /// The person's pseudonym, as the marts show it.

@@ -36,6 +36,13 @@ pub struct VersionedTable {
     inner: Arc<dyn TableProvider>,
 }
 
+impl VersionedTable {
+    /// `inner` (a table's provider) as version `version` of warehouse table `name`.
+    pub fn new(name: TableName, version: i64, inner: Arc<dyn TableProvider>) -> VersionedTable {
+        VersionedTable { name, version, inner }
+    }
+}
+
 #[async_trait]
 impl TableProvider for VersionedTable {
     fn schema(&self) -> SchemaRef {
@@ -97,14 +104,31 @@ struct Entry {
 /// coarse times.
 const SETTLED: Duration = Duration::from_secs(1);
 
-/// One table's slot: its entry once opened. Each table has its own lock, so checking one table's
-/// version never waits for another's.
-type Slot = Arc<tokio::sync::Mutex<Option<Entry>>>;
+/// One table's slot: its entry once opened, under a lock of its own so that checking one table's
+/// version never waits for another's; and, beside the lock, the provider last found current with
+/// the log's time then, so that while the log stays still a check takes no lock that waits.
+#[derive(Default)]
+struct Slot {
+    entry: tokio::sync::Mutex<Option<Entry>>,
+    settled: Mutex<Option<(SystemTime, Arc<VersionedTable>)>>,
+}
+
+impl Slot {
+    fn settled_at(&self, stamp: SystemTime) -> Option<Arc<VersionedTable>> {
+        let settled = self.settled.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        settled.as_ref().filter(|(seen, _)| *seen == stamp).map(|(_, provider)| provider.clone())
+    }
+
+    fn settle(&self, stamp: Option<SystemTime>, provider: &Arc<VersionedTable>) {
+        let mut settled = self.settled.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        *settled = stamp.map(|stamp| (stamp, provider.clone()));
+    }
+}
 
 /// Every committed warehouse table, each kept at its newest version.
 pub struct WarehouseCatalog {
     warehouse: Warehouse,
-    tables: Mutex<HashMap<TableName, Slot>>,
+    tables: Mutex<HashMap<TableName, Arc<Slot>>>,
     names: Mutex<(Vec<TableName>, Option<Instant>)>,
 }
 
@@ -123,7 +147,7 @@ impl WarehouseCatalog {
         &self.warehouse
     }
 
-    fn slot(&self, name: &TableName) -> Slot {
+    fn slot(&self, name: &TableName) -> Arc<Slot> {
         let mut tables = self.tables.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         tables.entry(name.clone()).or_default().clone()
     }
@@ -132,9 +156,12 @@ impl WarehouseCatalog {
     /// of the table's log when the table is already open; a full load only when it changed.
     pub async fn current(&self, name: &TableName) -> Result<Option<Arc<VersionedTable>>, WarehouseError> {
         let slot = self.slot(name);
-        let mut entry = slot.lock().await;
         // Taken before the listing: a commit during it changes the time, and the next check lists.
         let stamp = self.log_stamp(name);
+        if let Some(provider) = stamp.and_then(|stamp| slot.settled_at(stamp)) {
+            return Ok(Some(provider));
+        }
+        let mut entry = slot.entry.lock().await;
         if let Some(open) = entry.as_mut() {
             if stamp.is_some() && open.log_stamp == stamp {
                 return Ok(Some(open.provider.clone()));
@@ -143,12 +170,14 @@ impl WarehouseCatalog {
             match open.table.get_latest_version().await {
                 Ok(latest) if latest as i64 == loaded => {
                     open.log_stamp = stamp;
+                    slot.settle(stamp, &open.provider);
                     return Ok(Some(open.provider.clone()));
                 }
                 Ok(_) => {
                     open.table.update_incremental(None).await.map_err(|e| WarehouseError::delta(name, e))?;
                     open.provider = pin(name, &open.table).await?;
                     open.log_stamp = stamp;
+                    slot.settle(stamp, &open.provider);
                     return Ok(Some(open.provider.clone()));
                 }
                 // The loaded version's log was cleaned up (or the table removed): open afresh.
@@ -158,6 +187,7 @@ impl WarehouseCatalog {
         let Some(table) = self.warehouse.open(name).await? else { return Ok(None) };
         let provider = pin(name, &table).await?;
         *entry = Some(Entry { table, provider: provider.clone(), log_stamp: stamp });
+        slot.settle(stamp, &provider);
         // A table made since the names were listed is listed from its first use on.
         if let Ok(mut names) = self.names.lock()
             && let Err(at) = names.0.binary_search(name)
@@ -180,7 +210,7 @@ impl WarehouseCatalog {
         if self.current(name).await?.is_none() {
             return Ok(None);
         }
-        Ok(self.slot(name).lock().await.as_ref().map(|e| e.table.clone()))
+        Ok(self.slot(name).entry.lock().await.as_ref().map(|e| e.table.clone()))
     }
 
     /// The newest version of each table (`None` for a table that is not committed), checked side
@@ -219,7 +249,7 @@ async fn pin(name: &TableName, table: &DeltaTable) -> Result<Arc<VersionedTable>
         .table_provider()
         .await
         .map_err(|e| WarehouseError::Invalid { table: name.to_string(), reason: e.to_string() })?;
-    Ok(Arc::new(VersionedTable { name: name.clone(), version, inner }))
+    Ok(Arc::new(VersionedTable::new(name.clone(), version, inner)))
 }
 
 /// One warehouse schema (`raw` or `marts`) as a DataFusion [`SchemaProvider`].

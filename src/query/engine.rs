@@ -27,6 +27,7 @@ use super::cache::{CachedResult, KeyParts, ResultCache};
 use super::catalog::{self, WarehouseCatalog, tables_read};
 use super::duck::{self, DuckSession};
 use super::log::{QueryLog, QueryRecord};
+use super::scope::{self, PlanPolicy, ScopedStates};
 use super::{Params, QueryError, SqlError, session_config};
 use crate::config::Config;
 use crate::warehouse::{SCHEMAS, TableName};
@@ -160,24 +161,18 @@ pub struct QueryEngine {
     prepared: moka::sync::Cache<(String, String), Arc<Prepared>>,
     /// Optimised plans with the table versions they read, by [`Self::optimised`]'s key.
     plans: moka::sync::Cache<String, Arc<OptimisedPlan>>,
+    /// Query texts as the log and the audit trail show them (no literals), by the text: making one
+    /// parses the text, which would cost a cached answer as much as the rest of it.
+    log_texts: moka::sync::Cache<String, String>,
     log: Option<QueryLog>,
     routing: Mutex<Routing>,
     limits: Limits,
     default_engine: EngineChoice,
-    policy: Option<Arc<dyn PlanPolicy>>,
+    /// The base state as each scope sees it, masked by the policy.
+    scoped: ScopedStates,
     recorder: Option<Arc<dyn AccessRecorder>>,
     pub queries: AtomicU64,
     pub errors: AtomicU64,
-}
-
-/// The masking hook: `auth` rewrites each plan for the caller's scope before it is optimised, so
-/// the policy holds for every path into the engine. Without one, only the `admin` scope may query.
-pub trait PlanPolicy: Send + Sync {
-    /// Whether `scope` sees every column as stored; only such scopes may use DuckDB, which the
-    /// rewrite cannot reach.
-    fn sees_everything(&self, scope: &str) -> bool;
-    /// `plan` as `scope` may see it.
-    fn rewrite(&self, plan: LogicalPlan, scope: &str) -> Result<LogicalPlan, QueryError>;
 }
 
 /// Told of every query the engine finishes, after the query log: the audit trail hangs here.
@@ -188,9 +183,6 @@ pub trait AccessRecorder: Send + Sync {
     /// Waits until the record with `ticket` is durable; an answer is handed over only then.
     async fn settle(&self, ticket: u64) -> Result<(), String>;
 }
-
-/// The scope that sees everything when no policy is installed (the local command line).
-const UNRESTRICTED: &str = "admin";
 
 fn read_only() -> SQLOptions {
     SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false)
@@ -250,25 +242,26 @@ impl QueryEngine {
             // A plan holds its tables' snapshots: one no longer asked for (its tables moved on)
             // is let go within minutes rather than when a thousand others push it out.
             plans: moka::sync::Cache::builder().max_capacity(1_000).time_to_idle(Duration::from_secs(600)).build(),
+            log_texts: moka::sync::Cache::new(10_000),
             log,
             routing: Mutex::new(Routing::default()),
             limits,
             default_engine: EngineChoice::Datafusion,
-            policy: None,
+            scoped: ScopedStates::default(),
             recorder: None,
             queries: AtomicU64::new(0),
             errors: AtomicU64::new(0),
         })
     }
 
-    /// Installs the masking policy every later plan goes through.
     /// Drops every cached answer (after an erasure: none may outlive the rows it came from).
     pub fn purge_cache(&self) {
         self.cache.clear();
     }
 
+    /// Installs the masking policy: every state a scope plans in has it as an analyzer rule.
     pub fn with_policy(mut self, policy: Arc<dyn PlanPolicy>) -> QueryEngine {
-        self.policy = Some(policy);
+        self.scoped = ScopedStates::new(Some(policy));
         self
     }
 
@@ -279,37 +272,36 @@ impl QueryEngine {
     }
 
     fn sees_everything(&self, scope: &str) -> bool {
-        match &self.policy {
-            Some(policy) => policy.sees_everything(scope),
-            None => scope == UNRESTRICTED,
-        }
+        self.scoped.sees_everything(scope)
     }
 
-    /// Plans `sql` as `scope` may see it: a query only, with the policy's rewrite before anything
-    /// is optimised.
-    async fn plan_as(&self, state: &SessionState, sql: &str, scope: &str) -> Result<LogicalPlan, QueryError> {
+    /// The state `scope` plans in: the base state with the masking rule for `scope`.
+    fn state_for(&self, scope: &str) -> SessionState {
+        self.scoped.for_scope(&self.base, scope)
+    }
+
+    /// Plans `sql` in `state` (a scope's): a query only. The plan is masked when it is analysed,
+    /// as every plan of the state is.
+    async fn plan_in(&self, state: &SessionState, sql: &str) -> Result<LogicalPlan, QueryError> {
         let plan = query_plan(state, sql).await?;
-        if self.sees_everything(scope) {
-            return Ok(plan);
-        }
-        let Some(policy) = &self.policy else {
-            return Err(QueryError::Denied(format!("scope {scope:?} may not query: no masking policy is installed")));
-        };
         if let LogicalPlan::DescribeTable(_) = &plan {
             // `DESCRIBE t` shows t's columns without scanning it: the policy judges a scan of t,
             // so a table the scope may not read is not described either.
             let table = described_table(state, sql)?;
-            policy.rewrite(query_plan(state, &format!("SELECT * FROM {table}")).await?, scope)?;
-            return Ok(plan);
+            scope::refused(state, &query_plan(state, &format!("SELECT * FROM {table}")).await?)?;
         }
-        policy.rewrite(plan, scope)
+        Ok(plan)
     }
 
     /// The plan of `sql` as `scope` may see it, unbound and unoptimised: what a wire client's
-    /// Describe is answered from, so that it shows no more than running the query would.
+    /// Describe is answered from, so that it shows no more than running the query would (masked
+    /// columns keep their types; a table the scope may not read is refused).
     pub async fn describe(&self, sql: &str, scope: &str) -> Result<LogicalPlan, QueryError> {
         self.catalog.refresh_names().await?;
-        self.plan_as(&self.base.state(), sql, scope).await
+        let state = self.state_for(scope);
+        let plan = self.plan_in(&state, sql).await?;
+        scope::refused(&state, &plan)?;
+        Ok(plan)
     }
 
     pub fn default_engine(&self) -> EngineChoice {
@@ -337,13 +329,18 @@ impl QueryEngine {
     /// have it.
     pub fn install_pg_catalog(&self) -> Result<(), QueryError> {
         use datafusion_postgres::datafusion_pg_catalog::pg_catalog::{context::EmptyContextProvider, setup_pg_catalog};
-        setup_pg_catalog(&self.base, "sokana", EmptyContextProvider).map_err(|e| QueryError::from(*e))
+        setup_pg_catalog(&self.base, "sokana", EmptyContextProvider).map_err(|e| QueryError::from(*e))?;
+        self.scoped.reset();
+        Ok(())
     }
 
-    /// A session for one client (the wire endpoint's): the shared catalog, with a memory pool of
-    /// its own.
+    /// The wire endpoint's own session, for the statements it answers itself (`SET`, `SHOW`,
+    /// transactions): the shared catalog, with a memory pool of its own, and refusing any plan that
+    /// reads the warehouse (queries go through [`Self::query`], as the caller's scope).
     pub fn session(&self) -> Result<SessionContext, QueryError> {
-        let state = SessionStateBuilder::new_from_existing(self.base.state()).with_runtime_env(self.runtime()?).build();
+        let state = SessionStateBuilder::new_from_existing(self.scoped.for_nobody(&self.base))
+            .with_runtime_env(self.runtime()?)
+            .build();
         Ok(SessionContext::new_with_state(state))
     }
 
@@ -565,7 +562,7 @@ impl QueryEngine {
     /// Plans `request` on `state`, parameters bound and the page applied (one more row than the
     /// page, to tell whether another follows).
     async fn bound_plan(&self, state: &SessionState, request: &QueryRequest) -> Result<LogicalPlan, QueryError> {
-        let mut plan = self.plan_as(state, &request.sql, &request.caller.scope).await?;
+        let mut plan = self.plan_in(state, &request.sql).await?;
         if !request.params.is_empty() {
             plan = plan.with_param_values(request.params.to_datafusion())?;
         }
@@ -617,7 +614,7 @@ impl QueryEngine {
         request: &QueryRequest,
         reuse: Option<&[(TableName, i64)]>,
     ) -> Result<(Arc<dyn ExecutionPlan>, Arc<TaskContext>, Vec<(TableName, i64)>), QueryError> {
-        let state = self.base.state();
+        let state = self.state_for(&request.caller.scope);
         let (plan, read) = self.optimised(&state, request, reuse).await?;
         let limit = self.limits.memory_limit_mb;
         let physical =
@@ -752,10 +749,13 @@ impl QueryEngine {
             return Ok(found);
         }
         self.catalog.refresh_names().await?;
-        let state = self.base.state();
+        let state = self.state_for(&request.caller.scope);
         // A mistake in the query may be DataFusion's dialect only, and DuckDB may take it; any
         // other failure (refused, an internal fault) is not a question of dialect.
-        let plan = mistake_or_fail(self.plan_as(&state, &request.sql, &request.caller.scope).await)?;
+        let plan = mistake_or_fail(self.plan_in(&state, &request.sql).await)?;
+        if let Ok(plan) = &plan {
+            scope::refused(&state, plan)?;
+        }
         let duck = mistake_or_fail(duck::inspect(&request.sql))?;
         let (tables, shape, warehouse_only, cacheable, columns) = match (&plan, &duck) {
             (Ok(plan), _) => {
@@ -833,7 +833,7 @@ impl QueryEngine {
         record.user = request.caller.user.clone();
         record.origin = request.caller.origin.into();
         record.request_id = request.caller.request_id.clone();
-        record.sql = normalise_for_log(&request.sql);
+        record.sql = self.log_texts.get_with_by_ref(&request.sql, || normalise_for_log(&request.sql));
         record.duration_us = started.elapsed().as_micros() as u64;
         record.error = error.map(str::to_string);
         if record.engine.is_empty() {

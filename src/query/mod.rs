@@ -21,6 +21,7 @@ pub mod export;
 pub mod functions;
 pub mod log;
 pub mod saved;
+pub mod scope;
 
 /// Where in the SQL text an error is: line and column, both from 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,6 +187,10 @@ impl From<DataFusionError> for QueryError {
     /// innermost is the one that says what happened, and its diagnostic, when the planner left
     /// one, where in the SQL.
     fn from(e: DataFusionError) -> Self {
+        let e = match raised_by_us(e) {
+            Ok(ours) => return ours,
+            Err(e) => e,
+        };
         let at = e
             .diagnostic()
             .and_then(|d| d.span)
@@ -227,6 +232,20 @@ impl From<DataFusionError> for QueryError {
             }
             _ => QueryError::Internal(message),
         }
+    }
+}
+
+/// The [`QueryError`] one of our rules raised inside DataFusion (the masking rule's refusal), out
+/// of the context DataFusion wrapped it in; otherwise the error as it was.
+fn raised_by_us(e: DataFusionError) -> Result<QueryError, DataFusionError> {
+    match e {
+        DataFusionError::Context(context, inner) => {
+            raised_by_us(*inner).map_err(|inner| DataFusionError::Context(context, Box::new(inner)))
+        }
+        DataFusionError::External(raised) => {
+            raised.downcast::<QueryError>().map(|ours| *ours).map_err(DataFusionError::External)
+        }
+        other => Err(other),
     }
 }
 
@@ -295,9 +314,10 @@ pub(crate) fn runtime_for(
     Ok(runtime.build_arc()?)
 }
 
-/// A session over the warehouse's versions as they are now, whose tables can be re-pointed (model
-/// builds use it; the serving engine, [`engine::QueryEngine`], follows new versions by itself).
-pub async fn session(warehouse: &Warehouse) -> Result<SessionContext, QueryError> {
+/// A session over the warehouse's versions as they are now, unmasked, whose tables can be
+/// re-pointed: for model builds, privacy requests and the local administrator's tools, never for a
+/// caller with a scope (model builds use it; the serving engine, [`engine::QueryEngine`], follows new versions by itself).
+pub async fn unmasked_session(warehouse: &Warehouse) -> Result<SessionContext, QueryError> {
     let ctx = SessionContext::new_with_config_rt(session_config(), runtime_for(warehouse)?);
     let catalog = ctx.catalog("sokana").ok_or_else(|| QueryError::Internal("the default catalog is missing".into()))?;
     for schema in SCHEMAS {

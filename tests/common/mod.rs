@@ -289,7 +289,7 @@ pub async fn assert_matches_source(project: &Project) {
     let source = url.connect(&config.sources["core"].connect_options()).await.expect("source");
     let mut snapshot = source.snapshot().await.expect("snapshot");
     let warehouse = pipeline::warehouse(&config).expect("warehouse");
-    let ctx = sokana::query::session(&warehouse).await.expect("session");
+    let ctx = sokana::query::unmasked_session(&warehouse).await.expect("session");
     for table in &p.tables {
         let columns = pipeline::select_columns(&p, table, snapshot.columns(&table.source_table).await.expect("cols"))
             .expect("columns");
@@ -358,7 +358,7 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
 
 /// One number from a SQL query over the warehouse.
 pub async fn warehouse_count(config: &Config, sql: &str) -> i64 {
-    let ctx = sokana::query::session(&pipeline::warehouse(config).expect("warehouse")).await.expect("session");
+    let ctx = sokana::query::unmasked_session(&pipeline::warehouse(config).expect("warehouse")).await.expect("session");
     let batches = sokana::query::run(&ctx, sql).await.expect("query");
     let column = batches[0].column(0);
     datafusion::arrow::compute::cast(column, &datafusion::arrow::datatypes::DataType::Int64)
@@ -402,7 +402,7 @@ pub const CLIENT_FINGERPRINT_SQL: &str = "SELECT sum(CAST(date_part('epoch', due
      sum(CAST(date_part('epoch', created_at) AS BIGINT)) AS c, min(id) AS lo, max(id) AS hi FROM raw.phi_clients";
 
 pub async fn client_fingerprint(config: &Config) -> String {
-    let ctx = sokana::query::session(&pipeline::warehouse(config).expect("warehouse")).await.expect("session");
+    let ctx = sokana::query::unmasked_session(&pipeline::warehouse(config).expect("warehouse")).await.expect("session");
     let batches = sokana::query::run(&ctx, CLIENT_FINGERPRINT_SQL).await.expect("query");
     let csv = sokana::query::format(&batches, sokana::query::OutputFormat::Csv).expect("csv");
     csv.lines().nth(1).expect("a row").to_string()
