@@ -159,11 +159,25 @@ pub fn router(state: AppState) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authorize))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn(refuse_declared_oversize))
-        .layer(tower_http::compression::CompressionLayer::new())
+        .layer(compression())
         .layer(axum::middleware::from_fn(request_id))
         .layer(axum::middleware::from_fn_with_state(state.config.server.tls_cert.is_some(), security_headers))
         .with_state(state)
 }
+
+/// Answers over [`COMPRESS_ABOVE`] bytes (and streamed exports, whose size is not known) are
+/// compressed at the fastest level of the client's choice. At the default level, brotli made a
+/// cached 600-byte answer cost several times its own work: most of the server's CPU under load
+/// went to compressing (`benches/serve-load`), for a few hundred bytes saved.
+fn compression() -> tower_http::compression::CompressionLayer<impl tower_http::compression::Predicate> {
+    use tower_http::compression::predicate::{DefaultPredicate, Predicate, SizeAbove};
+    tower_http::compression::CompressionLayer::new()
+        .quality(tower_http::CompressionLevel::Fastest)
+        .compress_when(DefaultPredicate::new().and(SizeAbove::new(COMPRESS_ABOVE)))
+}
+
+/// Smaller answers are sent as they are.
+const COMPRESS_ABOVE: u16 = 4096;
 
 /// A body whose declared length is over the limit is refused before a byte of it is read, and
 /// before authentication: the client learns at once, and the server reads nothing for nothing.

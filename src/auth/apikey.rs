@@ -113,12 +113,11 @@ impl Auth {
             "SELECT {KEY_COLUMNS}, k.hash, k.last_used_at FROM api_keys k JOIN users u ON u.name = k.created_by \
              WHERE k.id = $1"
         );
-        let rows = self.store.query(&sql, &[id.into()]).await?;
-        let row = rows.first().ok_or_else(invalid)?;
+        let row = self.store.lookup(&sql, &[id.into()]).await?.ok_or_else(invalid)?;
         if !constant_time_eq(row.text(5).as_bytes(), digest(secret).as_bytes()) {
             return Err(invalid());
         }
-        let identity = key_identity(id, row)?;
+        let identity = key_identity(id, &row)?;
         self.api_keys.check_key(&id.to_string()).map_err(super::rate_limited)?;
         // Kept to the minute: a write on every request would put a commit on the hot path.
         let now = now();
@@ -132,8 +131,8 @@ impl Auth {
     /// with it, checked again).
     pub(super) async fn api_key_identity(&self, id: &str) -> Result<Identity, AuthError> {
         let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys k JOIN users u ON u.name = k.created_by WHERE k.id = $1");
-        let rows = self.store.query(&sql, &[id.into()]).await?;
-        key_identity(id, rows.first().ok_or(AuthError::SessionEnded)?)
+        let row = self.store.lookup(&sql, &[id.into()]).await?;
+        key_identity(id, &row.ok_or(AuthError::SessionEnded)?)
     }
 
     /// An access token or an API key.

@@ -197,15 +197,15 @@ impl Auth {
                 _ => AuthError::InvalidToken(e.to_string()),
             })?
             .claims;
-        let rows = self
+        let row = self
             .store
-            .query(
+            .lookup(
                 "SELECT s.revoked_at, s.complete, u.disabled, u.role, s.expires_at FROM sessions s \
                  JOIN users u ON u.name = s.user_name WHERE s.id = $1 AND s.user_name = $2",
                 &[claims.sid.as_str().into(), claims.sub.as_str().into()],
             )
             .await?;
-        let Some(row) = rows.first() else {
+        let Some(row) = row else {
             return Err(AuthError::SessionEnded);
         };
         if row.opt_int(0).is_some() || row.int(2) != 0 {
