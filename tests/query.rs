@@ -189,6 +189,13 @@ async fn http_api_formats_pages_cache_and_errors() {
     let gz =
         api.post("/api/v1/query", json!({ "sql": sql })).header("accept-encoding", "gzip").send().await.expect("gzip");
     assert_eq!(gz.headers().get("content-encoding").map(|v| v.to_str().unwrap_or("")), Some("gzip"));
+    let small = api
+        .post("/api/v1/query", json!({ "sql": "SELECT 1 AS one" }))
+        .header("accept-encoding", "gzip, br")
+        .send()
+        .await
+        .expect("small answer");
+    assert_eq!(small.headers().get("content-encoding"), None, "a small answer is not worth compressing");
 
     // Cache: a repeat hits; the ETag answers 304.
     let (_, headers, _) = api.json(json!({ "sql": sql })).await;
