@@ -23,7 +23,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::model::{Materialized, Model};
-use super::runlog::{RunLog, TableRecord};
+use super::runlog::{RunLog, Status, TableRecord};
 use super::{PipelineError, warehouse};
 use crate::config::Config;
 use crate::progress::Progress;
@@ -58,13 +58,13 @@ pub async fn build(
         let mut record = TableRecord { target: label.clone(), ..TableRecord::default() };
         if let Some(input) = model.reads.keys().find(|t| failed.contains(t)) {
             failed.insert(model.target.clone());
-            record.status = "skipped".into();
+            record.status = Status::Skipped;
             record.error = Some(format!("not built: it reads {input}, which failed in this run"));
         } else {
             match build_one(&ctx, &warehouse, &key, model, run_id, &maintenance).await {
-                Ok(Built::Unchanged) => record.status = "unchanged".into(),
+                Ok(Built::Unchanged) => record.status = Status::Unchanged,
                 Ok(Built::Replaced { rows, version }) => {
-                    record.status = "succeeded".into();
+                    record.status = Status::Succeeded;
                     (record.inserted, record.version) = (rows, Some(version));
                     // Maintenance first: a compaction makes a newer version, and vacuum may remove
                     // the files of the one just built, so the models that read this one must see
@@ -78,7 +78,7 @@ pub async fn build(
                 }
                 Err(e) => {
                     failed.insert(model.target.clone());
-                    record.status = "failed".into();
+                    record.status = Status::Failed;
                     record.error = Some(match e {
                         PipelineError::Model { .. } => e.to_string(),
                         other => format!("{}: {other}", model.path.display()),
@@ -88,9 +88,9 @@ pub async fn build(
         }
         progress.finish(
             &label,
-            &match (&record.status[..], &record.error) {
+            &match (record.status, &record.error) {
                 (_, Some(e)) => format!("{}: {e}", record.status),
-                ("unchanged", None) => "unchanged (inputs and SQL as at the last build)".into(),
+                (Status::Unchanged, None) => "unchanged (inputs and SQL as at the last build)".into(),
                 _ => format!("{} rows", record.inserted),
             },
         );

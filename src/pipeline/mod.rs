@@ -32,7 +32,7 @@ use crate::source::{ConnectOptions, Source};
 use crate::warehouse::{LoadRequest, Maintenance, SyncMode, TableName, Warehouse, WarehouseError};
 use erasures::{ErasureList, ErasureListError, Withhold};
 use model::ModelGraph;
-use runlog::{RunLock, RunLog, RunLogError, TableRecord};
+use runlog::{RunLock, RunLog, RunLogError, Status, TableRecord};
 use spec::{ColumnClass, Pipeline, SpecError, Sync, TableSpec};
 
 /// Set to `TARGET:ROWS` (e.g. `raw.hours:5000`, `marts.fct_hours:1`) to stop a load or a model
@@ -335,7 +335,7 @@ async fn run_locked(
                 if let Err(e) = warehouse.maintain(&table.target, &maintenance, record.version.is_some()).await {
                     tracing::warn!(table = %label, error = %e, "maintenance failed; the load itself is committed");
                 }
-                record.status = "succeeded".into();
+                record.status = Status::Succeeded;
                 progress.finish(
                     &label,
                     &format!(
@@ -345,7 +345,7 @@ async fn run_locked(
                 );
             }
             Err(e) => {
-                record.status = "failed".into();
+                record.status = Status::Failed;
                 record.error = Some(e.to_string());
                 progress.finish(&label, &format!("failed: {e}"));
             }

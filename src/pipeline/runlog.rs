@@ -17,6 +17,69 @@ pub enum RunLogError {
     AlreadyRunning { pipeline: String, path: PathBuf },
 }
 
+/// How a run, or one table of it, stands: as the log stores it, the API answers it and the CLI
+/// prints it (lowercase).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Started, not finished (a run only).
+    #[default]
+    Running,
+    Succeeded,
+    Failed,
+    /// Found still running by the next run of its pipeline: its process had ended (a run only).
+    Interrupted,
+    /// Not built: a model it reads failed in the same run (a table only).
+    Skipped,
+    /// A model whose inputs and SQL are as at its last build (a table only).
+    Unchanged,
+}
+
+impl Status {
+    const ALL: [Status; 6] =
+        [Status::Running, Status::Succeeded, Status::Failed, Status::Interrupted, Status::Skipped, Status::Unchanged];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Running => "running",
+            Status::Succeeded => "succeeded",
+            Status::Failed => "failed",
+            Status::Interrupted => "interrupted",
+            Status::Skipped => "skipped",
+            Status::Unchanged => "unchanged",
+        }
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// A status compares with its name, the text every reader of the log sees.
+impl PartialEq<&str> for Status {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl rusqlite::ToSql for Status {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(rusqlite::types::ToSqlOutput::from(self.as_str()))
+    }
+}
+
+impl rusqlite::types::FromSql for Status {
+    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Status> {
+        let text = value.as_str()?;
+        Status::ALL
+            .into_iter()
+            .find(|s| s.as_str() == text)
+            .ok_or_else(|| rusqlite::types::FromSqlError::Other(format!("unknown run status {text:?}").into()))
+    }
+}
+
 pub struct RunLog {
     conn: std::sync::Mutex<Connection>,
     path: PathBuf,
@@ -27,7 +90,7 @@ pub struct RunRecord {
     pub id: String,
     pub pipeline: String,
     pub trigger: String,
-    pub status: String,
+    pub status: Status,
     pub started_at: String,
     pub finished_at: Option<String>,
     pub error: Option<String>,
@@ -50,7 +113,7 @@ pub struct Decision {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct TableRecord {
     pub target: String,
-    pub status: String,
+    pub status: Status,
     pub rows_read: u64,
     /// Rows read but kept out: their person was erased (`privacy`).
     pub withheld: u64,
@@ -144,14 +207,14 @@ impl RunLog {
             format!("{}-{}", Utc::now().format("%Y%m%dT%H%M%S%.3fZ"), &uuid::Uuid::new_v4().simple().to_string()[..8]);
         self.db()?
             .execute(
-                "UPDATE runs SET status = 'interrupted' WHERE pipeline = ?1 AND status = 'running'",
-                params![pipeline],
+                "UPDATE runs SET status = ?2 WHERE pipeline = ?1 AND status = ?3",
+                params![pipeline, Status::Interrupted, Status::Running],
             )
             .map_err(|e| self.err(e))?;
         self.db()?
             .execute(
-                "INSERT INTO runs (id, pipeline, trigger, status, started_at) VALUES (?1, ?2, ?3, 'running', ?4)",
-                params![id, pipeline, trigger, now()],
+                "INSERT INTO runs (id, pipeline, trigger, status, started_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![id, pipeline, trigger, Status::Running, now()],
             )
             .map_err(|e| self.err(e))?;
         Ok(id)
@@ -184,7 +247,7 @@ impl RunLog {
     }
 
     pub fn finish(&self, run_id: &str, error: Option<&str>) -> Result<(), RunLogError> {
-        let status = if error.is_some() { "failed" } else { "succeeded" };
+        let status = if error.is_some() { Status::Failed } else { Status::Succeeded };
         self.db()?
             .execute(
                 "UPDATE runs SET status = ?2, finished_at = ?3, error = ?4 WHERE id = ?1",
