@@ -753,17 +753,16 @@ impl QueryEngine {
         // A mistake in the query may be DataFusion's dialect only, and DuckDB may take it; any
         // other failure (refused, an internal fault) is not a question of dialect.
         let plan = mistake_or_fail(self.plan_in(&state, &request.sql).await)?;
-        if let Ok(plan) = &plan {
-            scope::refused(&state, plan)?;
-        }
         let duck = mistake_or_fail(duck::inspect(&request.sql))?;
         let (tables, shape, warehouse_only, cacheable, columns) = match (&plan, &duck) {
             (Ok(plan), _) => {
                 let read: Vec<TableName> = tables_read(plan).into_iter().map(|(t, _)| t).collect();
                 let warehouse_only = catalog::scans_only_warehouse(plan);
                 // What the optimised plan reads: a masked column is a constant and is not read.
-                let columns = match state.optimize(plan) {
+                // Optimising analyses it too, so the masking rule's refusal comes from here.
+                let columns = match state.optimize(plan).map_err(QueryError::from) {
                     Ok(optimized) => catalog::columns_read(&optimized),
+                    Err(denied @ QueryError::Denied(_)) => return Err(denied),
                     Err(_) => catalog::columns_read(plan),
                 };
                 (read, shape(plan), warehouse_only, warehouse_only && !varies(plan), columns)
