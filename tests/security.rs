@@ -503,10 +503,23 @@ async fn each_role_sees_each_column_as_the_policy_says() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0");
 
+    // One record per query request: the query's own (the route's would repeat it); a request that
+    // failed keeps the route's record with its status.
+    let (status, answered) = query(analyst.clone(), "SELECT count(*) AS n FROM raw.phi_contracts".into()).await;
+    assert_eq!(status, 200, "{answered}");
+    let (status, failed) = query(analyst.clone(), "SELECT no_such_column FROM raw.phi_contracts".into()).await;
+    assert_eq!(status, 400, "{failed}");
+
     // The audit trail: the analyst's queries with the columns and classes read, no values.
     let (status, audit) = http.send("GET", "/api/v1/audit?limit=10000", Some(&admin_key), None).await;
     assert_eq!(status, 200);
     let entries = audit["entries"].as_array().expect("entries");
+    let with_id = |id: &Value| entries.iter().filter(|e| e["request_id"] == *id).collect::<Vec<_>>();
+    let records = with_id(&answered["request_id"]);
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!((records[0]["action"].as_str(), records[0]["outcome"].as_str()), (Some("query"), Some("ok")));
+    let records = with_id(&failed["error"]["request_id"]);
+    assert!(records.iter().any(|e| e["action"] == "POST /api/v1/query" && e["outcome"] == "400"), "{records:?}");
     let theirs: Vec<&Value> = entries.iter().filter(|e| e["user"] == "analyst" && e["action"] == "query").collect();
     assert!(theirs.len() >= 10, "{} analyst queries audited", theirs.len());
     assert!(entries.iter().any(|e| e["origin"] == "pgwire" && e["action"] == "login" && e["outcome"] == "ok"));

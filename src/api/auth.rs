@@ -127,6 +127,9 @@ pub(super) async fn authorize(State(state): State<AppState>, mut request: Reques
     let detail = request.uri().path().to_string();
     let address = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string());
     let response = next.run(request).await;
+    if response.extensions().get::<AuditedByQuery>().is_some() {
+        return response;
+    }
     state.auth.audit().record(Event {
         user: identity.user,
         role: identity.role.name().into(),
@@ -140,6 +143,10 @@ pub(super) async fn authorize(State(state): State<AppState>, mut request: Reques
     });
     response
 }
+
+/// Marks a response whose query's audit record, stored before it left, stands for the request.
+#[derive(Clone, Copy)]
+pub(super) struct AuditedByQuery;
 
 #[derive(Deserialize)]
 pub(super) struct AuditQuery {

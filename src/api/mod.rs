@@ -37,8 +37,11 @@ use crate::warehouse::Warehouse;
 /// Request bodies larger than this are refused (a query is text, not data).
 const MAX_BODY: usize = 1024 * 1024;
 
+/// What every handler shares, behind one `Arc`: axum clones the state for each request.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+pub struct Shared {
     pub config: Arc<Config>,
     pub warehouse: Warehouse,
     pub engine: Arc<QueryEngine>,
@@ -60,13 +63,21 @@ impl AppState {
         let auth = Auth::open(config).await?;
         let recorder = crate::auth::audit::QueryAudit { audit: auth.audit().clone(), policy: policy.clone() };
         let engine = QueryEngine::open(config)?.with_policy(policy.clone()).with_recorder(Arc::new(recorder));
-        Ok(AppState {
+        Ok(AppState(Arc::new(Shared {
             config: Arc::new(config.clone()),
             warehouse: engine.catalog().warehouse().clone(),
             engine: Arc::new(engine),
             auth,
             policy,
-        })
+        })))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
     }
 }
 

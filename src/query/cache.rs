@@ -29,6 +29,19 @@ pub struct CachedResult {
     pub has_more: bool,
     /// The tables read, at the versions read.
     pub tables: Vec<(TableName, i64)>,
+    /// The rows as a JSON array, encoded once for every answer the entry gives.
+    pub json_rows: std::sync::OnceLock<Vec<u8>>,
+}
+
+impl CachedResult {
+    /// The rows as a JSON array (the query API's usual answer), encoded the first time asked.
+    pub fn json_rows(&self) -> Result<&[u8], super::QueryError> {
+        if let Some(rows) = self.json_rows.get() {
+            return Ok(rows);
+        }
+        let rows = super::export::encode(super::export::ExportFormat::Json, self.schema.clone(), &self.batches)?;
+        Ok(self.json_rows.get_or_init(|| rows))
+    }
 }
 
 /// What goes into a key. Building it in one place keeps every caller's key complete.
@@ -137,7 +150,10 @@ impl ResultCache {
         let entries = moka::future::Cache::builder()
             .max_capacity(capacity_bytes)
             .time_to_live(ttl)
-            .weigher(|_key: &String, value: &Arc<CachedResult>| u32::try_from(value.bytes).unwrap_or(u32::MAX))
+            // An entry holds its batches and, once asked for, their JSON: counted as as many bytes again.
+            .weigher(|_key: &String, value: &Arc<CachedResult>| {
+                u32::try_from(value.bytes.saturating_mul(2)).unwrap_or(u32::MAX)
+            })
             .support_invalidation_closures()
             .build();
         ResultCache {
@@ -178,7 +194,7 @@ impl ResultCache {
 
     /// Keeps `result` unless it is too large to be worth a slot.
     pub async fn insert(&self, key: String, result: Arc<CachedResult>) {
-        if result.bytes <= self.largest {
+        if result.bytes.saturating_mul(2) <= self.largest {
             self.entries.insert(key, result).await;
         }
     }
@@ -225,6 +241,7 @@ mod tests {
                 bytes: 10,
                 has_more: false,
                 tables,
+                json_rows: Default::default(),
             })
         };
         cache.observe_versions(&[(table("hours"), 1), (table("payments"), 4)]);

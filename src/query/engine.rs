@@ -455,6 +455,7 @@ impl QueryEngine {
             bytes,
             has_more,
             tables: read.clone(),
+            json_rows: Default::default(),
         });
         // The key of what actually ran: a commit between the version check and planning moves it.
         let key = key_for(&read);
