@@ -11,7 +11,7 @@ use clap::Subcommand;
 use sokana::auth::audit::{Copy, Event};
 use sokana::auth::{Auth, Role};
 use sokana::config::Config;
-use sokana::pipeline;
+use sokana::pipeline::{self, Project};
 
 #[derive(Subcommand)]
 pub enum UserCommand {
@@ -254,11 +254,11 @@ async fn copied_head(config: &Config) -> Result<Copy> {
 }
 
 pub async fn privacy(
-    config: &Config,
+    project: &Project,
     command: PrivacyCommand,
     progress: std::sync::Arc<dyn sokana::progress::Progress>,
 ) -> Result<()> {
-    let auth = Auth::open(config).await?;
+    let auth = Auth::open(project.config()).await?;
     let event = |action: &str, detail: String| Event {
         user: std::env::var("USER").unwrap_or_else(|_| "cli".into()),
         role: "admin".into(),
@@ -271,7 +271,7 @@ pub async fn privacy(
     };
     match command {
         PrivacyCommand::Export { client, output } => {
-            let export = sokana::privacy::export(config, &client).await?;
+            let export = sokana::privacy::export(project, &client).await?;
             let json = serde_json::to_string_pretty(&export)?;
             match &output {
                 Some(path) => std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?,
@@ -284,7 +284,7 @@ pub async fn privacy(
             });
         }
         PrivacyCommand::Erase { client } => {
-            let erasure = sokana::privacy::erase(config, &client, &progress).await?;
+            let erasure = sokana::privacy::erase(project, &client, &progress).await?;
             auth.audit().record(Event {
                 tables: erasure.deleted.keys().chain(&erasure.rebuilt).cloned().collect(),
                 rows: erasure.deleted.values().sum(),
@@ -304,16 +304,14 @@ pub async fn privacy(
 }
 
 pub async fn warehouse(
-    config: &Config,
+    project: &Project,
     command: WarehouseCommand,
     progress: std::sync::Arc<dyn sokana::progress::Progress>,
 ) -> Result<()> {
     let WarehouseCommand::Encrypt = command;
-    let auth = Auth::open(config).await?;
-    let pipelines = pipeline::load_pipelines(config)?;
-    let _locks = pipeline::lock_all(config, &pipelines).await?;
-    let warehouse = pipeline::warehouse(config)?;
-    let report = sokana::warehouse::seal_all(&warehouse, progress.as_ref()).await?;
+    let auth = Auth::open(project.config()).await?;
+    let _locks = pipeline::lock_all(project).await?;
+    let report = sokana::warehouse::seal_all(project.warehouse(), progress.as_ref()).await?;
     auth.audit().record(Event {
         user: std::env::var("USER").unwrap_or_else(|_| "cli".into()),
         role: "admin".into(),

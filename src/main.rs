@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use sokana::config::Config;
-use sokana::pipeline::{self, spec::Pipeline};
+use sokana::pipeline::{self, Project, spec::Pipeline};
 use sokana::progress::Progress;
 use sokana::query::engine::EngineChoice;
 use sokana::query::log::StatsOrder;
@@ -244,52 +244,38 @@ async fn run(cli: Cli) -> Result<()> {
             seed_source(&url, &SeedOptions { scale, seed, replace }).await?;
             Ok(())
         }
-        Command::Pipeline { command } => {
-            let config = Config::load(cli.config.as_deref())?;
-            pipeline_command(&config, command).await
-        }
-        Command::Model { command } => {
-            let config = Config::load(cli.config.as_deref())?;
-            model_command(&config, command).await
-        }
+        Command::Pipeline { command } => pipeline_command(&open(&cli.config)?, command).await,
+        Command::Model { command } => model_command(&open(&cli.config)?, command).await,
         Command::Sql { format, engine, params, output, log, by, json, sql } => {
-            let config = Config::load(cli.config.as_deref())?;
             if log {
-                return sql_cli::show_log(&config, by, json).await;
+                return sql_cli::show_log(&Config::load(cli.config.as_deref())?, by, json).await;
             }
-            sql_cli::sql(&config, sql_cli::SqlArgs { sql, format, engine, params, output }).await
+            sql_cli::sql(&open(&cli.config)?, sql_cli::SqlArgs { sql, format, engine, params, output }).await
         }
-        Command::Query { command } => {
-            let config = Config::load(cli.config.as_deref())?;
-            match command {
-                QueryCommand::List { json } => sql_cli::list_saved(&config, json),
-                QueryCommand::Run { name, params, engine, format, output } => {
-                    sql_cli::run_saved(&config, &name, &params, engine, format, output.as_deref()).await
-                }
+        Command::Query { command } => match command {
+            QueryCommand::List { json } => sql_cli::list_saved(&Config::load(cli.config.as_deref())?, json),
+            QueryCommand::Run { name, params, engine, format, output } => {
+                sql_cli::run_saved(&open(&cli.config)?, &name, &params, engine, format, output.as_deref()).await
             }
-        }
+        },
         Command::Export { command: ExportCommand::Duckdb { file } } => {
-            let config = Config::load(cli.config.as_deref())?;
-            sql_cli::export_duckdb(&config, &file).await
+            sql_cli::export_duckdb(&open(&cli.config)?, &file).await
         }
         Command::User { command } => admin_cli::user(&Config::load(cli.config.as_deref())?, command).await,
         Command::Key { command } => admin_cli::key(&Config::load(cli.config.as_deref())?, command).await,
         Command::Audit { command } => admin_cli::audit(&Config::load(cli.config.as_deref())?, command).await,
-        Command::Privacy { command } => {
-            admin_cli::privacy(&Config::load(cli.config.as_deref())?, command, Bars::shared()).await
-        }
-        Command::Warehouse { command } => {
-            admin_cli::warehouse(&Config::load(cli.config.as_deref())?, command, Bars::shared()).await
-        }
-        Command::Check => {
-            let config = Config::load(cli.config.as_deref())?;
-            check(&config).await
-        }
-        Command::Serve => {
-            let config = Config::load(cli.config.as_deref())?;
-            serve(&config).await
-        }
+        Command::Privacy { command } => admin_cli::privacy(&open(&cli.config)?, command, Bars::shared()).await,
+        Command::Warehouse { command } => admin_cli::warehouse(&open(&cli.config)?, command, Bars::shared()).await,
+        Command::Check => check(&open(&cli.config)?).await,
+        Command::Serve => serve(&open(&cli.config)?).await,
     }
+}
+
+/// The project the configuration file names (`--config`, else `sokana.toml` here), read once:
+/// configuration, pipelines and warehouse. Commands that need only the configuration (users, keys,
+/// the audit trail, the query log) do not read the pipelines.
+fn open(config: &Option<PathBuf>) -> Result<Project> {
+    Ok(Project::open(Config::load(config.as_deref())?)?)
 }
 
 async fn seed_source(url: &SourceUrl, options: &SeedOptions) -> Result<source::SeedSummary> {
@@ -369,20 +355,19 @@ impl Progress for Bars {
     }
 }
 
-async fn run_pipelines(config: &Config, names: &[String], all: bool, trigger: &str) -> Result<()> {
-    let pipelines = pipeline::load_pipelines(config)?;
+async fn run_pipelines(project: &Project, names: &[String], all: bool, trigger: &str) -> Result<()> {
     let selected: Vec<&Pipeline> = if all {
-        pipelines.iter().collect()
+        project.pipelines().iter().collect()
     } else if names.is_empty() {
         bail!("name the pipelines to run, or pass --all");
     } else {
-        pipeline::select(&pipelines, names, config)?
+        project.select(names)?
     };
     let progress = Bars::shared();
     let mut failures = Vec::new();
     for p in selected {
         eprintln!("pipeline {} ({} tables from source {:?})", p.name, p.tables.len(), p.source);
-        match pipeline::run(config, p, trigger, &progress).await {
+        match pipeline::run(project, p, trigger, &progress).await {
             Ok(summary) => eprintln!("pipeline {} succeeded (run {})", p.name, summary.run_id),
             Err(e) => {
                 eprintln!("pipeline {} failed: {e}", p.name);
@@ -396,10 +381,11 @@ async fn run_pipelines(config: &Config, names: &[String], all: bool, trigger: &s
     Ok(())
 }
 
-async fn pipeline_command(config: &Config, command: PipelineCommand) -> Result<()> {
+async fn pipeline_command(project: &Project, command: PipelineCommand) -> Result<()> {
+    let config = project.config();
     match command {
         PipelineCommand::List => {
-            for p in pipeline::load_pipelines(config)? {
+            for p in project.pipelines() {
                 let schedule = p
                     .schedule
                     .as_ref()
@@ -421,7 +407,7 @@ async fn pipeline_command(config: &Config, command: PipelineCommand) -> Result<(
             }
             Ok(())
         }
-        PipelineCommand::Run { names, all } => run_pipelines(config, &names, all, "manual").await,
+        PipelineCommand::Run { names, all } => run_pipelines(project, &names, all, "manual").await,
         PipelineCommand::Runs { name, limit, json, decisions: true } => {
             let decisions = pipeline::runlog::RunLog::open(&config.state_dir())?.decisions(name.as_deref(), limit)?;
             if json {
@@ -484,24 +470,24 @@ fn print_json(value: &impl serde::Serialize) -> Result<()> {
     Ok(())
 }
 
-async fn model_command(config: &Config, command: ModelCommand) -> Result<()> {
+async fn model_command(project: &Project, command: ModelCommand) -> Result<()> {
     match command {
         ModelCommand::Build { names } => {
-            let summary = pipeline::build_models(config, &names, "manual", &Bars::shared()).await?;
+            let summary = pipeline::build_models(project, &names, "manual", &Bars::shared()).await?;
             eprintln!("models built (run {})", summary.run_id);
         }
         ModelCommand::Graph { dot } => {
-            let graph = pipeline::load_models(config, &pipeline::load_pipelines(config)?)?;
+            let graph = project.models()?;
             print!("{}", if dot { graph.to_dot() } else { graph.to_text() });
         }
     }
     Ok(())
 }
 
-async fn check(config: &Config) -> Result<()> {
-    let pipelines = pipeline::load_pipelines(config)?;
+async fn check(project: &Project) -> Result<()> {
+    let config = project.config();
     let mut problems = 0;
-    match pipeline::load_models(config, &pipelines) {
+    match project.models() {
         Ok(graph) => {
             println!("ok    {} model(s) in {}", graph.models.len(), config.pipelines_dir().join("models").display())
         }
@@ -512,7 +498,7 @@ async fn check(config: &Config) -> Result<()> {
     }
     match query::saved::load_all(&config.queries_dir()) {
         Ok(saved) => {
-            let engine = query::engine::QueryEngine::open(config)?;
+            let engine = query::engine::QueryEngine::open(config, project.warehouse().clone())?;
             for q in saved {
                 match engine.validate(&q.sql).await {
                     Ok(()) => println!("ok    {}", q.path.display()),
@@ -528,7 +514,7 @@ async fn check(config: &Config) -> Result<()> {
             println!("error {e}");
         }
     }
-    for p in &pipelines {
+    for p in project.pipelines() {
         match pipeline::check(config, p).await {
             Ok(errors) if errors.is_empty() => println!("ok    {}", p.path.display()),
             Ok(errors) => {
@@ -549,8 +535,8 @@ async fn check(config: &Config) -> Result<()> {
     Ok(())
 }
 
-async fn serve(config: &Config) -> Result<()> {
-    let state = sokana::api::AppState::open(config).await?;
+async fn serve(project: &Project) -> Result<()> {
+    let state = sokana::api::AppState::open(project).await?;
     // The addresses printed are the bound ones, so port 0 in the config shows the port chosen.
     sokana::api::serve(state, |at| {
         eprintln!(
@@ -608,7 +594,8 @@ async fn demo(dir: &Path, no_serve: bool, source: Option<String>, scale: f64, se
         project = project_dir.display().to_string(),
     );
     std::fs::write(&config_path, config_text).with_context(|| format!("writing {}", config_path.display()))?;
-    let config = Config::load(Some(&config_path))?;
+    let project = Project::open(Config::load(Some(&config_path))?)?;
+    let config = project.config();
     eprintln!("config: {}", config_path.display());
 
     // The demo's login: SOKANA_DEMO_PASSWORD, or a new generated password printed below.
@@ -616,14 +603,14 @@ async fn demo(dir: &Path, no_serve: bool, source: Option<String>, scale: f64, se
         Ok(p) if !p.is_empty() => (p, false),
         _ => (sokana::auth::generate_password(), true),
     };
-    sokana::auth::Auth::open(&config)
+    sokana::auth::Auth::open(config)
         .await?
         .ensure_admin(&password)
         .await
         .context("setting the demo admin's password (SOKANA_DEMO_PASSWORD)")?;
 
-    run_pipelines(&config, &[], true, "demo").await?;
-    let ctx = query::unmasked_session(&pipeline::warehouse(&config)?).await?;
+    run_pipelines(&project, &[], true, "demo").await?;
+    let ctx = query::unmasked_session(project.warehouse()).await?;
     let batches = query::run(
         &ctx,
         "SELECT table_schema || '.' || table_name AS \"table\" FROM information_schema.tables \
@@ -653,5 +640,5 @@ async fn demo(dir: &Path, no_serve: bool, source: Option<String>, scale: f64, se
     if no_serve {
         return Ok(());
     }
-    serve(&config).await
+    serve(&project).await
 }

@@ -11,6 +11,7 @@ use futures::StreamExt;
 
 use sokana::api::AppState;
 use sokana::config::Config;
+use sokana::pipeline::Project;
 use sokana::query::engine::{Caller, EngineChoice, QueryEngine, QueryRequest};
 use sokana::query::export::{Encoder, ExportFormat};
 use sokana::query::log::StatsOrder;
@@ -73,8 +74,9 @@ fn adhoc_params(pairs: &[String]) -> Result<Params> {
     Ok(query::saved::params_from_json(&serde_json::Value::Object(named.into_iter().collect()))?)
 }
 
-pub async fn sql(config: &Config, args: SqlArgs) -> Result<()> {
-    let state = AppState::open(config).await?;
+pub async fn sql(project: &Project, args: SqlArgs) -> Result<()> {
+    let config = project.config();
+    let state = AppState::open(project).await?;
     let engine = state.engine.clone();
     let choice = args.engine.unwrap_or(engine.default_engine());
     let params = adhoc_params(&args.params)?;
@@ -291,16 +293,16 @@ pub fn list_saved(config: &Config, json: bool) -> Result<()> {
 
 /// `sokana query run NAME --param k=v`.
 pub async fn run_saved(
-    config: &Config,
+    project: &Project,
     name: &str,
     pairs: &[String],
     engine: Option<EngineChoice>,
     format: CliFormat,
     output: Option<&Path>,
 ) -> Result<()> {
-    let path = config.queries_dir().join(format!("{name}.sql"));
+    let path = project.config().queries_dir().join(format!("{name}.sql"));
     if !path.is_file() {
-        bail!("no saved query {name:?} in {}", config.queries_dir().display());
+        bail!("no saved query {name:?} in {}", project.config().queries_dir().display());
     }
     let saved = saved::load(&path)?;
     let mut given = BTreeMap::new();
@@ -309,7 +311,7 @@ pub async fn run_saved(
         given.insert(k.to_string(), Given::Text(v.to_string()));
     }
     let params = saved.bind(&given)?;
-    let state = AppState::open(config).await?;
+    let state = AppState::open(project).await?;
     let choice = engine.unwrap_or(state.engine.default_engine());
     let outcome = run_one(&state.engine, saved.sql.clone(), choice, params, format, output).await;
     finish(&state).await?;
@@ -317,14 +319,14 @@ pub async fn run_saved(
 }
 
 /// `sokana export duckdb FILE`: a DuckDB database whose views read the warehouse's current files.
-pub async fn export_duckdb(config: &Config, file: &Path) -> Result<()> {
-    let catalog = query::catalog::WarehouseCatalog::new(sokana::pipeline::warehouse(config)?);
+pub async fn export_duckdb(project: &Project, file: &Path) -> Result<()> {
+    let catalog = query::catalog::WarehouseCatalog::new(project.warehouse().clone());
     let views = query::duck::export_database(&catalog, file).await?;
     eprintln!(
         "wrote {} with {views} view(s) over {}; open it with `duckdb {}` (the views read the files of today's \
          versions; export again after new loads)",
         file.display(),
-        config.warehouse.uri,
+        project.config().warehouse.uri,
         file.display()
     );
     Ok(())

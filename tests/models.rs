@@ -321,7 +321,7 @@ async fn model_columns_evolve_like_raw_tables() {
 
     // A new column is added; a column the model stops producing is kept, as NULL.
     std::fs::write(&path, "SELECT method, sum(amount) AS total FROM raw.payments GROUP BY method").expect("rewrite");
-    pipeline::build_models(&config, &[], "test", &silent()).await.expect("evolved build");
+    pipeline::build_models(&project.opened(), &[], "test", &silent()).await.expect("evolved build");
     let got = rows(&config, "SELECT count(*), count(n), count(total) FROM marts.shape").await;
     assert_eq!(got[0][1], "0", "the dropped column is NULL");
     assert_eq!(got[0][0], got[0][2], "the new column is filled");
@@ -329,7 +329,8 @@ async fn model_columns_evolve_like_raw_tables() {
     // A type change is refused, naming the column, and the table keeps its last version.
     std::fs::write(&path, "SELECT method, CAST(count(*) AS VARCHAR) AS total FROM raw.payments GROUP BY method")
         .expect("rewrite");
-    let error = pipeline::build_models(&config, &[], "test", &silent()).await.expect_err("type change refused");
+    let error =
+        pipeline::build_models(&project.opened(), &[], "test", &silent()).await.expect_err("type change refused");
     assert!(error.to_string().contains("total") && error.to_string().contains("type changed"), "{error}");
     let after = rows(&config, "SELECT count(total) FROM marts.shape").await;
     assert_eq!(after[0][0], got[0][2]);

@@ -371,7 +371,7 @@ async fn each_role_sees_each_column_as_the_policy_says() {
     let server = common::serve(&project);
     let (http_port, pg) = (server.http, server.pg);
     let http = Http::new(http_port);
-    let classes = sokana::pipeline::classifier(&config).expect("classes");
+    let classes = project.opened().classes().clone();
     let query = |key: String, sql: String| {
         let http = &http;
         async move { http.send("POST", "/api/v1/query", Some(&key), Some(json!({ "sql": sql }))).await }
@@ -903,7 +903,7 @@ async fn every_session_state_masks_what_it_plans() {
     use sokana::query::Params;
     use sokana::query::engine::{Caller, EngineChoice, QueryRequest};
     let project = common::sokana_project("").await;
-    let state = sokana::api::AppState::open(&project.config()).await.expect("state");
+    let state = sokana::api::AppState::open(&project.opened()).await.expect("state");
     let wire = state.engine.session().expect("wire session");
     let frame = wire.sql("SELECT first_name FROM raw.phi_clients").await.expect("planned");
     let refused = frame.collect().await.expect_err("the wire's own session reads no warehouse table");

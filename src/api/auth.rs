@@ -157,11 +157,14 @@ pub(super) struct AuditQuery {
 }
 
 /// The audit trail, oldest first from `after` (a sequence number); page on with the last `seq`.
+/// It includes every record of a request answered before this one was received.
 pub(super) async fn audit(
     State(state): State<AppState>,
     Query(q): Query<AuditQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    // Records of requests answered before this one (the route's own is written after its answer).
+    state.auth.audit().caught_up().await;
     let entries = state.auth.audit().entries(q.after, limit, q.user.as_deref()).await?;
     Ok(Json(json!({ "entries": entries })))
 }

@@ -29,7 +29,7 @@ use crate::auth::{Auth, Permission};
 use crate::config::Config;
 use crate::pipeline::runlog::{RunLock, RunLog, RunLogError};
 use crate::pipeline::spec::Pipeline;
-use crate::pipeline::{self, schedule};
+use crate::pipeline::{self, Project, schedule};
 use crate::progress::{Progress, Silent};
 use crate::query::engine::QueryEngine;
 use crate::warehouse::Warehouse;
@@ -42,6 +42,7 @@ const MAX_BODY: usize = 1024 * 1024;
 pub struct AppState(Arc<Shared>);
 
 pub struct Shared {
+    pub project: Project,
     pub config: Arc<Config>,
     pub warehouse: Warehouse,
     pub engine: Arc<QueryEngine>,
@@ -51,21 +52,23 @@ pub struct Shared {
 }
 
 impl AppState {
-    /// The state for `config`: its warehouse, a query engine masking by role, and its users.
-    pub async fn open(config: &Config) -> Result<AppState, OpenError> {
-        let setup = |e: &dyn std::fmt::Display| OpenError::Setup(e.to_string());
-        let pipelines = crate::pipeline::load_pipelines(config).map_err(|e| setup(&e))?;
-        let classes = crate::pipeline::spec::Classifier::new(&pipelines);
-        let admin_only =
-            pipelines.into_iter().flat_map(|p| p.tables).filter(|t| t.admin_only).map(|t| t.target).collect();
-        let key = crate::pipeline::build::pseudonym_key(&config.state_dir()).map_err(|e| setup(&e))?;
-        let policy = Arc::new(crate::auth::policy::MaskingPolicy::new(classes, &key).with_admin_only(admin_only));
+    /// The state for `project`: a query engine over its warehouse masking by role, and its users.
+    pub async fn open(project: &Project) -> Result<AppState, OpenError> {
+        let config = project.config();
+        let key = project.pseudonym_key().map_err(|e| OpenError::Setup(e.to_string()))?;
+        let policy = Arc::new(
+            crate::auth::policy::MaskingPolicy::new(project.classes().as_ref().clone(), &key)
+                .with_admin_only(project.admin_only()),
+        );
         let auth = Auth::open(config).await?;
         let recorder = crate::auth::audit::QueryAudit { audit: auth.audit().clone(), policy: policy.clone() };
-        let engine = QueryEngine::open(config)?.with_policy(policy.clone()).with_recorder(Arc::new(recorder));
+        let engine = QueryEngine::open(config, project.warehouse().clone())?
+            .with_policy(policy.clone())
+            .with_recorder(Arc::new(recorder));
         Ok(AppState(Arc::new(Shared {
-            config: Arc::new(config.clone()),
-            warehouse: engine.catalog().warehouse().clone(),
+            project: project.clone(),
+            config: config.clone(),
+            warehouse: project.warehouse().clone(),
             engine: Arc::new(engine),
             auth,
             policy,
@@ -318,10 +321,10 @@ impl IntoResponse for ApiError {
 }
 
 fn find(state: &AppState, name: &str) -> Result<Pipeline, ApiError> {
-    let pipelines = pipeline::load_pipelines(&state.config).map_err(ApiError::internal)?;
-    pipelines
-        .into_iter()
-        .find(|p| p.name == name)
+    state
+        .project
+        .pipeline(name)
+        .cloned()
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "unknown_pipeline", format!("no pipeline named {name:?}")))
 }
 
@@ -330,11 +333,10 @@ fn run_log(state: &AppState) -> Result<RunLog, ApiError> {
 }
 
 async fn list_pipelines(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
-    let pipelines = pipeline::load_pipelines(&state.config).map_err(ApiError::internal)?;
     let log = run_log(&state)?;
     let now = Utc::now();
     let mut out = Vec::new();
-    for p in pipelines {
+    for p in state.project.pipelines() {
         let last = log.runs(Some(&p.name), 1).map_err(ApiError::internal)?.into_iter().next();
         out.push(json!({
             "name": p.name,
@@ -390,10 +392,10 @@ async fn start_run(State(state): State<AppState>, Path(name): Path<String>) -> R
         }
         Err(e) => return Err(ApiError::internal(e)),
     }
-    let config = state.config.clone();
+    let project = state.project.clone();
     tokio::spawn(async move {
         let progress: Arc<dyn Progress> = Arc::new(Silent);
-        if let Err(e) = pipeline::run(&config, &pipeline, "api", &progress).await {
+        if let Err(e) = pipeline::run(&project, &pipeline, "api", &progress).await {
             tracing::warn!(pipeline = %pipeline.name, error = %e, "run started through the API failed");
         }
     });
@@ -414,7 +416,6 @@ pub struct Listening {
 /// endpoint (on `server.pgwire`) running beside the server; over TLS when a certificate is set.
 /// `ready` is called once both endpoints accept connections.
 pub async fn serve(state: AppState, ready: impl FnOnce(Listening)) -> std::io::Result<()> {
-    let pipelines = pipeline::load_pipelines(&state.config).map_err(std::io::Error::other)?;
     let tls = tls::Tls::from_config(&state.config).map_err(std::io::Error::other)?;
     let wire_tls = tls.as_ref().map(|t| t.pgwire.clone());
     let listen = state.config.server.listen;
@@ -424,7 +425,7 @@ pub async fn serve(state: AppState, ready: impl FnOnce(Listening)) -> std::io::R
     let (wire, pgwire) =
         pgwire::start(state.config.server.pgwire, state.engine.clone(), state.auth.clone(), wire_tls).await?;
     ready(Listening { http: listener.local_addr()?, pgwire, tls: tls.is_some() });
-    let scheduled = schedule::start(state.config.clone(), pipelines);
+    let scheduled = schedule::start(&state.project);
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     let served = match tls {
         Some(tls) => {

@@ -41,7 +41,7 @@ pub(super) async fn export(
     caller: Authenticated,
     Json(request): Json<PrivacyRequest>,
 ) -> Result<Json<privacy::Export>, ApiError> {
-    let export = privacy::export(&state.config, &request.client).await?;
+    let export = privacy::export(&state.project, &request.client).await?;
     let ticket = state.auth.audit().record(Event {
         tables: export.tables.keys().cloned().collect(),
         rows: export.rows(),
@@ -58,7 +58,7 @@ pub(super) async fn erase(
     Json(request): Json<PrivacyRequest>,
 ) -> Result<Json<privacy::Erasure>, ApiError> {
     let progress: std::sync::Arc<dyn Progress> = std::sync::Arc::new(crate::progress::Silent);
-    let erasure = privacy::erase(&state.config, &request.client, &progress).await?;
+    let erasure = privacy::erase(&state.project, &request.client, &progress).await?;
     state.engine.purge_cache();
     let ticket = state.auth.audit().record(Event {
         tables: erasure.deleted.keys().chain(&erasure.rebuilt).cloned().collect(),

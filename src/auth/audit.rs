@@ -145,6 +145,14 @@ impl Audit {
         self.wait(from, through).await
     }
 
+    /// Waits until the writer has dealt with every record sent before (written, or given up on),
+    /// so that a reading of the trail that follows shows them. A failure is its own waiters' to
+    /// report, not this caller's: the range waited on is empty.
+    pub async fn caught_up(&self) {
+        let through = self.sent.load(std::sync::atomic::Ordering::SeqCst);
+        let _ = self.wait(through + 1, through).await;
+    }
+
     async fn wait(&self, from: u64, through: u64) -> Result<(), AuthError> {
         let (done, wait) = oneshot::channel();
         self.sender.send(Message::Flush { from, through, done }).map_err(|_| AuthError::AuditUnavailable)?;

@@ -5,6 +5,7 @@
 pub mod build;
 pub mod erasures;
 pub mod model;
+pub mod project;
 pub mod runlog;
 pub mod schedule;
 pub mod spec;
@@ -34,6 +35,8 @@ use erasures::{ErasureList, ErasureListError, Withhold};
 use model::ModelGraph;
 use runlog::{RunLock, RunLog, RunLogError, Status, TableRecord};
 use spec::{ColumnClass, Pipeline, SpecError, Sync, TableSpec};
+
+pub use project::Project;
 
 /// Set to `TARGET:ROWS` (e.g. `raw.hours:5000`, `marts.fct_hours:1`) to stop a load or a model
 /// build once that many rows of that table have streamed into the warehouse writer: the process
@@ -126,7 +129,7 @@ const AUDIT_PIPELINE_FILE: &str = include_str!("sokana_audit.toml");
 const META_SOURCE: &str = "sokana_meta";
 
 /// Loads the project's pipelines, and the built-in one for the audit trail.
-pub fn load_pipelines(config: &Config) -> Result<Vec<Pipeline>, SpecError> {
+fn load_pipelines(config: &Config) -> Result<Vec<Pipeline>, SpecError> {
     let mut pipelines = Pipeline::load_dir(&config.pipelines_dir())?;
     if let Some(clash) = pipelines.iter().find(|p| p.name == AUDIT_PIPELINE || p.source == META_SOURCE) {
         return Err(SpecError {
@@ -142,39 +145,21 @@ pub fn load_pipelines(config: &Config) -> Result<Vec<Pipeline>, SpecError> {
     Ok(pipelines)
 }
 
-/// The class of every warehouse column, by the project's pipelines.
-pub fn classifier(config: &Config) -> Result<spec::Classifier, SpecError> {
-    Ok(spec::Classifier::new(&load_pipelines(config)?))
-}
-
-/// Picks pipelines by name, in the order given.
-pub fn select<'a>(all: &'a [Pipeline], names: &[String], config: &Config) -> Result<Vec<&'a Pipeline>, PipelineError> {
-    names
-        .iter()
-        .map(|name| {
-            all.iter().find(|p| &p.name == name).ok_or_else(|| PipelineError::UnknownPipeline {
-                name: name.clone(),
-                dir: config.pipelines_dir().display().to_string(),
-                have: all.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", "),
-            })
-        })
-        .collect()
-}
-
 /// The project's models (`pipelines/models/*.sql`), checked against the tables `pipelines` load.
-pub fn load_models(config: &Config, pipelines: &[Pipeline]) -> Result<ModelGraph, SpecError> {
+fn load_models(config: &Config, pipelines: &[Pipeline]) -> Result<ModelGraph, SpecError> {
     let raw: BTreeSet<TableName> = pipelines.iter().flat_map(|p| p.tables.iter().map(|t| t.target.clone())).collect();
     ModelGraph::load(&config.pipelines_dir().join("models"), &raw)
 }
 
 /// Builds the named models (all if none) and the models they read, as a run of [`MODELS_RUN`].
 pub async fn build_models(
-    config: &Config,
+    project: &Project,
     names: &[String],
     trigger: &str,
     progress: &Arc<dyn Progress>,
 ) -> Result<RunSummary, PipelineError> {
-    let graph = load_models(config, &load_pipelines(config)?)?;
+    let config = project.config();
+    let graph = project.models()?;
     let models = graph.select(names).map_err(|message| SpecError {
         path: config.pipelines_dir().join("models"),
         line: None,
@@ -259,17 +244,18 @@ fn source_url(config: &Config, pipeline: &Pipeline) -> Result<(SourceUrl, Connec
 /// Runs one pipeline under its lock, recording the run. A table that fails does not stop the
 /// others; the run then fails as a whole.
 pub async fn run(
-    config: &Config,
+    project: &Project,
     pipeline: &Pipeline,
     trigger: &str,
     progress: &Arc<dyn Progress>,
 ) -> Result<RunSummary, PipelineError> {
+    let config = project.config();
     let state_dir = config.state_dir();
     let _lock = RunLock::acquire(&state_dir, &pipeline.name)?;
     let log = RunLog::open(&state_dir)?;
     let run_id = log.start(&pipeline.name, trigger)?;
     let outcome = match run_locked(config, pipeline, &run_id, &log, progress).await {
-        Ok(mut tables) => build_after_loads(config, pipeline, &tables, &run_id, &log, progress).await.map(|models| {
+        Ok(mut tables) => build_after_loads(project, pipeline, &tables, &run_id, &log, progress).await.map(|models| {
             tables.extend(models);
             tables
         }),
@@ -281,14 +267,15 @@ pub async fn run(
 /// Builds the models downstream of the tables a pipeline loads; models reading a table whose load
 /// failed in this run are skipped.
 async fn build_after_loads(
-    config: &Config,
+    project: &Project,
     pipeline: &Pipeline,
     tables: &[TableRecord],
     run_id: &str,
     log: &RunLog,
     progress: &Arc<dyn Progress>,
 ) -> Result<Vec<TableRecord>, PipelineError> {
-    let graph = load_models(config, &load_pipelines(config)?)?;
+    let config = project.config();
+    let graph = project.models()?;
     let loaded: BTreeSet<TableName> = pipeline.tables.iter().map(|t| t.target.clone()).collect();
     let models = graph.downstream_of(&loaded);
     if models.is_empty() {
@@ -596,10 +583,10 @@ fn keep_out(stream: SendableRecordBatchStream, withhold: Withhold, count: Arc<At
 
 /// Every pipeline's lock and the models' (privacy erasure): fails at once if a pipeline is running,
 /// waits for a model build to end.
-pub async fn lock_all(config: &Config, pipelines: &[Pipeline]) -> Result<Vec<RunLock>, PipelineError> {
-    let state_dir = config.state_dir();
+pub async fn lock_all(project: &Project) -> Result<Vec<RunLock>, PipelineError> {
+    let state_dir = project.config().state_dir();
     let mut locks = Vec::new();
-    for p in pipelines {
+    for p in project.pipelines() {
         locks.push(RunLock::acquire(&state_dir, &p.name)?);
     }
     locks.push(RunLock::wait(&state_dir, MODELS_LOCK).await?);
@@ -609,12 +596,12 @@ pub async fn lock_all(config: &Config, pipelines: &[Pipeline]) -> Result<Vec<Run
 /// Rebuilds the models downstream of `changed` after an erasure (the caller holds the locks),
 /// recorded as a run of the models; returns the models rebuilt.
 pub async fn rebuild_after_erasure(
-    config: &Config,
-    pipelines: &[Pipeline],
+    project: &Project,
     changed: &BTreeSet<TableName>,
     progress: &Arc<dyn Progress>,
 ) -> Result<Vec<TableName>, PipelineError> {
-    let graph = load_models(config, pipelines)?;
+    let config = project.config();
+    let graph = project.models()?;
     let models = graph.downstream_of(changed);
     if models.is_empty() {
         return Ok(Vec::new());
@@ -627,18 +614,13 @@ pub async fn rebuild_after_erasure(
 }
 
 /// Whether the source behind `subject` (a pipeline's target table) still holds the row keyed `key`.
-pub async fn source_holds(
-    config: &Config,
-    pipelines: &[Pipeline],
-    subject: &TableName,
-    key: &str,
-) -> Result<bool, PipelineError> {
+pub async fn source_holds(project: &Project, subject: &TableName, key: &str) -> Result<bool, PipelineError> {
     let Some((pipeline, table)) =
-        pipelines.iter().find_map(|p| p.tables.iter().find(|t| &t.target == subject).map(|t| (p, t)))
+        project.pipelines().iter().find_map(|p| p.tables.iter().find(|t| &t.target == subject).map(|t| (p, t)))
     else {
         return Ok(false);
     };
-    let source = connect(config, pipeline).await?;
+    let source = connect(project.config(), pipeline).await?;
     let mut snapshot = source.snapshot().await?;
     let columns = select_columns(pipeline, table, snapshot.columns(&table.source_table).await?)?;
     let key_columns: Vec<SourceColumn> = columns.into_iter().filter(|c| table.primary_key.contains(&c.name)).collect();

@@ -35,50 +35,86 @@ pub enum Status {
     Unchanged,
 }
 
-impl Status {
-    const ALL: [Status; 6] =
-        [Status::Running, Status::Succeeded, Status::Failed, Status::Interrupted, Status::Skipped, Status::Unchanged];
+/// The names of a fieldless enum the log stores as text: `as_str`, `Display`, comparison with the
+/// name (what every reader of the log sees), and rusqlite's conversions (a name read back that no
+/// variant has is an error naming `$what`).
+macro_rules! stored_by_name {
+    ($type:ident, $what:literal, { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl $type {
+            const ALL: &[$type] = &[$($type::$variant),+];
 
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Running => "running",
-            Status::Succeeded => "succeeded",
-            Status::Failed => "failed",
-            Status::Interrupted => "interrupted",
-            Status::Skipped => "skipped",
-            Status::Unchanged => "unchanged",
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($type::$variant => $name),+
+                }
+            }
         }
-    }
+
+        impl std::fmt::Display for $type {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.pad(self.as_str())
+            }
+        }
+
+        impl PartialEq<&str> for $type {
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
+            }
+        }
+
+        impl rusqlite::ToSql for $type {
+            fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+                Ok(rusqlite::types::ToSqlOutput::from(self.as_str()))
+            }
+        }
+
+        impl rusqlite::types::FromSql for $type {
+            fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<$type> {
+                let text = value.as_str()?;
+                $type::ALL.iter().copied().find(|v| v.as_str() == text).ok_or_else(|| {
+                    rusqlite::types::FromSqlError::Other(format!("unknown {} {text:?}", $what).into())
+                })
+            }
+        }
+    };
 }
 
-impl std::fmt::Display for Status {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.pad(self.as_str())
-    }
+stored_by_name!(Status, "run status", {
+    Running => "running",
+    Succeeded => "succeeded",
+    Failed => "failed",
+    Interrupted => "interrupted",
+    Skipped => "skipped",
+    Unchanged => "unchanged",
+});
+
+/// What the scheduler decided about one schedule time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecisionKind {
+    /// A run was started (again, on a retry).
+    Fired,
+    /// The run it started succeeded.
+    Succeeded,
+    /// Not run: missed while the server was down (`catch_up = "skip"`), or while the previous run
+    /// was still going, or another run of the pipeline held its lock.
+    Skipped,
+    /// Missed while the server was down; run once now (`catch_up = "latest"`).
+    CaughtUp,
+    /// The run failed; another attempt follows.
+    Retrying,
+    /// The last attempt failed.
+    Failed,
 }
 
-/// A status compares with its name, the text every reader of the log sees.
-impl PartialEq<&str> for Status {
-    fn eq(&self, other: &&str) -> bool {
-        self.as_str() == *other
-    }
-}
-
-impl rusqlite::ToSql for Status {
-    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
-        Ok(rusqlite::types::ToSqlOutput::from(self.as_str()))
-    }
-}
-
-impl rusqlite::types::FromSql for Status {
-    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Status> {
-        let text = value.as_str()?;
-        Status::ALL
-            .into_iter()
-            .find(|s| s.as_str() == text)
-            .ok_or_else(|| rusqlite::types::FromSqlError::Other(format!("unknown run status {text:?}").into()))
-    }
-}
+stored_by_name!(DecisionKind, "scheduler decision", {
+    Fired => "fired",
+    Succeeded => "succeeded",
+    Skipped => "skipped",
+    CaughtUp => "caught_up",
+    Retrying => "retrying",
+    Failed => "failed",
+});
 
 pub struct RunLog {
     conn: std::sync::Mutex<Connection>,
@@ -97,13 +133,13 @@ pub struct RunRecord {
     pub tables: Vec<TableRecord>,
 }
 
-/// One decision of the scheduler: `fired`, `skipped`, `caught_up`, `retrying` or `failed`.
-#[derive(Debug, Clone, Default, Serialize)]
+/// One decision of the scheduler.
+#[derive(Debug, Clone, Serialize)]
 pub struct Decision {
     pub pipeline: String,
     /// The schedule time it concerns.
     pub slot: Option<DateTime<Utc>>,
-    pub decision: String,
+    pub decision: DecisionKind,
     pub detail: Option<String>,
     pub run_id: Option<String>,
     /// When it was recorded (set by the log).
@@ -466,5 +502,23 @@ mod tests {
                 .expect("columns");
             assert_eq!(columns, 1);
         }
+    }
+
+    #[test]
+    fn statuses_and_decisions_are_stored_and_read_back_by_name() {
+        let conn = Connection::open_in_memory().expect("sqlite");
+        for kind in DecisionKind::ALL {
+            let name: String = conn.query_row("SELECT ?1", [kind], |r| r.get(0)).expect("stored");
+            assert_eq!(name, kind.as_str());
+            let back: DecisionKind = conn.query_row("SELECT ?1", [&name], |r| r.get(0)).expect("read back");
+            assert_eq!(back, *kind);
+        }
+        for status in Status::ALL {
+            let back: Status = conn.query_row("SELECT ?1", [status], |r| r.get(0)).expect("read back");
+            assert_eq!(back, *status);
+        }
+        assert_eq!(DecisionKind::CaughtUp.to_string(), "caught_up");
+        let unknown = conn.query_row("SELECT 'maybe'", [], |r| r.get::<_, DecisionKind>(0)).expect_err("unknown");
+        assert!(unknown.to_string().contains("unknown scheduler decision \"maybe\""), "{unknown}");
     }
 }

@@ -10,10 +10,10 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Offset, TimeZone, Timelike, Utc};
 
-use super::runlog::{Decision, RunLog, RunLogError};
+use super::Project;
+use super::runlog::{Decision, DecisionKind, RunLog, RunLogError};
 use super::spec::{CatchUp, Pipeline, Schedule};
 use super::{PipelineError, RunSummary};
-use crate::config::Config;
 use crate::progress::Silent;
 
 /// The first time of `schedule` strictly after `after`.
@@ -82,17 +82,18 @@ pub fn plan_catch_up(
 
 const RESUME_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Starts one task per scheduled pipeline; they run until the process ends.
-pub fn start(config: Arc<Config>, pipelines: Vec<Pipeline>) -> Vec<tokio::task::JoinHandle<()>> {
-    pipelines
-        .into_iter()
+/// Starts one task per scheduled pipeline of `project`; they run until the process ends.
+pub fn start(project: &Project) -> Vec<tokio::task::JoinHandle<()>> {
+    project
+        .pipelines()
+        .iter()
         .filter(|p| p.schedule.is_some())
         .map(|pipeline| {
-            let config = config.clone();
+            let (project, pipeline) = (project.clone(), pipeline.clone());
             tokio::spawn(async move {
                 // An error of the run log (e.g. the disk is full) pauses this pipeline's schedule;
                 // on resuming, the times missed meanwhile follow the catch-up policy.
-                while let Err(e) = schedule_loop(&config, &pipeline).await {
+                while let Err(e) = schedule_loop(&project, &pipeline).await {
                     tracing::error!(pipeline = %pipeline.name, error = %e, "scheduler error; resuming in {}s", RESUME_AFTER.as_secs());
                     tokio::time::sleep(RESUME_AFTER).await;
                 }
@@ -101,12 +102,13 @@ pub fn start(config: Arc<Config>, pipelines: Vec<Pipeline>) -> Vec<tokio::task::
         .collect()
 }
 
-async fn schedule_loop(config: &Config, pipeline: &Pipeline) -> Result<(), RunLogError> {
+async fn schedule_loop(project: &Project, pipeline: &Pipeline) -> Result<(), RunLogError> {
     let Some(schedule) = &pipeline.schedule else { return Ok(()) };
-    let log = RunLog::open(&config.state_dir())?;
-    let decide = |slot: Option<DateTime<Utc>>, decision: &str, detail: Option<String>, run_id: Option<String>| {
-        record(&log, &pipeline.name, slot, decision, detail, run_id)
-    };
+    let log = RunLog::open(&project.config().state_dir())?;
+    let decide =
+        |slot: Option<DateTime<Utc>>, decision: DecisionKind, detail: Option<String>, run_id: Option<String>| {
+            record(&log, &pipeline.name, slot, decision, detail, run_id)
+        };
     let now = Utc::now();
     let mut last = now;
     match plan_catch_up(schedule, pipeline.catch_up, log.schedule_slot(&pipeline.name)?, now) {
@@ -114,7 +116,7 @@ async fn schedule_loop(config: &Config, pipeline: &Pipeline) -> Result<(), RunLo
         CatchUpPlan::Skip { missed, first, latest } => {
             decide(
                 Some(latest),
-                "skipped",
+                DecisionKind::Skipped,
                 Some(format!(
                     "{missed} run(s) missed while the server was down ({first} to {latest}); catch_up = skip"
                 )),
@@ -125,11 +127,11 @@ async fn schedule_loop(config: &Config, pipeline: &Pipeline) -> Result<(), RunLo
         CatchUpPlan::RunLatest { missed, latest } => {
             decide(
                 Some(latest),
-                "caught_up",
+                DecisionKind::CaughtUp,
                 Some(format!("{missed} run(s) missed while the server was down; running once now (catch_up = latest)")),
                 None,
             )?;
-            fire(config, pipeline, latest, &log).await?;
+            fire(project, pipeline, latest, &log).await?;
             last = Utc::now().max(latest);
         }
     }
@@ -140,11 +142,11 @@ async fn schedule_loop(config: &Config, pipeline: &Pipeline) -> Result<(), RunLo
         };
         let wait = (slot - Utc::now()).to_std().unwrap_or_default();
         tokio::time::sleep(wait).await;
-        fire(config, pipeline, slot, &log).await?;
+        fire(project, pipeline, slot, &log).await?;
         // Times that passed while the run went on are not run late: runs never overlap.
         last = Utc::now().max(slot);
         if let Some(skipped) = next_slot(schedule, slot).filter(|next| *next < last) {
-            decide(Some(skipped), "skipped", Some("the previous run was still going".into()), None)?;
+            decide(Some(skipped), DecisionKind::Skipped, Some("the previous run was still going".into()), None)?;
         }
     }
 }
@@ -154,23 +156,16 @@ fn record(
     log: &RunLog,
     pipeline: &str,
     slot: Option<DateTime<Utc>>,
-    decision: &str,
+    decision: DecisionKind,
     detail: Option<String>,
     run_id: Option<String>,
 ) -> Result<(), RunLogError> {
-    log.record_decision(&Decision {
-        pipeline: pipeline.to_string(),
-        slot,
-        decision: decision.into(),
-        detail,
-        run_id,
-        at: String::new(),
-    })
+    log.record_decision(&Decision { pipeline: pipeline.to_string(), slot, decision, detail, run_id, at: String::new() })
 }
 
 /// Runs the pipeline for `slot`, retrying failures with back-off, and records each decision.
-async fn fire(config: &Config, pipeline: &Pipeline, slot: DateTime<Utc>, log: &RunLog) -> Result<(), RunLogError> {
-    let decide = |decision: &str, detail: Option<String>, run_id: Option<String>| {
+async fn fire(project: &Project, pipeline: &Pipeline, slot: DateTime<Utc>, log: &RunLog) -> Result<(), RunLogError> {
+    let decide = |decision: DecisionKind, detail: Option<String>, run_id: Option<String>| {
         record(log, &pipeline.name, Some(slot), decision, detail, run_id)
     };
     // Marked as dealt with before running: a crash mid-run is not re-run as a missed time (the
@@ -178,25 +173,25 @@ async fn fire(config: &Config, pipeline: &Pipeline, slot: DateTime<Utc>, log: &R
     log.set_schedule_slot(&pipeline.name, slot)?;
     let mut delay = pipeline.retry.delay;
     for attempt in 0..=pipeline.retry.attempts {
-        decide("fired", (attempt > 0).then(|| format!("attempt {}", attempt + 1)), None)?;
+        decide(DecisionKind::Fired, (attempt > 0).then(|| format!("attempt {}", attempt + 1)), None)?;
         let outcome: Result<RunSummary, PipelineError> =
-            super::run(config, pipeline, "schedule", &(Arc::new(Silent) as Arc<dyn crate::progress::Progress>)).await;
+            super::run(project, pipeline, "schedule", &(Arc::new(Silent) as Arc<dyn crate::progress::Progress>)).await;
         match outcome {
             Ok(summary) => {
-                decide("succeeded", None, Some(summary.run_id))?;
+                decide(DecisionKind::Succeeded, None, Some(summary.run_id))?;
                 return Ok(());
             }
             Err(PipelineError::RunLog(RunLogError::AlreadyRunning { .. })) => {
-                decide("skipped", Some("another run of this pipeline is in progress".into()), None)?;
+                decide(DecisionKind::Skipped, Some("another run of this pipeline is in progress".into()), None)?;
                 return Ok(());
             }
             Err(e) if attempt < pipeline.retry.attempts => {
-                decide("retrying", Some(format!("{e}; next attempt in {}s", delay.as_secs())), None)?;
+                decide(DecisionKind::Retrying, Some(format!("{e}; next attempt in {}s", delay.as_secs())), None)?;
                 tokio::time::sleep(delay).await;
                 delay *= 2;
             }
             Err(e) => {
-                decide("failed", Some(format!("gave up after {} attempt(s): {e}", attempt + 1)), None)?;
+                decide(DecisionKind::Failed, Some(format!("gave up after {} attempt(s): {e}", attempt + 1)), None)?;
                 tracing::error!(pipeline = %pipeline.name, error = %e, "scheduled run failed; giving up until the next time");
             }
         }

@@ -18,9 +18,8 @@ use serde::Serialize;
 
 pub use crate::pipeline::erasures::{ErasureList, ErasureListError, Withhold};
 
-use crate::config::Config;
 use crate::pipeline::spec::Pipeline;
-use crate::pipeline::{self, PipelineError};
+use crate::pipeline::{self, PipelineError, Project};
 use crate::progress::Progress;
 use crate::query::{self, QueryError};
 use crate::warehouse::{TableName, WarehouseError};
@@ -190,15 +189,13 @@ async fn in_marts(
 }
 
 /// A session over the warehouse as it is now.
-async fn session(config: &Config) -> Result<SessionContext, PrivacyError> {
-    let warehouse = pipeline::warehouse(config).map_err(PipelineError::from)?;
-    Ok(query::unmasked_session(&warehouse).await?)
+async fn session(project: &Project) -> Result<SessionContext, PrivacyError> {
+    Ok(query::unmasked_session(project.warehouse()).await?)
 }
 
 /// The person's pseudonym, as the marts show it.
-fn pseudonym(config: &Config, client: &str) -> Result<String, PrivacyError> {
-    let key = pipeline::build::pseudonym_key(&config.state_dir())?;
-    Ok(query::functions::pseudonym_of(&key, client))
+fn pseudonym(project: &Project, client: &str) -> Result<String, PrivacyError> {
+    Ok(query::functions::pseudonym_of(&project.pseudonym_key()?, client))
 }
 
 /// Everything the warehouse holds about one person.
@@ -218,9 +215,9 @@ impl Export {
 
 /// The person's rows in the raw tables (traced through references), and the mart rows that carry
 /// one of their keys or their pseudonym.
-pub async fn export(config: &Config, client: &str) -> Result<Export, PrivacyError> {
-    let trace = Trace::from_pipelines(&pipeline::load_pipelines(config).map_err(PipelineError::from)?)?;
-    let (ctx, pseudonym) = (session(config).await?, pseudonym(config, client)?);
+pub async fn export(project: &Project, client: &str) -> Result<Export, PrivacyError> {
+    let trace = Trace::from_pipelines(project.pipelines())?;
+    let (ctx, pseudonym) = (session(project).await?, pseudonym(project, client)?);
     let found = find(&ctx, &trace, client).await?;
     let mut tables = BTreeMap::new();
     for (name, matched) in &found {
@@ -228,7 +225,7 @@ pub async fn export(config: &Config, client: &str) -> Result<Export, PrivacyErro
         let batches: Vec<RecordBatch> = frame.collect().await?;
         tables.insert(name.to_string(), as_json(&batches)?);
     }
-    let marts = marts(config).await?;
+    let marts = marts(project).await?;
     for (name, batches) in in_marts(&ctx, &marts, &person_values(&found, client, &pseudonym)).await? {
         tables.insert(name.to_string(), as_json(&batches)?);
     }
@@ -242,9 +239,8 @@ fn person_values(found: &BTreeMap<TableName, Matched>, client: &str, pseudonym: 
     values
 }
 
-async fn marts(config: &Config) -> Result<Vec<TableName>, PrivacyError> {
-    let warehouse = pipeline::warehouse(config).map_err(PipelineError::from)?;
-    Ok(warehouse.list_tables().await?.into_iter().filter(|t| t.schema == "marts").collect())
+async fn marts(project: &Project) -> Result<Vec<TableName>, PrivacyError> {
+    Ok(project.warehouse().list_tables().await?.into_iter().filter(|t| t.schema == "marts").collect())
 }
 
 fn as_json(batches: &[RecordBatch]) -> Result<serde_json::Value, PrivacyError> {
@@ -271,15 +267,14 @@ pub struct Erasure {
 /// history of every table touched so the rows are physically gone. The person goes on the erasure
 /// list first, so an erasure cut short is finished by running it again, and loads in between
 /// already keep the person out. Takes every pipeline's lock: it fails at once while one runs.
-pub async fn erase(config: &Config, client: &str, progress: &Arc<dyn Progress>) -> Result<Erasure, PrivacyError> {
-    let pipelines = pipeline::load_pipelines(config).map_err(PipelineError::from)?;
-    let trace = Trace::from_pipelines(&pipelines)?;
-    let _locks = pipeline::lock_all(config, &pipelines).await?;
-    let warehouse = pipeline::warehouse(config).map_err(PipelineError::from)?;
-    let (ctx, pseudonym) = (session(config).await?, pseudonym(config, client)?);
+pub async fn erase(project: &Project, client: &str, progress: &Arc<dyn Progress>) -> Result<Erasure, PrivacyError> {
+    let trace = Trace::from_pipelines(project.pipelines())?;
+    let _locks = pipeline::lock_all(project).await?;
+    let warehouse = project.warehouse();
+    let (ctx, pseudonym) = (session(project).await?, pseudonym(project, client)?);
     let found = find(&ctx, &trace, client).await?;
 
-    let list = ErasureList::open(&config.state_dir());
+    let list = ErasureList::open(&project.config().state_dir());
     let earlier = list.tables_of(client)?;
     // Every table with rows goes on the list, keyless ones too, so a rerun knows to finish them.
     let keys: BTreeMap<String, Vec<String>> = found.iter().map(|(t, m)| (t.to_string(), m.keys.clone())).collect();
@@ -297,15 +292,15 @@ pub async fn erase(config: &Config, client: &str, progress: &Arc<dyn Progress>) 
 
     let mut changed: BTreeSet<TableName> = found.keys().cloned().collect();
     changed.extend(earlier.iter().filter_map(|t| t.parse().ok()));
-    let rebuilt = pipeline::rebuild_after_erasure(config, &pipelines, &changed, progress).await?;
+    let rebuilt = pipeline::rebuild_after_erasure(project, &changed, progress).await?;
     for name in changed.iter().chain(&rebuilt) {
         warehouse.forget_history(name).await?;
     }
 
     // A new session: the rebuilt marts and the erased tables are at new versions.
-    let left = in_marts(&session(config).await?, &rebuilt, &person_values(&found, client, &pseudonym)).await?;
+    let left = in_marts(&session(project).await?, &rebuilt, &person_values(&found, client, &pseudonym)).await?;
     let left_in_marts = left.values().flatten().map(|b| b.num_rows() as u64).sum();
-    let source_still_holds = pipeline::source_holds(config, &pipelines, &trace.subject, client).await?;
+    let source_still_holds = pipeline::source_holds(project, &trace.subject, client).await?;
     Ok(Erasure {
         id,
         client: client.into(),

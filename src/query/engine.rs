@@ -30,7 +30,7 @@ use super::log::{QueryLog, QueryRecord};
 use super::scope::{self, PlanPolicy, ScopedStates};
 use super::{Params, QueryError, SqlError, session_config};
 use crate::config::Config;
-use crate::warehouse::{SCHEMAS, TableName};
+use crate::warehouse::{SCHEMAS, TableName, Warehouse};
 
 /// Which engine answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize, clap::ValueEnum)]
@@ -189,9 +189,9 @@ fn read_only() -> SQLOptions {
 }
 
 impl QueryEngine {
-    /// The engine over the configured warehouse, logging to `STATE_DIR/queries.db`.
-    pub fn open(config: &Config) -> Result<QueryEngine, QueryError> {
-        let warehouse = crate::config::open_warehouse(config).map_err(|e| QueryError::Internal(e.to_string()))?;
+    /// The engine over `warehouse` (the one `config` names), with `config`'s limits and cache,
+    /// logging to `STATE_DIR/queries.db`.
+    pub fn open(config: &Config, warehouse: Warehouse) -> Result<QueryEngine, QueryError> {
         let log = QueryLog::open(&config.state_dir())?;
         let q = &config.query;
         let limits = Limits {
@@ -210,7 +210,9 @@ impl QueryEngine {
             Ok(timings) => {
                 if let Ok(mut routing) = engine.routing.lock() {
                     for (shape, engine, us) in timings {
-                        routing.observe(&shape, &engine, us);
+                        if let Some(engine) = EngineChoice::parse(&engine) {
+                            routing.observe(&shape, engine, us);
+                        }
                     }
                 }
             }
@@ -430,7 +432,7 @@ impl QueryEngine {
         if !prepared.shape.is_empty()
             && let Ok(mut routing) = self.routing.lock()
         {
-            routing.observe(&prepared.shape, engine.name(), run_started.elapsed().as_micros() as u64);
+            routing.observe(&prepared.shape, engine, run_started.elapsed().as_micros() as u64);
         }
         let mut has_more = false;
         if let Some(page) = request.page {
@@ -809,8 +811,7 @@ impl QueryEngine {
                 if masked || !self.duck_available || prepared.duck.is_err() || !prepared.warehouse_only {
                     return Ok(EngineChoice::Datafusion);
                 }
-                let chosen = self.routing.lock().map(|mut r| r.choose(&prepared.shape)).unwrap_or("datafusion");
-                Ok(if chosen == "duckdb" { EngineChoice::Duckdb } else { EngineChoice::Datafusion })
+                Ok(self.routing.lock().map(|mut r| r.choose(&prepared.shape)).unwrap_or(EngineChoice::Datafusion))
             }
         }
     }
@@ -1082,26 +1083,33 @@ const ENOUGH: usize = 2;
 const RECHECK: u64 = 20;
 
 impl Routing {
-    fn observe(&mut self, shape: &str, engine: &str, micros: u64) {
+    /// Notes a run of `shape` on `engine` (DataFusion or DuckDB) that took `micros`.
+    fn observe(&mut self, shape: &str, engine: EngineChoice, micros: u64) {
         let times = self.shapes.entry(shape.to_string()).or_default();
-        let samples = if engine == "duckdb" { &mut times.duckdb } else { &mut times.datafusion };
+        let samples = match engine {
+            EngineChoice::Duckdb => &mut times.duckdb,
+            EngineChoice::Datafusion => &mut times.datafusion,
+            EngineChoice::Auto => return,
+        };
         if samples.len() == KEEP {
             samples.pop_front();
         }
         samples.push_back(micros);
     }
 
-    fn choose(&mut self, shape: &str) -> &'static str {
+    /// The engine for the next run of `shape`: DataFusion or DuckDB.
+    fn choose(&mut self, shape: &str) -> EngineChoice {
+        use EngineChoice::{Datafusion, Duckdb};
         let times = self.shapes.entry(shape.to_string()).or_default();
         times.runs += 1;
         // Learning: each engine runs the shape until it has a few samples (DuckDB first: it is
         // faster on most analytical shapes in our benchmark).
         if times.duckdb.len() < ENOUGH || times.datafusion.len() < ENOUGH {
-            return if times.duckdb.len() <= times.datafusion.len() { "duckdb" } else { "datafusion" };
+            return if times.duckdb.len() <= times.datafusion.len() { Duckdb } else { Datafusion };
         }
-        let faster = if median(&times.duckdb) <= median(&times.datafusion) { "duckdb" } else { "datafusion" };
+        let faster = if median(&times.duckdb) <= median(&times.datafusion) { Duckdb } else { Datafusion };
         if times.runs.is_multiple_of(RECHECK) {
-            return if faster == "duckdb" { "datafusion" } else { "duckdb" };
+            return if faster == Duckdb { Datafusion } else { Duckdb };
         }
         faster
     }
@@ -1157,21 +1165,23 @@ mod tests {
         for _ in 0..6 {
             let pick = routing.choose("s");
             picks.push(pick);
-            routing.observe("s", pick, if pick == "duckdb" { 900 } else { 300 });
+            routing.observe("s", pick, if pick == EngineChoice::Duckdb { 900 } else { 300 });
         }
-        assert_eq!(picks.iter().filter(|p| **p == "duckdb").count(), ENOUGH, "{picks:?}");
-        let later: Vec<&str> = (0..40).map(|_| routing.choose("s")).collect();
-        assert_eq!(later.iter().filter(|p| **p == "duckdb").count(), 2, "one recheck in {RECHECK}: {later:?}");
-        assert_eq!(routing.choose("other"), "duckdb", "a new shape starts learning");
+        assert_eq!(picks.iter().filter(|p| **p == EngineChoice::Duckdb).count(), ENOUGH, "{picks:?}");
+        let later: Vec<EngineChoice> = (0..40).map(|_| routing.choose("s")).collect();
+        let rechecks = later.iter().filter(|p| **p == EngineChoice::Duckdb).count();
+        assert_eq!(rechecks, 2, "one recheck in {RECHECK}: {later:?}");
+        assert_eq!(routing.choose("other"), EngineChoice::Duckdb, "a new shape starts learning");
     }
 
     #[test]
     fn a_cold_first_run_does_not_decide() {
         let mut routing = Routing::default();
-        for (engine, micros) in [("duckdb", 9_000), ("datafusion", 3_000), ("duckdb", 1_000), ("datafusion", 2_900)] {
+        use EngineChoice::{Datafusion, Duckdb};
+        for (engine, micros) in [(Duckdb, 9_000), (Datafusion, 3_000), (Duckdb, 1_000), (Datafusion, 2_900)] {
             routing.observe("s", engine, micros);
         }
-        assert_eq!(routing.choose("s"), "duckdb");
+        assert_eq!(routing.choose("s"), Duckdb);
     }
 
     #[test]

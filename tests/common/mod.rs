@@ -241,14 +241,19 @@ impl Project {
         Config::load_with_env(Some(&self.config_path), []).expect("config loads")
     }
 
+    /// The project as the library opens it (configuration, pipelines, warehouse), read now.
+    pub fn opened(&self) -> pipeline::Project {
+        pipeline::Project::open(self.config()).expect("project opens")
+    }
+
     pub fn pipeline(&self) -> Pipeline {
-        pipeline::load_pipelines(&self.config()).expect("pipelines load").remove(0)
+        self.opened().pipelines()[0].clone()
     }
 
     pub async fn run(&self) -> Result<pipeline::RunSummary, pipeline::PipelineError> {
-        let config = self.config();
-        let p = self.pipeline();
-        pipeline::run(&config, &p, "test", &silent()).await
+        let project = self.opened();
+        let p = project.pipelines()[0].clone();
+        pipeline::run(&project, &p, "test", &silent()).await
     }
 
     /// Adds the shipped models, with a fixed pseudonym key in the state directory.
