@@ -1,0 +1,398 @@
+//! Planning: a query text to the plan its scope may run (masked, parameters bound, paged),
+//! memoised per text and scope, with what `auto` routing and the cache key need from it; and the
+//! text the query log keeps.
+
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use datafusion::execution::{SessionState, TaskContext};
+use datafusion::logical_expr::{LogicalPlan, LogicalPlanBuilder};
+use datafusion::physical_plan::ExecutionPlan;
+
+use super::execute::df_error;
+use super::{EngineChoice, OptimisedPlan, QueryEngine, QueryRequest, read_only};
+use crate::query::cache::KeyParts;
+use crate::query::catalog::{self, tables_read};
+use crate::query::duck;
+use crate::query::scope;
+use crate::query::{QueryError, SqlError};
+use crate::warehouse::TableName;
+
+/// What planning told us about a query text, kept so that a repeated query is answered from the
+/// cache without being planned again.
+#[derive(Debug)]
+pub(super) struct Prepared {
+    /// A digest of DataFusion's logical plan, complete to the last literal (normalises spelling,
+    /// spacing and `SELECT *`).
+    pub(super) plan: Result<String, SqlError>,
+    /// The answer's columns as DataFusion plans them; `auto` gives DuckDB's answers these names
+    /// and types, so a query's schema does not depend on the engine that ran it.
+    pub(super) schema: Option<SchemaRef>,
+    /// DuckDB's parse of the text, and the tables it names.
+    pub(super) duck: Result<duck::Inspected, SqlError>,
+    /// Whether every table the plan scans is a warehouse table (not `information_schema` or
+    /// `pg_catalog`, which DuckDB has its own, different, versions of).
+    pub(super) warehouse_only: bool,
+    /// Whether an answer may be kept: the plan reads warehouse tables only (whose versions are in
+    /// the key) and calls no function whose value changes between runs (`now()`, `random()`).
+    pub(super) cacheable: bool,
+    pub(super) tables: Vec<TableName>,
+    /// Columns the optimised plan reads from warehouse tables, `schema.table.column`.
+    pub(super) columns: Vec<String>,
+    pub(super) shape: String,
+}
+
+impl QueryEngine {
+    /// Plans `sql` in `state` (a scope's): a query only. The plan is masked when it is analysed,
+    /// as every plan of the state is.
+    async fn plan_in(&self, state: &SessionState, sql: &str) -> Result<LogicalPlan, QueryError> {
+        let plan = query_plan(state, sql).await?;
+        if let LogicalPlan::DescribeTable(_) = &plan {
+            // `DESCRIBE t` shows t's columns without scanning it: the policy judges a scan of t,
+            // so a table the scope may not read is not described either.
+            let table = described_table(state, sql)?;
+            scope::refused(state, &query_plan(state, &format!("SELECT * FROM {table}")).await?)?;
+        }
+        Ok(plan)
+    }
+
+    /// The plan of `sql` as `scope` may see it, unbound and unoptimised: what a wire client's
+    /// Describe is answered from, so that it shows no more than running the query would (masked
+    /// columns keep their types; a table the scope may not read is refused).
+    pub async fn describe(&self, sql: &str, scope: &str) -> Result<LogicalPlan, QueryError> {
+        self.catalog.refresh_names().await?;
+        let state = self.state_for(scope);
+        let plan = self.plan_in(&state, sql).await?;
+        scope::refused(&state, &plan)?;
+        Ok(plan)
+    }
+
+    /// Plans the text once per (text, scope): later runs of the same text reuse what planning found.
+    pub(super) async fn prepare(&self, request: &QueryRequest) -> Result<Arc<Prepared>, QueryError> {
+        let memo = (request.sql.clone(), request.caller.scope.clone());
+        if let Some(found) = self.prepared.get(&memo) {
+            return Ok(found);
+        }
+        self.catalog.refresh_names().await?;
+        let state = self.state_for(&request.caller.scope);
+        // A mistake in the query may be DataFusion's dialect only, and DuckDB may take it; any
+        // other failure (refused, an internal fault) is not a question of dialect.
+        let plan = mistake_or_fail(self.plan_in(&state, &request.sql).await)?;
+        let duck = mistake_or_fail(duck::inspect(&request.sql))?;
+        let (tables, shape, warehouse_only, cacheable, columns) = match (&plan, &duck) {
+            (Ok(plan), _) => {
+                let read: Vec<TableName> = tables_read(plan).into_iter().map(|(t, _)| t).collect();
+                let warehouse_only = catalog::scans_only_warehouse(plan);
+                // What the optimised plan reads: a masked column is a constant and is not read.
+                // Optimising analyses it too, so the masking rule's refusal comes from here.
+                let columns = match state.optimize(plan).map_err(QueryError::from) {
+                    Ok(optimized) => catalog::columns_read(&optimized),
+                    Err(denied @ QueryError::Denied(_)) => return Err(denied),
+                    Err(_) => catalog::columns_read(plan),
+                };
+                (read, shape(plan), warehouse_only, warehouse_only && !varies(plan), columns)
+            }
+            // DataFusion could not plan it: DuckDB's dialect alone; its functions are not known here.
+            (Err(_), Ok(duck)) => (duck.tables.clone(), String::new(), true, false, Vec::new()),
+            (Err(e), Err(_)) => return Err(QueryError::Sql(e.clone())),
+        };
+        let planned = plan.is_ok();
+        let schema = plan.as_ref().ok().map(|p| p.schema().inner().clone());
+        let plan = plan.map(|p| crate::query::cache::digest(&p));
+        let prepared = Arc::new(Prepared { plan, schema, duck, warehouse_only, cacheable, tables, columns, shape });
+        // Only what DataFusion planned is kept: a text that failed may name a table that comes later.
+        if planned {
+            self.prepared.insert(memo, prepared.clone());
+        }
+        Ok(prepared)
+    }
+
+    /// The engine that runs the query: the one asked for, or for `auto` the faster for its shape.
+    pub(super) fn resolve(&self, request: &QueryRequest, prepared: &Prepared) -> Result<EngineChoice, QueryError> {
+        let masked = !self.sees_everything(&request.caller.scope);
+        match request.engine {
+            EngineChoice::Datafusion => {
+                prepared.plan.as_ref().map_err(|e| QueryError::Sql(e.clone()))?;
+                Ok(EngineChoice::Datafusion)
+            }
+            EngineChoice::Duckdb => {
+                if masked {
+                    return Err(QueryError::Denied(format!(
+                        "the DuckDB engine is for scopes that see every column; scope {:?} queries through DataFusion, where masking applies",
+                        request.caller.scope
+                    )));
+                }
+                if !self.duck_available {
+                    return Err(SqlError::invalid(duck::NEEDS_PLAIN_LOCAL).into());
+                }
+                prepared.duck.as_ref().map_err(|e| QueryError::Sql(e.clone()))?;
+                Ok(EngineChoice::Duckdb)
+            }
+            EngineChoice::Auto => {
+                prepared.plan.as_ref().map_err(|e| QueryError::Sql(e.clone()))?;
+                if masked || !self.duck_available || prepared.duck.is_err() || !prepared.warehouse_only {
+                    return Ok(EngineChoice::Datafusion);
+                }
+                Ok(self.routing.lock().map(|mut r| r.choose(&prepared.shape)).unwrap_or(EngineChoice::Datafusion))
+            }
+        }
+    }
+
+    /// Plans `request` on `state`, parameters bound and the page applied (one more row than the
+    /// page, to tell whether another follows).
+    async fn bound_plan(&self, state: &SessionState, request: &QueryRequest) -> Result<LogicalPlan, QueryError> {
+        let mut plan = self.plan_in(state, &request.sql).await?;
+        if !request.params.is_empty() {
+            plan = plan.with_param_values(request.params.to_datafusion())?;
+        }
+        if let Some(page) = request.page {
+            plan =
+                LogicalPlanBuilder::from(plan).limit(page.offset as usize, Some(page.limit as usize + 1))?.build()?;
+        }
+        Ok(plan)
+    }
+
+    /// The optimised plan of `request` on `state`, and the table versions it reads. When `current`
+    /// gives the versions the tables have now, a plan made for the same text, scope, parameters
+    /// and page over those versions is reused: planning and optimising cost more than a
+    /// millisecond-long query. Callers pass `current` only for plans that cannot change between
+    /// runs (no clock, no catalog outside the warehouse).
+    async fn optimised(
+        &self,
+        state: &SessionState,
+        request: &QueryRequest,
+        current: Option<&[(TableName, i64)]>,
+    ) -> Result<OptimisedPlan, QueryError> {
+        let key_for = |tables: &[(TableName, i64)]| {
+            KeyParts {
+                normalised: &request.sql,
+                params: &request.params,
+                scope: &request.caller.scope,
+                engine: "plan",
+                page: request.page.map(|p| (p.offset, p.limit)),
+                tables,
+            }
+            .key()
+        };
+        if let Some(found) = current.and_then(|current| self.plans.get(&key_for(current))) {
+            return Ok(found.as_ref().clone());
+        }
+        let bound = self.bound_plan(state, request).await?;
+        let read = tables_read(&bound);
+        let plan = state.optimize(&bound)?;
+        if current.is_some() {
+            self.plans.insert(key_for(&read), Arc::new((plan.clone(), read.clone())));
+        }
+        Ok((plan, read))
+    }
+
+    /// The physical plan of `request`, the context to execute it in (with the query's own memory
+    /// pool), and the table versions it reads; `reuse` as for [`Self::optimised`].
+    pub(super) async fn physical(
+        &self,
+        request: &QueryRequest,
+        reuse: Option<&[(TableName, i64)]>,
+    ) -> Result<(Arc<dyn ExecutionPlan>, Arc<TaskContext>, Vec<(TableName, i64)>), QueryError> {
+        let state = self.state_for(&request.caller.scope);
+        let (plan, read) = self.optimised(&state, request, reuse).await?;
+        let limit = self.limits.memory_limit_mb;
+        let physical =
+            state.query_planner().create_physical_plan(&plan, &state).await.map_err(|e| df_error(e, limit))?;
+        let task = Arc::new(TaskContext::from(&state).with_runtime(self.runtime()?));
+        Ok((physical, task, read))
+    }
+}
+
+/// The unoptimised plan of `sql`, which must be a query (no DDL, DML or settings).
+pub(super) async fn query_plan(state: &SessionState, sql: &str) -> Result<LogicalPlan, QueryError> {
+    let plan = state.create_logical_plan(sql).await?;
+    read_only().verify_plan(&plan)?;
+    Ok(plan)
+}
+
+/// `result` with a mistake in the query kept as its value, to be weighed against the other
+/// engine's reading; any other failure ends the caller.
+fn mistake_or_fail<T>(result: Result<T, QueryError>) -> Result<Result<T, SqlError>, QueryError> {
+    match result {
+        Ok(value) => Ok(Ok(value)),
+        Err(QueryError::Sql(mistake)) => Ok(Err(mistake)),
+        Err(other) => Err(other),
+    }
+}
+
+/// The table a `DESCRIBE` statement names.
+fn described_table(state: &SessionState, sql: &str) -> Result<String, QueryError> {
+    use datafusion::sql::parser::Statement as DfStatement;
+    use datafusion::sql::sqlparser::ast::Statement;
+    let dialect = state.config().options().sql_parser.dialect;
+    match state.sql_to_statement(sql, &dialect)? {
+        DfStatement::Statement(statement) => match *statement {
+            Statement::ExplainTable { table_name, .. } => Ok(table_name.to_string()),
+            _ => Err(SqlError::invalid("DESCRIBE names one table").into()),
+        },
+        _ => Err(SqlError::invalid("DESCRIBE names one table").into()),
+    }
+}
+
+/// Whether the plan calls a function whose value may change from one run to the next: volatile
+/// ones (`random()`) and stable ones (`now()`, `current_date`), which are fixed within one query only.
+fn varies(plan: &LogicalPlan) -> bool {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    use datafusion::logical_expr::{Expr, Volatility};
+    let mut found = false;
+    let _ = plan.apply_with_subqueries(|node| {
+        for expr in node.expressions() {
+            let _ = expr.apply(|e| {
+                if let Expr::ScalarFunction(f) = e
+                    && f.func.signature().volatility != Volatility::Immutable
+                {
+                    found = true;
+                }
+                Ok(if found { TreeNodeRecursion::Stop } else { TreeNodeRecursion::Continue })
+            });
+        }
+        Ok(if found { TreeNodeRecursion::Stop } else { TreeNodeRecursion::Continue })
+    });
+    found
+}
+
+/// A plan's shape: its operators and the tables it reads, without expressions or literals. Queries
+/// of one shape tend to favour the same engine.
+fn shape(plan: &LogicalPlan) -> String {
+    plan.display_indent()
+        .to_string()
+        .lines()
+        .map(|line| {
+            let depth = line.len() - line.trim_start().len();
+            let node = line.trim_start();
+            let name = match node.split_once(':') {
+                Some(("TableScan", rest)) => format!("TableScan:{}", rest.split_whitespace().next().unwrap_or("")),
+                Some((name, _)) => name.to_string(),
+                None => node.to_string(),
+            };
+            format!("{depth}{name}")
+        })
+        .collect::<Vec<_>>()
+        .join("|")
+}
+
+/// The SQL as the log keeps it: parsed and printed again (spelling and spacing normalised), then
+/// every literal token of the printed statement, of any kind (strings in every quoting, typed
+/// strings such as `DATE '…'` and `INTERVAL '…'`, numbers, `ESCAPE` characters), replaced by `?`,
+/// so the log groups queries that differ only in values and never holds the values (which may be
+/// personal data). Working on tokens rather than on the syntax tree leaves no literal behind in
+/// some node a tree walk does not visit. Text that does not parse is kept as a marker only.
+pub fn normalise_for_log(sql: &str) -> String {
+    use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer, Whitespace};
+    use datafusion::sql::sqlparser::{dialect::GenericDialect, parser::Parser};
+    const UNPARSED: &str = "<SQL that did not parse>";
+    let Ok(statements) = Parser::parse_sql(&GenericDialect {}, sql) else {
+        return UNPARSED.into();
+    };
+    let printed = statements.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+    let Ok(tokens) = Tokenizer::new(&GenericDialect {}, &printed).tokenize() else {
+        return UNPARSED.into();
+    };
+    let mut logged = String::with_capacity(printed.len());
+    for token in tokens {
+        let kept = match token {
+            Token::Word(_)
+            | Token::Placeholder(_)
+            | Token::Whitespace(Whitespace::Space | Whitespace::Newline | Whitespace::Tab) => token,
+            Token::Whitespace(_) => continue,
+            Token::Number(..)
+            | Token::Char(_)
+            | Token::SingleQuotedString(_)
+            | Token::DoubleQuotedString(_)
+            | Token::TripleSingleQuotedString(_)
+            | Token::TripleDoubleQuotedString(_)
+            | Token::DollarQuotedString(_)
+            | Token::SingleQuotedByteStringLiteral(_)
+            | Token::DoubleQuotedByteStringLiteral(_)
+            | Token::TripleSingleQuotedByteStringLiteral(_)
+            | Token::TripleDoubleQuotedByteStringLiteral(_)
+            | Token::SingleQuotedRawStringLiteral(_)
+            | Token::DoubleQuotedRawStringLiteral(_)
+            | Token::TripleSingleQuotedRawStringLiteral(_)
+            | Token::TripleDoubleQuotedRawStringLiteral(_)
+            | Token::NationalStringLiteral(_)
+            | Token::QuoteDelimitedStringLiteral(_)
+            | Token::NationalQuoteDelimitedStringLiteral(_)
+            | Token::EscapedStringLiteral(_)
+            | Token::UnicodeStringLiteral(_)
+            | Token::HexStringLiteral(_) => Token::Placeholder("?".into()),
+            operator => operator,
+        };
+        logged.push_str(&kept.to_string());
+    }
+    logged
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_keeps_no_literals() {
+        let sql = "select * from raw.phi_clients where first_name = 'Jane' and id > 41 and x = $1";
+        let logged = normalise_for_log(sql);
+        assert!(!logged.contains("Jane") && !logged.contains("41"), "{logged}");
+        assert!(logged.contains("$1"), "{logged}");
+        assert_eq!(normalise_for_log("selec oops 'Jane'"), "<SQL that did not parse>");
+    }
+
+    /// Every kind of literal in every place a query can hold one: generated queries, each carrying
+    /// a marker value, must all parse and none may leave its marker in the log.
+    #[test]
+    fn the_log_keeps_no_literal_of_any_kind_in_generated_sql() {
+        use rand::{Rng, SeedableRng};
+        let literals: &[fn(&str, u32) -> String] = &[
+            |m, _| format!("'{m}'"),
+            |m, _| format!("'it''s {m}'"),
+            |m, _| format!("E'{m}\\n'"),
+            |m, _| format!("N'{m}'"),
+            |m, _| format!("U&'{m}'"),
+            |m, _| format!("$${m}$$"),
+            |m, _| format!("$tag${m}$tag$"),
+            |_, n| format!("X'{n:08X}'"),
+            |_, n| format!("{n}"),
+            |_, n| format!("{n}.25"),
+            |_, n| format!("{n}e3"),
+            |_, n| format!("DATE '{}-01-02'", 1000 + n % 9000),
+            |_, n| format!("TIMESTAMP '2024-03-{:02} 10:{:02}:00'", 1 + n % 28, n % 60),
+            |_, n| format!("INTERVAL '{n} days'"),
+            |_, n| format!("INTERVAL '{n}' DAY"),
+            |m, _| format!("CAST('{m}' AS VARCHAR)"),
+            |m, _| format!("'{m}'::text"),
+        ];
+        let places: &[fn(&str, &str) -> String] = &[
+            |a, _| format!("SELECT * FROM raw.phi_clients WHERE first_name = {a}"),
+            |a, b| format!("SELECT id FROM raw.phi_clients WHERE email IN ({a}, {b})"),
+            |a, _| format!("SELECT id FROM raw.phi_clients WHERE email LIKE {a} ESCAPE '!'"),
+            |a, _| format!("SELECT id FROM raw.phi_clients WHERE email ILIKE {a}"),
+            |a, b| format!("SELECT {a} AS x, {b} AS y"),
+            |a, b| format!("SELECT CASE WHEN status = {a} THEN {b} ELSE 'other zq' END FROM raw.phi_clients"),
+            |a, b| format!("SELECT coalesce(first_name, {a}) FROM raw.phi_clients WHERE id BETWEEN {b} AND 2"),
+            |a, b| format!("WITH t AS (SELECT {a} AS v) SELECT v FROM t WHERE v <> {b}"),
+            |a, b| format!("SELECT * FROM (VALUES ({a}), ({b})) AS v(x)"),
+            |a, _| format!("SELECT [{a}] AS list"),
+            |a, b| format!("SELECT id FROM raw.phi_clients GROUP BY id HAVING count(*) > {a} ORDER BY {b}"),
+            |a, _| format!("SELECT id FROM raw.phi_clients WHERE concat(first_name, {a}) IS NOT NULL LIMIT 5 OFFSET 7"),
+            |a, b| format!("SELECT id FROM raw.phi_clients WHERE (first_name, last_name) = ({a}, {b})"),
+            |a, _| format!("SELECT id FROM raw.phi_clients WHERE EXISTS (SELECT 1 FROM raw.payments WHERE note = {a})"),
+        ];
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(15);
+        for round in 0..2_000u32 {
+            let n = rng.random_range(1_000_000..9_000_000u32);
+            let marker = format!("zq{n}x");
+            let a = literals[rng.random_range(0..literals.len())](&marker, n);
+            let b = literals[rng.random_range(0..literals.len())](&marker, n);
+            let sql = places[rng.random_range(0..places.len())](&a, &b);
+            let logged = normalise_for_log(&sql);
+            assert_ne!(logged, "<SQL that did not parse>", "round {round}: {sql}");
+            for secret in [marker.as_str(), &n.to_string(), &format!("{n:08X}"), "zq"] {
+                assert!(!logged.contains(secret), "round {round}: {sql}\n  logged as: {logged}");
+            }
+        }
+    }
+}
