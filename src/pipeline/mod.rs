@@ -254,7 +254,7 @@ pub async fn run(
     let _lock = RunLock::acquire(&state_dir, &pipeline.name)?;
     let log = RunLog::open(&state_dir)?;
     let run_id = log.start(&pipeline.name, trigger)?;
-    let outcome = match run_locked(config, pipeline, &run_id, &log, progress).await {
+    let outcome = match run_locked(project, pipeline, &run_id, &log, progress).await {
         Ok(mut tables) => build_after_loads(project, pipeline, &tables, &run_id, &log, progress).await.map(|models| {
             tables.extend(models);
             tables
@@ -288,36 +288,34 @@ async fn build_after_loads(
 }
 
 async fn run_locked(
-    config: &Config,
+    project: &Project,
     pipeline: &Pipeline,
     run_id: &str,
     log: &RunLog,
     progress: &Arc<dyn Progress>,
 ) -> Result<Vec<TableRecord>, PipelineError> {
-    let warehouse = warehouse(config)?;
+    let config = project.config();
+    let warehouse = project.warehouse();
     let source = connect(config, pipeline).await?;
     let mut snapshot = source.snapshot().await?;
     let maintenance = config.maintenance();
     let erasures = ErasureList::open(&config.state_dir());
+    let loads = Loads {
+        pipeline,
+        classes: project.classes(),
+        warehouse,
+        erasures: &erasures,
+        maintenance: &maintenance,
+        run_id,
+        progress,
+    };
     let mut records = Vec::new();
     for table in &pipeline.tables {
         let started = Instant::now();
         let label = table.target.to_string();
         progress.start(&label, None);
         let mut record = TableRecord { target: label.clone(), ..TableRecord::default() };
-        match load_table(
-            pipeline,
-            table,
-            snapshot.as_mut(),
-            &warehouse,
-            &erasures,
-            &maintenance,
-            run_id,
-            progress,
-            &mut record,
-        )
-        .await
-        {
+        match loads.load(table, snapshot.as_mut(), &mut record).await {
             Ok(()) => {
                 if let Err(e) = warehouse.maintain(&table.target, &maintenance, record.version.is_some()).await {
                     tracing::warn!(table = %label, error = %e, "maintenance failed; the load itself is committed");
@@ -391,131 +389,141 @@ pub fn select_columns(
     Ok(columns)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn load_table(
-    pipeline: &Pipeline,
-    table: &TableSpec,
-    snapshot: &mut dyn Snapshot,
-    warehouse: &Warehouse,
-    erasures: &ErasureList,
-    maintenance: &Maintenance,
-    run_id: &str,
-    progress: &Arc<dyn Progress>,
-    record: &mut TableRecord,
-) -> Result<(), PipelineError> {
-    let columns = select_columns(pipeline, table, snapshot.columns(&table.source_table).await?)?;
-    let withhold = erasures.withhold(pipeline, table)?;
-    let existing = warehouse.open(&table.target).await?;
-    // The cursor is the largest value the table holds: it is committed with the rows by
-    // construction, and the source is not scanned for it (the CRM has no index on `updated_at`;
-    // a `max()` there cost a sequential scan per table per run).
-    let previous: Option<CursorValue> = match (&existing, &table.sync) {
-        (Some(t), Sync::Incremental { cursor }) => {
-            CursorValue::from_scalar(&warehouse.max_value(t, &table.target, cursor).await?)
-        }
-        _ => None,
-    };
-    let batch_rows = pipeline.defaults.batch_rows;
+/// The loads of one run of a pipeline: what every table's load shares.
+struct Loads<'a> {
+    pipeline: &'a Pipeline,
+    classes: &'a spec::Classifier,
+    warehouse: &'a Warehouse,
+    erasures: &'a ErasureList,
+    maintenance: &'a Maintenance,
+    run_id: &'a str,
+    progress: &'a Arc<dyn Progress>,
+}
 
-    // Every key in the source, when deletes must be found (read first: a snapshot reads one
-    // stream at a time).
-    let source_keys = match (&existing, table.detect_deletes) {
-        (Some(_), true) => {
-            let key_columns: Vec<SourceColumn> =
-                table.primary_key.iter().filter_map(|k| columns.iter().find(|c| &c.name == k).cloned()).collect();
-            let spec = ExtractSpec { table: table.source_table.clone(), columns: key_columns, range: None, batch_rows };
-            let schema = spec.arrow_schema();
-            let keys: Vec<RecordBatch> = merge_partitions(schema, snapshot.extract(spec).await?)
-                .try_collect()
-                .await
-                .map_err(|e| WarehouseError::Source { table: table.target.to_string(), reason: e.to_string() })?;
-            Some(keys)
-        }
-        _ => None,
-    };
+impl Loads<'_> {
+    /// Loads `table` from `snapshot` into the warehouse in one commit, noting what it did in
+    /// `record`.
+    async fn load(
+        &self,
+        table: &TableSpec,
+        snapshot: &mut dyn Snapshot,
+        record: &mut TableRecord,
+    ) -> Result<(), PipelineError> {
+        let columns = select_columns(self.pipeline, table, snapshot.columns(&table.source_table).await?)?;
+        let withhold = self.erasures.withhold(self.pipeline, table)?;
+        let existing = self.warehouse.open(&table.target).await?;
+        // The cursor is the largest value the table holds: it is committed with the rows by
+        // construction, and the source is not scanned for it (the CRM has no index on `updated_at`;
+        // a `max()` there cost a sequential scan per table per run).
+        let previous: Option<CursorValue> = match (&existing, &table.sync) {
+            (Some(t), Sync::Incremental { cursor }) => {
+                CursorValue::from_scalar(&self.warehouse.max_value(t, &table.target, cursor).await?)
+            }
+            _ => None,
+        };
+        let batch_rows = self.pipeline.defaults.batch_rows;
 
-    let (mode, range, cursor_column) = match &table.sync {
-        Sync::Full => (SyncMode::Full, None, None),
-        // The first load reads everything, rows with a NULL cursor included.
-        Sync::Incremental { cursor } => (
-            SyncMode::Incremental,
-            previous.map(|p| CursorRange {
-                column: cursor.clone(),
-                after: step_back(p, pipeline.defaults.lookback_seconds),
-            }),
-            columns.iter().position(|c| &c.name == cursor),
-        ),
-    };
-    // Personal data and uuids get no min/max statistics (see `warehouse::parquet`).
-    let classifier = spec::Classifier::new([pipeline]);
-    let unindexed = columns
-        .iter()
-        .filter(|c| {
-            let class = classifier.class_of(&table.target, &c.name);
-            c.effective_type() == ColumnType::Uuid || matches!(class, ColumnClass::Pii | ColumnClass::Phi)
-        })
-        .map(|c| c.name.clone())
-        .collect();
-    let spec = ExtractSpec { table: table.source_table.clone(), columns, range, batch_rows };
-    let schema = spec.arrow_schema();
-    let partitions = snapshot.extract(spec).await?;
-    let read = Arc::new(AtomicU64::new(0));
-    let withheld = Arc::new(AtomicU64::new(0));
-    let newest = Arc::new(Mutex::new(previous));
-    let rows = partitions
-        .into_iter()
-        .map(|p| observe(p, &table.target.to_string(), read.clone(), progress))
-        .map(|p| match &withhold {
-            Some(w) => keep_out(p, w.clone(), withheld.clone()),
-            None => p,
-        })
-        .map(|p| match cursor_column {
-            Some(column) => track_cursor(p, column, newest.clone()),
-            None => p,
-        })
-        .collect();
-    let outcome = warehouse
-        .load(LoadRequest {
-            table: table.target.clone(),
-            primary_key: table.primary_key.clone(),
-            partition_by: table.partition_by.clone(),
-            mode,
-            schema,
-            rows,
-            source_keys,
-            provenance: json!({
-                "run_id": run_id,
-                "pipeline": pipeline.name,
-                "source_table": table.source_table,
-            }),
-            target_file_size: maintenance.target_file_size,
-            unindexed,
-        })
-        .await?;
-    if !outcome.added_columns.is_empty() {
-        tracing::warn!(
-            table = %table.target,
-            class = %pipeline.defaults.new_column_class,
-            columns = %outcome.added_columns.join(", "),
-            "new source columns added to the warehouse table; classify them in {}",
-            pipeline.path.display()
-        );
+        // Every key in the source, when deletes must be found (read first: a snapshot reads one
+        // stream at a time).
+        let source_keys = match (&existing, table.detect_deletes) {
+            (Some(_), true) => {
+                let key_columns: Vec<SourceColumn> =
+                    table.primary_key.iter().filter_map(|k| columns.iter().find(|c| &c.name == k).cloned()).collect();
+                let spec =
+                    ExtractSpec { table: table.source_table.clone(), columns: key_columns, range: None, batch_rows };
+                let schema = spec.arrow_schema();
+                let keys: Vec<RecordBatch> = merge_partitions(schema, snapshot.extract(spec).await?)
+                    .try_collect()
+                    .await
+                    .map_err(|e| WarehouseError::Source { table: table.target.to_string(), reason: e.to_string() })?;
+                Some(keys)
+            }
+            _ => None,
+        };
+
+        let (mode, range, cursor_column) = match &table.sync {
+            Sync::Full => (SyncMode::Full, None, None),
+            // The first load reads everything, rows with a NULL cursor included.
+            Sync::Incremental { cursor } => (
+                SyncMode::Incremental,
+                previous.map(|p| CursorRange {
+                    column: cursor.clone(),
+                    after: step_back(p, self.pipeline.defaults.lookback_seconds),
+                }),
+                columns.iter().position(|c| &c.name == cursor),
+            ),
+        };
+        // Personal data and uuids get no min/max statistics (see `warehouse::parquet`).
+        let unindexed = columns
+            .iter()
+            .filter(|c| {
+                let class = self.classes.class_of(&table.target, &c.name);
+                c.effective_type() == ColumnType::Uuid || matches!(class, ColumnClass::Pii | ColumnClass::Phi)
+            })
+            .map(|c| c.name.clone())
+            .collect();
+        let spec = ExtractSpec { table: table.source_table.clone(), columns, range, batch_rows };
+        let schema = spec.arrow_schema();
+        let partitions = snapshot.extract(spec).await?;
+        let read = Arc::new(AtomicU64::new(0));
+        let withheld = Arc::new(AtomicU64::new(0));
+        let newest = Arc::new(Mutex::new(previous));
+        let rows = partitions
+            .into_iter()
+            .map(|p| observe(p, &table.target.to_string(), read.clone(), self.progress))
+            .map(|p| match &withhold {
+                Some(w) => keep_out(p, w.clone(), withheld.clone()),
+                None => p,
+            })
+            .map(|p| match cursor_column {
+                Some(column) => track_cursor(p, column, newest.clone()),
+                None => p,
+            })
+            .collect();
+        let outcome = self
+            .warehouse
+            .load(LoadRequest {
+                table: table.target.clone(),
+                primary_key: table.primary_key.clone(),
+                partition_by: table.partition_by.clone(),
+                mode,
+                schema,
+                rows,
+                source_keys,
+                provenance: json!({
+                    "run_id": self.run_id,
+                    "pipeline": self.pipeline.name,
+                    "source_table": table.source_table,
+                }),
+                target_file_size: self.maintenance.target_file_size,
+                unindexed,
+            })
+            .await?;
+        if !outcome.added_columns.is_empty() {
+            tracing::warn!(
+                table = %table.target,
+                class = %self.pipeline.defaults.new_column_class,
+                columns = %outcome.added_columns.join(", "),
+                "new source columns added to the warehouse table; classify them in {}",
+                self.pipeline.path.display()
+            );
+        }
+        record.rows_read = read.load(Ordering::Relaxed);
+        record.withheld = withheld.load(Ordering::Relaxed);
+        if record.withheld > 0 {
+            tracing::warn!(
+                table = %table.target,
+                rows = record.withheld,
+                "the source still holds rows of erased people; they were kept out of the warehouse (erase them at the source)"
+            );
+        }
+        record.inserted = outcome.inserted;
+        record.updated = outcome.updated;
+        record.deleted = outcome.deleted;
+        record.version = outcome.version;
+        record.cursor = newest.lock().ok().and_then(|c| *c).map(|c| c.to_string());
+        Ok(())
     }
-    record.rows_read = read.load(Ordering::Relaxed);
-    record.withheld = withheld.load(Ordering::Relaxed);
-    if record.withheld > 0 {
-        tracing::warn!(
-            table = %table.target,
-            rows = record.withheld,
-            "the source still holds rows of erased people; they were kept out of the warehouse (erase them at the source)"
-        );
-    }
-    record.inserted = outcome.inserted;
-    record.updated = outcome.updated;
-    record.deleted = outcome.deleted;
-    record.version = outcome.version;
-    record.cursor = newest.lock().ok().and_then(|c| *c).map(|c| c.to_string());
-    Ok(())
 }
 
 fn step_back(cursor: CursorValue, seconds: u64) -> CursorValue {

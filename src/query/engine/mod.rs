@@ -10,11 +10,7 @@ mod request;
 mod routing;
 
 pub use plan::normalise_for_log;
-
-use execute::{df_error, truncate};
-use plan::{Prepared, query_plan};
 pub use request::{Caller, EngineChoice, Limits, Page, QueryOutput, QueryRequest, QueryStream};
-use routing::Routing;
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,6 +37,9 @@ use crate::query::log::{QueryLog, QueryRecord};
 use crate::query::scope::{PlanPolicy, ScopedStates};
 use crate::query::{QueryError, session_config};
 use crate::warehouse::{SCHEMAS, TableName, Warehouse};
+use execute::{df_error, truncate};
+use plan::{Prepared, query_plan};
+use routing::Routing;
 
 pub struct QueryEngine {
     catalog: Arc<WarehouseCatalog>,
