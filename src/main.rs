@@ -18,9 +18,8 @@ use sokana::query::log::StatsOrder;
 use sokana::query::{self, OutputFormat};
 use sokana::source::{self, SeedOptions, SourceError, SourceUrl};
 
-mod admin_cli;
-mod sql_cli;
-use sql_cli::CliFormat;
+mod cli;
+use cli::queries::CliFormat;
 
 /// mimalloc rather than the system allocator: a served answer makes many small allocations across
 /// threads (request, record, audit event, JSON), where glibc's malloc spent a fifth of the
@@ -117,27 +116,27 @@ enum Command {
     /// Users, roles, second factors and sessions.
     User {
         #[command(subcommand)]
-        command: admin_cli::UserCommand,
+        command: cli::admin::UserCommand,
     },
     /// API keys for machine clients.
     Key {
         #[command(subcommand)]
-        command: admin_cli::KeyCommand,
+        command: cli::admin::KeyCommand,
     },
     /// The audit trail of every data access.
     Audit {
         #[command(subcommand)]
-        command: admin_cli::AuditCommand,
+        command: cli::admin::AuditCommand,
     },
     /// A person's data: everything the warehouse holds about them, or its erasure.
     Privacy {
         #[command(subcommand)]
-        command: admin_cli::PrivacyCommand,
+        command: cli::admin::PrivacyCommand,
     },
     /// Encryption at rest of the warehouse's files.
     Warehouse {
         #[command(subcommand)]
-        command: admin_cli::WarehouseCommand,
+        command: cli::admin::WarehouseCommand,
     },
     /// Validate every pipeline, model and saved query against the live source and warehouse.
     Check,
@@ -248,24 +247,24 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Model { command } => model_command(&open(&cli.config)?, command).await,
         Command::Sql { format, engine, params, output, log, by, json, sql } => {
             if log {
-                return sql_cli::show_log(&Config::load(cli.config.as_deref())?, by, json).await;
+                return cli::queries::show_log(&Config::load(cli.config.as_deref())?, by, json).await;
             }
-            sql_cli::sql(&open(&cli.config)?, sql_cli::SqlArgs { sql, format, engine, params, output }).await
+            cli::queries::sql(&open(&cli.config)?, cli::queries::SqlArgs { sql, format, engine, params, output }).await
         }
         Command::Query { command } => match command {
-            QueryCommand::List { json } => sql_cli::list_saved(&Config::load(cli.config.as_deref())?, json),
+            QueryCommand::List { json } => cli::queries::list_saved(&Config::load(cli.config.as_deref())?, json),
             QueryCommand::Run { name, params, engine, format, output } => {
-                sql_cli::run_saved(&open(&cli.config)?, &name, &params, engine, format, output.as_deref()).await
+                cli::queries::run_saved(&open(&cli.config)?, &name, &params, engine, format, output.as_deref()).await
             }
         },
         Command::Export { command: ExportCommand::Duckdb { file } } => {
-            sql_cli::export_duckdb(&open(&cli.config)?, &file).await
+            cli::queries::export_duckdb(&open(&cli.config)?, &file).await
         }
-        Command::User { command } => admin_cli::user(&Config::load(cli.config.as_deref())?, command).await,
-        Command::Key { command } => admin_cli::key(&Config::load(cli.config.as_deref())?, command).await,
-        Command::Audit { command } => admin_cli::audit(&Config::load(cli.config.as_deref())?, command).await,
-        Command::Privacy { command } => admin_cli::privacy(&open(&cli.config)?, command, Bars::shared()).await,
-        Command::Warehouse { command } => admin_cli::warehouse(&open(&cli.config)?, command, Bars::shared()).await,
+        Command::User { command } => cli::admin::user(&Config::load(cli.config.as_deref())?, command).await,
+        Command::Key { command } => cli::admin::key(&Config::load(cli.config.as_deref())?, command).await,
+        Command::Audit { command } => cli::admin::audit(&Config::load(cli.config.as_deref())?, command).await,
+        Command::Privacy { command } => cli::admin::privacy(&open(&cli.config)?, command, Bars::shared()).await,
+        Command::Warehouse { command } => cli::admin::warehouse(&open(&cli.config)?, command, Bars::shared()).await,
         Command::Check => check(&open(&cli.config)?).await,
         Command::Serve => serve(&open(&cli.config)?).await,
     }
