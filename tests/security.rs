@@ -548,6 +548,19 @@ async fn each_role_sees_each_column_as_the_policy_says() {
     let export = json!({ "sql": "SELECT id FROM raw.doulas" });
     let (status, withheld) = http.send("POST", "/api/v1/query?format=csv", Some(&analyst), Some(export)).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "a streamed export too: {withheld}");
+    // A person's privacy export too: it leaves only after its record is stored.
+    let client: String = rusqlite::Connection::open(project.sqlite_path())
+        .expect("sqlite")
+        .query_row("SELECT id FROM phi_clients LIMIT 1", [], |r| r.get(0))
+        .expect("a client");
+    let (status, withheld) =
+        http.send("POST", "/api/v1/privacy/export", Some(&admin_key), Some(json!({ "client": client }))).await;
+    assert_eq!(
+        (status, withheld["error"]["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("audit_unavailable")),
+        "a privacy export: {withheld}"
+    );
+    assert!(withheld.get("tables").is_none());
     meta.execute_batch("DROP TRIGGER refuse_audit").expect("drop trigger");
     let (status, answered) = query(analyst.clone(), "SELECT count(*) AS n FROM raw.doulas".into()).await;
     assert_eq!(status, 200, "{answered}");
