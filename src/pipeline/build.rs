@@ -190,8 +190,9 @@ async fn build_one(
     let streams = datafusion::physical_plan::execute_stream_partitioned(plan, ctx.task_ctx()).map_err(sql_err)?;
     let written = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let label = model.target.to_string();
-    let rows =
-        streams.into_iter().map(|s| super::with_fault_point(with_schema(s, schema.clone()), &label, written.clone()));
+    let rows = streams
+        .into_iter()
+        .map(|s| super::streams::with_fault_point(with_schema(s, schema.clone()), &label, written.clone()));
     let outcome = warehouse
         .replace(ReplaceRequest {
             table: model.target.clone(),

@@ -9,6 +9,7 @@ pub mod project;
 pub mod runlog;
 pub mod schedule;
 pub mod spec;
+mod streams;
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -17,10 +18,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::execution::SendableRecordBatchStream;
-use datafusion::functions_aggregate::min_max::MaxAccumulator;
-use datafusion::logical_expr::Accumulator;
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::{StreamExt, TryStreamExt};
 use serde_json::json;
 
@@ -37,49 +34,8 @@ use runlog::{RunLock, RunLog, RunLogError, Status, TableRecord};
 use spec::{ColumnClass, Pipeline, SpecError, Sync, TableSpec};
 
 pub use project::Project;
-
-/// Set to `TARGET:ROWS` (e.g. `raw.hours:5000`, `marts.fct_hours:1`) to stop a load or a model
-/// build once that many rows of that table have streamed into the warehouse writer: the process
-/// prints [`FAULT_POINT_MESSAGE`] to stderr and waits there, so that the crash tests can `kill -9`
-/// it at an exact point, before the commit.
-pub const FAULT_PAUSE_ENV: &str = "SOKANA_FAULT_PAUSE_AFTER_ROWS";
-pub const FAULT_POINT_MESSAGE: &str = "fault point reached";
-
-/// The row count at which [`FAULT_PAUSE_ENV`] stops the writing of `label`, if it names it.
-fn fault_pause_after(label: &str) -> Option<u64> {
-    std::env::var(FAULT_PAUSE_ENV)
-        .ok()
-        .and_then(|v| v.rsplit_once(':').filter(|(t, _)| *t == label).and_then(|(_, n)| n.parse().ok()))
-}
-
-/// Stops this thread for good once `total` rows of `label` reached the fault point, saying so.
-fn pause_at_fault_point(label: &str, total: u64, pause_after: Option<u64>) {
-    if pause_after.is_some_and(|n| total >= n) {
-        eprintln!("{FAULT_POINT_MESSAGE}: {label} after {total} rows; waiting to be killed");
-        loop {
-            std::thread::park();
-        }
-    }
-}
-
-/// Counts the rows of `stream` into `total` (shared by a table's partitions) and honours
-/// [`FAULT_PAUSE_ENV`] for `label`.
-fn with_fault_point(
-    stream: SendableRecordBatchStream,
-    label: &str,
-    total: Arc<AtomicU64>,
-) -> SendableRecordBatchStream {
-    let Some(pause_after) = fault_pause_after(label) else { return stream };
-    let schema = stream.schema();
-    let label = label.to_string();
-    let observed = stream.inspect(move |batch| {
-        if let Ok(batch) = batch {
-            let seen = total.fetch_add(batch.num_rows() as u64, Ordering::Relaxed) + batch.num_rows() as u64;
-            pause_at_fault_point(&label, seen, Some(pause_after));
-        }
-    });
-    Box::pin(RecordBatchStreamAdapter::new(schema, observed))
-}
+pub use streams::{FAULT_PAUSE_ENV, FAULT_POINT_MESSAGE};
+use streams::{keep_out, observe, step_back, track_cursor};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -524,69 +480,6 @@ impl Loads<'_> {
         record.cursor = newest.lock().ok().and_then(|c| *c).map(|c| c.to_string());
         Ok(())
     }
-}
-
-fn step_back(cursor: CursorValue, seconds: u64) -> CursorValue {
-    match cursor {
-        CursorValue::Timestamp(ts) => CursorValue::Timestamp(ts - chrono::Duration::seconds(seconds as i64)),
-        other => other,
-    }
-}
-
-/// Counts rows as they stream, reports progress, and honours [`FAULT_PAUSE_ENV`].
-fn observe(
-    stream: SendableRecordBatchStream,
-    label: &str,
-    read: Arc<AtomicU64>,
-    progress: &Arc<dyn Progress>,
-) -> SendableRecordBatchStream {
-    let pause_after = fault_pause_after(label);
-    let schema = stream.schema();
-    let progress = progress.clone();
-    let label = label.to_string();
-    let observed = stream.inspect(move |batch| {
-        if let Ok(batch) = batch {
-            let total = read.fetch_add(batch.num_rows() as u64, Ordering::Relaxed) + batch.num_rows() as u64;
-            progress.update(&label, total);
-            pause_at_fault_point(&label, total, pause_after);
-        }
-    });
-    Box::pin(RecordBatchStreamAdapter::new(schema, observed))
-}
-
-/// Keeps in `newest` the largest cursor value that passes through a stream (for the run log; the
-/// next run reads it from the table).
-fn track_cursor(
-    stream: SendableRecordBatchStream,
-    column: usize,
-    newest: Arc<Mutex<Option<CursorValue>>>,
-) -> SendableRecordBatchStream {
-    let schema = stream.schema();
-    let tracked = stream.inspect(move |batch| {
-        let Ok(batch) = batch else { return };
-        let largest = MaxAccumulator::try_new(batch.column(column).data_type()).and_then(|mut max| {
-            max.update_batch(std::slice::from_ref(batch.column(column)))?;
-            max.evaluate()
-        });
-        if let Some(value) = largest.ok().as_ref().and_then(CursorValue::from_scalar)
-            && let Ok(mut newest) = newest.lock()
-        {
-            *newest = (*newest).max(Some(value));
-        }
-    });
-    Box::pin(RecordBatchStreamAdapter::new(schema, tracked))
-}
-
-/// Drops the rows of erased people from a load's stream, counting them.
-fn keep_out(stream: SendableRecordBatchStream, withhold: Withhold, count: Arc<AtomicU64>) -> SendableRecordBatchStream {
-    let schema = stream.schema();
-    let kept = stream.map(move |batch| {
-        let (batch, dropped) =
-            withhold.apply(batch?).map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
-        count.fetch_add(dropped, Ordering::Relaxed);
-        Ok(batch)
-    });
-    Box::pin(RecordBatchStreamAdapter::new(schema, kept))
 }
 
 /// Every pipeline's lock and the models' (privacy erasure): fails at once if a pipeline is running,
