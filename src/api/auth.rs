@@ -146,7 +146,13 @@ pub(super) async fn authorize(State(state): State<AppState>, mut request: Reques
 
 /// Marks a response whose query's audit record, stored before it left, stands for the request.
 #[derive(Clone, Copy)]
-pub(super) struct AuditedByQuery;
+struct AuditedByQuery;
+
+/// `response`, marked so that [`authorize`] adds no record of the route: its query's stands for it.
+pub(super) fn audited_by_query(mut response: Response) -> Response {
+    response.extensions_mut().insert(AuditedByQuery);
+    response
+}
 
 #[derive(Deserialize)]
 pub(super) struct AuditQuery {

@@ -26,13 +26,11 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::auth::{Auth, Permission};
-use crate::config::Config;
 use crate::pipeline::runlog::{RunLock, RunLog, RunLogError};
 use crate::pipeline::spec::Pipeline;
 use crate::pipeline::{self, Project, schedule};
 use crate::progress::{Progress, Silent};
 use crate::query::engine::QueryEngine;
-use crate::warehouse::Warehouse;
 
 /// Request bodies larger than this are refused (a query is text, not data).
 const MAX_BODY: usize = 1024 * 1024;
@@ -43,8 +41,6 @@ pub struct AppState(Arc<Shared>);
 
 pub struct Shared {
     pub project: Project,
-    pub config: Arc<Config>,
-    pub warehouse: Warehouse,
     pub engine: Arc<QueryEngine>,
     pub auth: Arc<Auth>,
     /// The classes and administrators' tables the engine masks by, for the catalog listing.
@@ -65,14 +61,7 @@ impl AppState {
         let engine = QueryEngine::open(config, project.warehouse().clone())?
             .with_policy(policy.clone())
             .with_recorder(Arc::new(recorder));
-        Ok(AppState(Arc::new(Shared {
-            project: project.clone(),
-            config: config.clone(),
-            warehouse: project.warehouse().clone(),
-            engine: Arc::new(engine),
-            auth,
-            policy,
-        })))
+        Ok(AppState(Arc::new(Shared { project: project.clone(), engine: Arc::new(engine), auth, policy })))
     }
 }
 
@@ -175,7 +164,7 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn(refuse_declared_oversize))
         .layer(compression())
         .layer(axum::middleware::from_fn(request_id))
-        .layer(axum::middleware::from_fn_with_state(state.config.server.tls_cert.is_some(), security_headers))
+        .layer(axum::middleware::from_fn_with_state(state.project.config().server.tls_cert.is_some(), security_headers))
         .with_state(state)
 }
 
@@ -270,7 +259,7 @@ async fn live() -> impl IntoResponse {
 
 /// Ready when the warehouse can be listed.
 async fn ready(State(state): State<AppState>) -> impl IntoResponse {
-    match state.warehouse.list_tables().await {
+    match state.project.warehouse().list_tables().await {
         Ok(tables) => (StatusCode::OK, Json(json!({ "status": "ok", "tables": tables.len() }))),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "unavailable", "reason": e.to_string() }))),
     }
@@ -329,7 +318,7 @@ fn find(state: &AppState, name: &str) -> Result<Pipeline, ApiError> {
 }
 
 fn run_log(state: &AppState) -> Result<RunLog, ApiError> {
-    RunLog::open(&state.config.state_dir()).map_err(ApiError::internal)
+    RunLog::open(&state.project.config().state_dir()).map_err(ApiError::internal)
 }
 
 async fn list_pipelines(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
@@ -385,7 +374,7 @@ async fn list_decisions(
 async fn start_run(State(state): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
     let pipeline = find(&state, &name)?;
     // A quick look at the lock gives the caller a clear 409; the run takes the lock for itself.
-    match RunLock::acquire(&state.config.state_dir(), &name) {
+    match RunLock::acquire(&state.project.config().state_dir(), &name) {
         Ok(lock) => drop(lock),
         Err(RunLogError::AlreadyRunning { .. }) => {
             return Err(ApiError::new(StatusCode::CONFLICT, "already_running", format!("pipeline {name} is running")));
@@ -416,14 +405,14 @@ pub struct Listening {
 /// endpoint (on `server.pgwire`) running beside the server; over TLS when a certificate is set.
 /// `ready` is called once both endpoints accept connections.
 pub async fn serve(state: AppState, ready: impl FnOnce(Listening)) -> std::io::Result<()> {
-    let tls = tls::Tls::from_config(&state.config).map_err(std::io::Error::other)?;
+    let tls = tls::Tls::from_config(state.project.config()).map_err(std::io::Error::other)?;
     let wire_tls = tls.as_ref().map(|t| t.pgwire.clone());
-    let listen = state.config.server.listen;
+    let listen = state.project.config().server.listen;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| std::io::Error::new(e.kind(), format!("the HTTP endpoint on {listen} (server.listen): {e}")))?;
     let (wire, pgwire) =
-        pgwire::start(state.config.server.pgwire, state.engine.clone(), state.auth.clone(), wire_tls).await?;
+        pgwire::start(state.project.config().server.pgwire, state.engine.clone(), state.auth.clone(), wire_tls).await?;
     ready(Listening { http: listener.local_addr()?, pgwire, tls: tls.is_some() });
     let scheduled = schedule::start(&state.project);
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();

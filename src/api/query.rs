@@ -122,7 +122,9 @@ pub async fn post_query(
         Some(value) => saved::params_from_json(value).map_err(|e| ApiError::query(e, &request_id))?,
         None => Params::None,
     };
-    answer(&state, caller(identity, &request_id, address), &request_id, &url, &headers, sql, params, &body).await
+    answer(&state, caller(identity, &request_id, address), &request_id, &url, &headers, sql, params, &body)
+        .await
+        .map(super::auth::audited_by_query)
 }
 
 pub async fn run_saved(
@@ -167,10 +169,11 @@ pub async fn run_saved(
         &body,
     )
     .await
+    .map(super::auth::audited_by_query)
 }
 
 fn find_saved(state: &AppState, name: &str) -> Result<saved::SavedQuery, ApiError> {
-    let all = saved::load_all(&state.config.queries_dir()).map_err(ApiError::internal)?;
+    let all = saved::load_all(&state.project.config().queries_dir()).map_err(ApiError::internal)?;
     all.into_iter()
         .find(|q| q.name == name)
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "unknown_query", format!("no saved query named {name:?}")))
@@ -192,25 +195,9 @@ fn versions_digest(output: &QueryOutput) -> String {
 
 /// The answer to a query request. Every answer leaves after its query's audit record is stored,
 /// and that record (who, from where, the request id, what was read) stands for the request: the
-/// route's own record would only repeat it.
+/// route's own record would only repeat it, so the answer is marked as audited.
 #[allow(clippy::too_many_arguments)]
 async fn answer(
-    state: &AppState,
-    caller: Caller,
-    request_id: &RequestId,
-    url: &FormatQuery,
-    headers: &HeaderMap,
-    sql: String,
-    params: Params,
-    body: &QueryBody,
-) -> Result<Response, ApiError> {
-    let mut response = respond(state, caller, request_id, url, headers, sql, params, body).await?;
-    response.extensions_mut().insert(super::auth::AuditedByQuery);
-    Ok(response)
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn respond(
     state: &AppState,
     caller: Caller,
     request_id: &RequestId,
@@ -387,7 +374,7 @@ pub async fn list_saved(
     caller: super::auth::Authenticated,
 ) -> Result<Response, ApiError> {
     let request_id = caller.request_id;
-    let all = saved::load_all(&state.config.queries_dir()).map_err(|e| ApiError::query(e, &request_id))?;
+    let all = saved::load_all(&state.project.config().queries_dir()).map_err(|e| ApiError::query(e, &request_id))?;
     Ok(axum::Json(json!({ "queries": all })).into_response())
 }
 

@@ -24,8 +24,7 @@ use sha2::{Digest, Sha256};
 
 use super::model::{Materialized, Model};
 use super::runlog::{RunLog, Status, TableRecord};
-use super::{PipelineError, warehouse};
-use crate::config::Config;
+use super::{PipelineError, Project};
 use crate::progress::Progress;
 use crate::query;
 use crate::warehouse::{Maintenance, ReplaceRequest, TableName, Warehouse};
@@ -38,17 +37,17 @@ const PSEUDONYM_KEY_FILE: &str = "pseudonym.key";
 /// Builds `models` (in build order), recording each in the run log under `run_id`. Models that
 /// read an `unavailable` table (its load failed) are skipped.
 pub async fn build(
-    config: &Config,
+    project: &Project,
     models: &[&Model],
     unavailable: &BTreeSet<TableName>,
     run_id: &str,
     log: &RunLog,
     progress: &Arc<dyn Progress>,
 ) -> Result<Vec<TableRecord>, PipelineError> {
-    let warehouse = warehouse(config)?;
-    let key = pseudonym_key(&config.state_dir())?;
-    let ctx = model_session(&warehouse, &key).await?;
-    let maintenance = config.maintenance();
+    let warehouse = project.warehouse();
+    let key = project.pseudonym_key()?;
+    let ctx = model_session(warehouse, &key).await?;
+    let maintenance = project.config().maintenance();
     let mut failed: BTreeSet<TableName> = unavailable.clone();
     let mut records = Vec::new();
     for model in models {
@@ -61,7 +60,7 @@ pub async fn build(
             record.status = Status::Skipped;
             record.error = Some(format!("not built: it reads {input}, which failed in this run"));
         } else {
-            match build_one(&ctx, &warehouse, &key, model, run_id, &maintenance).await {
+            match build_one(&ctx, warehouse, &key, model, run_id, &maintenance).await {
                 Ok(Built::Unchanged) => record.status = Status::Unchanged,
                 Ok(Built::Replaced { rows, version }) => {
                     record.status = Status::Succeeded;
@@ -72,7 +71,7 @@ pub async fn build(
                     if let Err(e) = warehouse.maintain(&model.target, &maintenance, true).await {
                         tracing::warn!(table = %label, error = %e, "maintenance failed; the build itself is committed");
                     }
-                    query::refresh(&ctx, &warehouse, &model.target)
+                    query::refresh(&ctx, warehouse, &model.target)
                         .await
                         .map_err(|e| PipelineError::Query(e.to_string()))?;
                 }

@@ -125,7 +125,7 @@ pub async fn build_models(
     let _lock = RunLock::wait(&state_dir, MODELS_LOCK).await?;
     let log = RunLog::open(&state_dir)?;
     let run_id = log.start(MODELS_RUN, trigger)?;
-    let outcome = build::build(config, &models, &BTreeSet::new(), &run_id, &log, progress).await;
+    let outcome = build::build(project, &models, &BTreeSet::new(), &run_id, &log, progress).await;
     finish_run(&log, run_id, MODELS_RUN, outcome)
 }
 
@@ -240,7 +240,7 @@ async fn build_after_loads(
     let failed: BTreeSet<TableName> =
         tables.iter().filter(|t| t.error.is_some()).filter_map(|t| t.target.parse().ok()).collect();
     let _lock = RunLock::wait(&config.state_dir(), MODELS_LOCK).await?;
-    build::build(config, &models, &failed, run_id, log, progress).await
+    build::build(project, &models, &failed, run_id, log, progress).await
 }
 
 async fn run_locked(
@@ -509,7 +509,7 @@ pub async fn rebuild_after_erasure(
     }
     let log = RunLog::open(&config.state_dir())?;
     let run_id = log.start(MODELS_RUN, "privacy erase")?;
-    let outcome = build::build(config, &models, &BTreeSet::new(), &run_id, &log, progress).await;
+    let outcome = build::build(project, &models, &BTreeSet::new(), &run_id, &log, progress).await;
     finish_run(&log, run_id, MODELS_RUN, outcome)?;
     Ok(models.iter().map(|m| m.target.clone()).collect())
 }

@@ -42,6 +42,12 @@ impl CachedResult {
         let rows = super::export::encode(super::export::ExportFormat::Json, self.schema.clone(), &self.batches)?;
         Ok(self.json_rows.get_or_init(|| rows))
     }
+
+    /// What the entry weighs in the cache: its batches and, once asked for, their JSON (counted as
+    /// as many bytes again).
+    fn weight(&self) -> u64 {
+        self.bytes.saturating_mul(2)
+    }
 }
 
 /// What goes into a key. Building it in one place keeps every caller's key complete.
@@ -150,10 +156,7 @@ impl ResultCache {
         let entries = moka::future::Cache::builder()
             .max_capacity(capacity_bytes)
             .time_to_live(ttl)
-            // An entry holds its batches and, once asked for, their JSON: counted as as many bytes again.
-            .weigher(|_key: &String, value: &Arc<CachedResult>| {
-                u32::try_from(value.bytes.saturating_mul(2)).unwrap_or(u32::MAX)
-            })
+            .weigher(|_key: &String, value: &Arc<CachedResult>| u32::try_from(value.weight()).unwrap_or(u32::MAX))
             .support_invalidation_closures()
             .build();
         ResultCache {
@@ -194,7 +197,7 @@ impl ResultCache {
 
     /// Keeps `result` unless it is too large to be worth a slot.
     pub async fn insert(&self, key: String, result: Arc<CachedResult>) {
-        if result.bytes.saturating_mul(2) <= self.largest {
+        if result.weight() <= self.largest {
             self.entries.insert(key, result).await;
         }
     }

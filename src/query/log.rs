@@ -1,8 +1,8 @@
 //! The query log (`STATE_DIR/queries.db`, SQLite): one row per query run through the engine, by
 //! whom, on which engine, the normalised SQL, the tables read, how long, how many rows and bytes,
-//! whether the cache answered, and the error. Rows are written by a background thread, a tenth of a
-//! second's worth per transaction, so a query never waits for the disk; dropping the log flushes it. It records what
-//! happened and never the data itself.
+//! whether the cache answered, and the error. Rows are written by a background thread, a tenth of
+//! a second's worth per transaction, so a query never waits for the disk; dropping the log flushes
+//! it. It records what happened and never the data itself.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
