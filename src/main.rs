@@ -313,11 +313,14 @@ struct Bars {
 
 impl Bars {
     fn shared() -> Arc<dyn Progress> {
-        Arc::new(Bars {
+        let bars: Arc<dyn Progress> = Arc::new(Bars {
             multi: MultiProgress::new(),
             bars: Mutex::new(HashMap::new()),
             terminal: std::io::stderr().is_terminal(),
-        })
+        });
+        #[cfg(feature = "fault-points")]
+        let bars = sokana::progress::fault::from_env(bars);
+        bars
     }
 }
 

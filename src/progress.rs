@@ -17,3 +17,58 @@ impl Progress for Silent {
     fn update(&self, _: &str, _: u64) {}
     fn finish(&self, _: &str, _: &str) {}
 }
+
+/// The crash tests' hook (built only with the `fault-points` feature, which the package's own
+/// dev-dependency on itself turns on for tests and benches, so release and debug builds of the
+/// binary do not have it): a [`Progress`] that stops the process at an exact row of a load or a
+/// model build, before its commit, for the test to `kill -9` it there.
+#[cfg(feature = "fault-points")]
+pub mod fault {
+    use std::sync::Arc;
+
+    use super::Progress;
+
+    /// Set to `TARGET:ROWS` (e.g. `raw.hours:5000`, `marts.fct_hours:1`) to stop once that many
+    /// rows of that table have streamed towards the warehouse writer.
+    pub const ENV: &str = "SOKANA_FAULT_PAUSE_AFTER_ROWS";
+    /// What the process prints to stderr when it stops there.
+    pub const MESSAGE: &str = "fault point reached";
+
+    struct FaultPoint {
+        inner: Arc<dyn Progress>,
+        target: String,
+        rows: u64,
+    }
+
+    /// `inner`, stopping at the point [`ENV`] names if it is set.
+    pub fn from_env(inner: Arc<dyn Progress>) -> Arc<dyn Progress> {
+        let point = std::env::var(ENV).ok().and_then(|v| {
+            let (target, rows) = v.rsplit_once(':')?;
+            Some((target.to_string(), rows.parse().ok()?))
+        });
+        match point {
+            Some((target, rows)) => Arc::new(FaultPoint { inner, target, rows }),
+            None => inner,
+        }
+    }
+
+    impl Progress for FaultPoint {
+        fn start(&self, label: &str, total: Option<u64>) {
+            self.inner.start(label, total);
+        }
+
+        fn update(&self, label: &str, done: u64) {
+            self.inner.update(label, done);
+            if label == self.target && done >= self.rows {
+                eprintln!("{MESSAGE}: {label} after {done} rows; waiting to be killed");
+                loop {
+                    std::thread::park();
+                }
+            }
+        }
+
+        fn finish(&self, label: &str, message: &str) {
+            self.inner.finish(label, message);
+        }
+    }
+}

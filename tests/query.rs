@@ -76,8 +76,8 @@ async fn tpch_queries_agree_across_engines() {
             engine.query(&request(&sql, EngineChoice::Duckdb)).await.unwrap_or_else(|e| panic!("Q{n} on DuckDB: {e}"));
         let (a, b) = (rows(&datafusion.result.batches), rows(&duckdb.result.batches));
         assert!(agree(&a, &b), "Q{n}: DataFusion and DuckDB disagree:\n{a:?}\n{b:?}");
-        assert_eq!(datafusion.result.engine, "datafusion");
-        assert_eq!(duckdb.result.engine, "duckdb");
+        assert_eq!(datafusion.result.engine, EngineChoice::Datafusion);
+        assert_eq!(duckdb.result.engine, EngineChoice::Duckdb);
     }
     // Q1 has rows at any scale: the comparison above compared something.
     let q1 = engine.query(&request(&tpch::query(1), EngineChoice::Auto)).await.expect("Q1 on auto");
@@ -88,7 +88,7 @@ async fn tpch_queries_agree_across_engines() {
     // `auto` learns DuckDB first, and gives its answer DataFusion's names and types (DuckDB
     // averages decimals into doubles).
     let planned = engine.query(&request(&tpch::query(1), EngineChoice::Datafusion)).await.expect("Q1");
-    assert_eq!(q1.result.engine, "duckdb");
+    assert_eq!(q1.result.engine, EngineChoice::Duckdb);
     assert_eq!(q1.result.schema, planned.result.schema);
 }
 

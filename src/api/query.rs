@@ -264,7 +264,7 @@ async fn answer(
     let mut response_headers = HeaderMap::new();
     response_headers.insert(header::ETAG, header_value(&etag));
     response_headers.insert("x-cache", HeaderValue::from_static(if output.cache_hit { "hit" } else { "miss" }));
-    response_headers.insert("x-engine", HeaderValue::from_static(output.result.engine));
+    response_headers.insert("x-engine", HeaderValue::from_static(output.result.engine.name()));
     if headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
@@ -365,7 +365,7 @@ async fn stream(
     let mut headers = HeaderMap::new();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
     headers.insert("x-cache", HeaderValue::from_static("bypass"));
-    headers.insert("x-engine", HeaderValue::from_static(engine));
+    headers.insert("x-engine", HeaderValue::from_static(engine.name()));
     Ok((headers, Body::from_stream(chunks)).into_response())
 }
 

@@ -60,7 +60,7 @@ pub async fn build(
             record.status = Status::Skipped;
             record.error = Some(format!("not built: it reads {input}, which failed in this run"));
         } else {
-            match build_one(&ctx, warehouse, &key, model, run_id, &maintenance).await {
+            match build_one(&ctx, warehouse, &key, model, run_id, &maintenance, progress).await {
                 Ok(Built::Unchanged) => record.status = Status::Unchanged,
                 Ok(Built::Replaced { rows, version }) => {
                     record.status = Status::Succeeded;
@@ -119,6 +119,7 @@ async fn build_one(
     model: &Model,
     run_id: &str,
     maintenance: &Maintenance,
+    progress: &Arc<dyn Progress>,
 ) -> Result<Built, PipelineError> {
     let model_err = |message: String| PipelineError::Model { path: model.path.clone(), message };
     let mut inputs: BTreeMap<String, u64> = BTreeMap::new();
@@ -191,7 +192,7 @@ async fn build_one(
     let label = model.target.to_string();
     let rows = streams
         .into_iter()
-        .map(|s| super::streams::with_fault_point(with_schema(s, schema.clone()), &label, written.clone()));
+        .map(|s| super::streams::observe(with_schema(s, schema.clone()), &label, written.clone(), progress));
     let outcome = warehouse
         .replace(ReplaceRequest {
             table: model.target.clone(),

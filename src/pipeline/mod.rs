@@ -34,7 +34,6 @@ use runlog::{RunLock, RunLog, RunLogError, Status, TableRecord};
 use spec::{ColumnClass, Pipeline, SpecError, Sync, TableSpec};
 
 pub use project::Project;
-pub use streams::{FAULT_PAUSE_ENV, FAULT_POINT_MESSAGE};
 use streams::{keep_out, observe, step_back, track_cursor};
 
 #[derive(Debug, thiserror::Error)]

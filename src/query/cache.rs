@@ -15,6 +15,7 @@ use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 use sha2::{Digest, Sha256};
 
+use crate::query::engine::EngineChoice;
 use crate::warehouse::TableName;
 
 /// One cached answer.
@@ -22,7 +23,8 @@ use crate::warehouse::TableName;
 pub struct CachedResult {
     pub schema: SchemaRef,
     pub batches: Vec<RecordBatch>,
-    pub engine: &'static str,
+    /// The engine that answered: DataFusion or DuckDB.
+    pub engine: EngineChoice,
     pub rows: u64,
     pub bytes: u64,
     /// For a page: whether rows follow it.
@@ -239,7 +241,7 @@ mod tests {
             Arc::new(CachedResult {
                 schema,
                 batches: vec![],
-                engine: "datafusion",
+                engine: EngineChoice::Datafusion,
                 rows: 0,
                 bytes: 10,
                 has_more: false,

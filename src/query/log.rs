@@ -12,6 +12,8 @@ use std::thread::JoinHandle;
 use rusqlite::{Connection, params};
 use serde::Serialize;
 
+use crate::query::engine::EngineChoice;
+
 /// How many entries may wait for the writer before a query waits for it instead: more than
 /// [`GATHER`] collects at tens of thousands of queries a second.
 const QUEUE: usize = 16_384;
@@ -35,8 +37,8 @@ pub struct QueryRecord {
     /// `cli`, `http`, `pgwire` or `dashboard`.
     pub origin: String,
     pub request_id: String,
-    /// The engine that answered: `datafusion` or `duckdb`.
-    pub engine: String,
+    /// The engine that answered, or the one asked for when the query failed before one was chosen.
+    pub engine: EngineChoice,
     pub sql: String,
     /// The plan's shape (operators and tables, no literals), which `auto` routing learns from.
     pub shape: String,
@@ -121,7 +123,9 @@ impl QueryLog {
                     user: r.get(1)?,
                     origin: r.get(2)?,
                     request_id: r.get(3)?,
-                    engine: r.get(4)?,
+                    engine: EngineChoice::parse(&r.get::<_, String>(4)?).ok_or_else(|| {
+                        rusqlite::Error::InvalidColumnType(4, "engine".into(), rusqlite::types::Type::Text)
+                    })?,
                     sql: r.get(5)?,
                     shape: r.get(6)?,
                     tables: serde_json::from_str(&tables).unwrap_or_default(),
@@ -234,7 +238,7 @@ fn write_batch(conn: &mut Connection, batch: &[QueryRecord]) -> rusqlite::Result
                 r.user,
                 r.origin,
                 r.request_id,
-                r.engine,
+                r.engine.name(),
                 r.sql,
                 r.shape,
                 serde_json::to_string(&r.tables).unwrap_or_default(),

@@ -379,7 +379,7 @@ pub async fn warehouse_count(config: &Config, sql: &str) -> i64 {
 pub fn kill_at_fault_point(mut cmd: Command, fault: &str) {
     use std::io::BufRead;
     let mut child = cmd
-        .env(sokana::pipeline::FAULT_PAUSE_ENV, fault)
+        .env(sokana::progress::fault::ENV, fault)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -388,7 +388,7 @@ pub fn kill_at_fault_point(mut cmd: Command, fault: &str) {
     let mut seen = Vec::new();
     for line in std::io::BufReader::new(stderr).lines() {
         let line = line.expect("stderr line");
-        let reached = line.contains(sokana::pipeline::FAULT_POINT_MESSAGE);
+        let reached = line.contains(sokana::progress::fault::MESSAGE);
         seen.push(line);
         if reached {
             child.kill().expect("kill -9");

@@ -232,7 +232,8 @@ impl QueryEngine {
     pub async fn query(&self, request: &QueryRequest) -> Result<QueryOutput, QueryError> {
         let started = Instant::now();
         let at = Utc::now();
-        let mut record = QueryRecord::default();
+        // The engine asked for, until one is chosen (a query that fails before is logged under it).
+        let mut record = QueryRecord { engine: request.engine, ..QueryRecord::default() };
         let result = self.query_logged(request, &mut record).await;
         let ticket = self.finish(request, record, at, started, result.as_ref().err().map(QueryError::code));
         // No answer leaves before the record of it is written (a crash must not lose it).
@@ -317,7 +318,7 @@ impl QueryEngine {
         let result = Arc::new(CachedResult {
             schema,
             batches,
-            engine: engine.name(),
+            engine,
             rows,
             bytes,
             has_more,
@@ -337,7 +338,8 @@ impl QueryEngine {
     pub async fn stream(self: &Arc<Self>, request: &QueryRequest) -> Result<QueryStream, QueryError> {
         let started = Instant::now();
         let at = Utc::now();
-        let mut record = QueryRecord::default();
+        // The engine asked for, until one is chosen (a query that fails before is logged under it).
+        let mut record = QueryRecord { engine: request.engine, ..QueryRecord::default() };
         let opened = self.open_stream(request, &mut record).await;
         let stream = match opened {
             Ok(stream) => stream,
@@ -401,15 +403,15 @@ impl QueryEngine {
             let (schema, batches, _) =
                 tokio::time::timeout(self.limits.timeout, run).await.map_err(|_| QueryError::Timeout { seconds })??;
             let batches = futures::stream::iter(batches.into_iter().map(Ok));
-            return Ok(Stream0 { schema, engine: "duckdb", batches: Box::pin(batches) });
+            return Ok(Stream0 { schema, engine: EngineChoice::Duckdb, batches: Box::pin(batches) });
         }
-        record.engine = EngineChoice::Datafusion.name().into();
+        record.engine = EngineChoice::Datafusion;
         let (physical, task, _) = self.physical(request, None).await?;
         let limit = self.limits.memory_limit_mb;
         let stream = execute_stream(physical, task).map_err(|e| df_error(e, limit))?;
         let schema = stream.schema();
         let batches = stream.map(move |b| b.map_err(|e| df_error(e, limit)));
-        Ok(Stream0 { schema, engine: "datafusion", batches: Box::pin(batches) })
+        Ok(Stream0 { schema, engine: EngineChoice::Datafusion, batches: Box::pin(batches) })
     }
 
     /// What planning found for `request` and the engine that will run it, noted in its log record.
@@ -420,7 +422,7 @@ impl QueryEngine {
     ) -> Result<(Arc<Prepared>, EngineChoice), QueryError> {
         let prepared = self.prepare(request).await?;
         let engine = self.resolve(request, &prepared)?;
-        record.engine = engine.name().into();
+        record.engine = engine;
         record.shape = prepared.shape.clone();
         record.tables = prepared.tables.iter().map(ToString::to_string).collect();
         record.columns = prepared.columns.clone();
@@ -448,9 +450,6 @@ impl QueryEngine {
         record.sql = self.log_texts.get_with_by_ref(&request.sql, || normalise_for_log(&request.sql));
         record.duration_us = started.elapsed().as_micros() as u64;
         record.error = error.map(str::to_string);
-        if record.engine.is_empty() {
-            record.engine = request.engine.name().into();
-        }
         let ticket = self.recorder.as_ref().map(|recorder| recorder.record(&request.caller, &record));
         if let Some(log) = &self.log {
             log.record(record);
@@ -468,7 +467,7 @@ type Answer = (SchemaRef, Vec<RecordBatch>, Vec<(TableName, i64)>);
 /// Batches and schema of an opened stream, before it is wrapped for the log and the deadline.
 struct Stream0 {
     schema: SchemaRef,
-    engine: &'static str,
+    engine: EngineChoice,
     batches: Pin<Box<dyn Stream<Item = Result<RecordBatch, QueryError>> + Send>>,
 }
 

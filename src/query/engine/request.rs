@@ -14,9 +14,10 @@ use crate::query::{Params, QueryError};
 use crate::warehouse::TableName;
 
 /// Which engine answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum EngineChoice {
+    #[default]
     Datafusion,
     Duckdb,
     Auto,
@@ -39,6 +40,12 @@ impl EngineChoice {
             EngineChoice::Duckdb => "duckdb",
             EngineChoice::Auto => "auto",
         }
+    }
+}
+
+impl std::fmt::Display for EngineChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -98,7 +105,7 @@ pub struct QueryOutput {
 /// A streamed answer: batches as the engine produces them.
 pub struct QueryStream {
     pub schema: SchemaRef,
-    pub engine: &'static str,
+    pub engine: EngineChoice,
     pub batches: Pin<Box<dyn Stream<Item = Result<RecordBatch, QueryError>> + Send>>,
 }
 
