@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::{JsonRequest, JsonResponse};
+
 use std::path::Path;
 
 use serde_json::{Value, json};

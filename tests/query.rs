@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::{JsonRequest, JsonResponse};
+
 use std::collections::HashMap;
 use std::process::Command;
 use std::sync::Arc;

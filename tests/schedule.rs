@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::JsonResponse;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::{JsonRequest, JsonResponse};
+
 use std::collections::BTreeMap;
 use std::process::Command;
 

@@ -294,27 +294,47 @@ async fn answer(
         selected = export::encode(ExportFormat::Json, schema.clone(), &batches).map_err(fail)?;
         &selected
     };
-    let columns: Vec<serde_json::Value> =
-        schema.fields().iter().map(|f| json!({ "name": f.name(), "type": f.data_type().to_string() })).collect();
-    let tables: serde_json::Map<String, serde_json::Value> =
-        output.tables.iter().map(|(t, v)| (t.to_string(), json!(v))).collect();
-    let head = json!({
-        "columns": columns,
-        "row_count": batches.iter().map(|b| b.num_rows()).sum::<usize>(),
-        "has_more": result.has_more,
-        "next_cursor": next_cursor,
-        "engine": result.engine,
-        "cached": output.cache_hit,
-        "tables": tables,
-        "request_id": request_id.0,
-    });
+    let head = AnswerHead {
+        cached: output.cache_hit,
+        columns: schema
+            .fields()
+            .iter()
+            .map(|f| ColumnHead { name: f.name(), r#type: f.data_type().to_string() })
+            .collect(),
+        engine: result.engine,
+        has_more: result.has_more,
+        next_cursor: next_cursor.as_deref(),
+        request_id: &request_id.0,
+        row_count: batches.iter().map(|b| b.num_rows()).sum(),
+        tables: output.tables.iter().map(|(t, v)| (t.to_string(), *v)).collect(),
+    };
     // The rows are already JSON; they are spliced in rather than parsed and printed again.
-    let mut text = serde_json::to_vec(&head).map_err(ApiError::internal)?;
+    let mut text = Vec::with_capacity(rows.len() + 512);
+    serde_json::to_writer(&mut text, &head).map_err(ApiError::internal)?;
     text.pop();
     text.extend_from_slice(b",\"rows\":");
     text.extend_from_slice(rows);
     text.push(b'}');
     Ok((response_headers, text).into_response())
+}
+
+/// A JSON answer's fields other than its rows, in the order clients have always seen them.
+#[derive(serde::Serialize)]
+struct AnswerHead<'a> {
+    cached: bool,
+    columns: Vec<ColumnHead<'a>>,
+    engine: EngineChoice,
+    has_more: bool,
+    next_cursor: Option<&'a str>,
+    request_id: &'a str,
+    row_count: usize,
+    tables: BTreeMap<String, i64>,
+}
+
+#[derive(serde::Serialize)]
+struct ColumnHead<'a> {
+    name: &'a str,
+    r#type: String,
 }
 
 fn header_value(text: &str) -> HeaderValue {

@@ -27,6 +27,14 @@ pub struct KeyInfo {
 
 const PREFIX: &str = "sk_";
 
+/// The columns [`key_identity`] reads, first in every query of a key (a macro, so that each query's
+/// text is one constant rather than formatted on every request).
+macro_rules! key_columns {
+    () => {
+        "k.role, k.expires_at, k.revoked_at, k.created_by, u.disabled"
+    };
+}
+
 impl Auth {
     /// A new key acting as `owner` (who must exist; disabling them stops the key) with `role`.
     pub async fn create_api_key(&self, name: &str, role: Role, days: i64, owner: &str) -> Result<NewKey, AuthError> {
@@ -109,11 +117,12 @@ impl Auth {
         let invalid = || AuthError::InvalidToken("unknown API key".into());
         let rest = token.strip_prefix(PREFIX).ok_or_else(invalid)?;
         let (id, secret) = rest.split_once('_').ok_or_else(invalid)?;
-        let sql = format!(
-            "SELECT {KEY_COLUMNS}, k.hash, k.last_used_at FROM api_keys k JOIN users u ON u.name = k.created_by \
-             WHERE k.id = $1"
+        let sql = concat!(
+            "SELECT ",
+            key_columns!(),
+            ", k.hash, k.last_used_at FROM api_keys k JOIN users u ON u.name = k.created_by WHERE k.id = $1"
         );
-        let row = self.store.lookup(&sql, &[id.into()]).await?.ok_or_else(invalid)?;
+        let row = self.store.lookup(sql, &[id.into()]).await?.ok_or_else(invalid)?;
         if !constant_time_eq(row.text(5).as_bytes(), digest(secret).as_bytes()) {
             return Err(invalid());
         }
@@ -130,8 +139,12 @@ impl Auth {
     /// Who the key with `id` acts for now, without its secret (a wire connection that logged in
     /// with it, checked again).
     pub(super) async fn api_key_identity(&self, id: &str) -> Result<Identity, AuthError> {
-        let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys k JOIN users u ON u.name = k.created_by WHERE k.id = $1");
-        let row = self.store.lookup(&sql, &[id.into()]).await?;
+        let sql = concat!(
+            "SELECT ",
+            key_columns!(),
+            " FROM api_keys k JOIN users u ON u.name = k.created_by WHERE k.id = $1"
+        );
+        let row = self.store.lookup(sql, &[id.into()]).await?;
         key_identity(id, &row.ok_or(AuthError::SessionEnded)?)
     }
 
@@ -140,9 +153,6 @@ impl Auth {
         if Self::is_api_key(token) { self.verify_api_key(token).await } else { self.verify_access_token(token).await }
     }
 }
-
-/// The columns [`key_identity`] reads, first in every query of a key.
-const KEY_COLUMNS: &str = "k.role, k.expires_at, k.revoked_at, k.created_by, u.disabled";
 
 /// The identity a key's row (starting with [`KEY_COLUMNS`]) grants, unless it was revoked, its
 /// owner disabled, or it expired.

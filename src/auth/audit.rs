@@ -412,20 +412,22 @@ impl AccessRecorder for QueryAudit {
         self.audit.written(ticket).await.map_err(|e| e.to_string())
     }
 
-    fn record(&self, caller: &Caller, record: &QueryRecord) -> u64 {
-        let columns = record
-            .columns
-            .iter()
+    fn describe_columns(&self, columns: Vec<String>) -> Vec<String> {
+        columns
+            .into_iter()
             .map(|qualified| {
                 let class = qualified
                     .rsplit_once('.')
                     .and_then(|(table, column)| table.parse().ok().map(|t| self.policy.class_of(&t, column)));
                 match class {
                     Some(class) => format!("{qualified}:{class}"),
-                    None => qualified.clone(),
+                    None => qualified,
                 }
             })
-            .collect();
+            .collect()
+    }
+
+    fn record(&self, caller: &Caller, record: &QueryRecord) -> u64 {
         self.audit.record(Event {
             at: record.at.clone(),
             user: caller.user.clone(),
@@ -434,9 +436,9 @@ impl AccessRecorder for QueryAudit {
             address: caller.address.map(|a| a.to_string()).unwrap_or_default(),
             request_id: caller.request_id.clone(),
             action: "query".into(),
-            detail: record.sql.clone(),
-            tables: record.tables.clone(),
-            columns,
+            detail: record.sql.to_string(),
+            tables: record.tables.to_vec(),
+            columns: record.columns.to_vec(),
             rows: record.rows,
             outcome: record.error.clone().unwrap_or_else(|| "ok".into()),
         })

@@ -5,8 +5,8 @@
 //! it. It records what happened and never the data itself.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use rusqlite::{Connection, params};
@@ -39,13 +39,13 @@ pub struct QueryRecord {
     pub request_id: String,
     /// The engine that answered, or the one asked for when the query failed before one was chosen.
     pub engine: EngineChoice,
-    pub sql: String,
+    pub sql: Arc<str>,
     /// The plan's shape (operators and tables, no literals), which `auto` routing learns from.
-    pub shape: String,
-    pub tables: Vec<String>,
+    pub shape: Arc<str>,
+    pub tables: Arc<[String]>,
     /// Columns the plan reads, as `schema.table.column` (for the audit trail; not kept here).
     #[serde(skip)]
-    pub columns: Vec<String>,
+    pub columns: Arc<[String]>,
     pub duration_us: u64,
     pub rows: u64,
     pub bytes: u64,
@@ -126,10 +126,10 @@ impl QueryLog {
                     engine: EngineChoice::parse(&r.get::<_, String>(4)?).ok_or_else(|| {
                         rusqlite::Error::InvalidColumnType(4, "engine".into(), rusqlite::types::Type::Text)
                     })?,
-                    sql: r.get(5)?,
-                    shape: r.get(6)?,
-                    tables: serde_json::from_str(&tables).unwrap_or_default(),
-                    columns: Vec::new(),
+                    sql: r.get::<_, String>(5)?.into(),
+                    shape: r.get::<_, String>(6)?.into(),
+                    tables: serde_json::from_str::<Vec<String>>(&tables).unwrap_or_default().into(),
+                    columns: Arc::default(),
                     duration_us: r.get::<_, i64>(8)? as u64,
                     rows: r.get::<_, i64>(9)? as u64,
                     bytes: r.get::<_, i64>(10)? as u64,
@@ -239,7 +239,7 @@ fn write_batch(conn: &mut Connection, batch: &[QueryRecord]) -> rusqlite::Result
                 r.origin,
                 r.request_id,
                 r.engine.name(),
-                r.sql,
+                &*r.sql,
                 r.shape,
                 serde_json::to_string(&r.tables).unwrap_or_default(),
                 r.duration_us as i64,

@@ -479,3 +479,29 @@ pub fn serve_command(mut command: Command) -> Server {
         }
     }
 }
+
+/// JSON request bodies for reqwest without its `json` feature: turning that feature on for the
+/// tests would change the reqwest that object_store (and through it DataFusion and delta-rs) is
+/// built with, so a test or bench build after a release build would rebuild that whole stack.
+pub trait JsonRequest {
+    fn json<T: serde::Serialize + ?Sized>(self, body: &T) -> Self;
+}
+
+impl JsonRequest for reqwest::RequestBuilder {
+    fn json<T: serde::Serialize + ?Sized>(self, body: &T) -> Self {
+        self.header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(serde_json::to_vec(body).expect("a body that serialises"))
+    }
+}
+
+/// JSON response bodies, for the same reason as [`JsonRequest`].
+pub trait JsonResponse {
+    fn json<T: serde::de::DeserializeOwned>(self) -> impl std::future::Future<Output = Result<T, String>> + Send;
+}
+
+impl JsonResponse for reqwest::Response {
+    async fn json<T: serde::de::DeserializeOwned>(self) -> Result<T, String> {
+        let bytes = self.bytes().await.map_err(|e| e.to_string())?;
+        serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+    }
+}

@@ -52,7 +52,7 @@ pub struct QueryEngine {
     plans: moka::sync::Cache<String, Arc<OptimisedPlan>>,
     /// Query texts as the log and the audit trail show them (no literals), by the text: making one
     /// parses the text, which would cost a cached answer as much as the rest of it.
-    log_texts: moka::sync::Cache<String, String>,
+    log_texts: moka::sync::Cache<String, Arc<str>>,
     log: Option<QueryLog>,
     routing: Mutex<Routing>,
     limits: Limits,
@@ -69,6 +69,9 @@ pub struct QueryEngine {
 pub trait AccessRecorder: Send + Sync {
     /// Keeps the record; the ticket names it to [`AccessRecorder::settle`].
     fn record(&self, caller: &Caller, record: &QueryRecord) -> u64;
+    /// The columns a plan reads (`schema.table.column`) as its records will carry them; asked
+    /// once per planned text and scope.
+    fn describe_columns(&self, columns: Vec<String>) -> Vec<String>;
     /// Waits until the record with `ticket` is durable; an answer is handed over only then.
     async fn settle(&self, ticket: u64) -> Result<(), String>;
 }
@@ -353,7 +356,7 @@ impl QueryEngine {
         if let Some(recorder) = &self.recorder {
             let mut opening = record.clone();
             opening.at = at.to_rfc3339_opts(SecondsFormat::Micros, true);
-            opening.sql = normalise_for_log(&request.sql);
+            opening.sql = normalise_for_log(&request.sql).into();
             opening.error = Some("streaming".into());
             let ticket = recorder.record(&request.caller, &opening);
             recorder.settle(ticket).await.map_err(QueryError::Audit)?;
@@ -424,7 +427,7 @@ impl QueryEngine {
         let engine = self.resolve(request, &prepared)?;
         record.engine = engine;
         record.shape = prepared.shape.clone();
-        record.tables = prepared.tables.iter().map(ToString::to_string).collect();
+        record.tables = prepared.table_names.clone();
         record.columns = prepared.columns.clone();
         Ok((prepared, engine))
     }
@@ -447,7 +450,7 @@ impl QueryEngine {
         record.user = request.caller.user.clone();
         record.origin = request.caller.origin.into();
         record.request_id = request.caller.request_id.clone();
-        record.sql = self.log_texts.get_with_by_ref(&request.sql, || normalise_for_log(&request.sql));
+        record.sql = self.log_texts.get_with_by_ref(&request.sql, || normalise_for_log(&request.sql).into());
         record.duration_us = started.elapsed().as_micros() as u64;
         record.error = error.map(str::to_string);
         let ticket = self.recorder.as_ref().map(|recorder| recorder.record(&request.caller, &record));

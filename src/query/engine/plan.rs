@@ -37,9 +37,12 @@ pub(super) struct Prepared {
     /// the key) and calls no function whose value changes between runs (`now()`, `random()`).
     pub(super) cacheable: bool,
     pub(super) tables: Vec<TableName>,
-    /// Columns the optimised plan reads from warehouse tables, `schema.table.column`.
-    pub(super) columns: Vec<String>,
-    pub(super) shape: String,
+    /// The same, as the query log and the audit trail name them.
+    pub(super) table_names: Arc<[String]>,
+    /// Columns the optimised plan reads from warehouse tables, `schema.table.column`, as the
+    /// recorder describes them (with their class, for the audit trail).
+    pub(super) columns: Arc<[String]>,
+    pub(super) shape: Arc<str>,
 }
 
 impl QueryEngine {
@@ -99,7 +102,22 @@ impl QueryEngine {
         let planned = plan.is_ok();
         let schema = plan.as_ref().ok().map(|p| p.schema().inner().clone());
         let plan = plan.map(|p| crate::query::cache::digest(&p));
-        let prepared = Arc::new(Prepared { plan, schema, duck, warehouse_only, cacheable, tables, columns, shape });
+        // Worked out once per text and scope, not on every run: each run's record shares them.
+        let columns = match &self.recorder {
+            Some(recorder) => recorder.describe_columns(columns),
+            None => columns,
+        };
+        let prepared = Arc::new(Prepared {
+            plan,
+            schema,
+            duck,
+            warehouse_only,
+            cacheable,
+            table_names: tables.iter().map(ToString::to_string).collect(),
+            tables,
+            columns: columns.into(),
+            shape: shape.into(),
+        });
         // Only what DataFusion planned is kept: a text that failed may name a table that comes later.
         if planned {
             self.prepared.insert(memo, prepared.clone());
