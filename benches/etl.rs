@@ -170,7 +170,9 @@ fn run_sokana(runtime: &tokio::runtime::Runtime, url: &str, pipeline: &str, expe
     let output = Command::new("python3")
         .args(["-c", PEAK_RSS_SCRIPT, env!("CARGO_BIN_EXE_sokana"), "--config"])
         .arg(&project.config_path)
-        .args(["pipeline", "run", "--all"])
+        // The source's pipeline only: `--all` would also run the built-in audit pipeline, which
+        // the peers have no counterpart of.
+        .args(["pipeline", "run", "sokana_core"])
         .stderr(Stdio::inherit())
         .output()
         .expect("python3");

@@ -21,12 +21,6 @@ use sokana::source::{self, SeedOptions, SourceError, SourceUrl};
 mod cli;
 use cli::queries::CliFormat;
 
-/// mimalloc rather than the system allocator: a served answer makes many small allocations across
-/// threads (request, record, audit event, JSON), where glibc's malloc spent a fifth of the
-/// server's CPU under load (`benches/serve-load`); DataFusion recommends it for the same reason.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(name = "sokana", version, about = "Embedded analytics for Sokana Collective")]
 struct Cli {
