@@ -40,15 +40,16 @@ pub mod fault {
         rows: u64,
     }
 
-    /// `inner`, stopping at the point [`ENV`] names if it is set.
+    /// `inner`, stopping at the point [`ENV`] names if it is set (a value that is not
+    /// `TARGET:ROWS` is reported and ignored, so the test waiting for the point fails, saying why).
     pub fn from_env(inner: Arc<dyn Progress>) -> Arc<dyn Progress> {
-        let point = std::env::var(ENV).ok().and_then(|v| {
-            let (target, rows) = v.rsplit_once(':')?;
-            Some((target.to_string(), rows.parse().ok()?))
-        });
-        match point {
+        let Ok(value) = std::env::var(ENV) else { return inner };
+        match value.rsplit_once(':').and_then(|(target, rows)| Some((target.to_string(), rows.parse().ok()?))) {
             Some((target, rows)) => Arc::new(FaultPoint { inner, target, rows }),
-            None => inner,
+            None => {
+                eprintln!("{ENV}={value:?}: expected TARGET:ROWS, e.g. raw.hours:5000; no fault point set");
+                inner
+            }
         }
     }
 

@@ -53,7 +53,7 @@ impl AppState {
         let config = project.config();
         let key = project.pseudonym_key().map_err(|e| OpenError::Setup(e.to_string()))?;
         let policy = Arc::new(
-            crate::auth::policy::MaskingPolicy::new(project.classes().as_ref().clone(), &key)
+            crate::auth::policy::MaskingPolicy::new(project.classes().clone(), &key)
                 .with_admin_only(project.admin_only()),
         );
         let auth = Auth::open(config).await?;

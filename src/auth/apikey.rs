@@ -154,7 +154,7 @@ impl Auth {
     }
 }
 
-/// The identity a key's row (starting with [`KEY_COLUMNS`]) grants, unless it was revoked, its
+/// The identity a key's row (starting with the columns of `key_columns!`) grants, unless it was revoked, its
 /// owner disabled, or it expired.
 fn key_identity(id: &str, row: &Row) -> Result<Identity, AuthError> {
     if row.opt_int(2).is_some() || row.int(4) != 0 {

@@ -29,7 +29,7 @@ use crate::query::scope::PlanPolicy;
 use crate::warehouse::TableName;
 
 pub struct MaskingPolicy {
-    classes: Classifier,
+    classes: Arc<Classifier>,
     pseudonym: Arc<ScalarUDF>,
     /// Tables no one but an administrator may read (the audit trail).
     admin_only: HashSet<TableName>,
@@ -38,7 +38,7 @@ pub struct MaskingPolicy {
 impl MaskingPolicy {
     /// The policy over `classes` (from the pipelines), pseudonymising with the same keyed hash
     /// the models use, so a masked `raw.*` key joins a mart's `*_key`.
-    pub fn new(classes: Classifier, pseudonym_key: &[u8]) -> MaskingPolicy {
+    pub fn new(classes: Arc<Classifier>, pseudonym_key: &[u8]) -> MaskingPolicy {
         MaskingPolicy {
             classes,
             pseudonym: Arc::new(crate::query::functions::pseudonym(pseudonym_key)),
@@ -223,7 +223,7 @@ mod tests {
             ctx.register_table(table.name.as_str(), Arc::new(provider)).unwrap();
         }
         let core = Pipeline::parse(Path::new("sokana_core.toml"), crate::SOKANA_CORE_PIPELINE).unwrap();
-        let policy = MaskingPolicy::new(Classifier::new([&core]), b"a test key")
+        let policy = MaskingPolicy::new(Arc::new(Classifier::new([&core])), b"a test key")
             .with_admin_only(HashSet::from(["raw.audit_log".parse().unwrap()]));
         (ctx, policy)
     }

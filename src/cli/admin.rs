@@ -259,16 +259,6 @@ pub async fn privacy(
     progress: std::sync::Arc<dyn sokana::progress::Progress>,
 ) -> Result<()> {
     let auth = Auth::open(project.config()).await?;
-    let event = |action: &str, detail: String| Event {
-        user: std::env::var("USER").unwrap_or_else(|_| "cli".into()),
-        role: "admin".into(),
-        origin: "cli".into(),
-        request_id: uuid::Uuid::new_v4().to_string(),
-        action: action.into(),
-        detail,
-        outcome: "ok".into(),
-        ..Event::now()
-    };
     match command {
         PrivacyCommand::Export { client, output } => {
             let export = sokana::privacy::export(project, &client).await?;
@@ -280,7 +270,7 @@ pub async fn privacy(
             auth.audit().record(Event {
                 tables: export.tables.keys().cloned().collect(),
                 rows: export.rows(),
-                ..event("privacy.export", format!("client {client}"))
+                ..cli_event("privacy.export", format!("client {client}"))
             });
         }
         PrivacyCommand::Erase { client } => {
@@ -288,7 +278,7 @@ pub async fn privacy(
             auth.audit().record(Event {
                 tables: erasure.deleted.keys().chain(&erasure.rebuilt).cloned().collect(),
                 rows: erasure.deleted.values().sum(),
-                ..event("privacy.erase", format!("client {client}, erasure {}", erasure.id))
+                ..cli_event("privacy.erase", format!("client {client}, erasure {}", erasure.id))
             });
             println!("{}", serde_json::to_string_pretty(&erasure)?);
             if erasure.source_still_holds {
@@ -312,20 +302,30 @@ pub async fn warehouse(
     let auth = Auth::open(project.config()).await?;
     let _locks = pipeline::lock_all(project).await?;
     let report = sokana::warehouse::seal_all(project.warehouse(), progress.as_ref()).await?;
-    auth.audit().record(Event {
-        user: std::env::var("USER").unwrap_or_else(|_| "cli".into()),
-        role: "admin".into(),
-        origin: "cli".into(),
-        request_id: uuid::Uuid::new_v4().to_string(),
-        action: "warehouse.encrypt".into(),
-        detail: format!(
+    auth.audit().record(cli_event(
+        "warehouse.encrypt",
+        format!(
             "key {}: {} files encrypted, {} moved from older keys, {} already current",
             report.key_id, report.encrypted, report.rekeyed, report.current
         ),
-        outcome: "ok".into(),
-        ..Event::now()
-    });
+    ));
     auth.audit().flush().await?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
+}
+
+/// An audit record of an administrator's command, made as the person at the terminal (who, like
+/// [`sokana::query::engine::Caller::cli`], acts as an admin: they hold the store's files).
+fn cli_event(action: &str, detail: String) -> Event {
+    let caller = sokana::query::engine::Caller::cli();
+    Event {
+        user: caller.user,
+        role: caller.scope,
+        origin: caller.origin.into(),
+        request_id: caller.request_id,
+        action: action.into(),
+        detail,
+        outcome: "ok".into(),
+        ..Event::now()
+    }
 }

@@ -238,7 +238,7 @@ async fn shell(config: &Config, engine: &Arc<QueryEngine>, mut choice: EngineCho
                 (Some("\\engine"), Some(next)) => match EngineChoice::parse(next) {
                     Some(next) => {
                         choice = next;
-                        eprintln!("engine: {next}", next = choice.name());
+                        eprintln!("engine: {choice}");
                     }
                     None => eprintln!("unknown engine {next:?}: datafusion, duckdb or auto"),
                 },

@@ -43,7 +43,8 @@ pub struct QueryRecord {
     /// The plan's shape (operators and tables, no literals), which `auto` routing learns from.
     pub shape: Arc<str>,
     pub tables: Arc<[String]>,
-    /// Columns the plan reads, as `schema.table.column` (for the audit trail; not kept here).
+    /// Columns the plan reads, as the engine's recorder describes them (`schema.table.column:class`
+    /// for the audit trail; not kept here).
     #[serde(skip)]
     pub columns: Arc<[String]>,
     pub duration_us: u64,
@@ -123,9 +124,7 @@ impl QueryLog {
                     user: r.get(1)?,
                     origin: r.get(2)?,
                     request_id: r.get(3)?,
-                    engine: EngineChoice::parse(&r.get::<_, String>(4)?).ok_or_else(|| {
-                        rusqlite::Error::InvalidColumnType(4, "engine".into(), rusqlite::types::Type::Text)
-                    })?,
+                    engine: engine_at(r, 4)?,
                     sql: r.get::<_, String>(5)?.into(),
                     shape: r.get::<_, String>(6)?.into(),
                     tables: serde_json::from_str::<Vec<String>>(&tables).unwrap_or_default().into(),
@@ -255,7 +254,7 @@ fn write_batch(conn: &mut Connection, batch: &[QueryRecord]) -> rusqlite::Result
 
 /// Timings per (shape, engine) from the log's most recent `limit` records, oldest first, for
 /// seeding `auto` routing at start-up.
-pub fn timings(state_dir: &Path, limit: usize) -> Result<Vec<(String, String, u64)>, QueryLogError> {
+pub fn timings(state_dir: &Path, limit: usize) -> Result<Vec<(String, EngineChoice, u64)>, QueryLogError> {
     let path = state_dir.join("queries.db");
     let conn = connect(&path)?;
     let err = |e: rusqlite::Error| QueryLogError { path: path.clone(), reason: e.to_string() };
@@ -267,7 +266,20 @@ pub fn timings(state_dir: &Path, limit: usize) -> Result<Vec<(String, String, u6
              ORDER BY id",
         )
         .map_err(err)?;
-    let rows =
-        stmt.query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64))).map_err(err)?;
+    let rows = stmt
+        .query_map([limit as i64], |r| Ok((r.get(0)?, engine_at(r, 1)?, r.get::<_, i64>(2)? as u64)))
+        .map_err(err)?;
     rows.collect::<Result<Vec<_>, _>>().map_err(err)
+}
+
+/// The engine named in column `index` of a log row; a name no engine has is an error that says so.
+fn engine_at(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<EngineChoice> {
+    let name: String = row.get(index)?;
+    EngineChoice::parse(&name).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            index,
+            rusqlite::types::Type::Text,
+            format!("column engine: {name:?} is not datafusion, duckdb or auto").into(),
+        )
+    })
 }

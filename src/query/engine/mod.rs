@@ -102,9 +102,7 @@ impl QueryEngine {
             Ok(timings) => {
                 if let Ok(mut routing) = engine.routing.lock() {
                     for (shape, engine, us) in timings {
-                        if let Some(engine) = EngineChoice::parse(&engine) {
-                            routing.observe(&shape, engine, us);
-                        }
+                        routing.observe(&shape, engine, us);
                     }
                 }
             }
@@ -356,7 +354,7 @@ impl QueryEngine {
         if let Some(recorder) = &self.recorder {
             let mut opening = record.clone();
             opening.at = at.to_rfc3339_opts(SecondsFormat::Micros, true);
-            opening.sql = normalise_for_log(&request.sql).into();
+            opening.sql = self.log_text(&request.sql);
             opening.error = Some("streaming".into());
             let ticket = recorder.record(&request.caller, &opening);
             recorder.settle(ticket).await.map_err(QueryError::Audit)?;
@@ -432,6 +430,11 @@ impl QueryEngine {
         Ok((prepared, engine))
     }
 
+    /// `sql` as the query log and the audit trail show it (no literals), normalised once per text.
+    fn log_text(&self, sql: &str) -> Arc<str> {
+        self.log_texts.get_with_by_ref(sql, || normalise_for_log(sql).into())
+    }
+
     /// Counts and logs one query; `error` is the error's code (the log keeps no messages, which
     /// may quote the SQL). The ticket of its audit record, when a recorder is installed.
     fn finish(
@@ -450,7 +453,7 @@ impl QueryEngine {
         record.user = request.caller.user.clone();
         record.origin = request.caller.origin.into();
         record.request_id = request.caller.request_id.clone();
-        record.sql = self.log_texts.get_with_by_ref(&request.sql, || normalise_for_log(&request.sql).into());
+        record.sql = self.log_text(&request.sql);
         record.duration_us = started.elapsed().as_micros() as u64;
         record.error = error.map(str::to_string);
         let ticket = self.recorder.as_ref().map(|recorder| recorder.record(&request.caller, &record));
