@@ -28,7 +28,9 @@ async fn seeded(pipeline: &str) -> Project {
     project
 }
 
-/// Waits (up to `limit`) until `done` holds for the run log's decisions and runs.
+/// Waits (up to `limit`) until `done` holds for the decisions and runs of the source's pipeline.
+/// (The built-in audit pipeline has its own schedule, every quarter hour, and may fire during a
+/// test; these tests are about the pipeline whose schedule they set.)
 fn wait_for(
     config: &Config,
     limit: Duration,
@@ -38,8 +40,8 @@ fn wait_for(
     let started = Instant::now();
     loop {
         let log = RunLog::open(&config.state_dir()).expect("run log");
-        let decisions = log.decisions(None, 100).expect("decisions");
-        let runs = log.runs(None, 100).expect("runs");
+        let decisions = log.decisions(Some("sokana_core"), 100).expect("decisions");
+        let runs = log.runs(Some("sokana_core"), 100).expect("runs");
         if done(&decisions, &runs) {
             return (decisions, runs);
         }
@@ -120,7 +122,7 @@ async fn missed_runs_follow_the_catch_up_policy() {
         });
         let decision = decisions.iter().find(|d| d.decision == expected).expect("decision");
         assert!(decision.detail.as_deref().is_some_and(|d| d.starts_with("3 run(s) missed")), "{decision:?}");
-        let runs = RunLog::open(&config.state_dir()).expect("log").runs(None, 10).expect("runs");
+        let runs = RunLog::open(&config.state_dir()).expect("log").runs(Some("sokana_core"), 10).expect("runs");
         assert_eq!(runs.len(), usize::from(policy == "latest"), "{policy}: runs {runs:#?}");
         for task in tasks {
             task.abort();
