@@ -455,6 +455,11 @@ impl Config {
         self.project_dir().join(&self.query.dir)
     }
 
+    /// Metrics views (`*.toml`): `metrics/` in the saved queries' directory.
+    pub fn metrics_dir(&self) -> PathBuf {
+        self.queries_dir().join("metrics")
+    }
+
     pub fn state_dir(&self) -> PathBuf {
         self.resolve(&self.state.dir)
     }

@@ -4,7 +4,7 @@
 //! first two. Each module's own documentation says what it owns and what it must not touch.
 //!
 //! A module uses only modules before it in this order (`tests/layers.rs` checks it): [`keyfile`],
-//! [`progress`], [`source`], [`metastore`], [`warehouse`], [`config`], [`query`], [`pipeline`],
+//! [`progress`], [`source`], [`metastore`], [`warehouse`], [`config`], [`query`], [`metrics`], [`pipeline`],
 //! [`auth`], [`privacy`], [`api`].
 
 pub mod api;
@@ -12,6 +12,7 @@ pub mod auth;
 pub mod config;
 pub mod keyfile;
 pub mod metastore;
+pub mod metrics;
 pub mod pipeline;
 pub mod privacy;
 pub mod progress;
@@ -29,6 +30,7 @@ pub const SOKANA_CORE_MODELS: &[(&str, &str)] = &[
     ("fct_contracts.sql", include_str!("../pipelines/models/fct_contracts.sql")),
     ("fct_hours.sql", include_str!("../pipelines/models/fct_hours.sql")),
     ("fct_installments.sql", include_str!("../pipelines/models/fct_installments.sql")),
+    ("fct_invoices.sql", include_str!("../pipelines/models/fct_invoices.sql")),
     ("fct_payments.sql", include_str!("../pipelines/models/fct_payments.sql")),
     ("mart_ar_aging.sql", include_str!("../pipelines/models/mart_ar_aging.sql")),
     ("mart_client_funnel.sql", include_str!("../pipelines/models/mart_client_funnel.sql")),
@@ -42,4 +44,17 @@ pub const SOKANA_CORE_QUERIES: &[(&str, &str)] = &[
     ("ar_aging.sql", include_str!("../queries/ar_aging.sql")),
     ("doula_utilization.sql", include_str!("../queries/doula_utilization.sql")),
     ("revenue_by_month.sql", include_str!("../queries/revenue_by_month.sql")),
+];
+
+/// The metrics views shipped with the product (`queries/metrics/`), for projects outside this repository.
+pub const SOKANA_CORE_METRICS: &[(&str, &str)] = &[
+    ("client_status.toml", include_str!("../queries/metrics/client_status.toml")),
+    ("clients.toml", include_str!("../queries/metrics/clients.toml")),
+    ("contracts.toml", include_str!("../queries/metrics/contracts.toml")),
+    ("hours.toml", include_str!("../queries/metrics/hours.toml")),
+    ("installments.toml", include_str!("../queries/metrics/installments.toml")),
+    ("invoices.toml", include_str!("../queries/metrics/invoices.toml")),
+    ("payments.toml", include_str!("../queries/metrics/payments.toml")),
+    ("receivables.toml", include_str!("../queries/metrics/receivables.toml")),
+    ("utilization.toml", include_str!("../queries/metrics/utilization.toml")),
 ];

@@ -510,6 +510,24 @@ async fn check(project: &Project) -> Result<()> {
             println!("error {e}");
         }
     }
+    let metrics = sokana::metrics::Catalog::load(&config.metrics_dir());
+    for e in metrics.problems() {
+        problems += 1;
+        println!("error {e}");
+    }
+    if metrics.views().next().is_some() {
+        let engine = query::engine::QueryEngine::open(config, project.warehouse().clone())?;
+        for view in metrics.views() {
+            let found = sokana::metrics::check(&engine, view).await;
+            if found.is_empty() {
+                println!("ok    {}", view.path.display());
+            }
+            for e in found {
+                problems += 1;
+                println!("error {e}");
+            }
+        }
+    }
     for p in project.pipelines() {
         match pipeline::check(config, p).await {
             Ok(errors) if errors.is_empty() => println!("ok    {}", p.path.display()),
@@ -579,6 +597,10 @@ async fn demo(dir: &Path, no_serve: bool, source: Option<String>, scale: f64, se
             std::fs::create_dir_all(dir.join("queries"))?;
             for (name, sql) in sokana::SOKANA_CORE_QUERIES {
                 std::fs::write(dir.join("queries").join(name), sql)?;
+            }
+            std::fs::create_dir_all(dir.join("queries/metrics"))?;
+            for (name, text) in sokana::SOKANA_CORE_METRICS {
+                std::fs::write(dir.join("queries/metrics").join(name), text)?;
             }
             dir.clone()
         }

@@ -13,6 +13,7 @@ const ORDER: &[&str] = &[
     "warehouse",
     "config",
     "query",
+    "metrics",
     "pipeline",
     "auth",
     "privacy",

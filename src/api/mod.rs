@@ -4,6 +4,7 @@
 
 mod auth;
 mod cookies;
+mod metrics;
 mod pgwire;
 mod privacy;
 mod query;
@@ -45,6 +46,8 @@ pub struct Shared {
     pub auth: Arc<Auth>,
     /// The classes and administrators' tables the engine masks by, for the catalog listing.
     pub policy: Arc<crate::auth::policy::MaskingPolicy>,
+    /// The metrics views (`queries/metrics/`), loaded at start.
+    pub metrics: crate::metrics::Catalog,
 }
 
 impl AppState {
@@ -61,7 +64,11 @@ impl AppState {
         let engine = QueryEngine::open(config, project.warehouse().clone())?
             .with_policy(policy.clone())
             .with_recorder(Arc::new(recorder));
-        Ok(AppState(Arc::new(Shared { project: project.clone(), engine: Arc::new(engine), auth, policy })))
+        let metrics = crate::metrics::Catalog::load(&config.metrics_dir());
+        for problem in metrics.problems() {
+            tracing::error!(error = %problem, "a metrics view did not load; the others are served");
+        }
+        Ok(AppState(Arc::new(Shared { project: project.clone(), engine: Arc::new(engine), auth, policy, metrics })))
     }
 }
 
@@ -133,6 +140,8 @@ pub fn routes() -> Vec<Route> {
         route(Method::GET, "/api/v1/queries", Needs(ReadCatalog), query::list_saved),
         route(Method::POST, "/api/v1/queries/{name}/run", Needs(ReadCatalog), query::run_saved),
         route(Method::GET, "/api/v1/tables", Needs(ReadCatalog), query::list_tables),
+        route(Method::GET, "/api/v1/metrics", Needs(ViewDashboards), metrics::list),
+        route(Method::GET, "/api/v1/metrics/{view}", Needs(ViewDashboards), metrics::answer),
         route(Method::GET, "/api/v1/query-log", Needs(ViewOperations), query::query_log),
         route(Method::GET, "/api/v1/openapi.json", SignedIn, openapi),
     ]
@@ -460,5 +469,31 @@ mod tests {
         let routed: BTreeSet<(String, String)> =
             super::routes().iter().map(|r| (r.method.to_string(), r.path.to_string())).collect();
         assert_eq!(documented, routed);
+    }
+
+    #[test]
+    fn the_openapi_document_names_each_routes_permission() {
+        use super::Access;
+        let doc: serde_json::Value = serde_json::from_str(super::OPENAPI).expect("openapi.json is JSON");
+        for route in super::routes() {
+            let expected = match route.access {
+                Access::Public => "public".to_string(),
+                Access::SignedIn => "signed_in".to_string(),
+                Access::Enrolling => "enrolling".to_string(),
+                Access::Needs(permission) => {
+                    let name = format!("{permission:?}");
+                    let mut snake = String::new();
+                    for (i, c) in name.chars().enumerate() {
+                        if c.is_ascii_uppercase() && i > 0 {
+                            snake.push('_');
+                        }
+                        snake.push(c.to_ascii_lowercase());
+                    }
+                    snake
+                }
+            };
+            let method = route.method.as_str().to_lowercase();
+            assert_eq!(doc["paths"][route.path][&method]["x-permission"], expected, "{method} {}", route.path);
+        }
     }
 }

@@ -64,7 +64,7 @@ impl ApiError {
     }
 }
 
-fn caller(identity: Identity, request_id: &RequestId, address: Option<std::net::IpAddr>) -> Caller {
+pub(super) fn caller(identity: Identity, request_id: &RequestId, address: Option<std::net::IpAddr>) -> Caller {
     Caller {
         scope: identity.scope().to_string(),
         user: identity.user,

@@ -28,6 +28,8 @@ pub enum Permission {
     RunPipelines,
     /// Read the query log and the metrics.
     ViewOperations,
+    /// Open dashboards and ask the metrics views (every role: panels run as the viewer's role).
+    ViewDashboards,
     /// Manage users, API keys and every user's sessions; read the audit log; privacy requests.
     Administer,
 }
@@ -63,10 +65,13 @@ impl Role {
         use Permission::*;
         match self {
             Role::Admin => true,
-            Role::Manager => matches!(permission, RunSql | ReadCatalog | ViewPipelines | RunPipelines | ViewOperations),
-            Role::Billing => matches!(permission, RunSql | ReadCatalog),
-            Role::Analyst => matches!(permission, RunSql | ReadCatalog | ViewPipelines),
-            Role::Viewer => matches!(permission, ReadCatalog),
+            Role::Manager => matches!(
+                permission,
+                RunSql | ReadCatalog | ViewPipelines | RunPipelines | ViewOperations | ViewDashboards
+            ),
+            Role::Billing => matches!(permission, RunSql | ReadCatalog | ViewDashboards),
+            Role::Analyst => matches!(permission, RunSql | ReadCatalog | ViewPipelines | ViewDashboards),
+            Role::Viewer => matches!(permission, ReadCatalog | ViewDashboards),
         }
     }
 
@@ -115,6 +120,7 @@ mod tests {
             ("view pipelines", Permission::ViewPipelines),
             ("run pipelines", Permission::RunPipelines),
             ("query log, metrics", Permission::ViewOperations),
+            ("dashboards, metrics views", Permission::ViewDashboards),
             ("users, keys, audit, privacy", Permission::Administer),
         ];
         for (label, permission) in rows {

@@ -1,0 +1,262 @@
+//! Metrics defined once (the semantic layer): views over the marts declared in
+//! `queries/metrics/*.toml` ([`spec`]), requests against them ([`request`]), and their answers, run
+//! through the query engine as the caller's scope so that masking, the exact cache, the query log
+//! and the audit trail apply as to any other query. Dashboards, reports and the API ask here for
+//! "collected revenue in March" and get one number. It composes queries from reviewed files and
+//! bound values; it does not run SQL of its own, know of HTTP, or touch the warehouse.
+
+pub mod request;
+pub mod spec;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::datatypes::DataType;
+use serde::Serialize;
+
+use crate::query::engine::{Caller, QueryEngine, QueryOutput, QueryRequest};
+use crate::query::{Params, QueryError};
+use request::{Composed, Grain, MetricsRequest, Range, TimeColumn, compose};
+use spec::{Format, SpecError, View};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error("no metrics view named {0:?}")]
+    UnknownView(String),
+    /// A request parameter that is unknown or holds a value it may not.
+    #[error("parameter {parameter}: {message}")]
+    Request { parameter: String, message: String },
+    /// The view's table or time column does not fit the view file.
+    #[error("{path}: {message}")]
+    View { path: String, message: String },
+    #[error(transparent)]
+    Query(#[from] QueryError),
+}
+
+/// Every view of a project, loaded once, and the files that did not load.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    views: Arc<BTreeMap<String, Arc<View>>>,
+    problems: Arc<[SpecError]>,
+}
+
+impl Catalog {
+    /// The views in `dir` (`queries/metrics/`).
+    pub fn load(dir: &Path) -> Catalog {
+        let (views, problems) = spec::load_all(dir);
+        let views = views.into_iter().map(|v| (v.name.clone(), Arc::new(v))).collect();
+        Catalog { views: Arc::new(views), problems: problems.into() }
+    }
+
+    /// The files that did not load, each error naming its file.
+    pub fn problems(&self) -> &[SpecError] {
+        &self.problems
+    }
+
+    pub fn views(&self) -> impl Iterator<Item = &Arc<View>> {
+        self.views.values()
+    }
+
+    pub fn view(&self, name: &str) -> Result<&Arc<View>, MetricsError> {
+        self.views.get(name).ok_or_else(|| MetricsError::UnknownView(name.to_string()))
+    }
+}
+
+/// A column of an answer, as a chart or a table needs to know it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Column {
+    pub name: String,
+    pub label: String,
+    /// `period`, `dimension` or `measure`.
+    pub role: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub format: Option<Format>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub higher_is_better: Option<bool>,
+}
+
+/// The previous period's rows, for comparison.
+#[derive(Debug, Clone, Serialize)]
+pub struct Previous {
+    pub from: chrono::NaiveDate,
+    pub to: chrono::NaiveDate,
+    pub rows: serde_json::Value,
+}
+
+/// A view's answer to a request.
+#[derive(Debug, Clone, Serialize)]
+pub struct Answer {
+    pub view: String,
+    pub label: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grain: Option<Grain>,
+    pub timezone: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<chrono::NaiveDate>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to: Option<chrono::NaiveDate>,
+    pub columns: Vec<Column>,
+    /// An array of objects keyed by column name; measures are numbers, periods `YYYY-MM-DD`.
+    pub rows: serde_json::Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous: Option<Previous>,
+    /// The query that ran, with `$n` where the request's values were bound.
+    pub sql: String,
+    pub cache_hit: bool,
+    /// The warehouse tables read and their versions (what the answer is as of).
+    pub tables: Vec<TableVersion>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TableVersion {
+    pub table: String,
+    pub version: i64,
+}
+
+/// How `view`'s time column is stored, from the engine's catalog.
+async fn time_column(engine: &QueryEngine, view: &View) -> Result<Option<TimeColumn>, MetricsError> {
+    let Some(column) = &view.time else { return Ok(None) };
+    let problem = |message: String| MetricsError::View { path: view.path.display().to_string(), message };
+    let table = engine
+        .catalog()
+        .current(&view.table)
+        .await
+        .map_err(QueryError::from)?
+        .ok_or_else(|| problem(format!("table: {} does not exist in the warehouse (yet)", view.table)))?;
+    let schema = datafusion::datasource::TableProvider::schema(table.as_ref());
+    let field = schema
+        .field_with_name(column)
+        .map_err(|_| problem(format!("time: {} has no column {column:?}", view.table)))?;
+    match field.data_type() {
+        DataType::Timestamp(_, _) => Ok(Some(TimeColumn::Timestamp)),
+        DataType::Date32 | DataType::Date64 => Ok(Some(TimeColumn::Date)),
+        other => Err(problem(format!("time: {}.{column} is {other}, not a timestamp or a date", view.table))),
+    }
+}
+
+/// Answers `request` against `view` as `caller`: the request's period and, when asked, the one before.
+pub async fn answer(
+    engine: &QueryEngine,
+    view: &View,
+    request: &MetricsRequest,
+    caller: &Caller,
+) -> Result<Answer, MetricsError> {
+    let time = time_column(engine, view).await?;
+    let current = compose(view, time, request, request.range);
+    let previous_range = request.range.filter(|_| request.compare).map(Range::previous);
+    let run = |composed: Composed| {
+        let query = QueryRequest {
+            sql: composed.sql,
+            engine: engine.default_engine(),
+            params: Params::Positional(composed.params),
+            page: None,
+            caller: caller.clone(),
+        };
+        async move { engine.query(&query).await.map(|output| (query.sql, output)) }
+    };
+    let (now, before) = match previous_range {
+        Some(range) => {
+            let (a, b) = futures::join!(run(current), run(compose(view, time, request, Some(range))));
+            (a?, Some((range, b?)))
+        }
+        None => (run(current).await?, None),
+    };
+    let (sql, output) = now;
+    let mut columns = Vec::new();
+    if request.grain.is_some() {
+        columns.push(Column {
+            name: spec::PERIOD.into(),
+            label: request.grain.map(|g| capitalised(g.name())).unwrap_or_default(),
+            role: "period",
+            format: None,
+            higher_is_better: None,
+        });
+    }
+    for d in request.dimensions.iter().filter_map(|d| view.dimension(d)) {
+        columns.push(Column {
+            name: d.name.clone(),
+            label: d.label.clone(),
+            role: "dimension",
+            format: None,
+            higher_is_better: None,
+        });
+    }
+    for m in request.measures.iter().filter_map(|m| view.measure(m)) {
+        columns.push(Column {
+            name: m.name.clone(),
+            label: m.label.clone(),
+            role: "measure",
+            format: Some(m.format),
+            higher_is_better: Some(m.higher_is_better),
+        });
+    }
+    let previous = match before {
+        Some((range, (_, output))) => Some(Previous { from: range.from, to: range.to, rows: rows(&output)? }),
+        None => None,
+    };
+    Ok(Answer {
+        view: view.name.clone(),
+        label: view.label.clone(),
+        grain: request.grain,
+        timezone: view.timezone.name().to_string(),
+        from: request.range.map(|r| r.from),
+        to: request.range.map(|r| r.to),
+        columns,
+        rows: rows(&output)?,
+        previous,
+        sql,
+        cache_hit: output.cache_hit,
+        tables: output.tables.iter().map(|(t, v)| TableVersion { table: t.to_string(), version: *v }).collect(),
+    })
+}
+
+fn rows(output: &QueryOutput) -> Result<serde_json::Value, MetricsError> {
+    let bytes = output.result.json_rows()?;
+    if bytes.is_empty() {
+        return Ok(serde_json::Value::Array(Vec::new()));
+    }
+    serde_json::from_slice(bytes).map_err(|e| MetricsError::Query(QueryError::Format(e.to_string())))
+}
+
+fn capitalised(word: &str) -> String {
+    let mut chars = word.chars();
+    chars.next().map(|c| c.to_uppercase().chain(chars).collect()).unwrap_or_default()
+}
+
+/// Checks every view against the live catalog: its table and time column exist, and each measure
+/// and dimension plans (`sokana check`). Each problem names the file and the field.
+pub async fn check(engine: &QueryEngine, view: &View) -> Vec<String> {
+    let path = view.path.display();
+    let time = match time_column(engine, view).await {
+        Ok(time) => time,
+        Err(e) => return vec![e.to_string()],
+    };
+    let mut problems = Vec::new();
+    let all = |measures: Vec<String>, dimensions: Vec<String>| MetricsRequest {
+        measures,
+        dimensions,
+        grain: view.time.as_ref().map(|_| Grain::Month),
+        range: None,
+        filters: Vec::new(),
+        compare: false,
+        order: None,
+        limit: 1,
+    };
+    for m in &view.measures {
+        let composed = compose(view, time, &all(vec![m.name.clone()], Vec::new()), None);
+        if let Err(e) = engine.validate(&composed.sql).await {
+            problems.push(format!("{path}: measure {}: {e}", m.name));
+        }
+    }
+    for d in &view.dimensions {
+        let first = view.measures.first().map(|m| m.name.clone()).into_iter().collect();
+        let composed = compose(view, time, &all(first, vec![d.name.clone()]), None);
+        if let Err(e) = engine.validate(&composed.sql).await {
+            problems.push(format!("{path}: dimension {}: {e}", d.name));
+        }
+    }
+    problems
+}
