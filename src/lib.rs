@@ -4,11 +4,12 @@
 //! first two. Each module's own documentation says what it owns and what it must not touch.
 //!
 //! A module uses only modules before it in this order (`tests/layers.rs` checks it): [`keyfile`],
-//! [`progress`], [`source`], [`metastore`], [`warehouse`], [`config`], [`query`], [`metrics`], [`pipeline`],
+//! [`progress`], [`chart`], [`source`], [`metastore`], [`warehouse`], [`config`], [`query`], [`metrics`], [`pipeline`],
 //! [`auth`], [`privacy`], [`api`].
 
 pub mod api;
 pub mod auth;
+pub mod chart;
 pub mod config;
 pub mod keyfile;
 pub mod metastore;

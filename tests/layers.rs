@@ -8,6 +8,7 @@ use std::path::Path;
 const ORDER: &[&str] = &[
     "keyfile",
     "progress",
+    "chart",
     "source",
     "metastore",
     "warehouse",

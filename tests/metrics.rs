@@ -70,7 +70,8 @@ fn cents_text(text: &str) -> i64 {
     let (units, fraction) = text.split_once('.').unwrap_or((text, "0"));
     let negative = units.starts_with('-');
     let fraction = format!("{fraction:0<2}");
-    let whole = units.trim_start_matches('-').parse::<i64>().expect("units") * 100 + fraction[..2].parse::<i64>().expect("cents");
+    let whole = units.trim_start_matches('-').parse::<i64>().expect("units") * 100
+        + fraction[..2].parse::<i64>().expect("cents");
     if negative { -whole } else { whole }
 }
 
@@ -78,12 +79,13 @@ fn cents_text(text: &str) -> i64 {
 fn yearly_cents(project: &Project, table: &str, time_column: &str, amount_column: &str) -> BTreeMap<i32, i64> {
     let db = source(project);
     let mut statement = db
-        .prepare(&format!("SELECT {time_column}, CAST({amount_column} AS TEXT) FROM {table} WHERE {time_column} IS NOT NULL"))
+        .prepare(&format!(
+            "SELECT {time_column}, CAST({amount_column} AS TEXT) FROM {table} WHERE {time_column} IS NOT NULL"
+        ))
         .expect("prepare");
     let mut years = BTreeMap::new();
-    let rows = statement
-        .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, Option<String>>(1)?)))
-        .expect("query");
+    let rows =
+        statement.query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, Option<String>>(1)?))).expect("query");
     for row in rows {
         let (at, amount) = row.expect("row");
         let at = DateTime::parse_from_rfc3339(&at).expect("timestamp").with_timezone(&Utc);
@@ -135,7 +137,10 @@ async fn the_shipped_views_answer_the_sources_numbers_as_the_callers_role() {
     let (status, year) = get(
         &server,
         &manager,
-        &format!("/api/v1/metrics/payments?measures=collected,payments&from={last_full}-01-01&to={}-01-01&compare=previous", last_full + 1),
+        &format!(
+            "/api/v1/metrics/payments?measures=collected,payments&from={last_full}-01-01&to={}-01-01&compare=previous",
+            last_full + 1
+        ),
     )
     .await;
     assert_eq!(status, 200, "{year}");
@@ -210,7 +215,10 @@ async fn bad_requests_and_bad_files_are_named_and_injection_goes_nowhere() {
         let (status, body) = get(&server, &manager, &format!("/api/v1/metrics/{query}")).await;
         assert_eq!(status, 400, "{query}: {body}");
         assert_eq!(body["error"]["code"], "parameter", "{query}: {body}");
-        assert!(body["error"]["message"].as_str().is_some_and(|m| m.starts_with(&format!("parameter {parameter}:"))), "{query}: {body}");
+        assert!(
+            body["error"]["message"].as_str().is_some_and(|m| m.starts_with(&format!("parameter {parameter}:"))),
+            "{query}: {body}"
+        );
     }
     // A filter value is a value: quotes and SQL in it match nothing and run nothing.
     let (status, body) =

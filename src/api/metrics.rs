@@ -23,7 +23,8 @@ impl ApiError {
             }
             MetricsError::Spec(_) | MetricsError::View { .. } => {
                 tracing::error!(request_id = %request_id.0, error = %e, "a metrics view does not fit the warehouse");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "metrics_view", e.to_string()).with_request_id(request_id)
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "metrics_view", e.to_string())
+                    .with_request_id(request_id)
             }
         }
     }

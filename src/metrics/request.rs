@@ -154,12 +154,10 @@ impl MetricsRequest {
                     request.order = Some(Order { field: field.to_string(), descending });
                 }
                 "limit" => {
-                    request.limit = value
-                        .trim()
-                        .parse()
-                        .ok()
-                        .filter(|n| (1..=max_rows).contains(n))
-                        .ok_or_else(|| bad("limit", format!("expected a whole number from 1 to {max_rows}, got {value:?}")))?
+                    request.limit =
+                        value.trim().parse().ok().filter(|n| (1..=max_rows).contains(n)).ok_or_else(|| {
+                            bad("limit", format!("expected a whole number from 1 to {max_rows}, got {value:?}"))
+                        })?
                 }
                 _ => match key.strip_prefix("filter.") {
                     Some(dimension) => match request.filters.iter_mut().find(|(d, _)| d == dimension) {
@@ -195,14 +193,20 @@ impl MetricsRequest {
         for measure in &self.measures {
             if view.measure(measure).is_none() {
                 let names: Vec<&str> = view.measures.iter().map(|m| m.name.as_str()).collect();
-                return Err(bad("measures", format!("view {} has no measure {measure:?}; it has {}", view.name, names.join(", "))));
+                return Err(bad(
+                    "measures",
+                    format!("view {} has no measure {measure:?}; it has {}", view.name, names.join(", ")),
+                ));
             }
         }
         let dimension_names = || view.dimensions.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ");
         for dimension in self.dimensions.iter().chain(self.filters.iter().map(|(d, _)| d)) {
             if view.dimension(dimension).is_none() {
-                let parameter =
-                    if self.dimensions.contains(dimension) { "dimensions".to_string() } else { format!("filter.{dimension}") };
+                let parameter = if self.dimensions.contains(dimension) {
+                    "dimensions".to_string()
+                } else {
+                    format!("filter.{dimension}")
+                };
                 return Err(bad(
                     &parameter,
                     format!("view {} has no dimension {dimension:?}; it has {}", view.name, dimension_names()),
@@ -216,7 +220,13 @@ impl MetricsRequest {
             }
         }
         if view.time.is_none() && (self.grain.is_some() || self.range.is_some() || self.compare) {
-            let parameter = if self.grain.is_some() { "grain" } else if self.range.is_some() { "from" } else { "compare" };
+            let parameter = if self.grain.is_some() {
+                "grain"
+            } else if self.range.is_some() {
+                "from"
+            } else {
+                "compare"
+            };
             return Err(bad(parameter, format!("view {} has no time column: it answers as of now", view.name)));
         }
         if let Some(range) = self.range {
@@ -277,7 +287,11 @@ pub fn compose(view: &View, time: Option<TimeColumn>, request: &MetricsRequest, 
     if let (Some(grain), Some(column), Some(kind)) = (request.grain, &view.time, time) {
         let bucket = match kind {
             TimeColumn::Timestamp => {
-                format!("CAST(date_trunc('{}', {column} AT TIME ZONE '{}') AS DATE)", grain.name(), view.timezone.name())
+                format!(
+                    "CAST(date_trunc('{}', {column} AT TIME ZONE '{}') AS DATE)",
+                    grain.name(),
+                    view.timezone.name()
+                )
             }
             TimeColumn::Date => format!("CAST(date_trunc('{}', {column}) AS DATE)", grain.name()),
         };
@@ -308,8 +322,7 @@ pub fn compose(view: &View, time: Option<TimeColumn>, request: &MetricsRequest, 
     }
     for (name, values) in &request.filters {
         if let Some(d) = view.dimension(name) {
-            let placeholders: Vec<String> =
-                values.iter().map(|v| bind(ScalarValue::Utf8(Some(v.clone())))).collect();
+            let placeholders: Vec<String> = values.iter().map(|v| bind(ScalarValue::Utf8(Some(v.clone())))).collect();
             conditions.push(format!("CAST(({}) AS VARCHAR) IN ({})", d.sql, placeholders.join(", ")));
         }
     }
@@ -328,10 +341,9 @@ pub fn compose(view: &View, time: Option<TimeColumn>, request: &MetricsRequest, 
             };
             vec![format!("{by}{}", if order.descending { " DESC" } else { "" })]
         }
-        None if request.grain.is_some() => std::iter::once(PERIOD)
-            .chain(request.dimensions.iter().map(String::as_str))
-            .map(quoted)
-            .collect(),
+        None if request.grain.is_some() => {
+            std::iter::once(PERIOD).chain(request.dimensions.iter().map(String::as_str)).map(quoted).collect()
+        }
         // Without time, the largest first: what a bar chart or a top-N table shows.
         None => request.measures.first().map(|m| format!("{} DESC", quoted(m))).into_iter().collect(),
     };
@@ -399,9 +411,19 @@ format = "usd"
         assert!(composed.sql.contains("IN ($3, $4)"), "{}", composed.sql);
         assert_eq!(composed.params[2], ScalarValue::Utf8(Some("card'; DROP TABLE x;--".into())));
         // 2026-03-01 starts at 05:00 UTC (EST), 2026-04-01 at 04:00 UTC (EDT).
-        assert_eq!(composed.params[0], ScalarValue::TimestampMicrosecond(Some(1_772_341_200_000_000), Some("UTC".into())));
-        assert_eq!(composed.params[1], ScalarValue::TimestampMicrosecond(Some(1_775_016_000_000_000), Some("UTC".into())));
-        assert!(composed.sql.contains("date_trunc('month', txn_date AT TIME ZONE 'America/New_York')"), "{}", composed.sql);
+        assert_eq!(
+            composed.params[0],
+            ScalarValue::TimestampMicrosecond(Some(1_772_341_200_000_000), Some("UTC".into()))
+        );
+        assert_eq!(
+            composed.params[1],
+            ScalarValue::TimestampMicrosecond(Some(1_775_016_000_000_000), Some("UTC".into()))
+        );
+        assert!(
+            composed.sql.contains("date_trunc('month', txn_date AT TIME ZONE 'America/New_York')"),
+            "{}",
+            composed.sql
+        );
     }
 
     #[test]

@@ -38,21 +38,7 @@ pub struct SpecError {
     pub message: String,
 }
 
-/// How a measure's values read: the unit charts and tables format them in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Format {
-    /// A whole number of things (clients, leads).
-    Count,
-    /// US dollars.
-    Usd,
-    /// A ratio, stored as a fraction (0.25 reads 25 %).
-    Percent,
-    /// Hours of work.
-    Hours,
-    /// Any other number.
-    Number,
-}
+pub use crate::chart::Format;
 
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -153,7 +139,10 @@ impl View {
         })?;
         let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
         if !is_identifier(&name) {
-            return Err(err(None, format!("view name {name:?} (the file name) must be lower-case letters, digits and _")));
+            return Err(err(
+                None,
+                format!("view name {name:?} (the file name) must be lower-case letters, digits and _"),
+            ));
         }
         let table: TableName = file.table.parse().map_err(|e: String| err(None, format!("table: {e}")))?;
         if let Some(time) = &file.time
@@ -317,8 +306,8 @@ format = "usd"
         assert!(zone.message.contains("timezone: \"Mars/Olympus\""), "{zone}");
         let smuggled = parse(&GOOD.replace("sum(amount)", "sum(amount) FROM x; DROP TABLE y")).unwrap_err();
         assert!(smuggled.message.starts_with("measure collected: sql: one expression expected"), "{smuggled}");
-        let comma = parse(&GOOD.replace("label = \"Payment method\"", "label = \"M\"\nsql = \"method, gateway\""))
-            .unwrap_err();
+        let comma =
+            parse(&GOOD.replace("label = \"Payment method\"", "label = \"M\"\nsql = \"method, gateway\"")).unwrap_err();
         assert!(comma.message.starts_with("dimension method: sql:"), "{comma}");
         let taken = parse(&GOOD.replace("name = \"method\"", "name = \"period\"")).unwrap_err();
         assert!(taken.message.contains("taken"), "{taken}");
