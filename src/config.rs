@@ -451,6 +451,11 @@ impl Config {
         self.project_dir().join("pipelines")
     }
 
+    /// Dashboards (`*.toml`).
+    pub fn dashboards_dir(&self) -> PathBuf {
+        self.project_dir().join("dashboards")
+    }
+
     pub fn queries_dir(&self) -> PathBuf {
         self.project_dir().join(&self.query.dir)
     }

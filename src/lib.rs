@@ -5,12 +5,13 @@
 //!
 //! A module uses only modules before it in this order (`tests/layers.rs` checks it): [`keyfile`],
 //! [`progress`], [`chart`], [`source`], [`metastore`], [`warehouse`], [`config`], [`query`], [`metrics`], [`pipeline`],
-//! [`auth`], [`privacy`], [`api`].
+//! [`auth`], [`privacy`], [`dashboard`], [`api`].
 
 pub mod api;
 pub mod auth;
 pub mod chart;
 pub mod config;
+pub mod dashboard;
 pub mod keyfile;
 pub mod metastore;
 pub mod metrics;
@@ -58,4 +59,19 @@ pub const SOKANA_CORE_METRICS: &[(&str, &str)] = &[
     ("payments.toml", include_str!("../queries/metrics/payments.toml")),
     ("receivables.toml", include_str!("../queries/metrics/receivables.toml")),
     ("utilization.toml", include_str!("../queries/metrics/utilization.toml")),
+];
+
+/// The Sokana dashboards (`dashboards/`), for projects outside this repository.
+pub const SOKANA_CORE_DASHBOARDS: &[(&str, &str)] = &[
+    ("client_pipeline.toml", include_str!("../dashboards/client_pipeline.toml")),
+    ("doula_team.toml", include_str!("../dashboards/doula_team.toml")),
+    ("executive.toml", include_str!("../dashboards/executive.toml")),
+    ("revenue.toml", include_str!("../dashboards/revenue.toml")),
+];
+
+/// The JSON Schemas of the files people write, as committed in `schemas/` (a test keeps them equal
+/// to what the types generate) and served at `/api/v1/schemas/NAME`.
+pub const SCHEMAS: &[(&str, &str)] = &[
+    ("dashboard.json", include_str!("../schemas/dashboard.json")),
+    ("metrics-view.json", include_str!("../schemas/metrics-view.json")),
 ];

@@ -50,6 +50,11 @@ enum Command {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
+    /// Dashboards: list them, draw one to SVG or PNG.
+    Dashboard {
+        #[command(subcommand)]
+        command: DashboardCommand,
+    },
     /// Write synthetic operational data into SQLite or PostgreSQL.
     Seed {
         /// sqlite://PATH or postgres://USER@HOST/DB
@@ -184,6 +189,34 @@ enum QueryCommand {
 }
 
 #[derive(Subcommand)]
+enum DashboardCommand {
+    /// The dashboards in `dashboards/`.
+    List,
+    /// Draw a dashboard (or one of its panels) to a file.
+    Render {
+        id: String,
+        /// One panel only.
+        #[arg(long)]
+        panel: Option<String>,
+        #[arg(long, value_enum, default_value = "svg")]
+        format: PictureFormat,
+        #[arg(long, value_name = "FILE")]
+        output: PathBuf,
+        /// A filter value, as in the dashboard's URL: `period=last_month`, `method=card`.
+        #[arg(long = "filter", value_name = "NAME=VALUE")]
+        filters: Vec<String>,
+        #[arg(long)]
+        dark: bool,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PictureFormat {
+    Svg,
+    Png,
+}
+
+#[derive(Subcommand)]
 enum ExportCommand {
     /// A DuckDB database file with a view per warehouse table (`raw.*`, `marts.*`), for the DuckDB
     /// CLI or Python.
@@ -260,6 +293,18 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Privacy { command } => cli::admin::privacy(&open(&cli.config)?, command, Bars::shared()).await,
         Command::Warehouse { command } => cli::admin::warehouse(&open(&cli.config)?, command, Bars::shared()).await,
         Command::Check => check(&open(&cli.config)?).await,
+        Command::Dashboard { command: DashboardCommand::List } => cli::dashboards::list(&open(&cli.config)?),
+        Command::Dashboard { command: DashboardCommand::Render { id, panel, format, output, filters, dark } } => {
+            let what = cli::dashboards::Render {
+                id: &id,
+                panel: panel.as_deref(),
+                png: matches!(format, PictureFormat::Png),
+                dark,
+                output: &output,
+                filters: &filters,
+            };
+            cli::dashboards::render(&open(&cli.config)?, what).await
+        }
         Command::Serve => serve(&open(&cli.config)?).await,
     }
 }
@@ -528,6 +573,27 @@ async fn check(project: &Project) -> Result<()> {
             }
         }
     }
+    let dashboards = sokana::dashboard::Catalog::load(&config.dashboards_dir());
+    for e in dashboards.problems() {
+        problems += 1;
+        println!("error {e}");
+    }
+    if dashboards.dashboards().next().is_some() {
+        let engine = query::engine::QueryEngine::open(config, project.warehouse().clone())?;
+        let queries_dir = config.queries_dir();
+        let sources = sokana::dashboard::Sources { engine: &engine, views: &metrics, queries_dir: &queries_dir };
+        let caller = query::engine::Caller { origin: "dashboard", ..query::engine::Caller::cli() };
+        for dashboard in dashboards.dashboards() {
+            let found = sokana::dashboard::check(&sources, dashboard, &caller).await;
+            if found.is_empty() {
+                println!("ok    {}", dashboard.path.display());
+            }
+            for e in found {
+                problems += 1;
+                println!("error {e}");
+            }
+        }
+    }
     for p in project.pipelines() {
         match pipeline::check(config, p).await {
             Ok(errors) if errors.is_empty() => println!("ok    {}", p.path.display()),
@@ -597,6 +663,10 @@ async fn demo(dir: &Path, no_serve: bool, source: Option<String>, scale: f64, se
             std::fs::create_dir_all(dir.join("queries"))?;
             for (name, sql) in sokana::SOKANA_CORE_QUERIES {
                 std::fs::write(dir.join("queries").join(name), sql)?;
+            }
+            std::fs::create_dir_all(dir.join("dashboards"))?;
+            for (name, text) in sokana::SOKANA_CORE_DASHBOARDS {
+                std::fs::write(dir.join("dashboards").join(name), text)?;
             }
             std::fs::create_dir_all(dir.join("queries/metrics"))?;
             for (name, text) in sokana::SOKANA_CORE_METRICS {

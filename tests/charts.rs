@@ -164,7 +164,7 @@ fn funnels_and_donuts_show_each_part_and_its_share() {
     assert!(shows(&svg, "Matched") && svg.contains("900 (60%)"), "stage, value and share of the first");
     assert_eq!(svg.matches("class=\"hit\"").count(), 4);
     let svg = drawn("donut", ChartKind::Donut, &enc(Some("stage"), &["clients"], None), &stages());
-    assert!(svg.contains("Lead · 1,500 (52%)"), "legend with value and share: {svg}");
+    assert!(svg.contains("Lead · 1.5k (52%)"), "legend with value and share: {svg}");
     assert!(shows(&svg, "2.9k"), "total in the middle");
     let many = Frame {
         fields: stages().fields,

@@ -18,6 +18,7 @@ const ORDER: &[&str] = &[
     "pipeline",
     "auth",
     "privacy",
+    "dashboard",
     "api",
 ];
 

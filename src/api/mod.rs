@@ -4,6 +4,7 @@
 
 mod auth;
 mod cookies;
+mod dashboards;
 mod metrics;
 mod pgwire;
 mod privacy;
@@ -48,6 +49,9 @@ pub struct Shared {
     pub policy: Arc<crate::auth::policy::MaskingPolicy>,
     /// The metrics views (`queries/metrics/`), loaded at start.
     pub metrics: crate::metrics::Catalog,
+    /// The dashboards (`dashboards/`), loaded at start.
+    pub dashboards: crate::dashboard::Catalog,
+    pub queries_dir: std::path::PathBuf,
 }
 
 impl AppState {
@@ -68,7 +72,19 @@ impl AppState {
         for problem in metrics.problems() {
             tracing::error!(error = %problem, "a metrics view did not load; the others are served");
         }
-        Ok(AppState(Arc::new(Shared { project: project.clone(), engine: Arc::new(engine), auth, policy, metrics })))
+        let dashboards = crate::dashboard::Catalog::load(&config.dashboards_dir());
+        for problem in dashboards.problems() {
+            tracing::error!(error = %problem, "a dashboard did not load; the others are served");
+        }
+        Ok(AppState(Arc::new(Shared {
+            project: project.clone(),
+            engine: Arc::new(engine),
+            auth,
+            policy,
+            metrics,
+            dashboards,
+            queries_dir: config.queries_dir(),
+        })))
     }
 }
 
@@ -142,6 +158,10 @@ pub fn routes() -> Vec<Route> {
         route(Method::GET, "/api/v1/tables", Needs(ReadCatalog), query::list_tables),
         route(Method::GET, "/api/v1/metrics", Needs(ViewDashboards), metrics::list),
         route(Method::GET, "/api/v1/metrics/{view}", Needs(ViewDashboards), metrics::answer),
+        route(Method::GET, "/api/v1/dashboards", Needs(ViewDashboards), dashboards::list),
+        route(Method::GET, "/api/v1/dashboards/{id}", Needs(ViewDashboards), dashboards::get),
+        route(Method::GET, "/api/v1/dashboards/{id}/panels/{file}", Needs(ViewDashboards), dashboards::panel),
+        route(Method::GET, "/api/v1/schemas/{name}", SignedIn, dashboards::schema),
         route(Method::GET, "/api/v1/query-log", Needs(ViewOperations), query::query_log),
         route(Method::GET, "/api/v1/openapi.json", SignedIn, openapi),
     ]

@@ -675,7 +675,7 @@ fn donut(chart: &Chart, root: &Area, colours: &Colours) -> Result<(Vec<Hit>, Str
         let y = top + i as i32 * row;
         body.draw(&Rectangle::new([(left, y + 4), (left + 10, y + 14)], fills[i].filled())).map_err(failed)?;
         let share = if total > 0.0 { value / total } else { 0.0 };
-        let text = format!("{label} · {} ({})", format.full(*value), Format::Percent.compact(share));
+        let text = format!("{label} · {} ({})", format.compact(*value), Format::Percent.compact(share));
         body.draw(&Text::new(
             fit(&text, w as i32 - left - 14 - PAD, LABEL_SIZE),
             (left + 14, y + 9),
@@ -687,7 +687,7 @@ fn donut(chart: &Chart, root: &Area, colours: &Colours) -> Result<(Vec<Hit>, Str
             y: by + y,
             width: w as i32 - left - PAD,
             height: row,
-            tooltip: text,
+            tooltip: format!("{label}: {} ({})", format.full(*value), Format::Percent.compact(share)),
             category: raw.clone(),
             series: None,
             value: Some(*value),

@@ -4,4 +4,5 @@
 //! rules of their own.
 
 pub mod admin;
+pub mod dashboards;
 pub mod queries;

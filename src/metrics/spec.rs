@@ -256,9 +256,10 @@ pub fn load_all(dir: &Path) -> (Vec<View>, Vec<SpecError>) {
     (views, problems)
 }
 
-/// The JSON Schema of a view file, for editors.
-pub fn json_schema() -> schemars::Schema {
-    schemars::schema_for!(ViewFile)
+/// The JSON Schema of view files, as committed in `schemas/metrics-view.json`.
+pub fn json_schema() -> String {
+    let schema = schemars::schema_for!(ViewFile);
+    format!("{}\n", serde_json::to_string_pretty(&schema).unwrap_or_default())
 }
 
 #[cfg(test)]

@@ -281,21 +281,32 @@ impl QueryEngine {
         let reuse = prepared.cacheable.then_some(tables.as_slice());
         let run = async {
             match engine {
-                EngineChoice::Duckdb => {
-                    let answer = self.run_duckdb(request, &prepared.tables, cap).await?;
-                    match self.conformed(request, &prepared, answer) {
-                        Some(answer) => Ok(answer),
+                EngineChoice::Duckdb => match self.run_duckdb(request, &prepared.tables, cap).await {
+                    Ok(answer) => match self.conformed(request, &prepared, answer) {
+                        Some(answer) => Ok((answer, EngineChoice::Duckdb)),
                         // DuckDB's answer does not fit DataFusion's plan (a NULL where the plan has
                         // none, a type that does not cast): DataFusion answers instead.
-                        None => self.run_datafusion(request, cap, reuse).await,
+                        None => self.run_datafusion(request, cap, reuse).await.map(|a| (a, EngineChoice::Datafusion)),
+                    },
+                    // `auto` chose DuckDB for a query DataFusion planned, and DuckDB cannot run it
+                    // (it needs an extension this build does not carry, such as ICU's time zones
+                    // for `AT TIME ZONE`): DataFusion answers, and routing learns not to ask again.
+                    Err(QueryError::Sql(e)) if request.engine == EngineChoice::Auto && prepared.plan.is_ok() => {
+                        tracing::debug!(error = %e, "DuckDB could not run a query auto routed to it; DataFusion answers");
+                        if let Ok(mut routing) = self.routing.lock() {
+                            routing.observe(&prepared.shape, EngineChoice::Duckdb, u64::MAX / 1024);
+                        }
+                        self.run_datafusion(request, cap, reuse).await.map(|a| (a, EngineChoice::Datafusion))
                     }
-                }
-                _ => self.run_datafusion(request, cap, reuse).await,
+                    Err(e) => Err(e),
+                },
+                _ => self.run_datafusion(request, cap, reuse).await.map(|a| (a, EngineChoice::Datafusion)),
             }
         };
         let seconds = self.limits.timeout.as_secs_f64();
-        let (schema, mut batches, read) =
+        let ((schema, mut batches, read), engine) =
             tokio::time::timeout(self.limits.timeout, run).await.map_err(|_| QueryError::Timeout { seconds })??;
+        record.engine = engine;
         if !prepared.shape.is_empty()
             && let Ok(mut routing) = self.routing.lock()
         {

@@ -1,0 +1,659 @@
+//! Dashboards as code: the files in `dashboards/` ([`spec`]), the filter values a viewer chose
+//! ([`Selection`]), each panel's data fetched through the metrics layer or the query engine as the
+//! viewer's role (so masking, the exact cache, the query log and the audit trail apply), and its
+//! chart drawn by [`crate::chart`]. It does not speak HTTP, and it runs no query of its own making
+//! beyond what the files and the metrics views say.
+
+pub mod spec;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{DataType, Float64Type};
+use chrono::{Datelike, Months, NaiveDate};
+use serde::Serialize;
+
+use crate::chart::{self, Cell, Chart, Field, FieldKind, Format, Frame, Theme};
+use crate::metrics::request::{MetricsRequest, Range};
+use crate::metrics::{self, MetricsError};
+use crate::query::engine::{Caller, QueryEngine, QueryRequest};
+use crate::query::{Params, QueryError};
+pub use spec::{Dashboard, FilterKind, PanelSpec, Preset, Source, SpecError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DashboardError {
+    #[error("no dashboard named {0:?}")]
+    Unknown(String),
+    #[error("dashboard {dashboard} has no panel {panel:?}")]
+    UnknownPanel { dashboard: String, panel: String },
+    /// The viewer's role may not open it.
+    #[error("dashboard {0} is not open to your role")]
+    Forbidden(String),
+    /// A filter value from the URL that is unknown, malformed or outside the allowed set.
+    #[error("filter {filter}: {message}")]
+    Filter { filter: String, message: String },
+    /// A panel whose file does not fit the metrics views or the warehouse.
+    #[error("{path}: panel {panel}: {message}")]
+    Panel { path: String, panel: String, message: String },
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    #[error(transparent)]
+    Query(#[from] QueryError),
+    #[error(transparent)]
+    Chart(#[from] chart::ChartError),
+}
+
+/// Every dashboard of a project, loaded once, and the files that did not load.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    dashboards: Arc<BTreeMap<String, Arc<Dashboard>>>,
+    problems: Arc<[SpecError]>,
+}
+
+impl Catalog {
+    pub fn load(dir: &Path) -> Catalog {
+        let (dashboards, problems) = spec::load_all(dir);
+        let dashboards = dashboards.into_iter().map(|d| (d.id.clone(), Arc::new(d))).collect();
+        Catalog { dashboards: Arc::new(dashboards), problems: problems.into() }
+    }
+
+    pub fn dashboards(&self) -> impl Iterator<Item = &Arc<Dashboard>> {
+        self.dashboards.values()
+    }
+
+    pub fn problems(&self) -> &[SpecError] {
+        &self.problems
+    }
+
+    pub fn get(&self, id: &str) -> Result<&Arc<Dashboard>, DashboardError> {
+        self.dashboards.get(id).ok_or_else(|| DashboardError::Unknown(id.to_string()))
+    }
+}
+
+/// The filter values a viewer chose (or the defaults), checked against the dashboard.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Selection {
+    /// The date range filter's name, preset (`None` for a custom range) and days.
+    pub range: Option<(String, Option<Preset>, Range)>,
+    /// Select filters: name → values chosen (empty: all).
+    pub selects: BTreeMap<String, Vec<String>>,
+}
+
+fn filter_error(filter: &str, message: impl Into<String>) -> DashboardError {
+    DashboardError::Filter { filter: filter.to_string(), message: message.into() }
+}
+
+/// The days of `preset` as of `today` (`[from, to)`); `None` for all time.
+pub fn preset_range(preset: Preset, today: NaiveDate) -> Option<Range> {
+    let tomorrow = today.succ_opt()?;
+    let month_start = today.with_day(1)?;
+    let quarter_start = NaiveDate::from_ymd_opt(today.year(), (today.month0() / 3) * 3 + 1, 1)?;
+    let year_start = NaiveDate::from_ymd_opt(today.year(), 1, 1)?;
+    let (from, to) = match preset {
+        Preset::Last30Days => (tomorrow - chrono::Duration::days(30), tomorrow),
+        Preset::Last90Days => (tomorrow - chrono::Duration::days(90), tomorrow),
+        Preset::MonthToDate => (month_start, tomorrow),
+        Preset::QuarterToDate => (quarter_start, tomorrow),
+        Preset::YearToDate => (year_start, tomorrow),
+        Preset::LastMonth => (month_start.checked_sub_months(Months::new(1))?, month_start),
+        Preset::LastQuarter => (quarter_start.checked_sub_months(Months::new(3))?, quarter_start),
+        Preset::LastYear => (year_start.checked_sub_months(Months::new(12))?, year_start),
+        Preset::Last12Months => (month_start.checked_sub_months(Months::new(12))?, month_start),
+        Preset::Next30Days => (today, today + chrono::Duration::days(30)),
+        Preset::AllTime => return None,
+    };
+    Some(Range { from, to })
+}
+
+/// Today in the dashboards' time zone.
+pub fn today() -> NaiveDate {
+    chrono::Utc::now().with_timezone(&crate::metrics::spec::DEFAULT_TIMEZONE).date_naive()
+}
+
+impl Selection {
+    /// Reads the filter values in URL pairs: `NAME=preset` or `NAME=YYYY-MM-DD..YYYY-MM-DD` for a
+    /// date range, `NAME=value` (repeated) for a select. Parameters that are not filters of this
+    /// dashboard are left to the caller (`theme`, `page`); a value of the wrong form is an error
+    /// naming the filter. Select values are checked against the data by [`check_values`].
+    pub fn from_pairs<'a>(
+        dashboard: &Dashboard,
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+        today: NaiveDate,
+    ) -> Result<Selection, DashboardError> {
+        let mut selection = Selection::default();
+        let mut given_range = None;
+        for (key, value) in pairs {
+            let Some(filter) = dashboard.file.filters.iter().find(|f| f.name == key) else { continue };
+            match filter.kind {
+                FilterKind::DateRange => given_range = Some(parse_range(&filter.name, value, today)?),
+                FilterKind::Select => {
+                    if value.len() > 200 {
+                        return Err(filter_error(key, "a value longer than 200 characters"));
+                    }
+                    selection.selects.entry(key.to_string()).or_default().push(value.to_string());
+                }
+            }
+        }
+        if let Some(filter) = dashboard.file.filters.iter().find(|f| f.kind == FilterKind::DateRange) {
+            let (preset, range) = match given_range {
+                Some(given) => given,
+                None => {
+                    let preset = filter.default.unwrap_or(Preset::Last90Days);
+                    (Some(preset), preset_range(preset, today))
+                }
+            };
+            if let Some(range) = range {
+                selection.range = Some((filter.name.clone(), preset, range));
+            }
+        }
+        Ok(selection)
+    }
+}
+
+fn parse_range(filter: &str, value: &str, today: NaiveDate) -> Result<(Option<Preset>, Option<Range>), DashboardError> {
+    if let Some(preset) = Preset::parse(value) {
+        return Ok((Some(preset), preset_range(preset, today)));
+    }
+    let expected = || {
+        let names: Vec<&str> = Preset::ALL.iter().map(|p| p.name()).collect();
+        filter_error(filter, format!("expected one of {} or FROM..TO as 2026-01-01..2026-04-01, got {value:?}", names.join(", ")))
+    };
+    let (from, to) = value.split_once("..").ok_or_else(expected)?;
+    let date = |t: &str| NaiveDate::parse_from_str(t.trim(), "%Y-%m-%d").map_err(|_| expected());
+    let (from, to) = (date(from)?, date(to)?);
+    if to <= from {
+        return Err(filter_error(filter, format!("the range ends ({to}) before it starts ({from})")));
+    }
+    Ok((None, Some(Range { from, to })))
+}
+
+/// The select filters that apply to a metrics panel over `view`: those the panel names (or all)
+/// whose dimension the view has.
+fn applied_selects<'a>(dashboard: &'a Dashboard, panel: &PanelSpec, view: &metrics::spec::View) -> Vec<(&'a str, String)> {
+    dashboard
+        .file
+        .filters
+        .iter()
+        .filter(|f| f.kind == FilterKind::Select)
+        .filter(|f| panel.filters.as_ref().is_none_or(|names| names.contains(&f.name)))
+        .filter_map(|f| {
+            let dimension = f.dimension.clone().unwrap_or_else(|| f.name.clone());
+            view.dimension(&dimension).map(|_| (f.name.as_str(), dimension))
+        })
+        .collect()
+}
+
+fn range_applies(dashboard: &Dashboard, panel: &PanelSpec) -> bool {
+    dashboard
+        .file
+        .filters
+        .iter()
+        .filter(|f| f.kind == FilterKind::DateRange)
+        .any(|f| panel.filters.as_ref().is_none_or(|names| names.contains(&f.name)))
+}
+
+/// Checks each chosen select value against the values its dimension takes in the data (as the
+/// viewer's role sees them): a value outside that set is an error naming the filter.
+pub async fn check_values(
+    engine: &QueryEngine,
+    views: &metrics::Catalog,
+    dashboard: &Dashboard,
+    selection: &Selection,
+    caller: &Caller,
+) -> Result<(), DashboardError> {
+    for (name, chosen) in &selection.selects {
+        let allowed = filter_values(engine, views, dashboard, name, caller).await?;
+        if let Some(outside) = chosen.iter().find(|v| !allowed.contains(v)) {
+            return Err(filter_error(name, format!("{outside:?} is not one of the values in the data")));
+        }
+    }
+    Ok(())
+}
+
+/// The values a select filter offers: its dimension's values in the data, most frequent first.
+pub async fn filter_values(
+    engine: &QueryEngine,
+    views: &metrics::Catalog,
+    dashboard: &Dashboard,
+    name: &str,
+    caller: &Caller,
+) -> Result<Vec<String>, DashboardError> {
+    let filter = dashboard
+        .file
+        .filters
+        .iter()
+        .find(|f| f.name == name && f.kind == FilterKind::Select)
+        .ok_or_else(|| filter_error(name, "the dashboard has no such select filter"))?;
+    let view = views.view(filter.view.as_deref().unwrap_or_default())?;
+    let dimension = filter.dimension.clone().unwrap_or_else(|| filter.name.clone());
+    let measure = view.measures.first().map(|m| m.name.clone()).unwrap_or_default();
+    let request = MetricsRequest {
+        measures: vec![measure],
+        dimensions: vec![dimension.clone()],
+        grain: None,
+        range: None,
+        filters: Vec::new(),
+        compare: false,
+        order: None,
+        limit: 1_000,
+    };
+    request.check(view)?;
+    let answer = metrics::answer(engine, view, &request, caller).await?;
+    Ok(answer
+        .rows
+        .as_array()
+        .map(|rows| rows.iter().filter_map(|r| r.get(&dimension).and_then(|v| v.as_str()).map(String::from)).collect())
+        .unwrap_or_default())
+}
+
+/// A panel's data, ready to draw.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PanelData {
+    pub frame: Frame,
+    pub previous: Option<Frame>,
+    pub trend: Option<Frame>,
+    /// The queries that ran, with `$n` where values were bound.
+    pub sql: Vec<String>,
+    /// Tables read and their versions (what live refresh watches).
+    pub tables: Vec<metrics::TableVersion>,
+    pub cache_hit: bool,
+}
+
+fn frame_of(answer: &metrics::Answer) -> Frame {
+    let fields: Vec<Field> = answer
+        .columns
+        .iter()
+        .map(|c| Field { name: c.name.clone(), label: c.label.clone(), format: c.format, higher_is_better: c.higher_is_better })
+        .collect();
+    let rows = |value: &serde_json::Value| -> Vec<Vec<Cell>> {
+        value
+            .as_array()
+            .map(|rows| {
+                rows.iter()
+                    .map(|row| {
+                        fields
+                            .iter()
+                            .map(|f| match row.get(&f.name) {
+                                Some(serde_json::Value::Number(n)) => n.as_f64().map(Cell::Number).unwrap_or(Cell::Null),
+                                Some(serde_json::Value::String(s)) => Cell::Text(s.clone()),
+                                Some(serde_json::Value::Bool(b)) => Cell::Text(b.to_string()),
+                                _ => Cell::Null,
+                            })
+                            .collect()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let rows = rows(&answer.rows);
+    Frame { fields, rows }
+}
+
+/// The frame of a collected SQL answer: numbers as numbers (formatted as the panel says), every
+/// other type as its text.
+fn frame_of_batches(
+    schema: &arrow::datatypes::SchemaRef,
+    batches: &[arrow::record_batch::RecordBatch],
+    formats: &BTreeMap<String, Format>,
+) -> Result<Frame, DashboardError> {
+    let numeric = |t: &DataType| t.is_numeric();
+    let fields = schema
+        .fields()
+        .iter()
+        .map(|f| Field {
+            name: f.name().clone(),
+            label: readable(f.name()),
+            format: numeric(f.data_type()).then(|| formats.get(f.name()).copied().unwrap_or_default()),
+            higher_is_better: None,
+        })
+        .collect();
+    let mut rows = Vec::new();
+    let cast_error = |e: arrow::error::ArrowError| DashboardError::Query(QueryError::Format(e.to_string()));
+    for batch in batches {
+        let mut columns: Vec<Vec<Cell>> = Vec::new();
+        for column in batch.columns() {
+            let cells = if numeric(column.data_type()) {
+                let values = arrow::compute::cast(column, &DataType::Float64).map_err(cast_error)?;
+                let values = values.as_primitive::<Float64Type>();
+                (0..values.len()).map(|i| if values.is_null(i) { Cell::Null } else { Cell::Number(values.value(i)) }).collect()
+            } else {
+                let values = arrow::compute::cast(column, &DataType::Utf8).map_err(cast_error)?;
+                let values = values.as_string::<i32>();
+                (0..values.len()).map(|i| if values.is_null(i) { Cell::Null } else { Cell::Text(values.value(i).to_string()) }).collect()
+            };
+            columns.push(cells);
+        }
+        for i in 0..batch.num_rows() {
+            rows.push(columns.iter().map(|c| c[i].clone()).collect());
+        }
+    }
+    Ok(Frame { fields, rows })
+}
+
+/// A column name as a label: `days_overdue` reads "Days overdue".
+fn readable(name: &str) -> String {
+    let spaced = name.replace('_', " ");
+    let mut chars = spaced.chars();
+    chars.next().map(|c| c.to_uppercase().chain(chars).collect()).unwrap_or_default()
+}
+
+/// What the panels of a dashboard read from: the engine, the metrics views and saved queries.
+pub struct Sources<'a> {
+    pub engine: &'a QueryEngine,
+    pub views: &'a metrics::Catalog,
+    pub queries_dir: &'a Path,
+}
+
+/// Fetches `panel`'s data with `selection` applied, as `caller`.
+pub async fn panel_data(
+    sources: &Sources<'_>,
+    dashboard: &Dashboard,
+    panel: &PanelSpec,
+    selection: &Selection,
+    caller: &Caller,
+) -> Result<PanelData, DashboardError> {
+    let problem = |message: String| DashboardError::Panel {
+        path: dashboard.path.display().to_string(),
+        panel: panel.id.clone(),
+        message,
+    };
+    let range = selection.range.as_ref().filter(|_| range_applies(dashboard, panel)).map(|(_, _, r)| *r);
+    match panel.source() {
+        Some(Source::Metric(spec)) => {
+            let view = sources.views.view(&spec.view)?;
+            let mut filters: Vec<(String, Vec<String>)> = spec.filters.clone().into_iter().collect();
+            for (name, dimension) in applied_selects(dashboard, panel, view) {
+                if let Some(values) = selection.selects.get(name).filter(|v| !v.is_empty()) {
+                    filters.push((dimension, values.clone()));
+                }
+            }
+            let timed = view.time.is_some();
+            let range = match spec.range {
+                Some(preset) => preset_range(preset, today()),
+                None => range,
+            };
+            let base = MetricsRequest {
+                measures: spec.measures.clone(),
+                dimensions: spec.dimensions.clone(),
+                grain: spec.grain,
+                range: range.filter(|_| timed),
+                filters,
+                compare: panel.compare && timed && range.is_some(),
+                order: spec.order.as_ref().map(|o| match o.strip_prefix('-') {
+                    Some(field) => metrics::request::Order { field: field.to_string(), descending: true },
+                    None => metrics::request::Order { field: o.clone(), descending: false },
+                }),
+                limit: spec.limit.unwrap_or(metrics::request::DEFAULT_LIMIT),
+            };
+            base.check(view).map_err(|e| problem(e.to_string()))?;
+            let answer = metrics::answer(sources.engine, view, &base, caller).await?;
+            let mut data = PanelData {
+                frame: frame_of(&answer),
+                previous: answer.previous.as_ref().map(|p| {
+                    frame_of(&metrics::Answer { rows: p.rows.clone(), previous: None, ..answer.clone() })
+                }),
+                trend: None,
+                sql: vec![answer.sql.clone()],
+                tables: answer.tables.clone(),
+                cache_hit: answer.cache_hit,
+            };
+            if let (Some(grain), true) = (spec.trend, timed) {
+                let trend = MetricsRequest { grain: Some(grain), compare: false, ..base };
+                let answer = metrics::answer(sources.engine, view, &trend, caller).await?;
+                data.trend = Some(frame_of(&answer));
+                data.sql.push(answer.sql);
+                data.cache_hit &= answer.cache_hit;
+            }
+            Ok(data)
+        }
+        Some(Source::Sql(sql)) => run_sql(sources, sql, range, &panel.formats, caller).await,
+        Some(Source::Saved(name)) => {
+            let saved = crate::query::saved::load_all(sources.queries_dir)?;
+            let query = saved.into_iter().find(|q| q.name == name).ok_or_else(|| problem(format!("query: no saved query {name:?}")))?;
+            run_sql(sources, &query.sql, range, &panel.formats, caller).await
+        }
+        None => Err(problem("give exactly one of metric, sql or query".into())),
+    }
+}
+
+async fn run_sql(
+    sources: &Sources<'_>,
+    sql: &str,
+    range: Option<Range>,
+    formats: &BTreeMap<String, Format>,
+    caller: &Caller,
+) -> Result<PanelData, DashboardError> {
+    let mut named = BTreeMap::new();
+    let day = |d: NaiveDate| datafusion::scalar::ScalarValue::Date32(Some((d - NaiveDate::default()).num_days() as i32));
+    // The date range binds `$from` and `$to` when the SQL names them; all time is the widest range.
+    let (from, to) = match range {
+        Some(r) => (r.from, r.to),
+        None => (NaiveDate::from_ymd_opt(1900, 1, 1).unwrap_or_default(), NaiveDate::from_ymd_opt(2200, 1, 1).unwrap_or_default()),
+    };
+    if sql.contains("$from") {
+        named.insert("from".to_string(), day(from));
+    }
+    if sql.contains("$to") {
+        named.insert("to".to_string(), day(to));
+    }
+    let request = QueryRequest {
+        sql: sql.to_string(),
+        engine: sources.engine.default_engine(),
+        params: if named.is_empty() { Params::None } else { Params::Named(named) },
+        page: None,
+        caller: caller.clone(),
+    };
+    let output = sources.engine.query(&request).await?;
+    Ok(PanelData {
+        frame: frame_of_batches(&output.result.schema, &output.result.batches, formats)?,
+        previous: None,
+        trend: None,
+        sql: vec![sql.to_string()],
+        tables: output.tables.iter().map(|(t, v)| metrics::TableVersion { table: t.to_string(), version: *v }).collect(),
+        cache_hit: output.cache_hit,
+    })
+}
+
+/// Pixels per grid row and per grid column (of 12) at the width charts are drawn for export.
+pub const ROW_PX: u32 = 50;
+pub const EXPORT_WIDTH: u32 = 1200;
+
+/// Draws `panel`'s data as SVG at `width`×`height` (the panel's grid size when not given).
+pub fn render(
+    dashboard: &Dashboard,
+    panel: &PanelSpec,
+    data: &PanelData,
+    theme: Theme,
+    size: Option<(u32, u32)>,
+    page: usize,
+) -> Result<String, DashboardError> {
+    let (width, height) =
+        size.unwrap_or((EXPORT_WIDTH * u32::from(panel.width()) / 12, ROW_PX * u32::from(panel.height())));
+    let id = format!("{}-{}", dashboard.id, panel.id);
+    Ok(chart::render_svg(&Chart {
+        id: &id,
+        kind: panel.chart,
+        title: &panel.title,
+        description: &panel.description,
+        encoding: &panel.encoding,
+        data: &data.frame,
+        previous: data.previous.as_ref(),
+        trend: data.trend.as_ref(),
+        theme,
+        width,
+        height,
+        page,
+    })?)
+}
+
+/// The error state of a panel, drawn in its frame.
+pub fn render_error(dashboard: &Dashboard, panel: &PanelSpec, message: &str, theme: Theme) -> String {
+    let id = format!("{}-{}", dashboard.id, panel.id);
+    let empty = Frame::default();
+    chart::render_error(
+        &Chart {
+            id: &id,
+            kind: panel.chart,
+            title: &panel.title,
+            description: &panel.description,
+            encoding: &panel.encoding,
+            data: &empty,
+            previous: None,
+            trend: None,
+            theme,
+            width: EXPORT_WIDTH * u32::from(panel.width()) / 12,
+            height: ROW_PX * u32::from(panel.height()),
+            page: 0,
+        },
+        message,
+    )
+}
+
+/// Checks every panel of `dashboard` against the live catalog (`sokana check`): its view and
+/// fields exist, its chart's encoding names columns of the right kind, its data (with the default
+/// filters) draws, and every filter is used by some panel. Each problem names the file, the panel
+/// and the field.
+pub async fn check(sources: &Sources<'_>, dashboard: &Dashboard, caller: &Caller) -> Vec<String> {
+    let path = dashboard.path.display();
+    let mut problems = Vec::new();
+    for filter in &dashboard.file.filters {
+        let used = dashboard.file.panels.iter().any(|p| {
+            let named = p.filters.as_ref().is_none_or(|names| names.contains(&filter.name));
+            named
+                && match (filter.kind, p.source()) {
+                    (FilterKind::DateRange, Some(Source::Metric(m))) => {
+                        sources.views.view(&m.view).is_ok_and(|v| v.time.is_some())
+                    }
+                    (FilterKind::DateRange, Some(Source::Sql(sql))) => sql.contains("$from") || sql.contains("$to"),
+                    (FilterKind::DateRange, _) => false,
+                    (FilterKind::Select, Some(Source::Metric(m))) => sources.views.view(&m.view).is_ok_and(|v| {
+                        v.dimension(filter.dimension.as_deref().unwrap_or(&filter.name)).is_some()
+                    }),
+                    (FilterKind::Select, _) => false,
+                }
+        });
+        if !used {
+            problems.push(format!("{path}: filter {}: no panel uses it", filter.name));
+        }
+        if let Some(view) = &filter.view {
+            match sources.views.view(view) {
+                Ok(v) if v.dimension(filter.dimension.as_deref().unwrap_or(&filter.name)).is_none() => problems.push(format!(
+                    "{path}: filter {}: view {view} has no dimension {:?}",
+                    filter.name,
+                    filter.dimension.as_deref().unwrap_or(&filter.name)
+                )),
+                Ok(_) => {}
+                Err(e) => problems.push(format!("{path}: filter {}: view: {e}", filter.name)),
+            }
+        }
+    }
+    let selection = Selection::from_pairs(dashboard, [], today()).unwrap_or_default();
+    for panel in &dashboard.file.panels {
+        let at = |message: String| format!("{path}: panel {}: {message}", panel.id);
+        if let Some(Source::Metric(spec)) = panel.source() {
+            let view = match sources.views.view(&spec.view) {
+                Ok(view) => view,
+                Err(e) => {
+                    problems.push(at(format!("metric.view: {e}")));
+                    continue;
+                }
+            };
+            let mut fields: Vec<(String, FieldKind)> = Vec::new();
+            if spec.grain.is_some() {
+                fields.push((metrics::spec::PERIOD.to_string(), FieldKind::Dimension));
+            }
+            for d in &spec.dimensions {
+                if view.dimension(d).is_none() {
+                    problems.push(at(format!("metric.dimensions: view {} has no dimension {d:?}", view.name)));
+                }
+                fields.push((d.clone(), FieldKind::Dimension));
+            }
+            for m in &spec.measures {
+                if view.measure(m).is_none() {
+                    problems.push(at(format!("metric.measures: view {} has no measure {m:?}", view.name)));
+                }
+                fields.push((m.clone(), FieldKind::Measure));
+            }
+            if let Err(e) = chart::check(panel.chart, &panel.encoding, &fields) {
+                problems.push(at(format!("encoding.{e}")));
+                continue;
+            }
+        }
+        match panel_data(sources, dashboard, panel, &selection, caller).await {
+            Ok(data) => {
+                if let Err(e) = render(dashboard, panel, &data, Theme::Light, None, 0) {
+                    problems.push(at(match e {
+                        DashboardError::Chart(chart::ChartError::DoesNotFit(m)) => m,
+                        DashboardError::Chart(e) => format!("encoding.{e}"),
+                        other => other.to_string(),
+                    }));
+                }
+            }
+            Err(e) => problems.push(at(e.to_string())),
+        }
+    }
+    problems
+}
+
+/// A panel's rows as CSV (RFC 4180, UTF-8, a header of column names, numbers unformatted). Text
+/// that a spreadsheet would run as a formula (a leading `=`, `+`, `-` or `@`) is prefixed with `'`
+/// unless `raw`, as OWASP recommends for CSV downloads.
+pub fn csv(frame: &Frame, raw: bool) -> Result<Vec<u8>, DashboardError> {
+    let failed = |e: csv::Error| DashboardError::Query(QueryError::Format(e.to_string()));
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    writer.write_record(frame.fields.iter().map(|f| f.name.as_str())).map_err(failed)?;
+    for row in &frame.rows {
+        writer
+            .write_record(row.iter().map(|cell| match cell {
+                Cell::Null => String::new(),
+                Cell::Number(n) => n.to_string(),
+                Cell::Text(t) if !raw && t.starts_with(['=', '+', '-', '@']) => format!("'{t}"),
+                Cell::Text(t) => t.clone(),
+            }))
+            .map_err(failed)?;
+    }
+    writer.into_inner().map_err(|e| DashboardError::Query(QueryError::Format(e.to_string())))
+}
+
+/// Every panel of a dashboard in one SVG, laid out on its grid at [`EXPORT_WIDTH`] (the picture a
+/// PNG export or a report page shows). `panels` holds each panel's SVG, in the file's order.
+pub fn compose(dashboard: &Dashboard, panels: &[String], theme: Theme) -> String {
+    let column = EXPORT_WIDTH / 12;
+    let gap = 8;
+    let header = 56;
+    let (mut x, mut y, mut row_height) = (0u32, header, 0u32);
+    let mut body = String::new();
+    for (panel, svg) in dashboard.file.panels.iter().zip(panels) {
+        let width = u32::from(panel.width());
+        if x + width > 12 {
+            x = 0;
+            y += row_height + gap;
+            row_height = 0;
+        }
+        let height = ROW_PX * u32::from(panel.height());
+        // Each panel's own SVG, placed by the outer one; its ids are already unique per panel.
+        let placed = svg.replacen("<svg ", &format!("<svg x=\"{}\" y=\"{y}\" ", x * column), 1);
+        body.push_str(&placed);
+        body.push_str(&format!(
+            "<rect x=\"{}\" y=\"{y}\" width=\"{}\" height=\"{height}\" rx=\"6\" fill=\"none\" stroke=\"{}\"/>",
+            x * column,
+            width * column - gap,
+            chart::theme::hex(theme.colours().grid)
+        ));
+        x += width;
+        row_height = row_height.max(height);
+    }
+    let total = y + row_height;
+    let colours = theme.colours();
+    format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{total}\" viewBox=\"0 0 {w} {total}\" role=\"img\" aria-label=\"{title}\">\
+         <rect width=\"100%\" height=\"100%\" fill=\"{bg}\"/>\
+         <text x=\"12\" y=\"34\" font-family=\"sans-serif\" font-size=\"22\" font-weight=\"bold\" fill=\"{ink}\">{title}</text>{body}</svg>\n",
+        w = EXPORT_WIDTH,
+        title = chart::escape(&dashboard.file.title),
+        bg = chart::theme::hex(colours.background),
+        ink = chart::theme::hex(colours.text),
+    )
+}
