@@ -19,7 +19,9 @@ impl ApiError {
             DashboardError::Query(q) | DashboardError::Metrics(crate::metrics::MetricsError::Query(q)) => {
                 return ApiError::query(q, request_id);
             }
-            DashboardError::Unknown(_) | DashboardError::UnknownPanel { .. } => (StatusCode::NOT_FOUND, "unknown_dashboard"),
+            DashboardError::Unknown(_) | DashboardError::UnknownPanel { .. } => {
+                (StatusCode::NOT_FOUND, "unknown_dashboard")
+            }
             DashboardError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             DashboardError::Filter { .. } => (StatusCode::BAD_REQUEST, "filter"),
             DashboardError::Metrics(_) | DashboardError::Panel { .. } | DashboardError::Chart(_) => {
@@ -58,8 +60,9 @@ async fn selection(
     caller: &Caller,
     request_id: &RequestId,
 ) -> Result<Selection, ApiError> {
-    let selection = Selection::from_pairs(dashboard, pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())), dashboard::today())
-        .map_err(|e| ApiError::dashboard(e, request_id))?;
+    let selection =
+        Selection::from_pairs(dashboard, pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())), dashboard::today())
+            .map_err(|e| ApiError::dashboard(e, request_id))?;
     dashboard::check_values(&state.engine, &state.metrics, dashboard, &selection, caller)
         .await
         .map_err(|e| ApiError::dashboard(e, request_id))?;
@@ -124,12 +127,20 @@ pub(super) async fn get(
                     filter["from"] = json!(range.from);
                     filter["to"] = json!(range.to);
                 }
-                filter["presets"] = json!(dashboard::Preset::ALL.iter().map(|p| json!({"name": p.name(), "label": p.label()})).collect::<Vec<_>>());
+                filter["presets"] = json!(
+                    dashboard::Preset::ALL
+                        .iter()
+                        .map(|p| json!({"name": p.name(), "label": p.label()}))
+                        .collect::<Vec<_>>()
+                );
             }
             dashboard::FilterKind::Select => {
                 filter["values"] = json!(selection.selects.get(&f.name).cloned().unwrap_or_default());
-                filter["options"] =
-                    json!(dashboard::filter_values(&state.engine, &state.metrics, dashboard, &f.name, &as_caller).await.unwrap_or_default());
+                filter["options"] = json!(
+                    dashboard::filter_values(&state.engine, &state.metrics, dashboard, &f.name, &as_caller)
+                        .await
+                        .unwrap_or_default()
+                );
             }
         }
         filters.push(filter);
@@ -160,7 +171,10 @@ pub(super) async fn panel(
     let dashboard = open(&state, &id, &caller)?;
     let (name, extension) = file.rsplit_once('.').unwrap_or((file.as_str(), ""));
     let panel = dashboard.panel(name).ok_or_else(|| {
-        ApiError::dashboard(DashboardError::UnknownPanel { dashboard: id.clone(), panel: name.to_string() }, &caller.request_id)
+        ApiError::dashboard(
+            DashboardError::UnknownPanel { dashboard: id.clone(), panel: name.to_string() },
+            &caller.request_id,
+        )
     })?;
     let pairs = pairs(query);
     let param = |key: &str| pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
@@ -168,15 +182,23 @@ pub(super) async fn panel(
         None | Some("light") => Theme::Light,
         Some("dark") => Theme::Dark,
         Some(other) => {
-            return Err(ApiError::new(StatusCode::BAD_REQUEST, "parameter", format!("parameter theme: expected light or dark, got {other:?}"))
-                .with_request_id(&caller.request_id));
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "parameter",
+                format!("parameter theme: expected light or dark, got {other:?}"),
+            )
+            .with_request_id(&caller.request_id));
         }
     };
     let page = match param("page") {
         None => 0,
         Some(text) => text.parse::<usize>().map_err(|_| {
-            ApiError::new(StatusCode::BAD_REQUEST, "parameter", format!("parameter page: expected a page number from 0, got {text:?}"))
-                .with_request_id(&caller.request_id)
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "parameter",
+                format!("parameter page: expected a page number from 0, got {text:?}"),
+            )
+            .with_request_id(&caller.request_id)
         })?,
     };
     let as_caller = dashboard_caller(&caller);
@@ -187,26 +209,36 @@ pub(super) async fn panel(
         .map_err(|e| ApiError::dashboard(e, &caller.request_id))?;
     let (content_type, bytes) = match extension {
         "svg" => {
-            let svg = dashboard::render(dashboard, panel, &data, theme, None, page).map_err(|e| ApiError::dashboard(e, &caller.request_id))?;
+            let svg = dashboard::render(dashboard, panel, &data, theme, None, page)
+                .map_err(|e| ApiError::dashboard(e, &caller.request_id))?;
             ("image/svg+xml", svg.into_bytes())
         }
         "png" => {
-            let svg = dashboard::render(dashboard, panel, &data, theme, None, page).map_err(|e| ApiError::dashboard(e, &caller.request_id))?;
-            let png = crate::chart::render_png(&svg, 2.0).map_err(|e| ApiError::dashboard(e.into(), &caller.request_id))?;
+            let svg = dashboard::render(dashboard, panel, &data, theme, None, page)
+                .map_err(|e| ApiError::dashboard(e, &caller.request_id))?;
+            let png =
+                crate::chart::render_png(&svg, 2.0).map_err(|e| ApiError::dashboard(e.into(), &caller.request_id))?;
             ("image/png", png)
         }
         "csv" => {
-            let csv = dashboard::csv(&data.frame, param("raw") == Some("true")).map_err(|e| ApiError::dashboard(e, &caller.request_id))?;
+            let csv = dashboard::csv(&data.frame, param("raw") == Some("true"))
+                .map_err(|e| ApiError::dashboard(e, &caller.request_id))?;
             ("text/csv; charset=utf-8", csv)
         }
         other => {
-            return Err(ApiError::new(StatusCode::NOT_FOUND, "unknown_format", format!("a panel is served as .svg, .png or .csv, not {other:?}"))
-                .with_request_id(&caller.request_id));
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_format",
+                format!("a panel is served as .svg, .png or .csv, not {other:?}"),
+            )
+            .with_request_id(&caller.request_id));
         }
     };
     let mut response = (StatusCode::OK, bytes).into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    if let Ok(disposition) = HeaderValue::from_str(&format!("inline; filename=\"{}-{}.{extension}\"", dashboard.id, panel.id)) {
+    if let Ok(disposition) =
+        HeaderValue::from_str(&format!("inline; filename=\"{}-{}.{extension}\"", dashboard.id, panel.id))
+    {
         response.headers_mut().insert(header::CONTENT_DISPOSITION, disposition);
     }
     Ok(audited_by_query(response))
@@ -217,6 +249,10 @@ pub(super) async fn schema(Path(name): Path<String>) -> Result<Response, ApiErro
     let found = crate::SCHEMAS.iter().find(|(n, _)| *n == name).map(|(_, s)| *s);
     match found {
         Some(schema) => Ok(([(header::CONTENT_TYPE, "application/schema+json")], schema).into_response()),
-        None => Err(ApiError::new(StatusCode::NOT_FOUND, "unknown_schema", format!("no schema {name:?}; there are dashboard.json and metrics-view.json"))),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_schema",
+            format!("no schema {name:?}; there are dashboard.json and metrics-view.json"),
+        )),
     }
 }

@@ -158,7 +158,10 @@ fn parse_range(filter: &str, value: &str, today: NaiveDate) -> Result<(Option<Pr
     }
     let expected = || {
         let names: Vec<&str> = Preset::ALL.iter().map(|p| p.name()).collect();
-        filter_error(filter, format!("expected one of {} or FROM..TO as 2026-01-01..2026-04-01, got {value:?}", names.join(", ")))
+        filter_error(
+            filter,
+            format!("expected one of {} or FROM..TO as 2026-01-01..2026-04-01, got {value:?}", names.join(", ")),
+        )
     };
     let (from, to) = value.split_once("..").ok_or_else(expected)?;
     let date = |t: &str| NaiveDate::parse_from_str(t.trim(), "%Y-%m-%d").map_err(|_| expected());
@@ -171,7 +174,11 @@ fn parse_range(filter: &str, value: &str, today: NaiveDate) -> Result<(Option<Pr
 
 /// The select filters that apply to a metrics panel over `view`: those the panel names (or all)
 /// whose dimension the view has.
-fn applied_selects<'a>(dashboard: &'a Dashboard, panel: &PanelSpec, view: &metrics::spec::View) -> Vec<(&'a str, String)> {
+fn applied_selects<'a>(
+    dashboard: &'a Dashboard,
+    panel: &PanelSpec,
+    view: &metrics::spec::View,
+) -> Vec<(&'a str, String)> {
     dashboard
         .file
         .filters
@@ -265,7 +272,12 @@ fn frame_of(answer: &metrics::Answer) -> Frame {
     let fields: Vec<Field> = answer
         .columns
         .iter()
-        .map(|c| Field { name: c.name.clone(), label: c.label.clone(), format: c.format, higher_is_better: c.higher_is_better })
+        .map(|c| Field {
+            name: c.name.clone(),
+            label: c.label.clone(),
+            format: c.format,
+            higher_is_better: c.higher_is_better,
+        })
         .collect();
     let rows = |value: &serde_json::Value| -> Vec<Vec<Cell>> {
         value
@@ -276,7 +288,9 @@ fn frame_of(answer: &metrics::Answer) -> Frame {
                         fields
                             .iter()
                             .map(|f| match row.get(&f.name) {
-                                Some(serde_json::Value::Number(n)) => n.as_f64().map(Cell::Number).unwrap_or(Cell::Null),
+                                Some(serde_json::Value::Number(n)) => {
+                                    n.as_f64().map(Cell::Number).unwrap_or(Cell::Null)
+                                }
                                 Some(serde_json::Value::String(s)) => Cell::Text(s.clone()),
                                 Some(serde_json::Value::Bool(b)) => Cell::Text(b.to_string()),
                                 _ => Cell::Null,
@@ -317,11 +331,15 @@ fn frame_of_batches(
             let cells = if numeric(column.data_type()) {
                 let values = arrow::compute::cast(column, &DataType::Float64).map_err(cast_error)?;
                 let values = values.as_primitive::<Float64Type>();
-                (0..values.len()).map(|i| if values.is_null(i) { Cell::Null } else { Cell::Number(values.value(i)) }).collect()
+                (0..values.len())
+                    .map(|i| if values.is_null(i) { Cell::Null } else { Cell::Number(values.value(i)) })
+                    .collect()
             } else {
                 let values = arrow::compute::cast(column, &DataType::Utf8).map_err(cast_error)?;
                 let values = values.as_string::<i32>();
-                (0..values.len()).map(|i| if values.is_null(i) { Cell::Null } else { Cell::Text(values.value(i).to_string()) }).collect()
+                (0..values.len())
+                    .map(|i| if values.is_null(i) { Cell::Null } else { Cell::Text(values.value(i).to_string()) })
+                    .collect()
             };
             columns.push(cells);
         }
@@ -391,9 +409,10 @@ pub async fn panel_data(
             let answer = metrics::answer(sources.engine, view, &base, caller).await?;
             let mut data = PanelData {
                 frame: frame_of(&answer),
-                previous: answer.previous.as_ref().map(|p| {
-                    frame_of(&metrics::Answer { rows: p.rows.clone(), previous: None, ..answer.clone() })
-                }),
+                previous: answer
+                    .previous
+                    .as_ref()
+                    .map(|p| frame_of(&metrics::Answer { rows: p.rows.clone(), previous: None, ..answer.clone() })),
                 trend: None,
                 sql: vec![answer.sql.clone()],
                 tables: answer.tables.clone(),
@@ -411,7 +430,10 @@ pub async fn panel_data(
         Some(Source::Sql(sql)) => run_sql(sources, sql, range, &panel.formats, caller).await,
         Some(Source::Saved(name)) => {
             let saved = crate::query::saved::load_all(sources.queries_dir)?;
-            let query = saved.into_iter().find(|q| q.name == name).ok_or_else(|| problem(format!("query: no saved query {name:?}")))?;
+            let query = saved
+                .into_iter()
+                .find(|q| q.name == name)
+                .ok_or_else(|| problem(format!("query: no saved query {name:?}")))?;
             run_sql(sources, &query.sql, range, &panel.formats, caller).await
         }
         None => Err(problem("give exactly one of metric, sql or query".into())),
@@ -426,11 +448,15 @@ async fn run_sql(
     caller: &Caller,
 ) -> Result<PanelData, DashboardError> {
     let mut named = BTreeMap::new();
-    let day = |d: NaiveDate| datafusion::scalar::ScalarValue::Date32(Some((d - NaiveDate::default()).num_days() as i32));
+    let day =
+        |d: NaiveDate| datafusion::scalar::ScalarValue::Date32(Some((d - NaiveDate::default()).num_days() as i32));
     // The date range binds `$from` and `$to` when the SQL names them; all time is the widest range.
     let (from, to) = match range {
         Some(r) => (r.from, r.to),
-        None => (NaiveDate::from_ymd_opt(1900, 1, 1).unwrap_or_default(), NaiveDate::from_ymd_opt(2200, 1, 1).unwrap_or_default()),
+        None => (
+            NaiveDate::from_ymd_opt(1900, 1, 1).unwrap_or_default(),
+            NaiveDate::from_ymd_opt(2200, 1, 1).unwrap_or_default(),
+        ),
     };
     if sql.contains("$from") {
         named.insert("from".to_string(), day(from));
@@ -451,7 +477,11 @@ async fn run_sql(
         previous: None,
         trend: None,
         sql: vec![sql.to_string()],
-        tables: output.tables.iter().map(|(t, v)| metrics::TableVersion { table: t.to_string(), version: *v }).collect(),
+        tables: output
+            .tables
+            .iter()
+            .map(|(t, v)| metrics::TableVersion { table: t.to_string(), version: *v })
+            .collect(),
         cache_hit: output.cache_hit,
     })
 }
@@ -528,9 +558,10 @@ pub async fn check(sources: &Sources<'_>, dashboard: &Dashboard, caller: &Caller
                     }
                     (FilterKind::DateRange, Some(Source::Sql(sql))) => sql.contains("$from") || sql.contains("$to"),
                     (FilterKind::DateRange, _) => false,
-                    (FilterKind::Select, Some(Source::Metric(m))) => sources.views.view(&m.view).is_ok_and(|v| {
-                        v.dimension(filter.dimension.as_deref().unwrap_or(&filter.name)).is_some()
-                    }),
+                    (FilterKind::Select, Some(Source::Metric(m))) => sources
+                        .views
+                        .view(&m.view)
+                        .is_ok_and(|v| v.dimension(filter.dimension.as_deref().unwrap_or(&filter.name)).is_some()),
                     (FilterKind::Select, _) => false,
                 }
         });
@@ -539,11 +570,13 @@ pub async fn check(sources: &Sources<'_>, dashboard: &Dashboard, caller: &Caller
         }
         if let Some(view) = &filter.view {
             match sources.views.view(view) {
-                Ok(v) if v.dimension(filter.dimension.as_deref().unwrap_or(&filter.name)).is_none() => problems.push(format!(
-                    "{path}: filter {}: view {view} has no dimension {:?}",
-                    filter.name,
-                    filter.dimension.as_deref().unwrap_or(&filter.name)
-                )),
+                Ok(v) if v.dimension(filter.dimension.as_deref().unwrap_or(&filter.name)).is_none() => {
+                    problems.push(format!(
+                        "{path}: filter {}: view {view} has no dimension {:?}",
+                        filter.name,
+                        filter.dimension.as_deref().unwrap_or(&filter.name)
+                    ))
+                }
                 Ok(_) => {}
                 Err(e) => problems.push(format!("{path}: filter {}: view: {e}", filter.name)),
             }

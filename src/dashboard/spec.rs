@@ -252,7 +252,10 @@ impl Dashboard {
         })?;
         let id = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
         if !is_identifier(&id) {
-            return Err(err(None, format!("dashboard id {id:?} (the file name) must be lower-case letters, digits and _")));
+            return Err(err(
+                None,
+                format!("dashboard id {id:?} (the file name) must be lower-case letters, digits and _"),
+            ));
         }
         let mut roles = Vec::new();
         for name in &file.roles {
@@ -263,10 +266,20 @@ impl Dashboard {
         let mut names = std::collections::BTreeSet::new();
         for f in &file.filters {
             if !is_identifier(&f.name) || !names.insert(f.name.as_str()) || RESERVED.contains(&f.name.as_str()) {
-                return Err(err(None, format!("filter {:?}: a unique name of lower-case letters, digits and _ (not {})", f.name, RESERVED.join(", "))));
+                return Err(err(
+                    None,
+                    format!(
+                        "filter {:?}: a unique name of lower-case letters, digits and _ (not {})",
+                        f.name,
+                        RESERVED.join(", ")
+                    ),
+                ));
             }
             if f.kind == FilterKind::Select && f.view.is_none() {
-                return Err(err(None, format!("filter {}: a select names the metrics view its values come from (view)", f.name)));
+                return Err(err(
+                    None,
+                    format!("filter {}: a select names the metrics view its values come from (view)", f.name),
+                ));
             }
         }
         if file.panels.is_empty() {
