@@ -600,3 +600,48 @@ mod tests {
         assert!(err.contains("sources.core.url"), "{err}");
     }
 }
+
+/// A mistake in one of the project's files (a metrics view, a dashboard): the file, the line when
+/// known, and what is wrong, naming the key.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}{}: {message}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
+pub struct FileError {
+    pub path: PathBuf,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+/// `text` (the file at `path`) as TOML of type `T`; a mistake names the line and the key.
+pub fn parse_toml<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T, FileError> {
+    toml::from_str(text).map_err(|e| FileError {
+        path: path.to_path_buf(),
+        line: e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1),
+        message: e.message().trim().to_string(),
+    })
+}
+
+/// Every `*.toml` file in `dir` through `parse`, in name order, and the files that did not load:
+/// one bad file does not take the others down. Nothing when the folder does not exist.
+pub fn load_each<T>(dir: &Path, parse: impl Fn(&Path, &str) -> Result<T, FileError>) -> (Vec<T>, Vec<FileError>) {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (Vec::new(), Vec::new()),
+        Err(e) => return (Vec::new(), vec![FileError { path: dir.to_path_buf(), line: None, message: e.to_string() }]),
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    paths.sort();
+    let (mut loaded, mut problems) = (Vec::new(), Vec::new());
+    for path in paths {
+        let result = std::fs::read_to_string(&path)
+            .map_err(|e| FileError { path: path.clone(), line: None, message: e.to_string() })
+            .and_then(|text| parse(&path, &text));
+        match result {
+            Ok(item) => loaded.push(item),
+            Err(e) => problems.push(e),
+        }
+    }
+    (loaded, problems)
+}

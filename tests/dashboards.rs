@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{JsonResponse, Project, Server};
+use common::{Project, Server};
 use serde_json::Value;
 
 const BIRTHS_VIEW: &str = r#"label = "Births (test)"
@@ -48,13 +48,6 @@ async fn project() -> Project {
     project
 }
 
-async fn key(project: &Project, role: sokana::auth::Role) -> String {
-    let auth = sokana::auth::Auth::open(&project.config()).await.expect("auth");
-    let user = format!("dash-{role}");
-    auth.add_user(&user, role, "dashboard-test-password").await.expect("user");
-    auth.create_api_key("dashboard test", role, 1, &user).await.expect("key").key
-}
-
 async fn get(server: &Server, key: &str, path: &str) -> (u16, String, Vec<u8>) {
     let response = reqwest::Client::new()
         .get(format!("http://127.0.0.1:{}{path}", server.http))
@@ -70,17 +63,6 @@ async fn get(server: &Server, key: &str, path: &str) -> (u16, String, Vec<u8>) {
         .unwrap_or_default()
         .to_string();
     (status, kind, response.bytes().await.expect("body").to_vec())
-}
-
-async fn get_json(server: &Server, key: &str, path: &str) -> (u16, Value) {
-    let response = reqwest::Client::new()
-        .get(format!("http://127.0.0.1:{}{path}", server.http))
-        .header(reqwest::header::AUTHORIZATION, format!("Bearer {key}"))
-        .send()
-        .await
-        .expect("request");
-    let status = response.status().as_u16();
-    (status, response.json().await.expect("JSON"))
 }
 
 fn panel<'a>(dashboard: &'a Value, id: &str) -> &'a Value {
@@ -104,8 +86,8 @@ async fn the_sokana_dashboards_answer_for_each_role() {
     }
 
     let server = common::serve(&project);
-    let manager = key(&project, sokana::auth::Role::Manager).await;
-    let (status, list) = get_json(&server, &manager, "/api/v1/dashboards").await;
+    let manager = common::api_key(&project, sokana::auth::Role::Manager).await;
+    let (status, list) = common::get_json(&server, &manager, "/api/v1/dashboards").await;
     assert_eq!(status, 200, "{list}");
     let ids: Vec<&str> = list["dashboards"].as_array().expect("list").iter().filter_map(|d| d["id"].as_str()).collect();
     for id in ["executive", "client_pipeline", "revenue", "doula_team"] {
@@ -115,7 +97,7 @@ async fn the_sokana_dashboards_answer_for_each_role() {
     // Every panel of every dashboard has data, over all time.
     for id in ["executive", "client_pipeline", "revenue", "doula_team"] {
         let (status, dashboard) =
-            get_json(&server, &manager, &format!("/api/v1/dashboards/{id}?period=all_time")).await;
+            common::get_json(&server, &manager, &format!("/api/v1/dashboards/{id}?period=all_time")).await;
         assert_eq!(status, 200, "{dashboard}");
         for p in dashboard["panels"].as_array().expect("panels") {
             assert!(p["error"].is_null(), "{id}/{}: {}", p["id"], p["error"]);
@@ -124,7 +106,7 @@ async fn the_sokana_dashboards_answer_for_each_role() {
     }
 
     // The executive KPIs equal the source's own figures.
-    let (_, executive) = get_json(&server, &manager, "/api/v1/dashboards/executive?period=all_time").await;
+    let (_, executive) = common::get_json(&server, &manager, "/api/v1/dashboards/executive?period=all_time").await;
     let db = rusqlite::Connection::open(project.sqlite_path()).expect("source");
     let scalar = |sql: &str| -> f64 { db.query_row(sql, [], |r| r.get::<_, f64>(0)).expect(sql) };
     let kpi = |id: &str| panel(&executive, id)["data"]["frame"]["rows"][0][0].as_f64().expect("a KPI value");
@@ -135,9 +117,14 @@ async fn the_sokana_dashboards_answer_for_each_role() {
     assert_eq!(kpi("signed"), scalar("SELECT count(*) FROM phi_contracts WHERE signed_at IS NOT NULL"));
 
     // A filter moves the KPI to what the metrics API says for the same range.
-    let (_, march) = get_json(&server, &manager, "/api/v1/dashboards/executive?period=2026-03-01..2026-04-01").await;
-    let (_, metric) =
-        get_json(&server, &manager, "/api/v1/metrics/payments?measures=collected&from=2026-03-01&to=2026-04-01").await;
+    let (_, march) =
+        common::get_json(&server, &manager, "/api/v1/dashboards/executive?period=2026-03-01..2026-04-01").await;
+    let (_, metric) = common::get_json(
+        &server,
+        &manager,
+        "/api/v1/metrics/payments?measures=collected&from=2026-03-01&to=2026-04-01",
+    )
+    .await;
     assert_eq!(panel(&march, "collected")["data"]["frame"]["rows"][0][0], metric["rows"][0]["collected"]);
 
     // Exports: SVG and PNG pictures of the panel, CSV of its rows.
@@ -160,14 +147,14 @@ async fn the_sokana_dashboards_answer_for_each_role() {
     assert_eq!(status, 404);
 
     // Roles: the revenue dashboard is not the analyst's; a manager sees no phi on any panel.
-    let analyst = key(&project, sokana::auth::Role::Analyst).await;
-    let (_, list) = get_json(&server, &analyst, "/api/v1/dashboards").await;
+    let analyst = common::api_key(&project, sokana::auth::Role::Analyst).await;
+    let (_, list) = common::get_json(&server, &analyst, "/api/v1/dashboards").await;
     assert!(!list.to_string().contains("\"revenue\""), "{list}");
-    let (status, _) = get_json(&server, &analyst, "/api/v1/dashboards/revenue").await;
+    let (status, _) = common::get_json(&server, &analyst, "/api/v1/dashboards/revenue").await;
     assert_eq!(status, 403);
     let (status, _, _) = get(&server, &analyst, &format!("{base}/aging.csv")).await;
     assert_eq!(status, 403);
-    let admin = key(&project, sokana::auth::Role::Admin).await;
+    let admin = common::api_key(&project, sokana::auth::Role::Admin).await;
     let births = "/api/v1/dashboards/births/panels/locations.csv";
     let (_, _, clear) = get(&server, &admin, births).await;
     let (_, _, masked) = get(&server, &manager, births).await;
@@ -245,16 +232,16 @@ encoding = { x = "payment", y = ["amount"] }
     }
 
     let server = common::serve(&project);
-    let manager = key(&project, sokana::auth::Role::Manager).await;
-    let (_, list) = get_json(&server, &manager, "/api/v1/dashboards").await;
+    let manager = common::api_key(&project, sokana::auth::Role::Manager).await;
+    let (_, list) = common::get_json(&server, &manager, "/api/v1/dashboards").await;
     assert!(list["problems"].as_array().is_some_and(|p| p.len() == 2), "{list}");
-    let (status, executive) = get_json(&server, &manager, "/api/v1/dashboards/executive").await;
+    let (status, executive) = common::get_json(&server, &manager, "/api/v1/dashboards/executive").await;
     assert_eq!(status, 200, "the other dashboards keep working: {executive}");
-    let (status, wrong) = get_json(&server, &manager, "/api/v1/dashboards/wrong").await;
+    let (status, wrong) = common::get_json(&server, &manager, "/api/v1/dashboards/wrong").await;
     assert_eq!(status, 200, "{wrong}");
     assert!(panel(&wrong, "failing_sql")["error"].as_str().is_some_and(|e| e.contains("no_such_column")), "{wrong}");
     assert!(panel(&wrong, "measure")["error"].as_str().is_some_and(|e| e.contains("refunds")), "{wrong}");
-    let (status, _) = get_json(&server, &manager, "/api/v1/dashboards/wrong/panels/donut.svg").await;
+    let (status, _) = common::get_json(&server, &manager, "/api/v1/dashboards/wrong/panels/donut.svg").await;
     assert_eq!(status, 422, "a chart that does not fit its data");
 
     for (query, filter) in [
@@ -263,13 +250,13 @@ encoding = { x = "payment", y = ["amount"] }
         ("method=bitcoin", "method"),
         ("method=card'%20OR%20'1'%3D'1", "method"),
     ] {
-        let (status, body) = get_json(&server, &manager, &format!("/api/v1/dashboards/revenue?{query}")).await;
+        let (status, body) = common::get_json(&server, &manager, &format!("/api/v1/dashboards/revenue?{query}")).await;
         assert_eq!(status, 400, "{query}: {body}");
         assert!(
             body["error"]["message"].as_str().is_some_and(|m| m.starts_with(&format!("filter {filter}:"))),
             "{query}: {body}"
         );
     }
-    let (status, _) = get_json(&server, &manager, "/api/v1/dashboards/nope").await;
+    let (status, _) = common::get_json(&server, &manager, "/api/v1/dashboards/nope").await;
     assert_eq!(status, 404);
 }

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Datelike, Utc};
 use chrono_tz::America::New_York;
-use common::{JsonResponse, Project, Server};
+use common::Project;
 use serde_json::Value;
 
 /// The Sokana project with the shipped metrics views and one more, over a `phi` column, for the
@@ -38,24 +38,6 @@ format = "count"
     )
     .expect("write test view");
     project
-}
-
-async fn key(project: &Project, role: sokana::auth::Role) -> String {
-    let auth = sokana::auth::Auth::open(&project.config()).await.expect("auth");
-    let user = format!("metrics-{role}");
-    auth.add_user(&user, role, "metrics-test-password").await.expect("user");
-    auth.create_api_key("metrics test", role, 1, &user).await.expect("key").key
-}
-
-async fn get(server: &Server, key: &str, path_and_query: &str) -> (u16, Value) {
-    let response = reqwest::Client::new()
-        .get(format!("http://127.0.0.1:{}{path_and_query}", server.http))
-        .header(reqwest::header::AUTHORIZATION, format!("Bearer {key}"))
-        .send()
-        .await
-        .expect("request");
-    let status = response.status().as_u16();
-    (status, response.json().await.expect("JSON"))
 }
 
 fn source(project: &Project) -> rusqlite::Connection {
@@ -117,24 +99,26 @@ async fn the_shipped_views_answer_the_sources_numbers_as_the_callers_role() {
     }
 
     let server = common::serve(&project);
-    let manager = key(&project, sokana::auth::Role::Manager).await;
-    let (status, list) = get(&server, &manager, "/api/v1/metrics").await;
+    let manager = common::api_key(&project, sokana::auth::Role::Manager).await;
+    let (status, list) = common::get_json(&server, &manager, "/api/v1/metrics").await;
     assert_eq!(status, 200, "{list}");
     let names: Vec<&str> = list["views"].as_array().expect("views").iter().filter_map(|v| v["name"].as_str()).collect();
     assert!(names.contains(&"payments") && names.contains(&"clients"), "{names:?}");
     assert_eq!(list["problems"], serde_json::json!([]));
 
     // Collected and invoiced revenue per year equal the source's sums, to the cent.
-    let (status, collected) = get(&server, &manager, "/api/v1/metrics/payments?measures=collected&grain=year").await;
+    let (status, collected) =
+        common::get_json(&server, &manager, "/api/v1/metrics/payments?measures=collected&grain=year").await;
     assert_eq!(status, 200, "{collected}");
     assert_eq!(by_year(&collected, "collected"), yearly_cents(&project, "payments", "txn_date", "amount"));
-    let (_, invoiced) = get(&server, &manager, "/api/v1/metrics/invoices?measures=invoiced&grain=year").await;
+    let (_, invoiced) =
+        common::get_json(&server, &manager, "/api/v1/metrics/invoices?measures=invoiced&grain=year").await;
     assert_eq!(by_year(&invoiced, "invoiced"), yearly_cents(&project, "phi_invoices", "created_at", "total_amount"));
 
     // One calendar year, compared with the year before: the same figures as the yearly series.
     let years = by_year(&collected, "collected");
     let (&last_full, _) = years.iter().rev().nth(1).expect("two years of payments");
-    let (status, year) = get(
+    let (status, year) = common::get_json(
         &server,
         &manager,
         &format!(
@@ -153,27 +137,29 @@ async fn the_shipped_views_answer_the_sources_numbers_as_the_callers_role() {
     let active: i64 = source(&project)
         .query_row("SELECT count(*) FROM phi_clients WHERE lower(trim(status)) = 'active'", [], |r| r.get(0))
         .expect("count");
-    let (_, now) = get(&server, &manager, "/api/v1/metrics/client_status?measures=active_clients").await;
+    let (_, now) = common::get_json(&server, &manager, "/api/v1/metrics/client_status?measures=active_clients").await;
     assert_eq!(now["rows"][0]["active_clients"].as_i64(), Some(active), "{now}");
 
     // Asked again, the answer comes from the exact cache; the query log keeps no value of the request.
     let again = "/api/v1/metrics/payments?measures=collected&grain=year";
-    let (_, second) = get(&server, &manager, again).await;
+    let (_, second) = common::get_json(&server, &manager, again).await;
     assert_eq!(second["cache_hit"], true, "{second}");
     assert!(!second["sql"].as_str().expect("sql").contains(&last_full.to_string()));
 
     // Masking applies: a manager sees no phi, so the phi dimension is one NULL group; an admin sees it.
-    let (_, masked) = get(&server, &manager, "/api/v1/metrics/births?measures=clients&dimensions=birth_location").await;
+    let (_, masked) =
+        common::get_json(&server, &manager, "/api/v1/metrics/births?measures=clients&dimensions=birth_location").await;
     let rows = masked["rows"].as_array().expect("rows");
     assert_eq!(rows.len(), 1, "{masked}");
     assert!(rows[0].get("birth_location").is_none_or(Value::is_null), "{masked}");
-    let admin = key(&project, sokana::auth::Role::Admin).await;
-    let (_, clear) = get(&server, &admin, "/api/v1/metrics/births?measures=clients&dimensions=birth_location").await;
+    let admin = common::api_key(&project, sokana::auth::Role::Admin).await;
+    let (_, clear) =
+        common::get_json(&server, &admin, "/api/v1/metrics/births?measures=clients&dimensions=birth_location").await;
     assert!(clear["rows"].as_array().expect("rows").len() > 1, "{clear}");
 
     // Every role may ask; a viewer's key answers too.
-    let viewer = key(&project, sokana::auth::Role::Viewer).await;
-    let (status, _) = get(&server, &viewer, "/api/v1/metrics/payments?measures=collected").await;
+    let viewer = common::api_key(&project, sokana::auth::Role::Viewer).await;
+    let (status, _) = common::get_json(&server, &viewer, "/api/v1/metrics/payments?measures=collected").await;
     assert_eq!(status, 200);
 }
 
@@ -195,11 +181,11 @@ async fn bad_requests_and_bad_files_are_named_and_injection_goes_nowhere() {
     assert!(out.contains("wrong_column.toml: measure collected:") && out.contains("amount_usd"), "{out}");
 
     let server = common::serve(&project);
-    let manager = key(&project, sokana::auth::Role::Manager).await;
-    let (_, list) = get(&server, &manager, "/api/v1/metrics").await;
+    let manager = common::api_key(&project, sokana::auth::Role::Manager).await;
+    let (_, list) = common::get_json(&server, &manager, "/api/v1/metrics").await;
     let problems = list["problems"].as_array().expect("problems");
     assert!(problems.iter().any(|p| p.as_str().is_some_and(|p| p.contains("broken.toml:2"))), "{list}");
-    let (status, _) = get(&server, &manager, "/api/v1/metrics/payments?measures=collected").await;
+    let (status, _) = common::get_json(&server, &manager, "/api/v1/metrics/payments?measures=collected").await;
     assert_eq!(status, 200, "the other views keep working");
 
     for (query, parameter) in [
@@ -212,7 +198,7 @@ async fn bad_requests_and_bad_files_are_named_and_injection_goes_nowhere() {
         ("payments?measures=collected&filter.method)%20OR%20(1=1=x", "filter.method) OR (1"),
         ("client_status?measures=active_clients&grain=month", "grain"),
     ] {
-        let (status, body) = get(&server, &manager, &format!("/api/v1/metrics/{query}")).await;
+        let (status, body) = common::get_json(&server, &manager, &format!("/api/v1/metrics/{query}")).await;
         assert_eq!(status, 400, "{query}: {body}");
         assert_eq!(body["error"]["code"], "parameter", "{query}: {body}");
         assert!(
@@ -221,12 +207,16 @@ async fn bad_requests_and_bad_files_are_named_and_injection_goes_nowhere() {
         );
     }
     // A filter value is a value: quotes and SQL in it match nothing and run nothing.
-    let (status, body) =
-        get(&server, &manager, "/api/v1/metrics/payments?measures=payments&filter.method=card'%20OR%20'1'='1").await;
+    let (status, body) = common::get_json(
+        &server,
+        &manager,
+        "/api/v1/metrics/payments?measures=payments&filter.method=card'%20OR%20'1'='1",
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["rows"][0]["payments"], 0, "{body}");
-    let (status, body) = get(&server, &manager, "/api/v1/metrics/nope?measures=x").await;
+    let (status, body) = common::get_json(&server, &manager, "/api/v1/metrics/nope?measures=x").await;
     assert_eq!(status, 404, "{body}");
-    let (status, body) = get(&server, &manager, "/api/v1/metrics/wrong_column?measures=collected").await;
+    let (status, body) = common::get_json(&server, &manager, "/api/v1/metrics/wrong_column?measures=collected").await;
     assert_eq!(status, 400, "a view whose SQL fails answers as a query mistake: {body}");
 }

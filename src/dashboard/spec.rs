@@ -31,13 +31,7 @@ use crate::chart::{ChartKind, Encoding, Format};
 use crate::metrics::request::Grain;
 use crate::warehouse::is_identifier;
 
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{}{}: {message}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
-pub struct SpecError {
-    pub path: PathBuf,
-    pub line: Option<usize>,
-    pub message: String,
-}
+pub use crate::config::FileError as SpecError;
 
 /// A dashboard file as written.
 #[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
@@ -246,10 +240,7 @@ impl PanelSpec {
 impl Dashboard {
     pub fn parse(path: &Path, text: &str) -> Result<Dashboard, SpecError> {
         let err = |line: Option<usize>, message: String| SpecError { path: path.to_path_buf(), line, message };
-        let file: DashboardFile = toml::from_str(text).map_err(|e| {
-            let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-            err(line, e.message().trim().to_string())
-        })?;
+        let file: DashboardFile = crate::config::parse_toml(path, text)?;
         let id = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
         if !is_identifier(&id) {
             return Err(err(
@@ -324,27 +315,7 @@ const RESERVED: [&str; 5] = ["from", "to", "theme", "page", "format"];
 /// Every dashboard in `dir` (`*.toml`) and the files that did not load: one bad file does not
 /// take the others down.
 pub fn load_all(dir: &Path) -> (Vec<Dashboard>, Vec<SpecError>) {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (Vec::new(), Vec::new()),
-        Err(e) => return (Vec::new(), vec![SpecError { path: dir.to_path_buf(), line: None, message: e.to_string() }]),
-    };
-    let mut paths: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-        .collect();
-    paths.sort();
-    let (mut dashboards, mut problems) = (Vec::new(), Vec::new());
-    for path in paths {
-        let loaded = std::fs::read_to_string(&path)
-            .map_err(|e| SpecError { path: path.clone(), line: None, message: e.to_string() })
-            .and_then(|text| Dashboard::parse(&path, &text));
-        match loaded {
-            Ok(d) => dashboards.push(d),
-            Err(e) => problems.push(e),
-        }
-    }
-    (dashboards, problems)
+    crate::config::load_each(dir, Dashboard::parse)
 }
 
 /// The JSON Schema of dashboard files, as committed in `schemas/dashboard.json`.

@@ -30,13 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::warehouse::{TableName, is_identifier};
 
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{}{}: {message}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
-pub struct SpecError {
-    pub path: PathBuf,
-    pub line: Option<usize>,
-    pub message: String,
-}
+pub use crate::config::FileError as SpecError;
 
 pub use crate::chart::Format;
 
@@ -133,10 +127,7 @@ pub const DEFAULT_TIMEZONE: chrono_tz::Tz = chrono_tz::America::New_York;
 impl View {
     pub fn parse(path: &Path, text: &str) -> Result<View, SpecError> {
         let err = |line: Option<usize>, message: String| SpecError { path: path.to_path_buf(), line, message };
-        let file: ViewFile = toml::from_str(text).map_err(|e| {
-            let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-            err(line, e.message().trim().to_string())
-        })?;
+        let file: ViewFile = crate::config::parse_toml(path, text)?;
         let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
         if !is_identifier(&name) {
             return Err(err(
@@ -233,27 +224,7 @@ fn one_expression(sql: &str) -> Result<(), String> {
 /// Every view in `dir` (`*.toml`), and the files that did not load (each error names its file):
 /// one bad file does not take the others down. No views when the folder does not exist.
 pub fn load_all(dir: &Path) -> (Vec<View>, Vec<SpecError>) {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (Vec::new(), Vec::new()),
-        Err(e) => return (Vec::new(), vec![SpecError { path: dir.to_path_buf(), line: None, message: e.to_string() }]),
-    };
-    let mut paths: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-        .collect();
-    paths.sort();
-    let (mut views, mut problems) = (Vec::new(), Vec::new());
-    for path in paths {
-        let loaded = std::fs::read_to_string(&path)
-            .map_err(|e| SpecError { path: path.clone(), line: None, message: e.to_string() })
-            .and_then(|text| View::parse(&path, &text));
-        match loaded {
-            Ok(view) => views.push(view),
-            Err(e) => problems.push(e),
-        }
-    }
-    (views, problems)
+    crate::config::load_each(dir, View::parse)
 }
 
 /// The JSON Schema of view files, as committed in `schemas/metrics-view.json`.

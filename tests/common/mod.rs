@@ -505,3 +505,23 @@ impl JsonResponse for reqwest::Response {
         serde_json::from_slice(&bytes).map_err(|e| e.to_string())
     }
 }
+
+/// An API key of `role` for a new user of that role in `project`.
+pub async fn api_key(project: &Project, role: sokana::auth::Role) -> String {
+    let auth = sokana::auth::Auth::open(&project.config()).await.expect("auth");
+    let user = format!("test-{role}");
+    auth.add_user(&user, role, "test-user-password-0123").await.expect("user");
+    auth.create_api_key("test", role, 1, &user).await.expect("key").key
+}
+
+/// `GET path` on `server` with `key`: the status and the JSON body.
+pub async fn get_json(server: &Server, key: &str, path: &str) -> (u16, serde_json::Value) {
+    let response = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{}{path}", server.http))
+        .header(reqwest::header::AUTHORIZATION, format!("Bearer {key}"))
+        .send()
+        .await
+        .expect("request");
+    let status = response.status().as_u16();
+    (status, JsonResponse::json(response).await.expect("a JSON body"))
+}
