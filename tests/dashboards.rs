@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Project, Server};
+use common::Project;
 use serde_json::Value;
 
 const BIRTHS_VIEW: &str = r#"label = "Births (test)"
@@ -46,23 +46,6 @@ async fn project() -> Project {
     std::fs::write(root.join("queries/metrics/births.toml"), BIRTHS_VIEW).expect("view");
     std::fs::write(root.join("dashboards/births.toml"), BIRTHS_DASHBOARD).expect("dashboard");
     project
-}
-
-async fn get(server: &Server, key: &str, path: &str) -> (u16, String, Vec<u8>) {
-    let response = reqwest::Client::new()
-        .get(format!("http://127.0.0.1:{}{path}", server.http))
-        .header(reqwest::header::AUTHORIZATION, format!("Bearer {key}"))
-        .send()
-        .await
-        .expect("request");
-    let status = response.status().as_u16();
-    let kind = response
-        .headers()
-        .get(reqwest::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
-    (status, kind, response.bytes().await.expect("body").to_vec())
 }
 
 fn panel<'a>(dashboard: &'a Value, id: &str) -> &'a Value {
@@ -130,20 +113,20 @@ async fn the_sokana_dashboards_answer_for_each_role() {
     // Exports: SVG and PNG pictures of the panel, CSV of its rows.
     let base = "/api/v1/dashboards/revenue/panels";
     let (status, kind, svg) =
-        get(&server, &manager, &format!("{base}/collections_by_month.svg?period=last_12_months")).await;
+        common::get_bytes(&server, &manager, &format!("{base}/collections_by_month.svg?period=last_12_months")).await;
     assert_eq!((status, kind.as_str()), (200, "image/svg+xml"));
     assert!(String::from_utf8_lossy(&svg).contains("<title id=\"revenue-collections_by_month-title\">"));
-    let (status, kind, png) = get(&server, &manager, &format!("{base}/methods.png?theme=dark")).await;
+    let (status, kind, png) = common::get_bytes(&server, &manager, &format!("{base}/methods.png?theme=dark")).await;
     assert_eq!((status, kind.as_str()), (200, "image/png"));
     assert_eq!(&png[1..4], b"PNG");
-    let (status, kind, csv) = get(&server, &manager, &format!("{base}/aging.csv")).await;
+    let (status, kind, csv) = common::get_bytes(&server, &manager, &format!("{base}/aging.csv")).await;
     assert_eq!((status, kind.as_str()), (200, "text/csv; charset=utf-8"));
     assert!(
         String::from_utf8_lossy(&csv).starts_with("bucket,outstanding,open_invoices\n"),
         "{}",
         String::from_utf8_lossy(&csv)
     );
-    let (status, _, _) = get(&server, &manager, &format!("{base}/aging.xlsx")).await;
+    let (status, _, _) = common::get_bytes(&server, &manager, &format!("{base}/aging.xlsx")).await;
     assert_eq!(status, 404);
 
     // Roles: the revenue dashboard is not the analyst's; a manager sees no phi on any panel.
@@ -152,12 +135,12 @@ async fn the_sokana_dashboards_answer_for_each_role() {
     assert!(!list.to_string().contains("\"revenue\""), "{list}");
     let (status, _) = common::get_json(&server, &analyst, "/api/v1/dashboards/revenue").await;
     assert_eq!(status, 403);
-    let (status, _, _) = get(&server, &analyst, &format!("{base}/aging.csv")).await;
+    let (status, _, _) = common::get_bytes(&server, &analyst, &format!("{base}/aging.csv")).await;
     assert_eq!(status, 403);
     let admin = common::api_key(&project, sokana::auth::Role::Admin).await;
     let births = "/api/v1/dashboards/births/panels/locations.csv";
-    let (_, _, clear) = get(&server, &admin, births).await;
-    let (_, _, masked) = get(&server, &manager, births).await;
+    let (_, _, clear) = common::get_bytes(&server, &admin, births).await;
+    let (_, _, masked) = common::get_bytes(&server, &manager, births).await;
     let lines = |csv: &[u8]| String::from_utf8_lossy(csv).lines().count();
     assert!(lines(&clear) > 2, "the admin sees the birth locations");
     assert_eq!(lines(&masked), 2, "a manager sees one masked group: {}", String::from_utf8_lossy(&masked));

@@ -514,8 +514,8 @@ pub async fn api_key(project: &Project, role: sokana::auth::Role) -> String {
     auth.create_api_key("test", role, 1, &user).await.expect("key").key
 }
 
-/// `GET path` on `server` with `key`: the status and the JSON body.
-pub async fn get_json(server: &Server, key: &str, path: &str) -> (u16, serde_json::Value) {
+/// `GET path` on `server` with `key`: the status, the content type and the body.
+pub async fn get_bytes(server: &Server, key: &str, path: &str) -> (u16, String, Vec<u8>) {
     let response = reqwest::Client::new()
         .get(format!("http://127.0.0.1:{}{path}", server.http))
         .header(reqwest::header::AUTHORIZATION, format!("Bearer {key}"))
@@ -523,5 +523,17 @@ pub async fn get_json(server: &Server, key: &str, path: &str) -> (u16, serde_jso
         .await
         .expect("request");
     let status = response.status().as_u16();
-    (status, JsonResponse::json(response).await.expect("a JSON body"))
+    let kind = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    (status, kind, response.bytes().await.expect("body").to_vec())
+}
+
+/// `GET path` on `server` with `key`: the status and the JSON body.
+pub async fn get_json(server: &Server, key: &str, path: &str) -> (u16, serde_json::Value) {
+    let (status, _, body) = get_bytes(server, key, path).await;
+    (status, serde_json::from_slice(&body).expect("a JSON body"))
 }
