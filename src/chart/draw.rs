@@ -238,7 +238,9 @@ fn series_of(chart: &Chart) -> Result<Layers, ChartError> {
                 .and_then(|y| frame.index(y))
                 .ok_or_else(|| ChartError::Incomplete("y".into()))?;
             let format = frame.fields[y].format.unwrap_or_default();
-            let names = distinct(frame, split);
+            // Series in alphabetical order: a category keeps its colour from panel to panel.
+            let mut names = distinct(frame, split);
+            names.sort_by_key(Cell::label);
             let at: HashMap<String, usize> = names.iter().enumerate().map(|(i, c)| (c.raw(), i)).collect();
             series = names
                 .iter()
@@ -650,7 +652,19 @@ fn donut(chart: &Chart, root: &Area, colours: &Colours) -> Result<(Vec<Hit>, Str
     let radius = f64::from(diameter) / 2.0;
     let centre = (PAD + diameter / 2, (h as i32) / 2);
     let sizes: Vec<f64> = slices.iter().map(|s| s.2.max(0.0)).collect();
-    let fills: Vec<RGBColor> = (0..slices.len()).map(|i| colour_of(chart, colours, i)).collect();
+    // Without colours of its own, a slice takes its name's place in alphabetical order, as a
+    // series does, so that a category has one colour on every panel.
+    let mut names: Vec<&str> = slices.iter().map(|s| s.0.as_str()).collect();
+    names.sort_unstable();
+    let fills: Vec<RGBColor> = slices
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let rank =
+                if chart.encoding.colours.is_empty() { names.binary_search(&s.0.as_str()).unwrap_or(i) } else { i };
+            colour_of(chart, colours, rank)
+        })
+        .collect();
     let blanks: Vec<String> = vec![String::new(); slices.len()];
     // Pie takes backend coordinates: it is not moved with the area it is drawn on.
     let absolute = (bx + centre.0, by + centre.1);
