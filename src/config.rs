@@ -645,3 +645,8 @@ pub fn load_each<T>(dir: &Path, parse: impl Fn(&Path, &str) -> Result<T, FileErr
     }
     (loaded, problems)
 }
+
+/// The JSON Schema of a file format `T`, as committed in `schemas/` (pretty, ending in a newline).
+pub fn schema_text<T: schemars::JsonSchema>() -> String {
+    format!("{}\n", serde_json::to_string_pretty(&schemars::schema_for!(T)).unwrap_or_default())
+}

@@ -537,9 +537,10 @@ async fn check(project: &Project) -> Result<()> {
             println!("error {e}");
         }
     }
+    // One engine for every check: opening one reads the query log's timings.
+    let engine = query::engine::QueryEngine::open(config, project.warehouse().clone())?;
     match query::saved::load_all(&config.queries_dir()) {
         Ok(saved) => {
-            let engine = query::engine::QueryEngine::open(config, project.warehouse().clone())?;
             for q in saved {
                 match engine.validate(&q.sql).await {
                     Ok(()) => println!("ok    {}", q.path.display()),
@@ -561,7 +562,6 @@ async fn check(project: &Project) -> Result<()> {
         println!("error {e}");
     }
     if metrics.views().next().is_some() {
-        let engine = query::engine::QueryEngine::open(config, project.warehouse().clone())?;
         for view in metrics.views() {
             let found = sokana::metrics::check(&engine, view).await;
             if found.is_empty() {
@@ -579,7 +579,6 @@ async fn check(project: &Project) -> Result<()> {
         println!("error {e}");
     }
     if dashboards.dashboards().next().is_some() {
-        let engine = query::engine::QueryEngine::open(config, project.warehouse().clone())?;
         let queries_dir = config.queries_dir();
         let sources = sokana::dashboard::Sources { engine: &engine, views: &metrics, queries_dir: &queries_dir };
         let caller = query::engine::Caller { origin: "dashboard", ..query::engine::Caller::cli() };

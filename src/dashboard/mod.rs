@@ -268,9 +268,9 @@ pub struct PanelData {
     pub cache_hit: bool,
 }
 
-fn frame_of(answer: &metrics::Answer) -> Frame {
-    let fields: Vec<Field> = answer
-        .columns
+/// The frame of a metrics answer's `columns` and `rows` (the answer's own, or its previous period's).
+fn frame_of(columns: &[metrics::Column], rows: &serde_json::Value) -> Frame {
+    let fields: Vec<Field> = columns
         .iter()
         .map(|c| Field {
             name: c.name.clone(),
@@ -279,29 +279,16 @@ fn frame_of(answer: &metrics::Answer) -> Frame {
             higher_is_better: c.higher_is_better,
         })
         .collect();
-    let rows = |value: &serde_json::Value| -> Vec<Vec<Cell>> {
-        value
-            .as_array()
-            .map(|rows| {
-                rows.iter()
-                    .map(|row| {
-                        fields
-                            .iter()
-                            .map(|f| match row.get(&f.name) {
-                                Some(serde_json::Value::Number(n)) => {
-                                    n.as_f64().map(Cell::Number).unwrap_or(Cell::Null)
-                                }
-                                Some(serde_json::Value::String(s)) => Cell::Text(s.clone()),
-                                Some(serde_json::Value::Bool(b)) => Cell::Text(b.to_string()),
-                                _ => Cell::Null,
-                            })
-                            .collect()
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
+    let cell = |value: Option<&serde_json::Value>| match value {
+        Some(serde_json::Value::Number(n)) => n.as_f64().map(Cell::Number).unwrap_or(Cell::Null),
+        Some(serde_json::Value::String(s)) => Cell::Text(s.clone()),
+        Some(serde_json::Value::Bool(b)) => Cell::Text(b.to_string()),
+        _ => Cell::Null,
     };
-    let rows = rows(&answer.rows);
+    let rows = rows
+        .as_array()
+        .map(|rows| rows.iter().map(|row| fields.iter().map(|f| cell(row.get(&f.name))).collect()).collect())
+        .unwrap_or_default();
     Frame { fields, rows }
 }
 
@@ -408,11 +395,8 @@ pub async fn panel_data(
             base.check(view).map_err(|e| problem(e.to_string()))?;
             let answer = metrics::answer(sources.engine, view, &base, caller).await?;
             let mut data = PanelData {
-                frame: frame_of(&answer),
-                previous: answer
-                    .previous
-                    .as_ref()
-                    .map(|p| frame_of(&metrics::Answer { rows: p.rows.clone(), previous: None, ..answer.clone() })),
+                frame: frame_of(&answer.columns, &answer.rows),
+                previous: answer.previous.as_ref().map(|p| frame_of(&answer.columns, &p.rows)),
                 trend: None,
                 sql: vec![answer.sql.clone()],
                 tables: answer.tables.clone(),
@@ -421,7 +405,7 @@ pub async fn panel_data(
             if let (Some(grain), true) = (spec.trend, timed) {
                 let trend = MetricsRequest { grain: Some(grain), compare: false, ..base };
                 let answer = metrics::answer(sources.engine, view, &trend, caller).await?;
-                data.trend = Some(frame_of(&answer));
+                data.trend = Some(frame_of(&answer.columns, &answer.rows));
                 data.sql.push(answer.sql);
                 data.cache_hit &= answer.cache_hit;
             }

@@ -320,6 +320,5 @@ pub fn load_all(dir: &Path) -> (Vec<Dashboard>, Vec<SpecError>) {
 
 /// The JSON Schema of dashboard files, as committed in `schemas/dashboard.json`.
 pub fn json_schema() -> String {
-    let schema = schemars::schema_for!(DashboardFile);
-    format!("{}\n", serde_json::to_string_pretty(&schema).unwrap_or_default())
+    crate::config::schema_text::<DashboardFile>()
 }

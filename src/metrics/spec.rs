@@ -229,8 +229,7 @@ pub fn load_all(dir: &Path) -> (Vec<View>, Vec<SpecError>) {
 
 /// The JSON Schema of view files, as committed in `schemas/metrics-view.json`.
 pub fn json_schema() -> String {
-    let schema = schemars::schema_for!(ViewFile);
-    format!("{}\n", serde_json::to_string_pretty(&schema).unwrap_or_default())
+    crate::config::schema_text::<ViewFile>()
 }
 
 #[cfg(test)]
