@@ -168,12 +168,35 @@ pub struct ServerConfig {
     pub tls_cert: Option<PathBuf>,
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
+    /// Sites that may show signed dashboard links in a frame (`https://crm.example.org`): they
+    /// go into the embed pages' `frame-ancestors`; every other page may not be framed at all.
+    #[serde(default)]
+    pub embed_origins: Vec<String>,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { listen: default_listen(), pgwire: default_pgwire(), tls_cert: None, tls_key: None }
+        ServerConfig {
+            listen: default_listen(),
+            pgwire: default_pgwire(),
+            tls_cert: None,
+            tls_key: None,
+            embed_origins: Vec::new(),
+        }
     }
+}
+
+/// Whether `text` is an origin as `frame-ancestors` takes it: `http` or `https`, a host, an
+/// optional port, nothing after.
+fn is_origin(text: &str) -> bool {
+    let Ok(url) = url::Url::parse(text) else { return false };
+    matches!(url.scheme(), "http" | "https")
+        && url.host_str().is_some()
+        && url.path() == "/"
+        && !text.ends_with('/')
+        && url.query().is_none()
+        && url.fragment().is_none()
+        && url.username().is_empty()
 }
 
 fn default_listen() -> SocketAddr {
@@ -391,6 +414,14 @@ impl Config {
             (Some(_), None) => return Err(invalid("server.tls_key", "missing: tls_cert needs its private key".into())),
             (None, Some(_)) => return Err(invalid("server.tls_cert", "missing: tls_key needs its certificate".into())),
             _ => {}
+        }
+        for (i, origin) in self.server.embed_origins.iter().enumerate() {
+            if !is_origin(origin) {
+                return Err(invalid(
+                    &format!("server.embed_origins[{i}]"),
+                    format!("{origin:?} is not an origin such as https://crm.example.org (scheme, host, optional port)"),
+                ));
+            }
         }
         if self.warehouse.uri.trim().is_empty() {
             return Err(invalid("warehouse.uri", "must not be empty".into()));

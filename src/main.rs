@@ -690,11 +690,15 @@ async fn demo(dir: &Path, no_serve: bool, source: Option<String>, scale: f64, se
         Ok(p) if !p.is_empty() => (p, false),
         _ => (sokana::auth::generate_password(), true),
     };
-    sokana::auth::Auth::open(config)
-        .await?
-        .ensure_admin(&password)
-        .await
-        .context("setting the demo admin's password (SOKANA_DEMO_PASSWORD)")?;
+    let auth = sokana::auth::Auth::open(config).await?;
+    auth.ensure_admin(&password).await.context("setting the demo admin's password (SOKANA_DEMO_PASSWORD)")?;
+    // One user per other role, named after it, to see each role's view of the dashboards.
+    use sokana::auth::Role;
+    for role in [Role::Manager, Role::Billing, Role::Analyst, Role::Viewer] {
+        auth.ensure_user(role.name(), role, &password)
+            .await
+            .with_context(|| format!("setting the demo user {}", role.name()))?;
+    }
 
     run_pipelines(&project, &[], true, "demo").await?;
     let ctx = query::unmasked_session(project.warehouse()).await?;
@@ -711,7 +715,9 @@ async fn demo(dir: &Path, no_serve: bool, source: Option<String>, scale: f64, se
     );
     let shown = if generated { password.as_str() } else { "(the value of SOKANA_DEMO_PASSWORD)" };
     eprintln!(
-        "login: user {user}, password {shown}\n  \
+        "web: http://{listen}/ (users manager, billing, analyst and viewer; admin sets up a second factor first), \
+         password {shown}\n\
+         login: user {user}, password {shown}\n  \
          HTTP: curl -s http://{listen}/api/v1/auth/login -H 'content-type: application/json' \
          -d '{{\"username\": \"{user}\", \"password\": \"...\"}}'\n  \
          an admin sets up a second factor first (POST /api/v1/auth/mfa/setup, then /api/v1/auth/mfa/confirm); \

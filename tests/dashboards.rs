@@ -31,9 +31,9 @@ metric = { view = "births", measures = ["clients"], dimensions = ["birth_locatio
 "#;
 
 /// The Sokana project with the shipped metrics views and dashboards, and a test dashboard over a
-/// `phi` column.
-async fn project() -> Project {
-    let project = common::sokana_project("").await;
+/// `phi` column; `server` is added to its `[server]` table.
+async fn project_with(server: &str) -> Project {
+    let project = common::sokana_project(server).await;
     let root = project.dir.path();
     for (dir, files) in
         [("queries/metrics", sokana::SOKANA_CORE_METRICS), ("dashboards", sokana::SOKANA_CORE_DASHBOARDS)]
@@ -46,6 +46,10 @@ async fn project() -> Project {
     std::fs::write(root.join("queries/metrics/births.toml"), BIRTHS_VIEW).expect("view");
     std::fs::write(root.join("dashboards/births.toml"), BIRTHS_DASHBOARD).expect("dashboard");
     project
+}
+
+async fn project() -> Project {
+    project_with("").await
 }
 
 fn panel<'a>(dashboard: &'a Value, id: &str) -> &'a Value {
@@ -242,4 +246,287 @@ encoding = { x = "payment", y = ["amount"] }
     }
     let (status, _) = common::get_json(&server, &manager, "/api/v1/dashboards/nope").await;
     assert_eq!(status, 404);
+}
+
+/// A new payment in the source, loaded by a pipeline run: new versions of `raw.payments` and of
+/// the models over it.
+pub fn commit_a_payment(project: &Project) {
+    let db = rusqlite::Connection::open(project.sqlite_path()).expect("source");
+    db.execute(
+        "INSERT INTO payments (id, txn_date, amount, method, gateway, transaction_id, description) \
+         SELECT max(id) + 1, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), 1000, 'card', 'stripe', 'live-test', 'live refresh' FROM payments",
+        [],
+    )
+    .expect("insert a payment");
+    let run = project.cli().args(["pipeline", "run", "--all"]).output().expect("sokana pipeline run");
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+}
+
+/// The next `versions` event of a server-sent event stream, as table → version.
+async fn next_versions(events: &mut reqwest::Response, buffer: &mut String) -> std::collections::BTreeMap<String, i64> {
+    loop {
+        if let Some(end) = buffer.find("\n\n") {
+            let event: String = buffer.drain(..end + 2).collect();
+            if let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: "))
+                && event.lines().any(|l| l == "event: versions")
+            {
+                return serde_json::from_str(data).expect("versions are JSON");
+            }
+            continue;
+        }
+        let chunk = events.chunk().await.expect("the event stream").expect("the stream stays open");
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pages_rows_embed_links_and_live_events() {
+    let project = project_with("embed_origins = [\"http://embedder.test\"]").await;
+    let auth = sokana::auth::Auth::open(&project.config()).await.expect("auth");
+    let password = "web-test-password-0123";
+    auth.add_user("mona", sokana::auth::Role::Manager, password).await.expect("manager");
+    let server = common::serve(&project);
+    let base = format!("http://127.0.0.1:{}", server.http);
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+
+    // Pages send a reader who is not signed in to the sign-in page; the API still answers 401.
+    let response = http.get(format!("{base}/dashboards/executive?period=last_30_days")).send().await.expect("page");
+    assert_eq!(response.status(), 303);
+    assert_eq!(response.headers()["location"], "/login?next=%2Fdashboards%2Fexecutive%3Fperiod%3Dlast_30_days");
+    assert_eq!(http.get(format!("{base}/api/v1/dashboards")).send().await.expect("api").status(), 401);
+    let login = http.get(format!("{base}/login")).send().await.expect("login page");
+    let policy = login.headers()["content-security-policy"].to_str().expect("policy").to_string();
+    assert!(policy.contains("script-src 'self'") && policy.contains("frame-ancestors 'none'"), "{policy}");
+    assert!(!policy.contains("unsafe-inline"), "{policy}");
+    let html = login.text().await.expect("html");
+    let script = html.split("src=\"").nth(1).and_then(|s| s.split('"').next()).expect("a script");
+    let asset = http.get(format!("{base}{script}")).send().await.expect("asset");
+    assert_eq!(asset.status(), 200);
+    assert!(asset.headers()["cache-control"].to_str().is_ok_and(|c| c.contains("immutable")));
+    assert_eq!(http.get(format!("{base}/assets/app.0000.js")).send().await.expect("asset").status(), 404);
+
+    // Signed in by cookie: the pages for the role, and none beyond it.
+    let signed_in = http
+        .post(format!("{base}/api/v1/auth/login"))
+        .header("content-type", "application/json")
+        .body(serde_json::json!({ "username": "mona", "password": password }).to_string())
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(signed_in.status(), 200);
+    let cookie: String = signed_in
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|c| c.to_str().ok()?.split(';').next().map(str::to_string))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let page = |path: &str| http.get(format!("{base}{path}")).header("cookie", cookie.clone()).send();
+    let list = page("/dashboards").await.expect("list");
+    assert_eq!(list.status(), 200);
+    let list = list.text().await.expect("html");
+    assert!(list.contains("Executive overview") && list.contains("href=\"/dashboards/revenue\""), "{list}");
+    let executive = page("/dashboards/executive?period=last_90_days").await.expect("dashboard").text().await.expect("html");
+    assert!(executive.contains("data-panel=\"collected\"") && executive.contains("<option value=\"last_90_days\" selected>"));
+    let bad_filter = page("/dashboards/revenue?method=bitcoin").await.expect("bad filter").text().await.expect("html");
+    assert!(bad_filter.contains("filter method:") && bad_filter.contains("back to their defaults"), "{bad_filter}");
+
+    // The rows behind a number, as the reader's role sees them: a manager sees no phi.
+    let manager = common::api_key(&project, sokana::auth::Role::Manager).await;
+    let admin = common::api_key(&project, sokana::auth::Role::Admin).await;
+    let rows_path = "/api/v1/dashboards/births/panels/locations/rows?x=home";
+    let (status, rows) = common::get_json(&server, &admin, rows_path).await;
+    assert_eq!(status, 200, "{rows}");
+    let located: Vec<&Value> = rows["rows"].as_array().expect("rows").iter().collect();
+    assert!(!located.is_empty() && located.iter().all(|r| r["birth_location"] == "home"), "{rows}");
+    let (status, masked) = common::get_json(&server, &manager, "/api/v1/dashboards/births/panels/locations/rows").await;
+    assert_eq!(status, 200, "{masked}");
+    assert!(masked["rows"].as_array().expect("rows").iter().all(|r| r["birth_location"].is_null()), "{masked}");
+    let (status, march) =
+        common::get_json(&server, &manager, "/api/v1/dashboards/executive/panels/revenue_by_month/rows?period=all_time&x=2026-03-01")
+            .await;
+    assert_eq!(status, 200, "{march}");
+    assert!(march["rows"].as_array().expect("rows").iter().all(|r| r["month"] == "2026-03-01"), "{march}");
+    let (status, sql_panel) =
+        common::get_json(&server, &manager, "/api/v1/dashboards/executive/panels/revenue_by_month/rows?x=March").await;
+    assert_eq!(status, 400, "{sql_panel}");
+
+    // A signed embed link opens its one dashboard in a frame of the allowed site, as its maker.
+    let embed = |key: &str, body: Value| {
+        http.post(format!("{base}/api/v1/dashboards/executive/embed"))
+            .header("authorization", format!("Bearer {key}"))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+    };
+    let made = embed(&manager, serde_json::json!({ "filters": { "period": "last_90_days" }, "lifetime_seconds": 600 }))
+        .await
+        .expect("embed");
+    assert_eq!(made.status(), 201);
+    let made: Value = serde_json::from_slice(&made.bytes().await.expect("body")).expect("json");
+    let url = made["url"].as_str().expect("url").to_string();
+    let token = url.rsplit('/').next().expect("token").to_string();
+    let framed = http.get(&url).send().await.expect("embed page");
+    assert_eq!(framed.status(), 200);
+    assert!(framed.headers().get("x-frame-options").is_none());
+    let policy = framed.headers()["content-security-policy"].to_str().expect("policy").to_string();
+    assert!(policy.contains("frame-ancestors http://embedder.test"), "{policy}");
+    assert!(framed.text().await.expect("html").contains(&format!("data-base=\"/embed/{token}\"")));
+    let svg = http.get(format!("{url}/panels/collected.svg?period=all_time")).send().await.expect("panel");
+    assert_eq!(svg.status(), 200);
+    assert!(svg.headers()["x-sokana-tables"].to_str().is_ok_and(|t| t.contains("marts.fct_payments@")));
+    for (path, why) in [
+        (format!("{base}/embed/{}x", token), "an altered link"),
+        (format!("{base}/embed/{token}/panels/nope.svg"), "a panel the dashboard lacks"),
+    ] {
+        let status = http.get(&path).send().await.expect("embed").status();
+        assert!(status == 401 || status == 404, "{why}: {status}");
+    }
+    let elsewhere =
+        http.get(format!("{base}/api/v1/dashboards")).header("authorization", format!("Bearer {token}")).send().await;
+    assert_eq!(elsewhere.expect("api").status(), 401, "an embed link opens no other route");
+    for (body, why) in [
+        (serde_json::json!({ "filters": { "nope": "x" } }), "an unknown filter"),
+        (serde_json::json!({ "filters": { "period": "forever" } }), "a bad value"),
+        (serde_json::json!({ "lifetime_seconds": 0 }), "no lifetime"),
+        (serde_json::json!({ "lifetime_seconds": 86_400 * 30 }), "more than a week"),
+    ] {
+        assert_eq!(embed(&manager, body).await.expect("embed").status(), 400, "{why}");
+    }
+    let (_, audit) = common::get_json(&server, &admin, "/api/v1/audit?user=test-manager&limit=10000").await;
+    let actions: Vec<&str> = audit["entries"].as_array().expect("entries").iter().filter_map(|e| e["action"].as_str()).collect();
+    assert!(actions.contains(&"embed link") && actions.contains(&"view embed"), "embed links are audited: {actions:?}");
+    // A link never shows more than its maker may see now: not at all once they are disabled.
+    auth.set_disabled("test-manager", true).await.expect("disable");
+    assert_eq!(http.get(&url).send().await.expect("embed").status(), 401);
+
+    // Live refresh: the versions of the tables, then each change as it is committed.
+    let mut events = http
+        .get(format!("{base}/api/v1/events/tables"))
+        .header("authorization", format!("Bearer {admin}"))
+        .send()
+        .await
+        .expect("events");
+    assert_eq!(events.status(), 200);
+    assert_eq!(events.headers()["content-type"], "text/event-stream");
+    let mut buffer = String::new();
+    let before = next_versions(&mut events, &mut buffer).await;
+    let payments = before.get("marts.fct_payments").copied().expect("fct_payments is listed");
+    commit_a_payment(&project);
+    let after = loop {
+        let versions = next_versions(&mut events, &mut buffer).await;
+        if versions.contains_key("marts.fct_payments") {
+            break versions;
+        }
+    };
+    assert!(after["marts.fct_payments"] > payments, "{before:?} → {after:?}");
+}
+
+/// The browser test's script and its packages (installed by `tests/run`).
+fn browser_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dashboards_in_a_browser() {
+    use std::io::BufRead;
+    // Another origin on loopback (the script answers it; nothing listens): Chromium refuses
+    // frames of a loopback page inside a page it takes for a public one.
+    let embedder = format!("http://localhost:{}", common::free_port());
+    let project = project_with(&format!("embed_origins = [\"{embedder}\"]")).await;
+    let auth = sokana::auth::Auth::open(&project.config()).await.expect("auth");
+    let password = "browser-test-password-0123";
+    auth.add_user("mona", sokana::auth::Role::Manager, password).await.expect("manager");
+    let server = common::serve(&project);
+    let base = format!("http://127.0.0.1:{}", server.http);
+    let manager = common::api_key(&project, sokana::auth::Role::Manager).await;
+    let made = reqwest::Client::new()
+        .post(format!("{base}/api/v1/dashboards/executive/embed"))
+        .header("authorization", format!("Bearer {manager}"))
+        .header("content-type", "application/json")
+        .body(r#"{"filters": {"period": "all_time"}}"#)
+        .send()
+        .await
+        .expect("embed");
+    let made: Value = serde_json::from_slice(&made.bytes().await.expect("body")).expect("json");
+    let artifacts = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser-artifacts");
+    std::fs::create_dir_all(&artifacts).expect("artifacts dir");
+    let dir = browser_dir();
+    assert!(dir.join("node_modules/playwright-core").exists(), "tests/run installs the browser test's packages (npm ci in tests/browser)");
+
+    let ids = ["executive", "client_pipeline", "revenue", "doula_team"];
+    let mut node = std::process::Command::new("node")
+        .arg(dir.join("dashboards.mjs"))
+        .current_dir(&dir)
+        .env("BASE", &base)
+        .env("USERNAME", "mona")
+        .env("PASSWORD", password)
+        .env("DASHBOARDS", ids.join(","))
+        .env("EMBED_URL", made["url"].as_str().expect("an embed url"))
+        .env("EMBEDDER", &embedder)
+        .env("ARTIFACTS", &artifacts)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("node (the test command installs Node.js packages; Node.js is on the machine)");
+    let stdout = node.stdout.take().expect("piped stdout");
+    let mut result = None;
+    for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+        if line == "COMMIT" {
+            commit_a_payment(&project);
+        } else if let Some(json) = line.strip_prefix("RESULT ") {
+            result = Some(serde_json::from_str::<Value>(json).expect("the result is JSON"));
+        } else {
+            eprintln!("{line}");
+        }
+    }
+    assert!(node.wait().expect("node").success(), "the browser script failed (its error is above)");
+    let result = result.expect("a RESULT line");
+    eprintln!("browser result: {result:#}");
+
+    assert!(result["loginUrl"].as_str().is_some_and(|u| u.contains("/login?next=")), "{result}");
+    assert_eq!(result["consoleErrors"], serde_json::json!([]), "no console errors");
+    assert_eq!(result["offsite"], serde_json::json!([]), "no request to another host");
+    for id in ids {
+        let page = &result["pages"][id];
+        assert!(page["panels"].as_u64().is_some_and(|n| n > 0), "{id}: {page}");
+        assert_eq!(page["charts"], page["panels"], "{id}: every panel drew its chart: {page}");
+        assert!(page["marks"].as_u64().is_some_and(|n| n > 0), "{id}: {page}");
+    }
+    for (page, violations) in result["axe"].as_object().expect("axe results") {
+        let serious: Vec<&Value> = violations
+            .as_array()
+            .expect("violations")
+            .iter()
+            .filter(|v| v["impact"] == "serious" || v["impact"] == "critical")
+            .collect();
+        assert!(serious.is_empty(), "{page}: serious or critical accessibility violations: {serious:?}");
+    }
+
+    // The KPI after the filter change equals the source's own sum over March 2026 in New York.
+    let db = rusqlite::Connection::open(project.sqlite_path()).expect("source");
+    let march: f64 = db
+        .query_row(
+            "SELECT sum(CAST(amount AS REAL)) FROM payments \
+             WHERE datetime(txn_date) >= '2026-03-01 05:00:00' AND datetime(txn_date) < '2026-04-01 04:00:00'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("March");
+    let shown: f64 = result["collectedInMarch"].as_str().and_then(|v| v.parse().ok()).expect("the KPI's value");
+    assert!((shown - march).abs() < 0.01, "the KPI shows {shown}, the source gives {march}");
+    assert!(result["tooltip"].as_str().is_some_and(|t| t.contains('$')), "{result}");
+    assert!(result["rowsShown"].as_u64().is_some_and(|n| n > 0), "{result}");
+    let source = result["drill"]["source"].as_str().expect("a source clicked");
+    let encoded: String = url::form_urlencoded::byte_serialize(source.as_bytes()).collect();
+    assert!(result["drill"]["url"].as_str().is_some_and(|u| u.contains(&format!("referral_source={encoded}"))), "{result}");
+    let live = &result["live"];
+    assert_eq!(live["reloaded"], false, "{live}");
+    assert!(live["updated"].as_array().is_some_and(|u| u.iter().any(|p| p == "collected")), "{live}");
+    let (before, after): (f64, f64) = (
+        live["before"].as_str().and_then(|v| v.parse().ok()).expect("before"),
+        live["after"].as_str().and_then(|v| v.parse().ok()).expect("after"),
+    );
+    assert!((after - before - 1000.0).abs() < 0.01, "the new payment of 1000 shows: {before} → {after}");
+    assert_eq!(result["embed"]["charts"], result["embed"]["panels"], "{result}");
+    assert_eq!(result["embed"]["filters"], 0, "an embed link's filters are locked: {result}");
 }

@@ -84,6 +84,7 @@ pub(super) async fn authorize(State(state): State<AppState>, mut request: Reques
         // A stale token sent to the login route is not an error.
         return next.run(request).await;
     }
+    let page = path.as_deref().is_some_and(super::is_page);
     let identity = match bearer(request.headers()) {
         Some(token) => match state.auth.verify_bearer(token).await {
             Ok(identity) => Some(identity),
@@ -91,9 +92,14 @@ pub(super) async fn authorize(State(state): State<AppState>, mut request: Reques
         },
         None => match from_cookie(&state, request.method(), request.headers()).await {
             Ok(identity) => identity,
+            // A page whose session ended sends its reader to sign in again.
+            Err(_) if page => None,
             Err(error) => return unauthorized(error.with_request_id(&request_id), &request_id),
         },
     };
+    if page && identity.as_ref().is_none_or(|who| who.enrolling) {
+        return to_sign_in(request.uri());
+    }
     let verdict = match (access, &identity) {
         (Access::Public, _) => Ok(()),
         (_, None) => Err(unauthorized(
@@ -110,6 +116,11 @@ pub(super) async fn authorize(State(state): State<AppState>, mut request: Reques
         }
         (Access::SignedIn, Some(_)) => Ok(()),
         (Access::Needs(permission), Some(who)) if who.may(permission) => Ok(()),
+        (Access::Needs(_), Some(who)) if page => Err(super::pages::error_page(
+            StatusCode::FORBIDDEN,
+            Some(who),
+            &format!("Your role ({}) may not open this page.", who.role),
+        )),
         (Access::Needs(_), Some(who)) => Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
@@ -142,6 +153,13 @@ pub(super) async fn authorize(State(state): State<AppState>, mut request: Reques
         ..Event::now()
     });
     response
+}
+
+/// A redirect to the sign-in page, which comes back to `uri` (a path on this server) after.
+fn to_sign_in(uri: &axum::http::Uri) -> Response {
+    let back = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let next: String = url::form_urlencoded::byte_serialize(back.as_bytes()).collect();
+    axum::response::Redirect::to(&format!("/login?next={next}")).into_response()
 }
 
 /// Marks a response whose query's audit record, stored before it left, stands for the request.

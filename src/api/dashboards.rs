@@ -36,7 +36,7 @@ fn sources(state: &AppState) -> Sources<'_> {
     Sources { engine: &state.engine, views: &state.metrics, queries_dir: &state.queries_dir }
 }
 
-fn pairs(query: Option<String>) -> Vec<(String, String)> {
+pub(super) fn pairs(query: Option<String>) -> Vec<(String, String)> {
     url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()).into_owned().collect()
 }
 
@@ -49,7 +49,7 @@ fn open<'a>(state: &'a AppState, id: &str, caller: &Authenticated) -> Result<&'a
     Ok(dashboard)
 }
 
-fn dashboard_caller(caller: &Authenticated) -> Caller {
+pub(super) fn dashboard_caller(caller: &Authenticated) -> Caller {
     Caller { origin: "dashboard", ..super::query::caller(caller.identity.clone(), &caller.request_id, caller.address) }
 }
 
@@ -161,7 +161,9 @@ fn public_message(e: &DashboardError, request_id: &RequestId) -> String {
 }
 
 /// One panel as `NAME.svg`, `NAME.png` or `NAME.csv` (`?raw=true`: CSV cells as stored, without
-/// the spreadsheet-formula guard), with the dashboard's filters, `theme=dark` and `page=N`.
+/// the spreadsheet-formula guard), with the dashboard's filters, `theme=dark`, `page=N` and, for
+/// pictures, `width` and `height` in pixels (the panel's grid size when not given). The
+/// `X-Sokana-Tables` header names the tables read and their versions, which live refresh watches.
 pub(super) async fn panel(
     State(state): State<AppState>,
     caller: Authenticated,
@@ -169,60 +171,84 @@ pub(super) async fn panel(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let dashboard = open(&state, &id, &caller)?;
-    let (name, extension) = file.rsplit_once('.').unwrap_or((file.as_str(), ""));
-    let panel = dashboard.panel(name).ok_or_else(|| {
-        ApiError::dashboard(
-            DashboardError::UnknownPanel { dashboard: id.clone(), panel: name.to_string() },
-            &caller.request_id,
-        )
-    })?;
     let pairs = pairs(query);
-    let param = |key: &str| pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
-    let theme = match param("theme") {
-        None | Some("light") => Theme::Light,
-        Some("dark") => Theme::Dark,
-        Some(other) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "parameter",
-                format!("parameter theme: expected light or dark, got {other:?}"),
-            )
-            .with_request_id(&caller.request_id));
-        }
-    };
-    let page = match param("page") {
-        None => 0,
-        Some(text) => text.parse::<usize>().map_err(|_| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "parameter",
-                format!("parameter page: expected a page number from 0, got {text:?}"),
-            )
-            .with_request_id(&caller.request_id)
-        })?,
-    };
     let as_caller = dashboard_caller(&caller);
     let selection = selection(&state, dashboard, &pairs, &as_caller, &caller.request_id).await?;
-    let sources = sources(&state);
-    let data = dashboard::panel_data(&sources, dashboard, panel, &selection, &as_caller)
-        .await
-        .map_err(|e| ApiError::dashboard(e, &caller.request_id))?;
-    let (content_type, bytes) = match extension {
-        "svg" => {
-            let svg = dashboard::render(dashboard, panel, &data, theme, None, page)
-                .map_err(|e| ApiError::dashboard(e, &caller.request_id))?;
-            ("image/svg+xml", svg.into_bytes())
+    let response = panel_file(&state, dashboard, &file, &selection, &pairs, &as_caller, &caller.request_id).await?;
+    Ok(audited_by_query(response))
+}
+
+/// A rendering parameter of a panel request: absent, or parsed by `parse`.
+fn parameter<T>(
+    pairs: &[(String, String)],
+    key: &str,
+    expected: &str,
+    request_id: &RequestId,
+    parse: impl Fn(&str) -> Option<T>,
+) -> Result<Option<T>, ApiError> {
+    let Some((_, text)) = pairs.iter().find(|(k, _)| k == key) else { return Ok(None) };
+    parse(text).map(Some).ok_or_else(|| {
+        ApiError::new(StatusCode::BAD_REQUEST, "parameter", format!("parameter {key}: expected {expected}, got {text:?}"))
+            .with_request_id(request_id)
+    })
+}
+
+/// Pictures are drawn between these sizes, in pixels.
+const PIXELS: std::ops::RangeInclusive<u32> = 80..=4000;
+
+/// `file` (`PANEL.svg|png|csv`) of `dashboard` with `selection`, as `as_caller`.
+pub(super) async fn panel_file(
+    state: &AppState,
+    dashboard: &Dashboard,
+    file: &str,
+    selection: &Selection,
+    pairs: &[(String, String)],
+    as_caller: &Caller,
+    request_id: &RequestId,
+) -> Result<Response, ApiError> {
+    let (name, extension) = file.rsplit_once('.').unwrap_or((file, ""));
+    let panel = dashboard.panel(name).ok_or_else(|| {
+        ApiError::dashboard(
+            DashboardError::UnknownPanel { dashboard: dashboard.id.clone(), panel: name.to_string() },
+            request_id,
+        )
+    })?;
+    let theme = parameter(pairs, "theme", "light or dark", request_id, |t| match t {
+        "light" => Some(Theme::Light),
+        "dark" => Some(Theme::Dark),
+        _ => None,
+    })?
+    .unwrap_or(Theme::Light);
+    let page = parameter(pairs, "page", "a page number from 0", request_id, |t| t.parse::<usize>().ok())?.unwrap_or(0);
+    let pixels = |t: &str| t.parse::<u32>().ok().filter(|n| PIXELS.contains(n));
+    let expected = format!("a number of pixels from {} to {}", PIXELS.start(), PIXELS.end());
+    let width = parameter(pairs, "width", &expected, request_id, pixels)?;
+    let height = parameter(pairs, "height", &expected, request_id, pixels)?;
+    let size = match (width, height) {
+        (Some(w), Some(h)) => Some((w, h)),
+        (None, None) => None,
+        _ => {
+            return Err(ApiError::new(StatusCode::BAD_REQUEST, "parameter", "give both width and height, or neither".into())
+                .with_request_id(request_id));
         }
-        "png" => {
-            let svg = dashboard::render(dashboard, panel, &data, theme, None, page)
-                .map_err(|e| ApiError::dashboard(e, &caller.request_id))?;
-            let png =
-                crate::chart::render_png(&svg, 2.0).map_err(|e| ApiError::dashboard(e.into(), &caller.request_id))?;
-            ("image/png", png)
+    };
+    let data = dashboard::panel_data(&sources(state), dashboard, panel, selection, as_caller)
+        .await
+        .map_err(|e| ApiError::dashboard(e, request_id))?;
+    let (content_type, bytes) = match extension {
+        "svg" | "png" => {
+            let svg = dashboard::render(dashboard, panel, &data, theme, size, page)
+                .map_err(|e| ApiError::dashboard(e, request_id))?;
+            if extension == "svg" {
+                ("image/svg+xml", svg.into_bytes())
+            } else {
+                let png = crate::chart::render_png(&svg, 2.0).map_err(|e| ApiError::dashboard(e.into(), request_id))?;
+                ("image/png", png)
+            }
         }
         "csv" => {
-            let csv = dashboard::csv(&data.frame, param("raw") == Some("true"))
-                .map_err(|e| ApiError::dashboard(e, &caller.request_id))?;
+            let raw = pairs.iter().any(|(k, v)| k == "raw" && v == "true");
+            let csv = dashboard::csv(&data.frame, raw).map_err(|e| ApiError::dashboard(e, request_id))?;
             ("text/csv; charset=utf-8", csv)
         }
         other => {
@@ -231,17 +257,83 @@ pub(super) async fn panel(
                 "unknown_format",
                 format!("a panel is served as .svg, .png or .csv, not {other:?}"),
             )
-            .with_request_id(&caller.request_id));
+            .with_request_id(request_id));
         }
     };
     let mut response = (StatusCode::OK, bytes).into_response();
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     if let Ok(disposition) =
         HeaderValue::from_str(&format!("inline; filename=\"{}-{}.{extension}\"", dashboard.id, panel.id))
     {
-        response.headers_mut().insert(header::CONTENT_DISPOSITION, disposition);
+        headers.insert(header::CONTENT_DISPOSITION, disposition);
     }
+    let tables: Vec<String> = data.tables.iter().map(|t| format!("{}@{}", t.table, t.version)).collect();
+    if let Ok(value) = HeaderValue::from_str(&tables.join(",")) {
+        headers.insert(TABLES_HEADER, value);
+    }
+    Ok(response)
+}
+
+/// The tables a panel read, as `schema.table@version` separated by commas.
+pub(super) const TABLES_HEADER: &str = "x-sokana-tables";
+
+/// `GET /api/v1/dashboards/{id}/panels/{panel}/rows`: the warehouse rows behind a panel's
+/// numbers with the dashboard's filters, narrowed to one mark with `x` and `series` (the
+/// values of a clicked bar or slice), as the caller's role sees them.
+pub(super) async fn rows(
+    State(state): State<AppState>,
+    caller: Authenticated,
+    Path((id, panel)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let dashboard = open(&state, &id, &caller)?;
+    let pairs = pairs(query);
+    let as_caller = dashboard_caller(&caller);
+    let selection = selection(&state, dashboard, &pairs, &as_caller, &caller.request_id).await?;
+    let response = panel_rows(&state, dashboard, &panel, &selection, &pairs, &as_caller, &caller.request_id).await?;
     Ok(audited_by_query(response))
+}
+
+pub(super) async fn panel_rows(
+    state: &AppState,
+    dashboard: &Dashboard,
+    panel: &str,
+    selection: &Selection,
+    pairs: &[(String, String)],
+    as_caller: &Caller,
+    request_id: &RequestId,
+) -> Result<Response, ApiError> {
+    let spec = dashboard.panel(panel).ok_or_else(|| {
+        ApiError::dashboard(
+            DashboardError::UnknownPanel { dashboard: dashboard.id.clone(), panel: panel.to_string() },
+            request_id,
+        )
+    })?;
+    let value = |key: &str| pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+    let mark = dashboard::Mark { x: value("x"), series: value("series") };
+    let output = dashboard::rows_behind(&sources(state), dashboard, spec, selection, &mark, as_caller)
+        .await
+        .map_err(|e| ApiError::dashboard(e, request_id))?;
+    let columns: Vec<serde_json::Value> = output
+        .result
+        .schema
+        .fields()
+        .iter()
+        .map(|f| json!({ "name": f.name(), "type": f.data_type().to_string() }))
+        .collect();
+    let rows = output.result.json_rows().map_err(|e| ApiError::query(e, request_id))?;
+    let rows: serde_json::Value = if rows.is_empty() {
+        json!([])
+    } else {
+        serde_json::from_slice(rows).map_err(ApiError::internal)?
+    };
+    let count = rows.as_array().map_or(0, Vec::len);
+    Ok(Json(json!({
+        "dashboard": dashboard.id, "panel": spec.id, "columns": columns, "rows": rows,
+        "truncated": count as u64 >= dashboard::DRILL_ROWS,
+    }))
+    .into_response())
 }
 
 /// A JSON Schema of the file formats (`dashboard.json`, `metrics-view.json`).
@@ -255,4 +347,224 @@ pub(super) async fn schema(Path(name): Path<String>) -> Result<Response, ApiErro
             format!("no schema {name:?}; there are dashboard.json and metrics-view.json"),
         )),
     }
+}
+
+/// The body of `POST /api/v1/chart`: a query and how to draw its answer.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ChartBody {
+    sql: String,
+    chart: crate::chart::ChartKind,
+    #[serde(default)]
+    encoding: crate::chart::Encoding,
+    #[serde(default)]
+    theme: Option<String>,
+    #[serde(default)]
+    width: Option<u32>,
+    #[serde(default)]
+    height: Option<u32>,
+}
+
+/// `POST /api/v1/chart`: the SQL console's chart of a query's answer, as SVG.
+pub(super) async fn chart(
+    State(state): State<AppState>,
+    caller: Authenticated,
+    Json(body): Json<ChartBody>,
+) -> Result<Response, ApiError> {
+    let request_id = &caller.request_id;
+    let theme = match body.theme.as_deref() {
+        None | Some("light") => Theme::Light,
+        Some("dark") => Theme::Dark,
+        Some(other) => {
+            return Err(ApiError::new(StatusCode::BAD_REQUEST, "parameter", format!("theme: expected light or dark, got {other:?}"))
+                .with_request_id(request_id));
+        }
+    };
+    let mut size = (body.width.unwrap_or(900), body.height.unwrap_or(360));
+    for (key, value) in [("width", &mut size.0), ("height", &mut size.1)] {
+        if !PIXELS.contains(value) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "parameter",
+                format!("{key}: expected a number of pixels from {} to {}, got {value}", PIXELS.start(), PIXELS.end()),
+            )
+            .with_request_id(request_id));
+        }
+    }
+    let as_caller = Caller { origin: "console", ..super::query::caller(caller.identity.clone(), request_id, caller.address) };
+    let svg = dashboard::chart_of_sql(&sources(&state), &body.sql, body.chart, &body.encoding, theme, size, &as_caller)
+        .await
+        .map_err(|e| ApiError::dashboard(e, request_id))?;
+    Ok(audited_by_query(([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response()))
+}
+
+/// The body of `POST /api/v1/dashboards/{id}/embed`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct EmbedBody {
+    /// Filter name → a value or a list of values, locked for the link's viewers.
+    #[serde(default)]
+    filters: serde_json::Map<String, serde_json::Value>,
+    /// How long the link works; an hour when not given, a week at most.
+    #[serde(default)]
+    lifetime_seconds: Option<i64>,
+}
+
+/// `POST /api/v1/dashboards/{id}/embed`: a link that opens this dashboard with these filters in
+/// a frame, as the caller, until it expires.
+pub(super) async fn create_embed(
+    State(state): State<AppState>,
+    caller: Authenticated,
+    headers: axum::http::HeaderMap,
+    Path(id): Path<String>,
+    Json(body): Json<EmbedBody>,
+) -> Result<Response, ApiError> {
+    let request_id = &caller.request_id;
+    let dashboard = open(&state, &id, &caller)?;
+    let mut pairs = Vec::new();
+    for (name, value) in body.filters {
+        if !dashboard.file.filters.iter().any(|f| f.name == name) {
+            let names: Vec<&str> = dashboard.file.filters.iter().map(|f| f.name.as_str()).collect();
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "filter",
+                format!("filters.{name}: dashboard {} has no such filter (it has: {})", dashboard.id, names.join(", ")),
+            )
+            .with_request_id(request_id));
+        }
+        let values = match value {
+            serde_json::Value::String(v) => vec![v],
+            serde_json::Value::Array(items) if items.iter().all(serde_json::Value::is_string) => {
+                items.into_iter().filter_map(|v| v.as_str().map(str::to_string)).collect()
+            }
+            other => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "filter",
+                    format!("filters.{name}: expected a string or an array of strings, got {other}"),
+                )
+                .with_request_id(request_id));
+            }
+        };
+        pairs.extend(values.into_iter().map(|v| (name.clone(), v)));
+    }
+    // The locked filters are checked now, as the caller, so that a link never fails later.
+    let as_caller = dashboard_caller(&caller);
+    selection(&state, dashboard, &pairs, &as_caller, request_id).await?;
+    let seconds = body.lifetime_seconds.unwrap_or(3600);
+    let (token, grant) = state.auth.sign_embed(&caller.identity, &dashboard.id, pairs, seconds)?;
+    let scheme = if state.project.config().server.tls_cert.is_some() { "https" } else { "http" };
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+    let url = format!("{scheme}://{host}/embed/{token}");
+    state.auth.audit().record(caller.event("embed link", format!("dashboard {} link {}", dashboard.id, grant.jti)));
+    let expires_at = chrono::DateTime::from_timestamp(grant.exp, 0).map(|t| t.to_rfc3339());
+    Ok((StatusCode::CREATED, Json(json!({ "url": url, "expires_at": expires_at, "id": grant.jti }))).into_response())
+}
+
+/// What an embed link opens: its dashboard and locked selection, as its maker (checked now).
+struct Embedded {
+    dashboard: std::sync::Arc<Dashboard>,
+    selection: Selection,
+    caller: Caller,
+    grant: crate::auth::embed::EmbedGrant,
+    identity: crate::auth::Identity,
+}
+
+async fn embedded(
+    state: &AppState,
+    token: &str,
+    request_id: &RequestId,
+    address: Option<std::net::IpAddr>,
+) -> Result<Embedded, ApiError> {
+    let (identity, grant) = state.auth.verify_embed(token).await.map_err(|e| ApiError::from(e).with_request_id(request_id))?;
+    let dashboard = state.dashboards.get(&grant.dashboard).map_err(|e| ApiError::dashboard(e, request_id))?.clone();
+    if !dashboard.allows(identity.role) {
+        return Err(ApiError::dashboard(DashboardError::Forbidden(grant.dashboard.clone()), request_id));
+    }
+    let caller = Caller { origin: "embed", ..super::query::caller(identity.clone(), request_id, address) };
+    let selection = selection(state, &dashboard, &grant.filters, &caller, request_id).await?;
+    Ok(Embedded { dashboard, selection, caller, grant, identity })
+}
+
+/// `GET /embed/{token}`: the dashboard of a signed link, for a frame on an allowed site.
+pub(super) async fn embed_page(
+    State(state): State<AppState>,
+    request_id: RequestId,
+    super::auth::ClientDevice(device): super::auth::ClientDevice,
+    Path(token): Path<String>,
+) -> Response {
+    let address = device.ip;
+    let embedded = match embedded(&state, &token, &request_id, address).await {
+        Ok(e) => e,
+        Err(e) => return super::pages::error_page(e.status, None, "This link has expired or is not valid."),
+    };
+    state.auth.audit().record(crate::auth::audit::Event {
+        user: embedded.identity.user.clone(),
+        role: embedded.identity.role.name().into(),
+        origin: "embed".into(),
+        address: address.map(|a| a.to_string()).unwrap_or_default(),
+        request_id: request_id.0.clone(),
+        action: "view embed".into(),
+        detail: format!("dashboard {} link {}", embedded.dashboard.id, embedded.grant.jti),
+        outcome: "ok".into(),
+        ..crate::auth::audit::Event::now()
+    });
+    let query = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(&embedded.grant.filters).finish();
+    let body = super::pages::dashboard_body(
+        &state,
+        &embedded.dashboard,
+        Some(query),
+        &embedded.caller,
+        &request_id,
+        Some(&token),
+    )
+    .await;
+    super::pages::embed_page(&state, &embedded.dashboard.file.title, body)
+}
+
+/// `GET /embed/{token}/panels/{file}`: a panel of a signed link's dashboard, with its locked
+/// filters (only the picture's theme, page and size come from the URL).
+pub(super) async fn embed_panel(
+    State(state): State<AppState>,
+    request_id: RequestId,
+    super::auth::ClientDevice(device): super::auth::ClientDevice,
+    Path((token, file)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let e = embedded(&state, &token, &request_id, device.ip).await?;
+    panel_file(&state, &e.dashboard, &file, &e.selection, &pairs(query), &e.caller, &request_id).await
+}
+
+/// `GET /embed/{token}/panels/{panel}/rows`: the rows behind a panel of a signed link.
+pub(super) async fn embed_rows(
+    State(state): State<AppState>,
+    request_id: RequestId,
+    super::auth::ClientDevice(device): super::auth::ClientDevice,
+    Path((token, panel)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let e = embedded(&state, &token, &request_id, device.ip).await?;
+    panel_rows(&state, &e.dashboard, &panel, &e.selection, &pairs(query), &e.caller, &request_id).await
+}
+
+/// `GET /embed/{token}/events`: live refresh for a signed link's page.
+pub(super) async fn embed_events(
+    State(state): State<AppState>,
+    request_id: RequestId,
+    Path(token): Path<String>,
+) -> Result<Response, ApiError> {
+    let (identity, _) = state.auth.verify_embed(&token).await.map_err(|e| ApiError::from(e).with_request_id(&request_id))?;
+    Ok(table_events(&state, &identity).into_response())
+}
+
+/// `GET /api/v1/events/tables`: server-sent events with the versions of the tables the caller
+/// may list, as they change.
+pub(super) async fn events(State(state): State<AppState>, caller: Authenticated) -> Response {
+    table_events(&state, &caller.identity).into_response()
+}
+
+fn table_events(state: &AppState, who: &crate::auth::Identity) -> impl IntoResponse + use<> {
+    let administrator = who.may(crate::auth::Permission::Administer);
+    let policy = state.policy.clone();
+    super::live::events(state.tables.subscribe(), move |table| administrator || !policy.is_admin_only(table))
 }

@@ -1,11 +1,14 @@
 //! The HTTP server and the PostgreSQL wire endpoint: health, the pipelines API, the query API
-//! (`query`) and the wire protocol (`pgwire`); dashboards join as their issue lands. Thin: it
-//! translates requests into calls on the modules above and holds no business rules of its own.
+//! (`query`), metrics and dashboards (`metrics`, `dashboards`, live refresh in `live`), the web
+//! pages (`pages`) and the wire protocol (`pgwire`). Thin: it translates requests into calls on
+//! the modules above and holds no business rules of its own.
 
 mod auth;
 mod cookies;
 mod dashboards;
+mod live;
 mod metrics;
+mod pages;
 mod pgwire;
 mod privacy;
 mod query;
@@ -52,6 +55,8 @@ pub struct Shared {
     /// The dashboards (`dashboards/`), loaded at start.
     pub dashboards: crate::dashboard::Catalog,
     pub queries_dir: std::path::PathBuf,
+    /// The tables' versions, watched while a page listens for live refresh.
+    pub tables: live::TableWatch,
 }
 
 impl AppState {
@@ -76,9 +81,11 @@ impl AppState {
         for problem in dashboards.problems() {
             tracing::error!(error = %problem, "a dashboard did not load; the others are served");
         }
+        let engine = Arc::new(engine);
         Ok(AppState(Arc::new(Shared {
             project: project.clone(),
-            engine: Arc::new(engine),
+            tables: live::TableWatch::start(&engine),
+            engine,
             auth,
             policy,
             metrics,
@@ -161,9 +168,33 @@ pub fn routes() -> Vec<Route> {
         route(Method::GET, "/api/v1/dashboards", Needs(ViewDashboards), dashboards::list),
         route(Method::GET, "/api/v1/dashboards/{id}", Needs(ViewDashboards), dashboards::get),
         route(Method::GET, "/api/v1/dashboards/{id}/panels/{file}", Needs(ViewDashboards), dashboards::panel),
+        route(Method::GET, "/api/v1/dashboards/{id}/panels/{panel}/rows", Needs(ViewDashboards), dashboards::rows),
+        route(Method::POST, "/api/v1/dashboards/{id}/embed", Needs(ViewDashboards), dashboards::create_embed),
+        route(Method::GET, "/api/v1/events/tables", Needs(ViewDashboards), dashboards::events),
+        route(Method::POST, "/api/v1/chart", Needs(RunSql), dashboards::chart),
         route(Method::GET, "/api/v1/schemas/{name}", SignedIn, dashboards::schema),
         route(Method::GET, "/api/v1/query-log", Needs(ViewOperations), query::query_log),
         route(Method::GET, "/api/v1/openapi.json", SignedIn, openapi),
+    ]
+}
+
+/// The web pages and what they load, with who may open them. A caller who is not signed in is
+/// sent to the sign-in page instead of being answered 401; embed links carry their own grant.
+pub fn pages() -> Vec<Route> {
+    use Access::{Needs, Public};
+    use Permission::*;
+    vec![
+        route(Method::GET, "/", Public, pages::home),
+        route(Method::GET, "/login", Public, pages::login),
+        route(Method::GET, "/assets/{file}", Public, pages::asset),
+        route(Method::GET, "/dashboards", Needs(ViewDashboards), pages::dashboards),
+        route(Method::GET, "/dashboards/{id}", Needs(ViewDashboards), pages::dashboard),
+        route(Method::GET, "/tables", Needs(ReadCatalog), pages::tables),
+        route(Method::GET, "/sql", Needs(RunSql), pages::sql_console),
+        route(Method::GET, "/embed/{token}", Public, dashboards::embed_page),
+        route(Method::GET, "/embed/{token}/panels/{file}", Public, dashboards::embed_panel),
+        route(Method::GET, "/embed/{token}/panels/{panel}/rows", Public, dashboards::embed_rows),
+        route(Method::GET, "/embed/{token}/events", Public, dashboards::embed_events),
     ]
 }
 
@@ -175,16 +206,23 @@ async fn openapi() -> impl IntoResponse {
     ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI)
 }
 
+/// Whether a matched route is a web page (whose callers are sent to sign in rather than answered 401).
+fn is_page(path: &str) -> bool {
+    static PAGES: std::sync::LazyLock<Vec<&'static str>> =
+        std::sync::LazyLock::new(|| pages().into_iter().map(|r| r.path).collect());
+    PAGES.contains(&path)
+}
+
 /// The access policy of a matched route.
 fn access_of(method: &Method, path: &str) -> Option<Access> {
     static TABLE: std::sync::LazyLock<Vec<(Method, &'static str, Access)>> =
-        std::sync::LazyLock::new(|| routes().into_iter().map(|r| (r.method, r.path, r.access)).collect());
+        std::sync::LazyLock::new(|| routes().into_iter().chain(pages()).map(|r| (r.method, r.path, r.access)).collect());
     TABLE.iter().find(|(m, p, _)| m == method && *p == path).map(|(_, _, access)| *access)
 }
 
 pub fn router(state: AppState) -> Router {
     let mut router = Router::new();
-    for entry in routes() {
+    for entry in routes().into_iter().chain(pages()) {
         router = router.route(entry.path, entry.handler);
     }
     router
@@ -260,9 +298,11 @@ async fn request_id(mut request: Request, next: Next) -> Response {
     response
 }
 
-/// Headers every answer carries: nothing here is to be sniffed, framed, or followed by referrers;
-/// the API loads no scripts or styles; no answer is stored by any cache, the browser's included
-/// (answers can hold health data; a client that kept one may still revalidate it by its ETag).
+/// Headers every answer carries: nothing here is to be sniffed, framed (but embed pages, by the
+/// sites they name), or followed by referrers; the API loads no scripts or styles (pages set
+/// their own policy); no answer but the content-named assets is stored by any cache, the
+/// browser's included (answers can hold health data; a client that kept one may still
+/// revalidate it by its ETag).
 /// Over TLS, browsers are told to use nothing else for a year.
 async fn security_headers(State(tls): State<bool>, request: Request, next: Next) -> Response {
     use axum::http::header;
@@ -274,11 +314,16 @@ async fn security_headers(State(tls): State<bool>, request: Request, next: Next)
     }
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
-    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    // An embed page names the sites that may frame it in its own policy.
+    if response.extensions().get::<pages::Framable>().is_none() {
+        response.headers_mut().insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    }
+    let headers = response.headers_mut();
     headers
         .entry(header::CONTENT_SECURITY_POLICY)
         .or_insert(HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // Assets, named by their content, may be kept; nothing else.
+    headers.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
     response
 }
 

@@ -398,13 +398,31 @@ pub async fn list_saved(
     Ok(axum::Json(json!({ "queries": all })).into_response())
 }
 
-/// Every table the caller may read: columns with types and classes, row count, version and when
-/// it last changed. Tables for administrators only are not listed to anyone else.
-pub async fn list_tables(
-    State(state): State<AppState>,
-    caller: super::auth::Authenticated,
-) -> Result<Response, ApiError> {
-    let administrator = caller.identity.may(crate::auth::Permission::Administer);
+/// One table of the warehouse as the catalog listing shows it.
+#[derive(Debug, serde::Serialize)]
+pub struct TableInfo {
+    pub schema: String,
+    pub name: String,
+    pub table: String,
+    pub version: Option<u64>,
+    pub rows: u64,
+    pub changed_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub columns: Vec<ColumnInfo>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct ColumnInfo {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub data_type: String,
+    pub nullable: bool,
+    pub class: crate::pipeline::spec::ColumnClass,
+}
+
+/// Every table `who` may read: columns with types and classes, row count, version and when it
+/// last changed. Tables for administrators only are not listed to anyone else.
+pub(super) async fn table_listing(state: &AppState, who: &crate::auth::Identity) -> Result<Vec<TableInfo>, ApiError> {
+    let administrator = who.may(crate::auth::Permission::Administer);
     let catalog = state.engine.catalog();
     let mut out = Vec::new();
     for name in catalog.warehouse().list_tables().await.map_err(ApiError::internal)? {
@@ -420,31 +438,37 @@ pub async fn list_tables(
             .iter()
             .map(|f| f.modification_time())
             .max()
-            .and_then(chrono::DateTime::from_timestamp_millis)
-            .map(|t| t.to_rfc3339());
-        let columns: Vec<serde_json::Value> = schema
+            .and_then(chrono::DateTime::from_timestamp_millis);
+        let columns = schema
             .fields()
             .iter()
-            .map(|f| {
-                json!({
-                    "name": f.name(),
-                    "type": f.data_type().to_string(),
-                    "nullable": f.is_nullable(),
-                    "class": state.policy.class_of(&name, f.name()),
-                })
+            .map(|f| ColumnInfo {
+                name: f.name().clone(),
+                data_type: f.data_type().to_string(),
+                nullable: f.is_nullable(),
+                class: state.policy.class_of(&name, f.name()),
             })
             .collect();
-        out.push(json!({
-            "schema": name.schema,
-            "name": name.name,
-            "table": name.to_string(),
-            "version": table.version(),
-            "rows": rows,
-            "changed_at": changed_at,
-            "columns": columns,
-        }));
+        out.push(TableInfo {
+            schema: name.schema.clone(),
+            name: name.name.clone(),
+            table: name.to_string(),
+            version: table.version(),
+            rows,
+            changed_at,
+            columns,
+        });
     }
-    Ok(axum::Json(json!({ "tables": out })).into_response())
+    Ok(out)
+}
+
+/// `GET /api/v1/tables`: [`table_listing`] as JSON.
+pub async fn list_tables(
+    State(state): State<AppState>,
+    caller: super::auth::Authenticated,
+) -> Result<Response, ApiError> {
+    let tables = table_listing(&state, &caller.identity).await?;
+    Ok(axum::Json(json!({ "tables": tables })).into_response())
 }
 
 #[derive(Debug, Deserialize)]

@@ -6,6 +6,7 @@
 
 pub mod apikey;
 pub mod audit;
+pub mod embed;
 pub mod mfa;
 pub mod policy;
 pub mod role;
@@ -185,6 +186,8 @@ pub struct Auth {
     token_key: [u8; 32],
     /// Makes each session's CSRF token.
     csrf_key: aws_lc_rs::hmac::Key,
+    /// Signs embed links.
+    embed_key: [u8; 32],
     settings: Settings,
     logins: DefaultKeyedRateLimiter<String>,
     api_keys: DefaultKeyedRateLimiter<String>,
@@ -213,6 +216,7 @@ impl Auth {
             store,
             token_key,
             csrf_key: aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &csrf_key),
+            embed_key: derive(b"sokana embed links"),
             settings: Settings {
                 access_minutes: config.auth.access_token_minutes,
                 refresh_days: config.auth.refresh_token_days,
@@ -345,8 +349,16 @@ impl Auth {
 
     /// The demo's administrator: created with `password`, or given it when it exists.
     pub async fn ensure_admin(&self, password: &str) -> Result<(), AuthError> {
-        match self.add_user(ADMIN, Role::Admin, password).await {
-            Err(AuthError::UserExists(_)) => self.reset_password(ADMIN, password).await,
+        self.ensure_user(ADMIN, Role::Admin, password).await
+    }
+
+    /// A user created with `role` and `password`, or given both when it exists.
+    pub async fn ensure_user(&self, name: &str, role: Role, password: &str) -> Result<(), AuthError> {
+        match self.add_user(name, role, password).await {
+            Err(AuthError::UserExists(_)) => {
+                self.reset_password(name, password).await?;
+                self.set_role(name, role).await
+            }
             other => other,
         }
     }

@@ -362,10 +362,13 @@ fn accessible(chart: &Chart, svg: String, hits: &[Hit], summary: &str) -> String
         }
         regions.push_str("</g>");
     }
+    // A picture is one image to a screen reader; with focusable marks it is a group of them
+    // (an image's content is presentational, so focusable marks inside one are unreachable).
+    let role = if hits.is_empty() { "img" } else { "group" };
     let opened = svg.find("<svg").and_then(|start| svg[start..].find('>').map(|end| start + end));
     match (opened, svg.rfind("</svg>")) {
         (Some(open_end), Some(close)) if close > open_end => format!(
-            "{} role=\"img\" aria-labelledby=\"{id}-title {id}-desc\" class=\"chart chart-{kind}\">{head}{}{regions}</svg>\n",
+            "{} role=\"{role}\" aria-labelledby=\"{id}-title {id}-desc\" class=\"chart chart-{kind}\">{head}{}{regions}</svg>\n",
             &svg[..open_end],
             &svg[open_end + 1..close],
             kind = chart.kind.name().to_lowercase().replace(' ', "-"),

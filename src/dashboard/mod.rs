@@ -351,6 +351,109 @@ pub struct Sources<'a> {
     pub queries_dir: &'a Path,
 }
 
+/// The metrics request of a panel whose data comes from `spec`, with `selection` applied.
+fn metric_request(
+    dashboard: &Dashboard,
+    panel: &PanelSpec,
+    spec: &spec::MetricSpec,
+    view: &metrics::spec::View,
+    selection: &Selection,
+) -> Result<MetricsRequest, DashboardError> {
+    let mut filters: Vec<(String, Vec<String>)> = spec.filters.clone().into_iter().collect();
+    for (name, dimension) in applied_selects(dashboard, panel, view) {
+        if let Some(values) = selection.selects.get(name).filter(|v| !v.is_empty()) {
+            filters.push((dimension, values.clone()));
+        }
+    }
+    let timed = view.time.is_some();
+    let range = match spec.range {
+        Some(preset) => preset_range(preset, today()),
+        None => selection.range.as_ref().filter(|_| range_applies(dashboard, panel)).map(|(_, _, r)| *r),
+    };
+    let request = MetricsRequest {
+        measures: spec.measures.clone(),
+        dimensions: spec.dimensions.clone(),
+        grain: spec.grain,
+        range: range.filter(|_| timed),
+        filters,
+        compare: panel.compare && timed && range.is_some(),
+        order: spec.order.as_ref().map(|o| match o.strip_prefix('-') {
+            Some(field) => metrics::request::Order { field: field.to_string(), descending: true },
+            None => metrics::request::Order { field: o.clone(), descending: false },
+        }),
+        limit: spec.limit.unwrap_or(metrics::request::DEFAULT_LIMIT),
+    };
+    request.check(view).map_err(|e| DashboardError::Panel {
+        path: dashboard.path.display().to_string(),
+        panel: panel.id.clone(),
+        message: e.to_string(),
+    })?;
+    Ok(request)
+}
+
+/// A mark of a chart that was clicked: its x value and its series, as the SVG's `data-x` and
+/// `data-series` give them.
+#[derive(Debug, Clone, Default)]
+pub struct Mark {
+    pub x: Option<String>,
+    pub series: Option<String>,
+}
+
+/// Rows a drill-down shows at most.
+pub const DRILL_ROWS: u64 = 500;
+
+/// The rows of the warehouse behind `panel`'s numbers with `selection` applied, narrowed to
+/// `mark` (its period, or its dimension values) when one was clicked, as `caller`. Only panels
+/// on a metrics view have rows behind them; SQL panels answer an error naming the panel.
+pub async fn rows_behind(
+    sources: &Sources<'_>,
+    dashboard: &Dashboard,
+    panel: &PanelSpec,
+    selection: &Selection,
+    mark: &Mark,
+    caller: &Caller,
+) -> Result<crate::query::engine::QueryOutput, DashboardError> {
+    let problem = |message: String| DashboardError::Panel {
+        path: dashboard.path.display().to_string(),
+        panel: panel.id.clone(),
+        message,
+    };
+    let Some(Source::Metric(spec)) = panel.source() else {
+        return Err(problem("only panels on a metrics view have rows behind their numbers".into()));
+    };
+    let view = sources.views.view(&spec.view)?;
+    let mut request = metric_request(dashboard, panel, spec, view, selection)?;
+    // The fields a mark's x and series stand for: the encoding's, or what a chart takes without
+    // one (the time buckets, else the first dimension).
+    let x = panel.encoding.x.as_deref().or(spec.grain.map(|_| metrics::spec::PERIOD)).or(spec.dimensions.first().map(String::as_str));
+    let fields = [("x", x, mark.x.as_deref()), ("series", panel.encoding.series.as_deref(), mark.series.as_deref())];
+    for (parameter, field, value) in fields {
+        let Some(value) = value else { continue };
+        let Some(field) = field else {
+            return Err(DashboardError::Filter {
+                filter: parameter.into(),
+                message: format!("panel {} has no {parameter} field to narrow by", panel.id),
+            });
+        };
+        if field == metrics::spec::PERIOD {
+            let (Some(grain), Ok(start)) = (spec.grain, NaiveDate::parse_from_str(value, "%Y-%m-%d")) else {
+                return Err(DashboardError::Filter {
+                    filter: "x".into(),
+                    message: format!("expected the first day of a period as YYYY-MM-DD, got {value:?}"),
+                });
+            };
+            let period = Range { from: start, to: grain.after(start) };
+            request.range = Some(match request.range {
+                Some(r) => Range { from: r.from.max(period.from), to: r.to.min(period.to).max(r.from.max(period.from)) },
+                None => period,
+            });
+        } else if view.dimension(field).is_some() {
+            request.filters.push((field.to_string(), vec![value.to_string()]));
+        }
+    }
+    Ok(metrics::rows_behind(sources.engine, view, &request, caller, DRILL_ROWS).await?)
+}
+
 /// Fetches `panel`'s data with `selection` applied, as `caller`.
 pub async fn panel_data(
     sources: &Sources<'_>,
@@ -368,31 +471,8 @@ pub async fn panel_data(
     match panel.source() {
         Some(Source::Metric(spec)) => {
             let view = sources.views.view(&spec.view)?;
-            let mut filters: Vec<(String, Vec<String>)> = spec.filters.clone().into_iter().collect();
-            for (name, dimension) in applied_selects(dashboard, panel, view) {
-                if let Some(values) = selection.selects.get(name).filter(|v| !v.is_empty()) {
-                    filters.push((dimension, values.clone()));
-                }
-            }
             let timed = view.time.is_some();
-            let range = match spec.range {
-                Some(preset) => preset_range(preset, today()),
-                None => range,
-            };
-            let base = MetricsRequest {
-                measures: spec.measures.clone(),
-                dimensions: spec.dimensions.clone(),
-                grain: spec.grain,
-                range: range.filter(|_| timed),
-                filters,
-                compare: panel.compare && timed && range.is_some(),
-                order: spec.order.as_ref().map(|o| match o.strip_prefix('-') {
-                    Some(field) => metrics::request::Order { field: field.to_string(), descending: true },
-                    None => metrics::request::Order { field: o.clone(), descending: false },
-                }),
-                limit: spec.limit.unwrap_or(metrics::request::DEFAULT_LIMIT),
-            };
-            base.check(view).map_err(|e| problem(e.to_string()))?;
+            let base = metric_request(dashboard, panel, spec, view, selection)?;
             let answer = metrics::answer(sources.engine, view, &base, caller).await?;
             let mut data = PanelData {
                 frame: frame_of(&answer.columns, &answer.rows),
@@ -468,6 +548,33 @@ async fn run_sql(
             .collect(),
         cache_hit: output.cache_hit,
     })
+}
+
+/// A chart of an ad-hoc query's answer (the SQL console's), the query run as `caller`.
+pub async fn chart_of_sql(
+    sources: &Sources<'_>,
+    sql: &str,
+    kind: chart::ChartKind,
+    encoding: &chart::Encoding,
+    theme: Theme,
+    (width, height): (u32, u32),
+    caller: &Caller,
+) -> Result<String, DashboardError> {
+    let data = run_sql(sources, sql, None, &BTreeMap::new(), caller).await?;
+    Ok(chart::render_svg(&Chart {
+        id: "console",
+        kind,
+        title: "Query result",
+        description: "",
+        encoding,
+        data: &data.frame,
+        previous: None,
+        trend: None,
+        theme,
+        width,
+        height,
+        page: 0,
+    })?)
 }
 
 /// Pixels per grid row and per grid column (of 12) at the width charts are drawn for export.

@@ -194,7 +194,7 @@ pub async fn answer(
         });
     }
     let previous = match before {
-        Some((range, (_, output))) => Some(Previous { from: range.from, to: range.to, rows: rows(&output)? }),
+        Some((range, (_, output))) => Some(Previous { from: range.from, to: range.to, rows: answer_rows(&output)? }),
         None => None,
     };
     Ok(Answer {
@@ -205,7 +205,7 @@ pub async fn answer(
         from: request.range.map(|r| r.from),
         to: request.range.map(|r| r.to),
         columns,
-        rows: rows(&output)?,
+        rows: answer_rows(&output)?,
         previous,
         sql,
         cache_hit: output.cache_hit,
@@ -213,12 +213,33 @@ pub async fn answer(
     })
 }
 
-fn rows(output: &QueryOutput) -> Result<serde_json::Value, MetricsError> {
+fn answer_rows(output: &QueryOutput) -> Result<serde_json::Value, MetricsError> {
     let bytes = output.result.json_rows()?;
     if bytes.is_empty() {
         return Ok(serde_json::Value::Array(Vec::new()));
     }
     serde_json::from_slice(bytes).map_err(|e| MetricsError::Query(QueryError::Format(e.to_string())))
+}
+
+/// The rows behind `request`'s numbers (see [`request::compose_rows`]), as `caller`: masked by
+/// their role like every other answer.
+pub async fn rows_behind(
+    engine: &QueryEngine,
+    view: &View,
+    request: &MetricsRequest,
+    caller: &Caller,
+    limit: u64,
+) -> Result<QueryOutput, MetricsError> {
+    let time = time_column(engine, view).await?;
+    let composed = request::compose_rows(view, time, request, limit);
+    let query = QueryRequest {
+        sql: composed.sql,
+        engine: engine.default_engine(),
+        params: Params::Positional(composed.params),
+        page: None,
+        caller: caller.clone(),
+    };
+    Ok(engine.query(&query).await?)
 }
 
 fn capitalised(word: &str) -> String {

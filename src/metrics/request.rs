@@ -35,6 +35,18 @@ impl Grain {
         })
     }
 
+    /// The first day of the bucket after the one that starts on `start`.
+    pub fn after(self, start: NaiveDate) -> NaiveDate {
+        let months = |n| start.checked_add_months(Months::new(n)).unwrap_or(start);
+        match self {
+            Grain::Day => start + chrono::Duration::days(1),
+            Grain::Week => start + chrono::Duration::days(7),
+            Grain::Month => months(1),
+            Grain::Quarter => months(3),
+            Grain::Year => months(12),
+        }
+    }
+
     /// As `date_trunc` spells it.
     pub fn name(self) -> &'static str {
         match self {
@@ -312,20 +324,7 @@ pub fn compose(view: &View, time: Option<TimeColumn>, request: &MetricsRequest, 
             select.push(format!("CAST(({}) AS {kind}) AS {}", m.sql, quoted(&m.name)));
         }
     }
-    let mut conditions = Vec::new();
-    if let (Some(range), Some(column), Some(kind)) = (range, &view.time, time) {
-        let (from, to) = match kind {
-            TimeColumn::Timestamp => (instant(view, range.from), instant(view, range.to)),
-            TimeColumn::Date => (day(range.from), day(range.to)),
-        };
-        conditions.push(format!("{column} >= {} AND {column} < {}", bind(from), bind(to)));
-    }
-    for (name, values) in &request.filters {
-        if let Some(d) = view.dimension(name) {
-            let placeholders: Vec<String> = values.iter().map(|v| bind(ScalarValue::Utf8(Some(v.clone())))).collect();
-            conditions.push(format!("CAST(({}) AS VARCHAR) IN ({})", d.sql, placeholders.join(", ")));
-        }
-    }
+    let conditions = conditions(view, time, request, range, &mut bind);
     let mut sql = format!("SELECT {} FROM {}", select.join(", "), view.table);
     if !conditions.is_empty() {
         sql.push_str(&format!(" WHERE {}", conditions.join(" AND ")));
@@ -351,6 +350,51 @@ pub fn compose(view: &View, time: Option<TimeColumn>, request: &MetricsRequest, 
         sql.push_str(&format!(" ORDER BY {} NULLS LAST", order.join(" NULLS LAST, ")));
     }
     sql.push_str(&format!(" LIMIT {}", bind(ScalarValue::Int64(Some(request.limit as i64)))));
+    Composed { sql, params }
+}
+
+/// The `WHERE` conditions of `request` over `range`, each value bound through `bind`.
+fn conditions(
+    view: &View,
+    time: Option<TimeColumn>,
+    request: &MetricsRequest,
+    range: Option<Range>,
+    bind: &mut impl FnMut(ScalarValue) -> String,
+) -> Vec<String> {
+    let mut conditions = Vec::new();
+    if let (Some(range), Some(column), Some(kind)) = (range, &view.time, time) {
+        let (from, to) = match kind {
+            TimeColumn::Timestamp => (instant(view, range.from), instant(view, range.to)),
+            TimeColumn::Date => (day(range.from), day(range.to)),
+        };
+        conditions.push(format!("{column} >= {} AND {column} < {}", bind(from), bind(to)));
+    }
+    for (name, values) in &request.filters {
+        if let Some(d) = view.dimension(name) {
+            let placeholders: Vec<String> = values.iter().map(|v| bind(ScalarValue::Utf8(Some(v.clone())))).collect();
+            conditions.push(format!("CAST(({}) AS VARCHAR) IN ({})", d.sql, placeholders.join(", ")));
+        }
+    }
+    conditions
+}
+
+/// The rows of the view's table that `request`'s numbers are computed from (its range and
+/// filters; no grouping), newest first when the view has a time column, at most `limit`.
+pub fn compose_rows(view: &View, time: Option<TimeColumn>, request: &MetricsRequest, limit: u64) -> Composed {
+    let mut params = Vec::new();
+    let mut bind = |value: ScalarValue| {
+        params.push(value);
+        format!("${}", params.len())
+    };
+    let conditions = conditions(view, time, request, request.range, &mut bind);
+    let mut sql = format!("SELECT * FROM {}", view.table);
+    if !conditions.is_empty() {
+        sql.push_str(&format!(" WHERE {}", conditions.join(" AND ")));
+    }
+    if let Some(column) = &view.time {
+        sql.push_str(&format!(" ORDER BY {column} DESC NULLS LAST"));
+    }
+    sql.push_str(&format!(" LIMIT {}", bind(ScalarValue::Int64(Some(limit as i64)))));
     Composed { sql, params }
 }
 
