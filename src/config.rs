@@ -419,7 +419,9 @@ impl Config {
             if !is_origin(origin) {
                 return Err(invalid(
                     &format!("server.embed_origins[{i}]"),
-                    format!("{origin:?} is not an origin such as https://crm.example.org (scheme, host, optional port)"),
+                    format!(
+                        "{origin:?} is not an origin such as https://crm.example.org (scheme, host, optional port)"
+                    ),
                 ));
             }
         }

@@ -64,6 +64,7 @@ pub const SOKANA_CORE_METRICS: &[(&str, &str)] = &[
 /// The Sokana dashboards (`dashboards/`), for projects outside this repository.
 pub const SOKANA_CORE_DASHBOARDS: &[(&str, &str)] = &[
     ("client_pipeline.toml", include_str!("../dashboards/client_pipeline.toml")),
+    ("data_health.toml", include_str!("../dashboards/data_health.toml")),
     ("doula_team.toml", include_str!("../dashboards/doula_team.toml")),
     ("executive.toml", include_str!("../dashboards/executive.toml")),
     ("revenue.toml", include_str!("../dashboards/revenue.toml")),

@@ -326,8 +326,12 @@ async fn pages_rows_embed_links_and_live_events() {
     assert_eq!(list.status(), 200);
     let list = list.text().await.expect("html");
     assert!(list.contains("Executive overview") && list.contains("href=\"/dashboards/revenue\""), "{list}");
-    let executive = page("/dashboards/executive?period=last_90_days").await.expect("dashboard").text().await.expect("html");
-    assert!(executive.contains("data-panel=\"collected\"") && executive.contains("<option value=\"last_90_days\" selected>"));
+    let executive =
+        page("/dashboards/executive?period=last_90_days").await.expect("dashboard").text().await.expect("html");
+    assert!(
+        executive.contains("data-panel=\"collected\"")
+            && executive.contains("<option value=\"last_90_days\" selected>")
+    );
     let bad_filter = page("/dashboards/revenue?method=bitcoin").await.expect("bad filter").text().await.expect("html");
     assert!(bad_filter.contains("filter method:") && bad_filter.contains("back to their defaults"), "{bad_filter}");
 
@@ -342,14 +346,32 @@ async fn pages_rows_embed_links_and_live_events() {
     let (status, masked) = common::get_json(&server, &manager, "/api/v1/dashboards/births/panels/locations/rows").await;
     assert_eq!(status, 200, "{masked}");
     assert!(masked["rows"].as_array().expect("rows").iter().all(|r| r["birth_location"].is_null()), "{masked}");
-    let (status, march) =
-        common::get_json(&server, &manager, "/api/v1/dashboards/executive/panels/revenue_by_month/rows?period=all_time&x=2026-03-01")
-            .await;
+    let (status, march) = common::get_json(
+        &server,
+        &manager,
+        "/api/v1/dashboards/executive/panels/revenue_by_month/rows?period=all_time&x=2026-03-01",
+    )
+    .await;
     assert_eq!(status, 200, "{march}");
     assert!(march["rows"].as_array().expect("rows").iter().all(|r| r["month"] == "2026-03-01"), "{march}");
     let (status, sql_panel) =
         common::get_json(&server, &manager, "/api/v1/dashboards/executive/panels/revenue_by_month/rows?x=March").await;
     assert_eq!(status, 400, "{sql_panel}");
+
+    // The system tables (the run log, the tables' freshness) are for roles that may view pipelines.
+    let system_sql = r#"{"sql": "SELECT count(*) AS runs FROM system.pipeline_runs"}"#;
+    for (role, expected) in [(sokana::auth::Role::Billing, 403), (sokana::auth::Role::Analyst, 200)] {
+        let key = common::api_key(&project, role).await;
+        let response = http
+            .post(format!("{base}/api/v1/query"))
+            .header("authorization", format!("Bearer {key}"))
+            .header("content-type", "application/json")
+            .body(system_sql)
+            .send()
+            .await
+            .expect("query");
+        assert_eq!(response.status(), expected, "{role}: {}", response.text().await.unwrap_or_default());
+    }
 
     // A signed embed link opens its one dashboard in a frame of the allowed site, as its maker.
     let embed = |key: &str, body: Value| {
@@ -394,7 +416,8 @@ async fn pages_rows_embed_links_and_live_events() {
         assert_eq!(embed(&manager, body).await.expect("embed").status(), 400, "{why}");
     }
     let (_, audit) = common::get_json(&server, &admin, "/api/v1/audit?user=test-manager&limit=10000").await;
-    let actions: Vec<&str> = audit["entries"].as_array().expect("entries").iter().filter_map(|e| e["action"].as_str()).collect();
+    let actions: Vec<&str> =
+        audit["entries"].as_array().expect("entries").iter().filter_map(|e| e["action"].as_str()).collect();
     assert!(actions.contains(&"embed link") && actions.contains(&"view embed"), "embed links are audited: {actions:?}");
     // A link never shows more than its maker may see now: not at all once they are disabled.
     auth.set_disabled("test-manager", true).await.expect("disable");
@@ -452,9 +475,12 @@ async fn the_dashboards_in_a_browser() {
     let artifacts = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser-artifacts");
     std::fs::create_dir_all(&artifacts).expect("artifacts dir");
     let dir = browser_dir();
-    assert!(dir.join("node_modules/playwright-core").exists(), "tests/run installs the browser test's packages (npm ci in tests/browser)");
+    assert!(
+        dir.join("node_modules/playwright-core").exists(),
+        "tests/run installs the browser test's packages (npm ci in tests/browser)"
+    );
 
-    let ids = ["executive", "client_pipeline", "revenue", "doula_team"];
+    let ids = ["executive", "client_pipeline", "revenue", "doula_team", "data_health"];
     let mut node = std::process::Command::new("node")
         .arg(dir.join("dashboards.mjs"))
         .current_dir(&dir)
@@ -518,7 +544,10 @@ async fn the_dashboards_in_a_browser() {
     assert!(result["rowsShown"].as_u64().is_some_and(|n| n > 0), "{result}");
     let source = result["drill"]["source"].as_str().expect("a source clicked");
     let encoded: String = url::form_urlencoded::byte_serialize(source.as_bytes()).collect();
-    assert!(result["drill"]["url"].as_str().is_some_and(|u| u.contains(&format!("referral_source={encoded}"))), "{result}");
+    assert!(
+        result["drill"]["url"].as_str().is_some_and(|u| u.contains(&format!("referral_source={encoded}"))),
+        "{result}"
+    );
     let live = &result["live"];
     assert_eq!(live["reloaded"], false, "{live}");
     assert!(live["updated"].as_array().is_some_and(|u| u.iter().any(|p| p == "collected")), "{live}");

@@ -188,8 +188,12 @@ fn parameter<T>(
 ) -> Result<Option<T>, ApiError> {
     let Some((_, text)) = pairs.iter().find(|(k, _)| k == key) else { return Ok(None) };
     parse(text).map(Some).ok_or_else(|| {
-        ApiError::new(StatusCode::BAD_REQUEST, "parameter", format!("parameter {key}: expected {expected}, got {text:?}"))
-            .with_request_id(request_id)
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "parameter",
+            format!("parameter {key}: expected {expected}, got {text:?}"),
+        )
+        .with_request_id(request_id)
     })
 }
 
@@ -228,8 +232,12 @@ pub(super) async fn panel_file(
         (Some(w), Some(h)) => Some((w, h)),
         (None, None) => None,
         _ => {
-            return Err(ApiError::new(StatusCode::BAD_REQUEST, "parameter", "give both width and height, or neither".into())
-                .with_request_id(request_id));
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "parameter",
+                "give both width and height, or neither".into(),
+            )
+            .with_request_id(request_id));
         }
     };
     let data = dashboard::panel_data(&sources(state), dashboard, panel, selection, as_caller)
@@ -323,11 +331,8 @@ pub(super) async fn panel_rows(
         .map(|f| json!({ "name": f.name(), "type": f.data_type().to_string() }))
         .collect();
     let rows = output.result.json_rows().map_err(|e| ApiError::query(e, request_id))?;
-    let rows: serde_json::Value = if rows.is_empty() {
-        json!([])
-    } else {
-        serde_json::from_slice(rows).map_err(ApiError::internal)?
-    };
+    let rows: serde_json::Value =
+        if rows.is_empty() { json!([]) } else { serde_json::from_slice(rows).map_err(ApiError::internal)? };
     let count = rows.as_array().map_or(0, Vec::len);
     Ok(Json(json!({
         "dashboard": dashboard.id, "panel": spec.id, "columns": columns, "rows": rows,
@@ -376,8 +381,12 @@ pub(super) async fn chart(
         None | Some("light") => Theme::Light,
         Some("dark") => Theme::Dark,
         Some(other) => {
-            return Err(ApiError::new(StatusCode::BAD_REQUEST, "parameter", format!("theme: expected light or dark, got {other:?}"))
-                .with_request_id(request_id));
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "parameter",
+                format!("theme: expected light or dark, got {other:?}"),
+            )
+            .with_request_id(request_id));
         }
     };
     let mut size = (body.width.unwrap_or(900), body.height.unwrap_or(360));
@@ -391,7 +400,8 @@ pub(super) async fn chart(
             .with_request_id(request_id));
         }
     }
-    let as_caller = Caller { origin: "console", ..super::query::caller(caller.identity.clone(), request_id, caller.address) };
+    let as_caller =
+        Caller { origin: "console", ..super::query::caller(caller.identity.clone(), request_id, caller.address) };
     let svg = dashboard::chart_of_sql(&sources(&state), &body.sql, body.chart, &body.encoding, theme, size, &as_caller)
         .await
         .map_err(|e| ApiError::dashboard(e, request_id))?;
@@ -476,7 +486,8 @@ async fn embedded(
     request_id: &RequestId,
     address: Option<std::net::IpAddr>,
 ) -> Result<Embedded, ApiError> {
-    let (identity, grant) = state.auth.verify_embed(token).await.map_err(|e| ApiError::from(e).with_request_id(request_id))?;
+    let (identity, grant) =
+        state.auth.verify_embed(token).await.map_err(|e| ApiError::from(e).with_request_id(request_id))?;
     let dashboard = state.dashboards.get(&grant.dashboard).map_err(|e| ApiError::dashboard(e, request_id))?.clone();
     if !dashboard.allows(identity.role) {
         return Err(ApiError::dashboard(DashboardError::Forbidden(grant.dashboard.clone()), request_id));
@@ -553,7 +564,8 @@ pub(super) async fn embed_events(
     request_id: RequestId,
     Path(token): Path<String>,
 ) -> Result<Response, ApiError> {
-    let (identity, _) = state.auth.verify_embed(&token).await.map_err(|e| ApiError::from(e).with_request_id(&request_id))?;
+    let (identity, _) =
+        state.auth.verify_embed(&token).await.map_err(|e| ApiError::from(e).with_request_id(&request_id))?;
     Ok(table_events(&state, &identity).into_response())
 }
 

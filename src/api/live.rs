@@ -86,7 +86,8 @@ pub fn events(
             .map(|(name, version)| (name.to_string(), *version))
             .collect();
         seen = now;
-        let event = (!changed.is_empty()).then(|| Event::default().event("versions").json_data(&changed).ok()).flatten();
+        let event =
+            (!changed.is_empty()).then(|| Event::default().event("versions").json_data(&changed).ok()).flatten();
         futures::future::ready(event.map(Ok))
     });
     Sse::new(stream).keep_alive(KeepAlive::default())

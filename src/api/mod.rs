@@ -215,8 +215,9 @@ fn is_page(path: &str) -> bool {
 
 /// The access policy of a matched route.
 fn access_of(method: &Method, path: &str) -> Option<Access> {
-    static TABLE: std::sync::LazyLock<Vec<(Method, &'static str, Access)>> =
-        std::sync::LazyLock::new(|| routes().into_iter().chain(pages()).map(|r| (r.method, r.path, r.access)).collect());
+    static TABLE: std::sync::LazyLock<Vec<(Method, &'static str, Access)>> = std::sync::LazyLock::new(|| {
+        routes().into_iter().chain(pages()).map(|r| (r.method, r.path, r.access)).collect()
+    });
     TABLE.iter().find(|(m, p, _)| m == method && *p == path).map(|(_, _, access)| *access)
 }
 

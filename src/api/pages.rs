@@ -235,7 +235,11 @@ pub(super) async fn dashboard(
     let dashboard = match state.dashboards.get(&id) {
         Ok(d) if d.allows(who.role) => d,
         Ok(_) => {
-            return error_page(StatusCode::FORBIDDEN, Some(who), &format!("Your role may not open the dashboard {id:?}."));
+            return error_page(
+                StatusCode::FORBIDDEN,
+                Some(who),
+                &format!("Your role may not open the dashboard {id:?}."),
+            );
         }
         Err(_) => return error_page(StatusCode::NOT_FOUND, Some(who), &format!("There is no dashboard {id:?}.")),
     };
@@ -343,18 +347,17 @@ fn filter_form(
                 @let label = f.label.clone().unwrap_or_else(|| f.name.replace('_', " "));
                 @match f.kind {
                     FilterKind::DateRange => {
-                        @let chosen = selection.range.as_ref().filter(|(name, _, _)| *name == f.name);
-                        @let preset = chosen.and_then(|(_, p, _)| *p);
-                        @let range = chosen.map(|(_, _, r)| *r);
+                        @let range = selection.range.as_ref().filter(|(name, _, _)| *name == f.name).map(|(_, _, r)| *r);
+                        @let preset = selection.preset;
                         div.filter.range data-filter=(f.name) {
                             label for={ "f-" (f.name) } { (label) }
                             select #{ "f-" (f.name) } name=(f.name) {
                                 @for p in Preset::ALL {
                                     option value=(p.name()) selected[preset == Some(p)] { (p.label()) }
                                 }
-                                option value="custom" selected[chosen.is_some() && preset.is_none()] { "Custom…" }
+                                option value="custom" selected[preset.is_none()] { "Custom…" }
                             }
-                            span.custom hidden[preset.is_some() || chosen.is_none()] {
+                            span.custom hidden[preset.is_some()] {
                                 label.visually-hidden for={ "f-" (f.name) "-from" } { (label) " from" }
                                 input #{ "f-" (f.name) "-from" } type="date" data-from value=[range.map(|r| r.from.to_string())];
                                 span aria-hidden="true" { "–" }

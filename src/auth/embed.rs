@@ -57,8 +57,9 @@ impl Auth {
             exp: issued + seconds,
             jti: uuid::Uuid::new_v4().to_string(),
         };
-        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &grant, &EncodingKey::from_secret(&self.embed_key))
-            .map_err(|e| AuthError::Internal(e.to_string()))?;
+        let token =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &grant, &EncodingKey::from_secret(&self.embed_key))
+                .map_err(|e| AuthError::Internal(e.to_string()))?;
         Ok((token, grant))
     }
 

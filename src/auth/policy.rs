@@ -129,6 +129,7 @@ const CATALOGS: &[(&str, &str, Option<&str>, &str)] = &[
     ("information_schema", "views", Some("table_schema"), "table_name"),
     ("pg_catalog", "pg_tables", Some("schemaname"), "tablename"),
     ("pg_catalog", "pg_class", None, "relname"),
+    ("system", "tables", Some("schema"), "name"),
 ];
 
 fn is_text(data_type: &DataType) -> bool {
@@ -153,6 +154,16 @@ impl PlanPolicy for MaskingPolicy {
                     _ => None,
                 };
                 let Some(table) = table else {
+                    if let LogicalPlan::TableScan(scan) = &node
+                        && scan.table_name.schema() == Some(crate::query::system::SCHEMA)
+                        && !role.allows(super::Permission::ViewPipelines)
+                    {
+                        failure = Some(QueryError::Denied(format!(
+                            "{} shows the pipelines' runs and tables; role {role} may not view pipelines",
+                            scan.table_name
+                        )));
+                        return Ok(Transformed::no(node));
+                    }
                     return match self.catalog_scan(&node) {
                         Ok(Some(filtered)) => Ok(Transformed::yes(filtered)),
                         Ok(None) => Ok(Transformed::no(node)),

@@ -77,6 +77,8 @@ impl Catalog {
 pub struct Selection {
     /// The date range filter's name, preset (`None` for a custom range) and days.
     pub range: Option<(String, Option<Preset>, Range)>,
+    /// The date range filter's preset, `all_time` (which has no range) included.
+    pub preset: Option<Preset>,
     /// Select filters: name → values chosen (empty: all).
     pub selects: BTreeMap<String, Vec<String>>,
 }
@@ -144,6 +146,7 @@ impl Selection {
                     (Some(preset), preset_range(preset, today))
                 }
             };
+            selection.preset = preset;
             if let Some(range) = range {
                 selection.range = Some((filter.name.clone(), preset, range));
             }
@@ -425,7 +428,12 @@ pub async fn rows_behind(
     let mut request = metric_request(dashboard, panel, spec, view, selection)?;
     // The fields a mark's x and series stand for: the encoding's, or what a chart takes without
     // one (the time buckets, else the first dimension).
-    let x = panel.encoding.x.as_deref().or(spec.grain.map(|_| metrics::spec::PERIOD)).or(spec.dimensions.first().map(String::as_str));
+    let x = panel
+        .encoding
+        .x
+        .as_deref()
+        .or(spec.grain.map(|_| metrics::spec::PERIOD))
+        .or(spec.dimensions.first().map(String::as_str));
     let fields = [("x", x, mark.x.as_deref()), ("series", panel.encoding.series.as_deref(), mark.series.as_deref())];
     for (parameter, field, value) in fields {
         let Some(value) = value else { continue };
@@ -444,7 +452,9 @@ pub async fn rows_behind(
             };
             let period = Range { from: start, to: grain.after(start) };
             request.range = Some(match request.range {
-                Some(r) => Range { from: r.from.max(period.from), to: r.to.min(period.to).max(r.from.max(period.from)) },
+                Some(r) => {
+                    Range { from: r.from.max(period.from), to: r.to.min(period.to).max(r.from.max(period.from)) }
+                }
                 None => period,
             });
         } else if view.dimension(field).is_some() {

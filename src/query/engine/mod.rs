@@ -98,6 +98,10 @@ impl QueryEngine {
             Some(log),
         )?;
         engine.default_engine = EngineChoice::parse(&q.engine).unwrap_or(EngineChoice::Datafusion);
+        let system = Arc::new(super::system::SystemSchema::new(config.state_dir(), engine.catalog.clone()));
+        if let Some(sokana) = engine.base.catalog("sokana") {
+            sokana.register_schema(super::system::SCHEMA, system)?;
+        }
         match super::log::timings(&config.state_dir(), 10_000) {
             Ok(timings) => {
                 if let Ok(mut routing) = engine.routing.lock() {
