@@ -538,7 +538,7 @@ async fn check(project: &Project) -> Result<()> {
         }
     }
     // One engine for every check: opening one reads the query log's timings.
-    let engine = query::engine::QueryEngine::open(config, project.warehouse().clone())?;
+    let engine = project.query_engine()?;
     match query::saved::load_all(&config.queries_dir()) {
         Ok(saved) => {
             for q in saved {

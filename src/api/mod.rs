@@ -70,9 +70,7 @@ impl AppState {
         );
         let auth = Auth::open(config).await?;
         let recorder = crate::auth::audit::QueryAudit { audit: auth.audit().clone(), policy: policy.clone() };
-        let engine = QueryEngine::open(config, project.warehouse().clone())?
-            .with_policy(policy.clone())
-            .with_recorder(Arc::new(recorder));
+        let engine = project.query_engine()?.with_policy(policy.clone()).with_recorder(Arc::new(recorder));
         let metrics = crate::metrics::Catalog::load(&config.metrics_dir());
         for problem in metrics.problems() {
             tracing::error!(error = %problem, "a metrics view did not load; the others are served");

@@ -155,7 +155,7 @@ impl PlanPolicy for MaskingPolicy {
                 };
                 let Some(table) = table else {
                     if let LogicalPlan::TableScan(scan) = &node
-                        && scan.table_name.schema() == Some(crate::query::system::SCHEMA)
+                        && scan.table_name.schema() == Some(crate::pipeline::system::SCHEMA)
                         && !role.allows(super::Permission::ViewPipelines)
                     {
                         failure = Some(QueryError::Denied(format!(

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use sokana::chart::Theme;
 use sokana::dashboard::{self, Catalog, Selection, Sources};
 use sokana::pipeline::Project;
-use sokana::query::engine::{Caller, QueryEngine};
+use sokana::query::engine::Caller;
 
 fn catalog(project: &Project) -> Catalog {
     let catalog = Catalog::load(&project.config().dashboards_dir());
@@ -51,7 +51,7 @@ pub async fn render(project: &Project, what: Render<'_>) -> Result<()> {
         .collect::<Result<_>>()?;
     let selection =
         Selection::from_pairs(dashboard, pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())), dashboard::today())?;
-    let engine = QueryEngine::open(config, project.warehouse().clone())?;
+    let engine = project.query_engine()?;
     let views = sokana::metrics::Catalog::load(&config.metrics_dir());
     let queries_dir = config.queries_dir();
     let sources = Sources { engine: &engine, views: &views, queries_dir: &queries_dir };

@@ -10,6 +10,7 @@ pub mod runlog;
 pub mod schedule;
 pub mod spec;
 mod streams;
+pub mod system;
 
 use std::collections::BTreeSet;
 use std::path::Path;

@@ -70,6 +70,16 @@ impl Project {
         self.pipelines.iter().flat_map(|p| &p.tables).filter(|t| t.admin_only).map(|t| t.target.clone()).collect()
     }
 
+    /// A query engine over this project's warehouse, with the `system` tables (the run log and
+    /// the tables' freshness) beside it.
+    pub fn query_engine(&self) -> Result<crate::query::engine::QueryEngine, crate::query::QueryError> {
+        let config = self.config();
+        let engine = crate::query::engine::QueryEngine::open(config, self.warehouse().clone())?;
+        let system = super::system::SystemSchema::new(config.state_dir(), engine.catalog().clone());
+        engine.register_schema(super::system::SCHEMA, Arc::new(system))?;
+        Ok(engine)
+    }
+
     pub fn warehouse(&self) -> &Warehouse {
         &self.warehouse
     }

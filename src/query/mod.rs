@@ -22,7 +22,6 @@ pub mod functions;
 pub mod log;
 pub mod saved;
 pub mod scope;
-pub mod system;
 
 /// Where in the SQL text an error is: line and column, both from 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

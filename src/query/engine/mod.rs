@@ -98,10 +98,6 @@ impl QueryEngine {
             Some(log),
         )?;
         engine.default_engine = EngineChoice::parse(&q.engine).unwrap_or(EngineChoice::Datafusion);
-        let system = Arc::new(super::system::SystemSchema::new(config.state_dir(), engine.catalog.clone()));
-        if let Some(sokana) = engine.base.catalog("sokana") {
-            sokana.register_schema(super::system::SCHEMA, system)?;
-        }
         match super::log::timings(&config.state_dir(), 10_000) {
             Ok(timings) => {
                 if let Ok(mut routing) = engine.routing.lock() {
@@ -148,6 +144,19 @@ impl QueryEngine {
             queries: AtomicU64::new(0),
             errors: AtomicU64::new(0),
         })
+    }
+
+    /// Adds a schema of tables that are not the warehouse's (the pipelines' `system` tables): plans
+    /// that read them are never cached and run on DataFusion.
+    pub fn register_schema(
+        &self,
+        name: &str,
+        schema: Arc<dyn datafusion::catalog::SchemaProvider>,
+    ) -> Result<(), QueryError> {
+        let sokana =
+            self.base.catalog("sokana").ok_or_else(|| QueryError::Internal("the default catalog is missing".into()))?;
+        sokana.register_schema(name, schema)?;
+        Ok(())
     }
 
     /// Drops every cached answer (after an erasure: none may outlive the rows it came from).

@@ -17,8 +17,8 @@ use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 
-use super::catalog::WarehouseCatalog;
-use crate::pipeline::runlog::RunLog;
+use super::runlog::{RunLog, RunRecord};
+use crate::query::catalog::WarehouseCatalog;
 
 /// The schema the system tables are in.
 pub const SCHEMA: &str = "system";
@@ -192,7 +192,7 @@ fn seconds(from: Option<i64>, to: Option<i64>) -> Option<f64> {
     Some((to? - from?) as f64 / 1e6)
 }
 
-fn run_columns(runs: &[crate::pipeline::runlog::RunRecord]) -> Vec<ArrayRef> {
+fn run_columns(runs: &[RunRecord]) -> Vec<ArrayRef> {
     let (mut id, mut pipeline, mut trigger, mut status, mut error) =
         (StringBuilder::new(), StringBuilder::new(), StringBuilder::new(), StringBuilder::new(), StringBuilder::new());
     let mut started = TimestampMicrosecondBuilder::new().with_timezone("UTC");
@@ -225,7 +225,7 @@ fn run_columns(runs: &[crate::pipeline::runlog::RunRecord]) -> Vec<ArrayRef> {
     ]
 }
 
-fn load_columns(runs: &[crate::pipeline::runlog::RunRecord]) -> Vec<ArrayRef> {
+fn load_columns(runs: &[RunRecord]) -> Vec<ArrayRef> {
     let (mut run_id, mut pipeline, mut table) = (StringBuilder::new(), StringBuilder::new(), StringBuilder::new());
     let (mut kind, mut status, mut error) = (StringBuilder::new(), StringBuilder::new(), StringBuilder::new());
     let mut started = TimestampMicrosecondBuilder::new().with_timezone("UTC");
