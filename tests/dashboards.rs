@@ -360,8 +360,9 @@ async fn pages_rows_embed_links_and_live_events() {
 
     // The system tables (the run log, the tables' freshness) are for roles that may view pipelines.
     let system_sql = r#"{"sql": "SELECT count(*) AS runs FROM system.pipeline_runs"}"#;
-    for (role, expected) in [(sokana::auth::Role::Billing, 403), (sokana::auth::Role::Analyst, 200)] {
-        let key = common::api_key(&project, role).await;
+    let analyst = common::api_key(&project, sokana::auth::Role::Analyst).await;
+    let billing = common::api_key(&project, sokana::auth::Role::Billing).await;
+    for (role, key, expected) in [("billing", &billing, 403), ("analyst", &analyst, 200)] {
         let response = http
             .post(format!("{base}/api/v1/query"))
             .header("authorization", format!("Bearer {key}"))
@@ -443,6 +444,24 @@ async fn pages_rows_embed_links_and_live_events() {
         }
     };
     assert!(after["marts.fct_payments"] > payments, "{before:?} → {after:?}");
+
+    // The run log in SQL lists the administrators' tables (the audit trail's copy) to admins only.
+    let audit_loads =
+        r#"{"sql": "SELECT count(*) AS loads FROM system.table_loads WHERE \"table\" = 'raw.sokana_audit'"}"#;
+    let mut counts = Vec::new();
+    for key in [&admin, &analyst] {
+        let response = http
+            .post(format!("{base}/api/v1/query"))
+            .header("authorization", format!("Bearer {key}"))
+            .header("content-type", "application/json")
+            .body(audit_loads)
+            .send()
+            .await
+            .expect("query");
+        let body: Value = serde_json::from_slice(&response.bytes().await.expect("body")).expect("json");
+        counts.push(body["rows"][0]["loads"].as_i64().expect("a count"));
+    }
+    assert!(counts[0] > 0 && counts[1] == 0, "admin, analyst: {counts:?}");
 }
 
 /// The browser test's script and its packages (installed by `tests/run`).

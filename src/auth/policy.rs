@@ -130,6 +130,7 @@ const CATALOGS: &[(&str, &str, Option<&str>, &str)] = &[
     ("pg_catalog", "pg_tables", Some("schemaname"), "tablename"),
     ("pg_catalog", "pg_class", None, "relname"),
     ("system", "tables", Some("schema"), "name"),
+    ("system", "table_loads", Some("schema"), "name"),
 ];
 
 fn is_text(data_type: &DataType) -> bool {

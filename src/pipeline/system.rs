@@ -2,8 +2,8 @@
 //! any other data: `system.pipeline_runs` and `system.table_loads` (the pipelines' run log: each
 //! run, and each table it loaded or model it built) and `system.tables` (every warehouse table's
 //! version, rows and age). Each is read afresh at every scan; plans that read them are never
-//! cached (they are not warehouse tables) and run on DataFusion. Who may read them is the
-//! masking policy's business (`auth::policy`), not this module's.
+//! cached (they are not warehouse tables) and run on DataFusion. Who may read them, and which
+//! rows name tables for administrators only, is the masking policy's business (`auth::policy`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -66,6 +66,8 @@ impl Kind {
                 text("pipeline"),
                 time("started_at"),
                 text("table"),
+                text("schema"),
+                text("name"),
                 text("kind"),
                 text("status"),
                 int("rows_read"),
@@ -227,6 +229,7 @@ fn run_columns(runs: &[RunRecord]) -> Vec<ArrayRef> {
 
 fn load_columns(runs: &[RunRecord]) -> Vec<ArrayRef> {
     let (mut run_id, mut pipeline, mut table) = (StringBuilder::new(), StringBuilder::new(), StringBuilder::new());
+    let (mut schema, mut name) = (StringBuilder::new(), StringBuilder::new());
     let (mut kind, mut status, mut error) = (StringBuilder::new(), StringBuilder::new(), StringBuilder::new());
     let mut started = TimestampMicrosecondBuilder::new().with_timezone("UTC");
     let (mut read, mut inserted, mut updated) = (Int64Builder::new(), Int64Builder::new(), Int64Builder::new());
@@ -237,6 +240,9 @@ fn load_columns(runs: &[RunRecord]) -> Vec<ArrayRef> {
             pipeline.append_value(&run.pipeline);
             started.append_option(micros(Some(&run.started_at)));
             table.append_value(&t.target);
+            let (in_schema, named) = t.target.split_once('.').unwrap_or(("", &t.target));
+            schema.append_value(in_schema);
+            name.append_value(named);
             // Models are the tables a run builds in `marts`; the rest are loads from a source.
             kind.append_value(if t.target.starts_with("marts.") { "model" } else { "load" });
             status.append_value(t.status.as_str());
@@ -254,6 +260,8 @@ fn load_columns(runs: &[RunRecord]) -> Vec<ArrayRef> {
         Arc::new(pipeline.finish()),
         Arc::new(started.finish()),
         Arc::new(table.finish()),
+        Arc::new(schema.finish()),
+        Arc::new(name.finish()),
         Arc::new(kind.finish()),
         Arc::new(status.finish()),
         Arc::new(read.finish()),
