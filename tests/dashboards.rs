@@ -262,6 +262,18 @@ pub fn commit_a_payment(project: &Project) {
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
 }
 
+/// `POST path` on `base` with a JSON `body`, as the holder of API key `key`.
+async fn post_json(base: &str, key: &str, path: &str, body: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("{base}{path}"))
+        .header("authorization", format!("Bearer {key}"))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("request")
+}
+
 /// The next `versions` event of a server-sent event stream, as table → version.
 async fn next_versions(events: &mut reqwest::Response, buffer: &mut String) -> std::collections::BTreeMap<String, i64> {
     loop {
@@ -363,28 +375,17 @@ async fn pages_rows_embed_links_and_live_events() {
     let analyst = common::api_key(&project, sokana::auth::Role::Analyst).await;
     let billing = common::api_key(&project, sokana::auth::Role::Billing).await;
     for (role, key, expected) in [("billing", &billing, 403), ("analyst", &analyst, 200)] {
-        let response = http
-            .post(format!("{base}/api/v1/query"))
-            .header("authorization", format!("Bearer {key}"))
-            .header("content-type", "application/json")
-            .body(system_sql)
-            .send()
-            .await
-            .expect("query");
+        let response = post_json(&base, key, "/api/v1/query", system_sql).await;
         assert_eq!(response.status(), expected, "{role}: {}", response.text().await.unwrap_or_default());
     }
 
     // A signed embed link opens its one dashboard in a frame of the allowed site, as its maker.
     let embed = |key: &str, body: Value| {
-        http.post(format!("{base}/api/v1/dashboards/executive/embed"))
-            .header("authorization", format!("Bearer {key}"))
-            .header("content-type", "application/json")
-            .body(body.to_string())
-            .send()
+        let (base, key) = (base.clone(), key.to_string());
+        async move { post_json(&base, &key, "/api/v1/dashboards/executive/embed", &body.to_string()).await }
     };
-    let made = embed(&manager, serde_json::json!({ "filters": { "period": "last_90_days" }, "lifetime_seconds": 600 }))
-        .await
-        .expect("embed");
+    let made =
+        embed(&manager, serde_json::json!({ "filters": { "period": "last_90_days" }, "lifetime_seconds": 600 })).await;
     assert_eq!(made.status(), 201);
     let made: Value = serde_json::from_slice(&made.bytes().await.expect("body")).expect("json");
     let url = made["url"].as_str().expect("url").to_string();
@@ -414,7 +415,7 @@ async fn pages_rows_embed_links_and_live_events() {
         (serde_json::json!({ "lifetime_seconds": 0 }), "no lifetime"),
         (serde_json::json!({ "lifetime_seconds": 86_400 * 30 }), "more than a week"),
     ] {
-        assert_eq!(embed(&manager, body).await.expect("embed").status(), 400, "{why}");
+        assert_eq!(embed(&manager, body).await.status(), 400, "{why}");
     }
     let (_, audit) = common::get_json(&server, &admin, "/api/v1/audit?user=test-manager&limit=10000").await;
     let actions: Vec<&str> =
@@ -450,14 +451,7 @@ async fn pages_rows_embed_links_and_live_events() {
         r#"{"sql": "SELECT count(*) AS loads FROM system.table_loads WHERE \"table\" = 'raw.sokana_audit'"}"#;
     let mut counts = Vec::new();
     for key in [&admin, &analyst] {
-        let response = http
-            .post(format!("{base}/api/v1/query"))
-            .header("authorization", format!("Bearer {key}"))
-            .header("content-type", "application/json")
-            .body(audit_loads)
-            .send()
-            .await
-            .expect("query");
+        let response = post_json(&base, key, "/api/v1/query", audit_loads).await;
         let body: Value = serde_json::from_slice(&response.bytes().await.expect("body")).expect("json");
         counts.push(body["rows"][0]["loads"].as_i64().expect("a count"));
     }
@@ -482,14 +476,9 @@ async fn the_dashboards_in_a_browser() {
     let server = common::serve(&project);
     let base = format!("http://127.0.0.1:{}", server.http);
     let manager = common::api_key(&project, sokana::auth::Role::Manager).await;
-    let made = reqwest::Client::new()
-        .post(format!("{base}/api/v1/dashboards/executive/embed"))
-        .header("authorization", format!("Bearer {manager}"))
-        .header("content-type", "application/json")
-        .body(r#"{"filters": {"period": "all_time"}}"#)
-        .send()
-        .await
-        .expect("embed");
+    let made =
+        post_json(&base, &manager, "/api/v1/dashboards/executive/embed", r#"{"filters": {"period": "all_time"}}"#)
+            .await;
     let made: Value = serde_json::from_slice(&made.bytes().await.expect("body")).expect("json");
     let artifacts = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser-artifacts");
     std::fs::create_dir_all(&artifacts).expect("artifacts dir");
