@@ -170,12 +170,9 @@ pub(super) async fn panel(
     Path((id, file)): Path<(String, String)>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let dashboard = open(&state, &id, &caller)?;
     let pairs = pairs(query);
-    let as_caller = dashboard_caller(&caller);
-    let selection = selection(&state, dashboard, &pairs, &as_caller, &caller.request_id).await?;
-    let response = panel_file(&state, dashboard, &file, &selection, &pairs, &as_caller, &caller.request_id).await?;
-    Ok(audited_by_query(response))
+    let reading = reading(&state, &id, &caller, &pairs).await?;
+    Ok(audited_by_query(panel_file(&state, &reading, &file, &pairs, &caller.request_id).await?))
 }
 
 /// A rendering parameter of a panel request: absent, or parsed by `parse`.
@@ -200,16 +197,37 @@ fn parameter<T>(
 /// Pictures are drawn between these sizes, in pixels.
 const PIXELS: std::ops::RangeInclusive<u32> = 80..=4000;
 
-/// `file` (`PANEL.svg|png|csv`) of `dashboard` with `selection`, as `as_caller`.
+/// A dashboard as one reader opens it: the filters chosen (or locked by an embed link) and who
+/// reads, checked; what the panel and rows endpoints of both paths serve from.
+pub(super) struct Reading {
+    dashboard: std::sync::Arc<Dashboard>,
+    selection: Selection,
+    caller: Caller,
+}
+
+/// The dashboard `id` with the filters in `pairs`, for a signed-in caller whose role may open it.
+async fn reading(
+    state: &AppState,
+    id: &str,
+    caller: &Authenticated,
+    pairs: &[(String, String)],
+) -> Result<Reading, ApiError> {
+    let dashboard = open(state, id, caller)?.clone();
+    let as_caller = dashboard_caller(caller);
+    let selection = selection(state, &dashboard, pairs, &as_caller, &caller.request_id).await?;
+    Ok(Reading { dashboard, selection, caller: as_caller })
+}
+
+/// `file` (`PANEL.svg|png|csv`) of the dashboard `reading` opened; `pairs` give the picture's
+/// theme, page and size.
 pub(super) async fn panel_file(
     state: &AppState,
-    dashboard: &Dashboard,
+    reading: &Reading,
     file: &str,
-    selection: &Selection,
     pairs: &[(String, String)],
-    as_caller: &Caller,
     request_id: &RequestId,
 ) -> Result<Response, ApiError> {
+    let Reading { dashboard, selection, caller: as_caller } = reading;
     let (name, extension) = file.rsplit_once('.').unwrap_or((file, ""));
     let panel = dashboard.panel(name).ok_or_else(|| {
         ApiError::dashboard(
@@ -295,23 +313,19 @@ pub(super) async fn rows(
     Path((id, panel)): Path<(String, String)>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let dashboard = open(&state, &id, &caller)?;
     let pairs = pairs(query);
-    let as_caller = dashboard_caller(&caller);
-    let selection = selection(&state, dashboard, &pairs, &as_caller, &caller.request_id).await?;
-    let response = panel_rows(&state, dashboard, &panel, &selection, &pairs, &as_caller, &caller.request_id).await?;
-    Ok(audited_by_query(response))
+    let reading = reading(&state, &id, &caller, &pairs).await?;
+    Ok(audited_by_query(panel_rows(&state, &reading, &panel, &pairs, &caller.request_id).await?))
 }
 
 pub(super) async fn panel_rows(
     state: &AppState,
-    dashboard: &Dashboard,
+    reading: &Reading,
     panel: &str,
-    selection: &Selection,
     pairs: &[(String, String)],
-    as_caller: &Caller,
     request_id: &RequestId,
 ) -> Result<Response, ApiError> {
+    let Reading { dashboard, selection, caller: as_caller } = reading;
     let spec = dashboard.panel(panel).ok_or_else(|| {
         ApiError::dashboard(
             DashboardError::UnknownPanel { dashboard: dashboard.id.clone(), panel: panel.to_string() },
@@ -473,9 +487,7 @@ pub(super) async fn create_embed(
 
 /// What an embed link opens: its dashboard and locked selection, as its maker (checked now).
 struct Embedded {
-    dashboard: std::sync::Arc<Dashboard>,
-    selection: Selection,
-    caller: Caller,
+    reading: Reading,
     grant: crate::auth::embed::EmbedGrant,
     identity: crate::auth::Identity,
 }
@@ -494,7 +506,7 @@ async fn embedded(
     }
     let caller = Caller { origin: "embed", ..super::query::caller(identity.clone(), request_id, address) };
     let selection = selection(state, &dashboard, &grant.filters, &caller, request_id).await?;
-    Ok(Embedded { dashboard, selection, caller, grant, identity })
+    Ok(Embedded { reading: Reading { dashboard, selection, caller }, grant, identity })
 }
 
 /// `GET /embed/{token}`: the dashboard of a signed link, for a frame on an allowed site.
@@ -516,21 +528,21 @@ pub(super) async fn embed_page(
         address: address.map(|a| a.to_string()).unwrap_or_default(),
         request_id: request_id.0.clone(),
         action: "view embed".into(),
-        detail: format!("dashboard {} link {}", embedded.dashboard.id, embedded.grant.jti),
+        detail: format!("dashboard {} link {}", embedded.reading.dashboard.id, embedded.grant.jti),
         outcome: "ok".into(),
         ..crate::auth::audit::Event::now()
     });
     let query = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(&embedded.grant.filters).finish();
     let body = super::pages::dashboard_body(
         &state,
-        &embedded.dashboard,
+        &embedded.reading.dashboard,
         Some(query),
-        &embedded.caller,
+        &embedded.reading.caller,
         &request_id,
         Some(&token),
     )
     .await;
-    super::pages::embed_page(&state, &embedded.dashboard.file.title, body)
+    super::pages::embed_page(&state, &embedded.reading.dashboard.file.title, body)
 }
 
 /// `GET /embed/{token}/panels/{file}`: a panel of a signed link's dashboard, with its locked
@@ -543,7 +555,7 @@ pub(super) async fn embed_panel(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let e = embedded(&state, &token, &request_id, device.ip).await?;
-    panel_file(&state, &e.dashboard, &file, &e.selection, &pairs(query), &e.caller, &request_id).await
+    panel_file(&state, &e.reading, &file, &pairs(query), &request_id).await
 }
 
 /// `GET /embed/{token}/panels/{panel}/rows`: the rows behind a panel of a signed link.
@@ -555,7 +567,7 @@ pub(super) async fn embed_rows(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let e = embedded(&state, &token, &request_id, device.ip).await?;
-    panel_rows(&state, &e.dashboard, &panel, &e.selection, &pairs(query), &e.caller, &request_id).await
+    panel_rows(&state, &e.reading, &panel, &pairs(query), &request_id).await
 }
 
 /// `GET /embed/{token}/events`: live refresh for a signed link's page.

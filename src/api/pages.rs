@@ -25,40 +25,60 @@ const SCRIPT: &str = include_str!("assets/app.js");
 pub(super) const PAGE_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
      connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
 
-/// The name an asset is served under: `app.<hash>.css`.
-fn asset_name(file: &str, content: &str) -> String {
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(content.as_bytes());
-    let (stem, extension) = file.split_once('.').unwrap_or((file, ""));
-    format!("{stem}.{}.{extension}", &hex::encode(digest)[..12])
+/// An asset as served: its name carries a hash of its content (`app.<hash>.css`).
+struct Asset {
+    name: String,
+    content: &'static str,
+    content_type: &'static str,
 }
 
-fn style_href() -> &'static str {
-    static NAME: std::sync::LazyLock<String> =
-        std::sync::LazyLock::new(|| format!("/assets/{}", asset_name("app.css", STYLE)));
-    &NAME
+impl Asset {
+    fn new(file: &str, content: &'static str, content_type: &'static str) -> Asset {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(content.as_bytes());
+        let (stem, extension) = file.split_once('.').unwrap_or((file, ""));
+        Asset { name: format!("{stem}.{}.{extension}", &hex::encode(digest)[..12]), content, content_type }
+    }
 }
 
-fn script_src() -> &'static str {
-    static NAME: std::sync::LazyLock<String> =
-        std::sync::LazyLock::new(|| format!("/assets/{}", asset_name("app.js", SCRIPT)));
-    &NAME
+/// The style sheet and the script, named once at first use.
+fn assets() -> &'static [Asset; 2] {
+    static ASSETS: std::sync::LazyLock<[Asset; 2]> = std::sync::LazyLock::new(|| {
+        [
+            Asset::new("app.css", STYLE, "text/css; charset=utf-8"),
+            Asset::new("app.js", SCRIPT, "text/javascript; charset=utf-8"),
+        ]
+    });
+    &ASSETS
 }
 
 /// `GET /assets/{file}`: the style sheet or the script, by their current names only.
 pub(super) async fn asset(Path(file): Path<String>) -> Response {
-    let found = [("app.css", STYLE, "text/css; charset=utf-8"), ("app.js", SCRIPT, "text/javascript; charset=utf-8")]
-        .into_iter()
-        .find(|(name, content, _)| asset_name(name, content) == file);
-    match found {
-        Some((_, content, content_type)) => {
-            let mut response = content.into_response();
+    match assets().iter().find(|a| a.name == file) {
+        Some(asset) => {
+            let mut response = asset.content.into_response();
             let headers = response.headers_mut();
-            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(asset.content_type));
             headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=31536000, immutable"));
             response
         }
         None => (StatusCode::NOT_FOUND, "no such asset").into_response(),
+    }
+}
+
+/// The `<head>` of every page: encoding, viewport, colour schemes, `title`, the assets.
+fn head(title: &str) -> Markup {
+    let [style, script] = assets();
+    html! {
+        head {
+            meta charset="utf-8";
+            meta name="viewport" content="width=device-width, initial-scale=1";
+            meta name="color-scheme" content="light dark";
+            title { (title) }
+            link rel="icon" href="data:,";
+            link rel="stylesheet" href={ "/assets/" (style.name) };
+            script src={ "/assets/" (script.name) } defer {}
+        }
     }
 }
 
@@ -97,15 +117,7 @@ fn layout(title: &str, who: Option<(&Identity, &str)>, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                meta name="color-scheme" content="light dark";
-                title { (title) " · Sokana" }
-                link rel="icon" href="data:,";
-                link rel="stylesheet" href=(style_href());
-                script src=(script_src()) defer {}
-            }
+            (head(&format!("{title} · Sokana")))
             body {
                 a.skip href="#main" { "Skip to content" }
                 @if let Some((identity, active)) = who { (navigation(identity, active)) }
@@ -521,15 +533,7 @@ pub(super) fn embed_page(state: &AppState, title: &str, body: Markup) -> Respons
     let markup = html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                meta name="color-scheme" content="light dark";
-                title { (title) }
-                link rel="icon" href="data:,";
-                link rel="stylesheet" href=(style_href());
-                script src=(script_src()) defer {}
-            }
+            (head(title))
             body.embedded { main #main { (body) } }
         }
     };

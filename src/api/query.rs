@@ -430,15 +430,12 @@ pub(super) async fn table_listing(state: &AppState, who: &crate::auth::Identity)
             continue;
         }
         let Some(table) = catalog.delta(&name).await.map_err(ApiError::internal)? else { continue };
-        let Ok(snapshot) = table.snapshot() else { continue };
+        let (Ok(snapshot), Some((rows, changed))) = (table.snapshot(), crate::query::catalog::table_stats(&table))
+        else {
+            continue;
+        };
         let schema = snapshot.snapshot().arrow_schema();
-        let rows: u64 = snapshot.log_data().iter().filter_map(|f| f.num_records()).map(|n| n as u64).sum();
-        let changed_at = snapshot
-            .log_data()
-            .iter()
-            .map(|f| f.modification_time())
-            .max()
-            .and_then(chrono::DateTime::from_timestamp_millis);
+        let changed_at = changed.and_then(chrono::DateTime::from_timestamp_millis);
         let columns = schema
             .fields()
             .iter()

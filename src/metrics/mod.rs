@@ -148,13 +148,7 @@ pub async fn answer(
     let current = compose(view, time, request, request.range);
     let previous_range = request.range.filter(|_| request.compare).map(Range::previous);
     let run = |composed: Composed| {
-        let query = QueryRequest {
-            sql: composed.sql,
-            engine: engine.default_engine(),
-            params: Params::Positional(composed.params),
-            page: None,
-            caller: caller.clone(),
-        };
+        let query = query_of(engine, composed, caller);
         async move { engine.query(&query).await.map(|output| (query.sql, output)) }
     };
     let (now, before) = match previous_range {
@@ -231,15 +225,19 @@ pub async fn rows_behind(
     limit: u64,
 ) -> Result<QueryOutput, MetricsError> {
     let time = time_column(engine, view).await?;
-    let composed = request::compose_rows(view, time, request, limit);
-    let query = QueryRequest {
+    let query = query_of(engine, request::compose_rows(view, time, request, limit), caller);
+    Ok(engine.query(&query).await?)
+}
+
+/// The engine request of a composed query, on the engine's default choice, as `caller`.
+fn query_of(engine: &QueryEngine, composed: Composed, caller: &Caller) -> QueryRequest {
+    QueryRequest {
         sql: composed.sql,
         engine: engine.default_engine(),
         params: Params::Positional(composed.params),
         page: None,
         caller: caller.clone(),
-    };
-    Ok(engine.query(&query).await?)
+    }
 }
 
 fn capitalised(word: &str) -> String {

@@ -167,14 +167,13 @@ impl SystemTable {
         let now = chrono::Utc::now().timestamp_micros();
         for listed in self.catalog.warehouse().list_tables().await.map_err(external)? {
             let Some(delta) = self.catalog.delta(&listed).await.map_err(external)? else { continue };
-            let Ok(snapshot) = delta.snapshot() else { continue };
-            let count: i64 = snapshot.log_data().iter().filter_map(|f| f.num_records()).map(|n| n as i64).sum();
-            let at = snapshot.log_data().iter().map(|f| f.modification_time()).max().map(|ms| ms * 1000);
+            let Some((count, written_ms)) = crate::query::catalog::table_stats(&delta) else { continue };
+            let at = written_ms.map(|ms| ms * 1000);
             schema.append_value(&listed.schema);
             name.append_value(&listed.name);
             table.append_value(listed.to_string());
             version.append_option(delta.version().map(|v| v as i64));
-            rows.append_value(count);
+            rows.append_value(count as i64);
             changed.append_option(at);
             age.append_option(at.map(|at| (now - at) as f64 / 3.6e9));
         }

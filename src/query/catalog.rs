@@ -282,6 +282,15 @@ impl SchemaProvider for WarehouseSchema {
     }
 }
 
+/// What a table's current snapshot says of it: its rows and when its newest file was written
+/// (milliseconds since the epoch); `None` when it has no snapshot (nothing committed).
+pub fn table_stats(table: &DeltaTable) -> Option<(u64, Option<i64>)> {
+    let snapshot = table.snapshot().ok()?;
+    let rows = snapshot.log_data().iter().filter_map(|f| f.num_records()).map(|n| n as u64).sum();
+    let changed = snapshot.log_data().iter().map(|f| f.modification_time()).max();
+    Some((rows, changed))
+}
+
 /// The warehouse tables a plan reads, with the version each is pinned to, sorted and deduplicated.
 pub fn tables_read(plan: &LogicalPlan) -> Vec<(TableName, i64)> {
     let mut out = Vec::new();
