@@ -148,6 +148,9 @@ async fn the_sokana_dashboards_answer_for_each_role() {
     let lines = |csv: &[u8]| String::from_utf8_lossy(csv).lines().count();
     assert!(lines(&clear) > 2, "the admin sees the birth locations");
     assert_eq!(lines(&masked), 2, "a manager sees one masked group: {}", String::from_utf8_lossy(&masked));
+    // Kept answers are kept per role: each reader is served their own again.
+    assert_eq!(common::get_bytes(&server, &manager, births).await.2, masked);
+    assert_eq!(common::get_bytes(&server, &admin, births).await.2, clear);
 
     // The same from the command line.
     let output = project.dir.path().join("executive.png");
@@ -437,6 +440,34 @@ async fn pages_rows_embed_links_and_live_events() {
     let mut buffer = String::new();
     let before = next_versions(&mut events, &mut buffer).await;
     let payments = before.get("marts.fct_payments").copied().expect("fct_payments is listed");
+    // A dashboard's whole answer is kept while its tables stand still, and made afresh after.
+    let executive = |round: &'static str| {
+        let (http, base, admin) = (http.clone(), base.clone(), admin.clone());
+        async move {
+            let response = http
+                .get(format!("{base}/api/v1/dashboards/executive?period=all_time"))
+                .header("authorization", format!("Bearer {admin}"))
+                .send()
+                .await
+                .expect(round);
+            assert_eq!(response.status(), 200, "{round}");
+            let cache = response.headers()["x-sokana-cache"].to_str().expect("cache header").to_string();
+            let body: Value = serde_json::from_slice(&response.bytes().await.expect("body")).expect("json");
+            let collected = panel(&body, "collected")["data"]["frame"]["rows"][0][0].as_f64().expect("collected");
+            (cache, collected)
+        }
+    };
+    let (_, collected) = executive("first").await;
+    assert_eq!(executive("again").await, ("hit".to_string(), collected), "the same answer, kept");
+    let (_, audit) = common::get_json(&server, &admin, "/api/v1/audit?user=test-admin&limit=10000").await;
+    let kept =
+        audit["entries"].as_array().expect("entries").iter().rev().find(|e| e["detail"] == "dashboard executive");
+    let kept = kept.expect("a hit is audited as one record naming the dashboard");
+    let tables = kept["tables"].to_string();
+    assert!(
+        tables.contains("marts.fct_payments") && kept["columns"].as_array().is_some_and(|c| !c.is_empty()),
+        "{kept}"
+    );
     commit_a_payment(&project);
     let after = loop {
         let versions = next_versions(&mut events, &mut buffer).await;
@@ -445,6 +476,8 @@ async fn pages_rows_embed_links_and_live_events() {
         }
     };
     assert!(after["marts.fct_payments"] > payments, "{before:?} → {after:?}");
+    let (cache, now) = executive("after a commit").await;
+    assert_eq!((cache.as_str(), now), ("miss", collected + 1000.0), "made afresh over the new version");
 
     // The run log in SQL lists the administrators' tables (the audit trail's copy) to admins only.
     let audit_loads =

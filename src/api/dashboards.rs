@@ -11,7 +11,8 @@ use super::auth::{Authenticated, audited_by_query};
 use super::{ApiError, AppState, RequestId};
 use crate::chart::Theme;
 use crate::dashboard::{self, Dashboard, DashboardError, Selection, Sources};
-use crate::query::engine::Caller;
+use crate::query::cache::Derived;
+use crate::query::engine::{Caller, Reads};
 
 impl ApiError {
     fn dashboard(e: DashboardError, request_id: &RequestId) -> ApiError {
@@ -53,20 +54,10 @@ pub(super) fn dashboard_caller(caller: &Authenticated) -> Caller {
     Caller { origin: "dashboard", ..super::query::caller(caller.identity.clone(), &caller.request_id, caller.address) }
 }
 
-async fn selection(
-    state: &AppState,
-    dashboard: &Dashboard,
-    pairs: &[(String, String)],
-    caller: &Caller,
-    request_id: &RequestId,
-) -> Result<Selection, ApiError> {
-    let selection =
-        Selection::from_pairs(dashboard, pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())), dashboard::today())
-            .map_err(|e| ApiError::dashboard(e, request_id))?;
-    dashboard::check_values(&state.engine, &state.metrics, dashboard, &selection, caller)
-        .await
-        .map_err(|e| ApiError::dashboard(e, request_id))?;
-    Ok(selection)
+/// The filters in `pairs`, read (not yet checked against the data: see [`Reading::check`]).
+fn selection(dashboard: &Dashboard, pairs: &[(String, String)], request_id: &RequestId) -> Result<Selection, ApiError> {
+    Selection::from_pairs(dashboard, pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())), dashboard::today())
+        .map_err(|e| ApiError::dashboard(e, request_id))
 }
 
 /// The dashboards the caller's role may open.
@@ -82,28 +73,39 @@ pub(super) async fn list(State(state): State<AppState>, caller: Authenticated) -
 }
 
 /// One dashboard: its filters (with the values chosen and, for selects, the values offered) and
-/// every panel's spec and data, or the panel's error.
+/// every panel's spec and data, or the panel's error. The whole answer is kept (see
+/// [`crate::query::cache::Derived`]): asked again with the same filters and role while its tables
+/// stand still, it is served as made, with one record in the log and the audit trail.
 pub(super) async fn get(
     State(state): State<AppState>,
     caller: Authenticated,
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let dashboard = open(&state, &id, &caller)?;
-    let as_caller = dashboard_caller(&caller);
     let pairs = pairs(query);
-    let selection = selection(&state, dashboard, &pairs, &as_caller, &caller.request_id).await?;
+    let reading = reading(&state, &id, &caller, &pairs)?;
+    let name = reading.derived_name("data");
+    if let Some(kept) =
+        state.engine.derived(&name, &reading.caller).await.map_err(|e| ApiError::query(e, &caller.request_id))?
+    {
+        return Ok(audited_by_query(derived_response(&kept, true)));
+    }
+    let mut reads = reading.check(&state, &caller.request_id).await?;
+    let Reading { dashboard, selection, caller: as_caller } = &reading;
     let sources = sources(&state);
-    let panels = futures::future::join_all(dashboard.file.panels.iter().map(|panel| {
-        let (sources, selection, as_caller, request_id) = (&sources, &selection, &as_caller, &caller.request_id);
+    let answers = futures::future::join_all(dashboard.file.panels.iter().map(|panel| {
+        let (sources, request_id) = (&sources, &caller.request_id);
         async move {
             let data = dashboard::panel_data(sources, dashboard, panel, selection, as_caller).await;
             let mut out = json!({
                 "id": panel.id, "title": panel.title, "description": panel.description, "chart": panel.chart,
                 "width": panel.width(), "height": panel.height(), "encoding": panel.encoding,
             });
-            match data {
-                Ok(data) => out["data"] = json!(data),
+            let read = match data {
+                Ok(data) => {
+                    out["data"] = json!(data);
+                    Some(data.reads)
+                }
                 Err(e) => {
                     if let DashboardError::Query(q) = &e
                         && q.is_internal()
@@ -111,12 +113,19 @@ pub(super) async fn get(
                         tracing::error!(request_id = %request_id.0, error = %q, "a dashboard panel failed");
                     }
                     out["error"] = json!(public_message(&e, request_id));
+                    None
                 }
-            }
-            out
+            };
+            (out, read)
         }
     }))
     .await;
+    let mut panels = Vec::with_capacity(answers.len());
+    for (panel, read) in answers {
+        // A panel's error may pass (a timeout): the answer is not kept.
+        reads.add(&read.unwrap_or(Reads { volatile: true, ..Reads::default() }));
+        panels.push(panel);
+    }
     let mut filters = Vec::new();
     for f in &dashboard.file.filters {
         let mut filter = json!({ "name": f.name, "kind": f.kind, "label": f.label.clone().unwrap_or_else(|| f.name.replace('_', " ")) });
@@ -136,11 +145,14 @@ pub(super) async fn get(
             }
             dashboard::FilterKind::Select => {
                 filter["values"] = json!(selection.selects.get(&f.name).cloned().unwrap_or_default());
-                filter["options"] = json!(
-                    dashboard::filter_values(&state.engine, &state.metrics, dashboard, &f.name, &as_caller)
-                        .await
-                        .unwrap_or_default()
-                );
+                let options = dashboard::filter_values(&state.engine, &state.metrics, dashboard, &f.name, as_caller)
+                    .await
+                    .unwrap_or_else(|_| dashboard::FilterValues {
+                        reads: Reads { volatile: true, ..Reads::default() },
+                        ..Default::default()
+                    });
+                reads.add(&options.reads);
+                filter["options"] = json!(options.values);
             }
         }
         filters.push(filter);
@@ -149,7 +161,30 @@ pub(super) async fn get(
         "id": dashboard.id, "title": dashboard.file.title, "description": dashboard.file.description,
         "filters": filters, "panels": panels,
     });
-    Ok(audited_by_query(Json(body).into_response()))
+    let bytes = serde_json::to_vec(&body).map_err(ApiError::internal)?;
+    let made = Derived {
+        bytes: bytes.into(),
+        headers: vec![("content-type", "application/json".into())],
+        label: format!("dashboard {}", dashboard.id),
+        reads,
+    };
+    let response = derived_response(&made, false);
+    state.engine.keep_derived(&name, as_caller, made);
+    Ok(audited_by_query(response))
+}
+
+/// The response of a derived answer: its bytes and headers, and `x-sokana-cache: hit` when it
+/// was kept from before (`miss` when just made).
+fn derived_response(derived: &Derived, hit: bool) -> Response {
+    let mut response = (StatusCode::OK, derived.bytes.clone()).into_response();
+    let headers = response.headers_mut();
+    headers.insert(CACHE_HEADER, HeaderValue::from_static(if hit { "hit" } else { "miss" }));
+    for (name, value) in &derived.headers {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            headers.insert(*name, value);
+        }
+    }
+    response
 }
 
 /// What a panel's error tells the viewer: an internal fault only by its request id.
@@ -171,7 +206,7 @@ pub(super) async fn panel(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let pairs = pairs(query);
-    let reading = reading(&state, &id, &caller, &pairs).await?;
+    let reading = reading(&state, &id, &caller, &pairs)?;
     Ok(audited_by_query(panel_file(&state, &reading, &file, &pairs, &caller.request_id).await?))
 }
 
@@ -205,17 +240,32 @@ pub(super) struct Reading {
     caller: Caller,
 }
 
+impl Reading {
+    /// Checks the chosen select values against the data as the reader sees it; what that read.
+    async fn check(&self, state: &AppState, request_id: &RequestId) -> Result<Reads, ApiError> {
+        dashboard::check_values(&state.engine, &state.metrics, &self.dashboard, &self.selection, &self.caller)
+            .await
+            .map_err(|e| ApiError::dashboard(e, request_id))
+    }
+
+    /// The name a derived answer of this reading is kept under: `what` (which must name everything
+    /// else that decides its bytes), the dashboard, the filters and today's date (which presets
+    /// and panels' own ranges are resolved against). The engine adds the reader's scope.
+    fn derived_name(&self, what: &str) -> String {
+        format!("dashboard {} {what} {:?} {}", self.dashboard.id, self.selection, dashboard::today())
+    }
+}
+
 /// The dashboard `id` with the filters in `pairs`, for a signed-in caller whose role may open it.
-async fn reading(
+fn reading(
     state: &AppState,
     id: &str,
     caller: &Authenticated,
     pairs: &[(String, String)],
 ) -> Result<Reading, ApiError> {
     let dashboard = open(state, id, caller)?.clone();
-    let as_caller = dashboard_caller(caller);
-    let selection = selection(state, &dashboard, pairs, &as_caller, &caller.request_id).await?;
-    Ok(Reading { dashboard, selection, caller: as_caller })
+    let selection = selection(&dashboard, pairs, &caller.request_id)?;
+    Ok(Reading { dashboard, selection, caller: dashboard_caller(caller) })
 }
 
 /// `file` (`PANEL.svg|png|csv`) of the dashboard `reading` opened; `pairs` give the picture's
@@ -258,9 +308,16 @@ pub(super) async fn panel_file(
             .with_request_id(request_id));
         }
     };
+    let raw = pairs.iter().any(|(k, v)| k == "raw" && v == "true");
+    let name = reading.derived_name(&format!("panel {file} {theme:?} {page} {size:?} {raw}"));
+    if let Some(kept) = state.engine.derived(&name, as_caller).await.map_err(|e| ApiError::query(e, request_id))? {
+        return Ok(derived_response(&kept, true));
+    }
+    let mut reads = reading.check(state, request_id).await?;
     let data = dashboard::panel_data(&sources(state), dashboard, panel, selection, as_caller)
         .await
         .map_err(|e| ApiError::dashboard(e, request_id))?;
+    reads.add(&data.reads);
     let (content_type, bytes) = match extension {
         "svg" | "png" => {
             let svg = dashboard::render(dashboard, panel, &data, theme, size, page)
@@ -273,7 +330,6 @@ pub(super) async fn panel_file(
             }
         }
         "csv" => {
-            let raw = pairs.iter().any(|(k, v)| k == "raw" && v == "true");
             let csv = dashboard::csv(&data.frame, raw).map_err(|e| ApiError::dashboard(e, request_id))?;
             ("text/csv; charset=utf-8", csv)
         }
@@ -286,23 +342,27 @@ pub(super) async fn panel_file(
             .with_request_id(request_id));
         }
     };
-    let mut response = (StatusCode::OK, bytes).into_response();
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    if let Ok(disposition) =
-        HeaderValue::from_str(&format!("inline; filename=\"{}-{}.{extension}\"", dashboard.id, panel.id))
-    {
-        headers.insert(header::CONTENT_DISPOSITION, disposition);
-    }
     let tables: Vec<String> = data.tables.iter().map(|t| format!("{}@{}", t.table, t.version)).collect();
-    if let Ok(value) = HeaderValue::from_str(&tables.join(",")) {
-        headers.insert(TABLES_HEADER, value);
-    }
+    let made = Derived {
+        bytes: bytes.into(),
+        headers: vec![
+            ("content-type", content_type.into()),
+            ("content-disposition", format!("inline; filename=\"{}-{}.{extension}\"", dashboard.id, panel.id)),
+            (TABLES_HEADER, tables.join(",")),
+        ],
+        label: format!("dashboard {} panel {}", dashboard.id, panel.id),
+        reads,
+    };
+    let response = derived_response(&made, false);
+    state.engine.keep_derived(&name, as_caller, made);
     Ok(response)
 }
 
 /// The tables a panel read, as `schema.table@version` separated by commas.
 pub(super) const TABLES_HEADER: &str = "x-sokana-tables";
+
+/// Whether a dashboard's answer was kept from before (`hit`) or made for this request (`miss`).
+const CACHE_HEADER: &str = "x-sokana-cache";
 
 /// `GET /api/v1/dashboards/{id}/panels/{panel}/rows`: the warehouse rows behind a panel's
 /// numbers with the dashboard's filters, narrowed to one mark with `x` and `series` (the
@@ -314,7 +374,7 @@ pub(super) async fn rows(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let pairs = pairs(query);
-    let reading = reading(&state, &id, &caller, &pairs).await?;
+    let reading = reading(&state, &id, &caller, &pairs)?;
     Ok(audited_by_query(panel_rows(&state, &reading, &panel, &pairs, &caller.request_id).await?))
 }
 
@@ -325,6 +385,7 @@ pub(super) async fn panel_rows(
     pairs: &[(String, String)],
     request_id: &RequestId,
 ) -> Result<Response, ApiError> {
+    reading.check(state, request_id).await?;
     let Reading { dashboard, selection, caller: as_caller } = reading;
     let spec = dashboard.panel(panel).ok_or_else(|| {
         ApiError::dashboard(
@@ -473,8 +534,12 @@ pub(super) async fn create_embed(
         pairs.extend(values.into_iter().map(|v| (name.clone(), v)));
     }
     // The locked filters are checked now, as the caller, so that a link never fails later.
-    let as_caller = dashboard_caller(&caller);
-    selection(&state, dashboard, &pairs, &as_caller, request_id).await?;
+    let reading = Reading {
+        dashboard: dashboard.clone(),
+        selection: selection(dashboard, &pairs, request_id)?,
+        caller: dashboard_caller(&caller),
+    };
+    reading.check(&state, request_id).await?;
     let seconds = body.lifetime_seconds.unwrap_or(3600);
     let (token, grant) = state.auth.sign_embed(&caller.identity, &dashboard.id, pairs, seconds)?;
     let scheme = if state.project.config().server.tls_cert.is_some() { "https" } else { "http" };
@@ -505,7 +570,7 @@ async fn embedded(
         return Err(ApiError::dashboard(DashboardError::Forbidden(grant.dashboard.clone()), request_id));
     }
     let caller = Caller { origin: "embed", ..super::query::caller(identity.clone(), request_id, address) };
-    let selection = selection(state, &dashboard, &grant.filters, &caller, request_id).await?;
+    let selection = selection(&dashboard, &grant.filters, request_id)?;
     Ok(Embedded { reading: Reading { dashboard, selection, caller }, grant, identity })
 }
 

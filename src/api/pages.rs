@@ -275,7 +275,7 @@ pub(super) async fn dashboard_body(
     let parsed = match Selection::from_pairs(dashboard, pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())), today) {
         Ok(selection) => dashboard::check_values(&state.engine, &state.metrics, dashboard, &selection, as_caller)
             .await
-            .map(|()| selection),
+            .map(|_| selection),
         Err(e) => Err(e),
     };
     let (selection, problem) = match parsed {
@@ -290,7 +290,7 @@ pub(super) async fn dashboard_body(
         let values = dashboard::filter_values(&state.engine, &state.metrics, dashboard, &f.name, as_caller).await;
         match values {
             Ok(values) => {
-                options.insert(f.name.clone(), values);
+                options.insert(f.name.clone(), values.values);
             }
             Err(e) => tracing::warn!(request_id = %request_id.0, error = %e, "a filter's values did not load"),
         }

@@ -18,7 +18,7 @@ use serde::Serialize;
 use crate::chart::{self, Cell, Chart, Field, FieldKind, Format, Frame, Theme};
 use crate::metrics::request::{MetricsRequest, Range};
 use crate::metrics::{self, MetricsError};
-use crate::query::engine::{Caller, QueryEngine, QueryRequest};
+use crate::query::engine::{Caller, QueryEngine, QueryRequest, Reads};
 use crate::query::{Params, QueryError};
 pub use spec::{Dashboard, FilterKind, PanelSpec, Preset, Source, SpecError};
 
@@ -212,14 +212,23 @@ pub async fn check_values(
     dashboard: &Dashboard,
     selection: &Selection,
     caller: &Caller,
-) -> Result<(), DashboardError> {
+) -> Result<Reads, DashboardError> {
+    let mut reads = Reads::default();
     for (name, chosen) in &selection.selects {
         let allowed = filter_values(engine, views, dashboard, name, caller).await?;
-        if let Some(outside) = chosen.iter().find(|v| !allowed.contains(v)) {
+        if let Some(outside) = chosen.iter().find(|v| !allowed.values.contains(v)) {
             return Err(filter_error(name, format!("{outside:?} is not one of the values in the data")));
         }
+        reads.add(&allowed.reads);
     }
-    Ok(())
+    Ok(reads)
+}
+
+/// The values a select filter offers, and what finding them read.
+#[derive(Debug, Clone, Default)]
+pub struct FilterValues {
+    pub values: Vec<String>,
+    pub reads: Reads,
 }
 
 /// The values a select filter offers: its dimension's values in the data, most frequent first.
@@ -229,7 +238,7 @@ pub async fn filter_values(
     dashboard: &Dashboard,
     name: &str,
     caller: &Caller,
-) -> Result<Vec<String>, DashboardError> {
+) -> Result<FilterValues, DashboardError> {
     let filter = dashboard
         .file
         .filters
@@ -251,11 +260,12 @@ pub async fn filter_values(
     };
     request.check(view)?;
     let answer = metrics::answer(engine, view, &request, caller).await?;
-    Ok(answer
+    let values = answer
         .rows
         .as_array()
         .map(|rows| rows.iter().filter_map(|r| r.get(&dimension).and_then(|v| v.as_str()).map(String::from)).collect())
-        .unwrap_or_default())
+        .unwrap_or_default();
+    Ok(FilterValues { values, reads: answer.reads })
 }
 
 /// A panel's data, ready to draw.
@@ -269,6 +279,9 @@ pub struct PanelData {
     /// Tables read and their versions (what live refresh watches).
     pub tables: Vec<metrics::TableVersion>,
     pub cache_hit: bool,
+    /// What its queries read, for answers made from it.
+    #[serde(skip)]
+    pub reads: Reads,
 }
 
 /// The frame of a metrics answer's `columns` and `rows` (the answer's own, or its previous period's).
@@ -491,6 +504,7 @@ pub async fn panel_data(
                 sql: vec![answer.sql.clone()],
                 tables: answer.tables.clone(),
                 cache_hit: answer.cache_hit,
+                reads: answer.reads.clone(),
             };
             if let (Some(grain), true) = (spec.trend, timed) {
                 let trend = MetricsRequest { grain: Some(grain), compare: false, ..base };
@@ -498,6 +512,7 @@ pub async fn panel_data(
                 data.trend = Some(frame_of(&answer.columns, &answer.rows));
                 data.sql.push(answer.sql);
                 data.cache_hit &= answer.cache_hit;
+                data.reads.add(&answer.reads);
             }
             Ok(data)
         }
@@ -557,6 +572,7 @@ async fn run_sql(
             .map(|(t, v)| metrics::TableVersion { table: t.to_string(), version: *v })
             .collect(),
         cache_hit: output.cache_hit,
+        reads: Reads::of(&output),
     })
 }
 

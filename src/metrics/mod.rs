@@ -15,7 +15,7 @@ use std::sync::Arc;
 use arrow::datatypes::DataType;
 use serde::Serialize;
 
-use crate::query::engine::{Caller, QueryEngine, QueryOutput, QueryRequest};
+use crate::query::engine::{Caller, QueryEngine, QueryOutput, QueryRequest, Reads};
 use crate::query::{Params, QueryError};
 use request::{Composed, Grain, MetricsRequest, Range, TimeColumn, compose};
 use spec::{Format, SpecError, View};
@@ -108,6 +108,9 @@ pub struct Answer {
     pub cache_hit: bool,
     /// The warehouse tables read and their versions (what the answer is as of).
     pub tables: Vec<TableVersion>,
+    /// What both periods' queries read, for answers made from this one.
+    #[serde(skip)]
+    pub reads: Reads,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -187,8 +190,12 @@ pub async fn answer(
             higher_is_better: Some(m.higher_is_better),
         });
     }
+    let mut reads = Reads::of(&output);
     let previous = match before {
-        Some((range, (_, output))) => Some(Previous { from: range.from, to: range.to, rows: answer_rows(&output)? }),
+        Some((range, (_, output))) => {
+            reads.add(&Reads::of(&output));
+            Some(Previous { from: range.from, to: range.to, rows: answer_rows(&output)? })
+        }
         None => None,
     };
     Ok(Answer {
@@ -204,6 +211,7 @@ pub async fn answer(
         sql,
         cache_hit: output.cache_hit,
         tables: output.tables.iter().map(|(t, v)| TableVersion { table: t.to_string(), version: *v }).collect(),
+        reads,
     })
 }
 

@@ -141,8 +141,23 @@ pub fn compact(batch: RecordBatch) -> Result<RecordBatch, ArrowError> {
     RecordBatch::try_new(batch.schema(), columns)
 }
 
+/// An answer made from the engine's answers and kept whole (a dashboard's data as JSON, a
+/// panel's picture): its bytes and what it read. Kept while every table it read stays at the
+/// version read, so a hit costs a lookup instead of one engine run per query behind it.
+#[derive(Debug)]
+pub struct Derived {
+    pub bytes: bytes::Bytes,
+    /// What goes with the bytes (`content-type` and the like), as name and value.
+    pub headers: Vec<(&'static str, String)>,
+    /// What the query log and the audit trail say was asked (`dashboard executive`).
+    pub label: String,
+    pub reads: super::engine::Reads,
+}
+
 pub struct ResultCache {
     entries: moka::future::Cache<String, Arc<CachedResult>>,
+    /// Derived answers by scope and name.
+    derived: moka::sync::Cache<String, Arc<Derived>>,
     largest: u64,
     /// The newest version seen of each table: answers from older versions can never be asked for
     /// again, so they are dropped at once instead of aging out (an erased person's rows with them).
@@ -161,8 +176,15 @@ impl ResultCache {
             .weigher(|_key: &String, value: &Arc<CachedResult>| u32::try_from(value.weight()).unwrap_or(u32::MAX))
             .support_invalidation_closures()
             .build();
+        let derived = moka::sync::Cache::builder()
+            .max_capacity(capacity_bytes / 4)
+            .time_to_live(ttl)
+            .weigher(|_key: &String, value: &Arc<Derived>| u32::try_from(value.bytes.len()).unwrap_or(u32::MAX))
+            .support_invalidation_closures()
+            .build();
         ResultCache {
             entries,
+            derived,
             largest: capacity_bytes / 8,
             newest: std::sync::Mutex::new(std::collections::HashMap::new()),
             hits: AtomicU64::new(0),
@@ -181,11 +203,20 @@ impl ResultCache {
             }
             *seen = *version;
             let (table, version) = (table.clone(), *version);
+            let stale_derived = {
+                let table = table.clone();
+                move |_: &String, entry: &Arc<Derived>| {
+                    entry.reads.tables.iter().any(|(t, v)| *t == table && *v < version)
+                }
+            };
             let stale = move |_: &String, entry: &Arc<CachedResult>| {
                 entry.tables.iter().any(|(t, v)| *t == table && *v < version)
             };
             if let Err(e) = self.entries.invalidate_entries_if(stale) {
                 tracing::warn!(error = %e, "could not drop cached answers of older versions; they age out instead");
+            }
+            if let Err(e) = self.derived.invalidate_entries_if(stale_derived) {
+                tracing::warn!(error = %e, "could not drop derived answers of older versions; they age out instead");
             }
         }
     }
@@ -204,9 +235,30 @@ impl ResultCache {
         }
     }
 
+    /// The derived answer kept under `key`, whatever versions it read.
+    pub fn derived(&self, key: &str) -> Option<Arc<Derived>> {
+        let found = self.derived.get(key);
+        let counter = if found.is_some() { &self.hits } else { &self.misses };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    /// Keeps `derived` under `key` unless it is too large to be worth a slot or read something
+    /// that may not be kept.
+    pub fn keep_derived(&self, key: String, derived: Arc<Derived>) {
+        if !derived.reads.volatile && (derived.bytes.len() as u64) <= self.largest {
+            self.derived.insert(key, derived);
+        }
+    }
+
+    pub fn forget_derived(&self, key: &str) {
+        self.derived.invalidate(key);
+    }
+
     /// Drops everything (after an erasure, say).
     pub fn clear(&self) {
         self.entries.invalidate_all();
+        self.derived.invalidate_all();
     }
 }
 

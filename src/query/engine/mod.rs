@@ -10,7 +10,7 @@ mod request;
 mod routing;
 
 pub use plan::normalise_for_log;
-pub use request::{Caller, EngineChoice, Limits, Page, QueryOutput, QueryRequest, QueryStream};
+pub use request::{Caller, EngineChoice, Limits, Page, QueryOutput, QueryRequest, QueryStream, Reads};
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,7 +30,7 @@ use datafusion::prelude::SessionContext;
 use futures::{Stream, StreamExt};
 
 use crate::config::Config;
-use crate::query::cache::{CachedResult, KeyParts, ResultCache};
+use crate::query::cache::{CachedResult, Derived, KeyParts, ResultCache};
 use crate::query::catalog::WarehouseCatalog;
 use crate::query::duck::DuckSession;
 use crate::query::log::{QueryLog, QueryRecord};
@@ -287,7 +287,14 @@ impl QueryEngine {
         {
             record.cache_hit = true;
             (record.rows, record.bytes) = (hit.rows, hit.bytes);
-            return Ok(QueryOutput { result: hit, key, cache_hit: true, tables });
+            return Ok(QueryOutput {
+                result: hit,
+                key,
+                cache_hit: true,
+                tables,
+                columns: prepared.columns.clone(),
+                cacheable: true,
+            });
         }
         let run_started = Instant::now();
         let cap = if request.page.is_some() { None } else { Some(self.limits.max_rows) };
@@ -355,7 +362,14 @@ impl QueryEngine {
         if prepared.cacheable {
             self.cache.insert(key.clone(), result.clone()).await;
         }
-        Ok(QueryOutput { result, key, cache_hit: false, tables: read })
+        Ok(QueryOutput {
+            result,
+            key,
+            cache_hit: false,
+            tables: read,
+            columns: prepared.columns.clone(),
+            cacheable: prepared.cacheable,
+        })
     }
 
     /// Streams a query's answer without collecting it (exports). DataFusion streams in bounded
@@ -473,19 +487,76 @@ impl QueryEngine {
         if error.is_some() {
             self.errors.fetch_add(1, Ordering::Relaxed);
         }
-        record.at = at.to_rfc3339_opts(SecondsFormat::Micros, true);
-        record.user = request.caller.user.clone();
-        record.origin = request.caller.origin.into();
-        record.request_id = request.caller.request_id.clone();
         record.sql = self.log_text(&request.sql);
-        record.duration_us = started.elapsed().as_micros() as u64;
         record.error = error.map(str::to_string);
-        let ticket = self.recorder.as_ref().map(|recorder| recorder.record(&request.caller, &record));
+        self.keep_record(&request.caller, record, at, started)
+    }
+
+    /// Logs `record` as `caller`'s and hands it to the recorder, whose ticket it returns.
+    fn keep_record(
+        &self,
+        caller: &Caller,
+        mut record: QueryRecord,
+        at: chrono::DateTime<Utc>,
+        started: Instant,
+    ) -> Option<u64> {
+        record.at = at.to_rfc3339_opts(SecondsFormat::Micros, true);
+        record.user = caller.user.clone();
+        record.origin = caller.origin.into();
+        record.request_id = caller.request_id.clone();
+        record.duration_us = started.elapsed().as_micros() as u64;
+        let ticket = self.recorder.as_ref().map(|recorder| recorder.record(caller, &record));
         if let Some(log) = &self.log {
             log.record(record);
         }
         ticket
     }
+
+    /// The derived answer `name` kept for `caller`'s scope, if every table it read is still at
+    /// the version it read: logged and recorded as one cached answer naming all it read, and
+    /// handed over once that record is durable, as any answer is.
+    pub async fn derived(&self, name: &str, caller: &Caller) -> Result<Option<Arc<Derived>>, QueryError> {
+        let (started, at) = (Instant::now(), Utc::now());
+        let key = derived_key(name, caller);
+        let Some(found) = self.cache.derived(&key) else { return Ok(None) };
+        let names: Vec<TableName> = found.reads.tables.iter().map(|(t, _)| t.clone()).collect();
+        let versions = self.catalog.versions(&names).await?;
+        let current = found.reads.tables.iter().zip(&versions).all(|((_, read), now)| *now == Some(*read));
+        if !current {
+            let now: Vec<(TableName, i64)> =
+                names.into_iter().zip(versions).filter_map(|(t, v)| v.map(|v| (t, v))).collect();
+            self.cache.observe_versions(&now);
+            self.cache.forget_derived(&key);
+            return Ok(None);
+        }
+        let record = QueryRecord {
+            engine: self.default_engine,
+            sql: found.label.as_str().into(),
+            tables: found.reads.tables.iter().map(|(t, _)| t.to_string()).collect(),
+            columns: found.reads.columns.clone().into(),
+            rows: found.reads.rows,
+            bytes: found.bytes.len() as u64,
+            cache_hit: true,
+            ..QueryRecord::default()
+        };
+        self.queries.fetch_add(1, Ordering::Relaxed);
+        if let (Some(recorder), Some(ticket)) = (&self.recorder, self.keep_record(caller, record, at, started)) {
+            recorder.settle(ticket).await.map_err(QueryError::Audit)?;
+        }
+        Ok(Some(found))
+    }
+
+    /// Keeps an answer made from this engine's answers for `caller`'s scope under `name` (which
+    /// must name everything else it depends on: the filters, the size), unless it read something
+    /// that may not be kept.
+    pub fn keep_derived(&self, name: &str, caller: &Caller, derived: Derived) {
+        self.cache.keep_derived(derived_key(name, caller), Arc::new(derived));
+    }
+}
+
+/// Derived answers are kept per data-access scope: one scope's masked answer is never another's.
+fn derived_key(name: &str, caller: &Caller) -> String {
+    format!("{}\u{0}{name}", caller.scope)
 }
 
 /// An optimised plan and the table versions it reads.

@@ -100,6 +100,52 @@ pub struct QueryOutput {
     pub cache_hit: bool,
     /// The tables read and the version of each.
     pub tables: Vec<(TableName, i64)>,
+    /// The columns read, as the audit trail names them.
+    pub columns: Arc<[String]>,
+    /// Whether the answer may be kept: it reads warehouse tables only, and nothing that varies
+    /// between runs (`now()`, `random()`).
+    pub cacheable: bool,
+}
+
+/// What one or more answers read: the tables at their versions and the columns, gathered to
+/// record and to keep an answer made from them (a dashboard's whole data, a panel's picture).
+#[derive(Debug, Clone, Default)]
+pub struct Reads {
+    pub tables: Vec<(TableName, i64)>,
+    pub columns: Vec<String>,
+    pub rows: u64,
+    /// Something read may not be kept: a table outside the warehouse, a value that varies.
+    pub volatile: bool,
+}
+
+impl Reads {
+    pub fn of(output: &QueryOutput) -> Reads {
+        Reads {
+            tables: output.tables.clone(),
+            columns: output.columns.to_vec(),
+            rows: output.result.rows,
+            volatile: !output.cacheable,
+        }
+    }
+
+    /// Adds what `other` read. Two versions of one table make the whole volatile: it was read
+    /// across a commit, and no single set of versions describes it.
+    pub fn add(&mut self, other: &Reads) {
+        for (table, version) in &other.tables {
+            match self.tables.iter().find(|(t, _)| t == table) {
+                Some((_, seen)) if seen != version => self.volatile = true,
+                Some(_) => {}
+                None => self.tables.push((table.clone(), *version)),
+            }
+        }
+        for column in &other.columns {
+            if !self.columns.contains(column) {
+                self.columns.push(column.clone());
+            }
+        }
+        self.rows += other.rows;
+        self.volatile |= other.volatile;
+    }
 }
 
 /// A streamed answer: batches as the engine produces them.
