@@ -113,6 +113,23 @@ async fn the_sokana_dashboards_answer_for_each_role() {
     )
     .await;
     assert_eq!(panel(&march, "collected")["data"]["frame"]["rows"][0][0], metric["rows"][0]["collected"]);
+    // The SQL behind the panel, its values written in, gives the same number in the console.
+    let (status, kind, sql) = common::get_bytes(
+        &server,
+        &manager,
+        "/api/v1/dashboards/executive/panels/collected.sql?period=2026-03-01..2026-04-01",
+    )
+    .await;
+    assert_eq!((status, kind.as_str()), (200, "application/sql; charset=utf-8"));
+    let sql = String::from_utf8(sql).expect("utf-8");
+    assert!(sql.contains("2026-03-01") && !sql.contains('$'), "{sql}");
+    let first = sql.split(";\n").next().expect("a statement");
+    let base_url = format!("http://127.0.0.1:{}", server.http);
+    let body = serde_json::json!({ "sql": first }).to_string();
+    let ran = post_json(&base_url, &manager, "/api/v1/query", &body).await;
+    assert_eq!(ran.status(), 200);
+    let ran: Value = serde_json::from_slice(&ran.bytes().await.expect("body")).expect("json");
+    assert_eq!(ran["rows"][0]["collected"], metric["rows"][0]["collected"], "{sql}");
 
     // Exports: SVG and PNG pictures of the panel, CSV of its rows.
     let base = "/api/v1/dashboards/revenue/panels";
@@ -141,6 +158,9 @@ async fn the_sokana_dashboards_answer_for_each_role() {
     assert_eq!(status, 403);
     let (status, _, _) = common::get_bytes(&server, &analyst, &format!("{base}/aging.csv")).await;
     assert_eq!(status, 403);
+    let viewer = common::api_key(&project, sokana::auth::Role::Viewer).await;
+    let (status, _, _) = common::get_bytes(&server, &viewer, "/api/v1/dashboards/executive/panels/collected.sql").await;
+    assert_eq!(status, 403, "a viewer may not run SQL, nor see it");
     let admin = common::api_key(&project, sokana::auth::Role::Admin).await;
     let births = "/api/v1/dashboards/births/panels/locations.csv";
     let (_, _, clear) = common::get_bytes(&server, &admin, births).await;
@@ -459,6 +479,20 @@ async fn pages_rows_embed_links_and_live_events() {
     };
     let (_, collected) = executive("first").await;
     assert_eq!(executive("again").await, ("hit".to_string(), collected), "the same answer, kept");
+    // Kept compressed too: a client that takes gzip gets the same answer gzipped.
+    let gzipped = http
+        .get(format!("{base}/api/v1/dashboards/executive?period=all_time"))
+        .header("authorization", format!("Bearer {admin}"))
+        .header("accept-encoding", "br;q=0, gzip")
+        .send()
+        .await
+        .expect("gzip");
+    assert_eq!(gzipped.headers()["content-encoding"], "gzip");
+    let mut text = String::new();
+    let body = gzipped.bytes().await.expect("body");
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&body[..]), &mut text).expect("gunzip");
+    let unzipped: Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(panel(&unzipped, "collected")["data"]["frame"]["rows"][0][0].as_f64(), Some(collected));
     let (_, audit) = common::get_json(&server, &admin, "/api/v1/audit?user=test-admin&limit=10000").await;
     let kept =
         audit["entries"].as_array().expect("entries").iter().rev().find(|e| e["detail"] == "dashboard executive");

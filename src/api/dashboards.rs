@@ -3,7 +3,7 @@
 //! with its own error), and one panel as SVG, PNG or CSV; the JSON Schemas of the file formats.
 
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use serde_json::json;
 
@@ -79,6 +79,7 @@ pub(super) async fn list(State(state): State<AppState>, caller: Authenticated) -
 pub(super) async fn get(
     State(state): State<AppState>,
     caller: Authenticated,
+    headers: HeaderMap,
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -88,10 +89,10 @@ pub(super) async fn get(
     if let Some(kept) =
         state.engine.derived(&name, &reading.caller).await.map_err(|e| ApiError::query(e, &caller.request_id))?
     {
-        return Ok(audited_by_query(derived_response(&kept, true)));
+        return Ok(audited_by_query(derived_response(&kept, true, &headers)));
     }
     let mut reads = reading.check(&state, &caller.request_id).await?;
-    let Reading { dashboard, selection, caller: as_caller } = &reading;
+    let Reading { dashboard, selection, caller: as_caller, .. } = &reading;
     let sources = sources(&state);
     let answers = futures::future::join_all(dashboard.file.panels.iter().map(|panel| {
         let (sources, request_id) = (&sources, &caller.request_id);
@@ -163,21 +164,31 @@ pub(super) async fn get(
     });
     let bytes = serde_json::to_vec(&body).map_err(ApiError::internal)?;
     let made = Derived {
+        encoded: encodings("application/json", &bytes),
         bytes: bytes.into(),
         headers: vec![("content-type", "application/json".into())],
         label: format!("dashboard {}", dashboard.id),
         reads,
     };
-    let response = derived_response(&made, false);
+    let response = derived_response(&made, false, &headers);
     state.engine.keep_derived(&name, as_caller, made);
     Ok(audited_by_query(response))
 }
 
-/// The response of a derived answer: its bytes and headers, and `x-sokana-cache: hit` when it
-/// was kept from before (`miss` when just made).
-fn derived_response(derived: &Derived, hit: bool) -> Response {
-    let mut response = (StatusCode::OK, derived.bytes.clone()).into_response();
+/// The response of a derived answer to a request with `request` headers: its bytes (compressed
+/// when the client accepts a coding it was kept in) and headers, and `x-sokana-cache: hit` when
+/// it was kept from before (`miss` when just made).
+fn derived_response(derived: &Derived, hit: bool, request: &HeaderMap) -> Response {
+    let coded = derived.encoded.iter().find(|(coding, _)| accepts(request, coding));
+    let body = coded.map_or_else(|| derived.bytes.clone(), |(_, bytes)| bytes.clone());
+    let mut response = (StatusCode::OK, body).into_response();
     let headers = response.headers_mut();
+    if let Some((coding, _)) = coded {
+        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static(coding));
+    }
+    if !derived.encoded.is_empty() {
+        headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    }
     headers.insert(CACHE_HEADER, HeaderValue::from_static(if hit { "hit" } else { "miss" }));
     for (name, value) in &derived.headers {
         if let Ok(value) = HeaderValue::from_str(value) {
@@ -202,12 +213,14 @@ fn public_message(e: &DashboardError, request_id: &RequestId) -> String {
 pub(super) async fn panel(
     State(state): State<AppState>,
     caller: Authenticated,
+    headers: HeaderMap,
     Path((id, file)): Path<(String, String)>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let pairs = pairs(query);
     let reading = reading(&state, &id, &caller, &pairs)?;
-    Ok(audited_by_query(panel_file(&state, &reading, &file, &pairs, &caller.request_id).await?))
+    let asked = Asked { file: &file, pairs: &pairs, headers: &headers };
+    Ok(audited_by_query(panel_file(&state, &reading, &asked, &caller.request_id).await?))
 }
 
 /// A rendering parameter of a panel request: absent, or parsed by `parse`.
@@ -238,6 +251,8 @@ pub(super) struct Reading {
     dashboard: std::sync::Arc<Dashboard>,
     selection: Selection,
     caller: Caller,
+    /// Whether the reader may see the SQL behind a panel (`PANEL.sql`): one who may run SQL.
+    sees_sql: bool,
 }
 
 impl Reading {
@@ -265,19 +280,27 @@ fn reading(
 ) -> Result<Reading, ApiError> {
     let dashboard = open(state, id, caller)?.clone();
     let selection = selection(&dashboard, pairs, &caller.request_id)?;
-    Ok(Reading { dashboard, selection, caller: dashboard_caller(caller) })
+    let sees_sql = caller.identity.may(crate::auth::Permission::RunSql);
+    Ok(Reading { dashboard, selection, caller: dashboard_caller(caller), sees_sql })
 }
 
-/// `file` (`PANEL.svg|png|csv`) of the dashboard `reading` opened; `pairs` give the picture's
-/// theme, page and size.
+/// What a panel request asks for: the file (`PANEL.svg|png|csv|sql`), the URL's pairs (the
+/// picture's theme, page and size) and the request's headers (the codings it accepts).
+pub(super) struct Asked<'a> {
+    file: &'a str,
+    pairs: &'a [(String, String)],
+    headers: &'a HeaderMap,
+}
+
+/// The file `asked` of the dashboard `reading` opened.
 pub(super) async fn panel_file(
     state: &AppState,
     reading: &Reading,
-    file: &str,
-    pairs: &[(String, String)],
+    asked: &Asked<'_>,
     request_id: &RequestId,
 ) -> Result<Response, ApiError> {
-    let Reading { dashboard, selection, caller: as_caller } = reading;
+    let Asked { file, pairs, headers: request_headers } = *asked;
+    let Reading { dashboard, selection, caller: as_caller, sees_sql } = reading;
     let (name, extension) = file.rsplit_once('.').unwrap_or((file, ""));
     let panel = dashboard.panel(name).ok_or_else(|| {
         ApiError::dashboard(
@@ -308,10 +331,19 @@ pub(super) async fn panel_file(
             .with_request_id(request_id));
         }
     };
+    // Before the kept answers are asked: an embed link reads as its maker, who may see the SQL.
+    if extension == "sql" && !sees_sql {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the SQL behind a panel is shown to roles that may run SQL".into(),
+        )
+        .with_request_id(request_id));
+    }
     let raw = pairs.iter().any(|(k, v)| k == "raw" && v == "true");
     let name = reading.derived_name(&format!("panel {file} {theme:?} {page} {size:?} {raw}"));
     if let Some(kept) = state.engine.derived(&name, as_caller).await.map_err(|e| ApiError::query(e, request_id))? {
-        return Ok(derived_response(&kept, true));
+        return Ok(derived_response(&kept, true, request_headers));
     }
     let mut reads = reading.check(state, request_id).await?;
     let data = dashboard::panel_data(&sources(state), dashboard, panel, selection, as_caller)
@@ -329,6 +361,10 @@ pub(super) async fn panel_file(
                 ("image/png", png)
             }
         }
+        "sql" => {
+            let text: Vec<String> = data.statements.iter().map(|s| format!("{};\n", s.with_values())).collect();
+            ("application/sql; charset=utf-8", text.join("\n").into_bytes())
+        }
         "csv" => {
             let csv = dashboard::csv(&data.frame, raw).map_err(|e| ApiError::dashboard(e, request_id))?;
             ("text/csv; charset=utf-8", csv)
@@ -337,13 +373,14 @@ pub(super) async fn panel_file(
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 "unknown_format",
-                format!("a panel is served as .svg, .png or .csv, not {other:?}"),
+                format!("a panel is served as .svg, .png, .csv or .sql, not {other:?}"),
             )
             .with_request_id(request_id));
         }
     };
     let tables: Vec<String> = data.tables.iter().map(|t| format!("{}@{}", t.table, t.version)).collect();
     let made = Derived {
+        encoded: encodings(content_type, &bytes),
         bytes: bytes.into(),
         headers: vec![
             ("content-type", content_type.into()),
@@ -353,9 +390,47 @@ pub(super) async fn panel_file(
         label: format!("dashboard {} panel {}", dashboard.id, panel.id),
         reads,
     };
-    let response = derived_response(&made, false);
+    let response = derived_response(&made, false, request_headers);
     state.engine.keep_derived(&name, as_caller, made);
     Ok(response)
+}
+
+/// Whether `Accept-Encoding` in `headers` admits `coding` (named, with a weight above zero).
+/// By hand: tower-http negotiates inside its compression layer and does not export it.
+fn accepts(headers: &HeaderMap, coding: &str) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|item| {
+            let mut parts = item.split(';').map(str::trim);
+            let named = parts.next().is_some_and(|name| name.eq_ignore_ascii_case(coding));
+            let refused = parts.any(|p| p.strip_prefix("q=").is_some_and(|q| q.parse::<f32>().is_ok_and(|q| q <= 0.0)));
+            named && !refused
+        })
+}
+
+/// `bytes` of `content_type` compressed as brotli and gzip, when worth it (text over a few KB;
+/// PNG is compressed already). Once per kept answer, so at better levels than per response.
+fn encodings(content_type: &str, bytes: &[u8]) -> Vec<(&'static str, bytes::Bytes)> {
+    use std::io::Write;
+    if content_type.starts_with("image/png") || bytes.len() < super::COMPRESS_ABOVE as usize {
+        return Vec::new();
+    }
+    let mut encoded = Vec::new();
+    let params = brotli::enc::BrotliEncoderParams { quality: 5, ..Default::default() };
+    let mut br = Vec::new();
+    if brotli::BrotliCompress(&mut &bytes[..], &mut br, &params).is_ok() {
+        encoded.push(("br", br.into()));
+    }
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    if gzip.write_all(bytes).is_ok()
+        && let Ok(gzip) = gzip.finish()
+    {
+        encoded.push(("gzip", gzip.into()));
+    }
+    encoded
 }
 
 /// The tables a panel read, as `schema.table@version` separated by commas.
@@ -386,7 +461,7 @@ pub(super) async fn panel_rows(
     request_id: &RequestId,
 ) -> Result<Response, ApiError> {
     reading.check(state, request_id).await?;
-    let Reading { dashboard, selection, caller: as_caller } = reading;
+    let Reading { dashboard, selection, caller: as_caller, .. } = reading;
     let spec = dashboard.panel(panel).ok_or_else(|| {
         ApiError::dashboard(
             DashboardError::UnknownPanel { dashboard: dashboard.id.clone(), panel: panel.to_string() },
@@ -538,6 +613,7 @@ pub(super) async fn create_embed(
         dashboard: dashboard.clone(),
         selection: selection(dashboard, &pairs, request_id)?,
         caller: dashboard_caller(&caller),
+        sees_sql: false,
     };
     reading.check(&state, request_id).await?;
     let seconds = body.lifetime_seconds.unwrap_or(3600);
@@ -571,7 +647,7 @@ async fn embedded(
     }
     let caller = Caller { origin: "embed", ..super::query::caller(identity.clone(), request_id, address) };
     let selection = selection(&dashboard, &grant.filters, request_id)?;
-    Ok(Embedded { reading: Reading { dashboard, selection, caller }, grant, identity })
+    Ok(Embedded { reading: Reading { dashboard, selection, caller, sees_sql: false }, grant, identity })
 }
 
 /// `GET /embed/{token}`: the dashboard of a signed link, for a frame on an allowed site.
@@ -605,6 +681,7 @@ pub(super) async fn embed_page(
         &embedded.reading.caller,
         &request_id,
         Some(&token),
+        false,
     )
     .await;
     super::pages::embed_page(&state, &embedded.reading.dashboard.file.title, body)
@@ -616,11 +693,13 @@ pub(super) async fn embed_panel(
     State(state): State<AppState>,
     request_id: RequestId,
     super::auth::ClientDevice(device): super::auth::ClientDevice,
+    headers: HeaderMap,
     Path((token, file)): Path<(String, String)>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let e = embedded(&state, &token, &request_id, device.ip).await?;
-    panel_file(&state, &e.reading, &file, &pairs(query), &request_id).await
+    let pairs = pairs(query);
+    panel_file(&state, &e.reading, &Asked { file: &file, pairs: &pairs, headers: &headers }, &request_id).await
 }
 
 /// `GET /embed/{token}/panels/{panel}/rows`: the rows behind a panel of a signed link.

@@ -246,7 +246,7 @@ fn compression() -> tower_http::compression::CompressionLayer<impl tower_http::c
 }
 
 /// Smaller answers are sent as they are.
-const COMPRESS_ABOVE: u16 = 4096;
+pub(super) const COMPRESS_ABOVE: u16 = 4096;
 
 /// A body whose declared length is over the limit is refused before a byte of it is read, and
 /// before authentication: the client learns at once, and the server reads nothing for nothing.

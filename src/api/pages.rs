@@ -256,12 +256,14 @@ pub(super) async fn dashboard(
         Err(_) => return error_page(StatusCode::NOT_FOUND, Some(who), &format!("There is no dashboard {id:?}.")),
     };
     let as_caller = super::dashboards::dashboard_caller(&caller);
-    let markup = dashboard_body(&state, dashboard, query, &as_caller, &caller.request_id, None).await;
+    let sees_sql = who.may(crate::auth::Permission::RunSql);
+    let markup = dashboard_body(&state, dashboard, query, &as_caller, &caller.request_id, None, sees_sql).await;
     page(StatusCode::OK, layout(&dashboard.file.title, Some((who, "/dashboards")), markup))
 }
 
 /// The body of a dashboard page: its heading, filters and panel placeholders. `embed` is the
-/// signed link a framed page fetches its panels through (filters locked, no navigation).
+/// signed link a framed page fetches its panels through (filters locked, no navigation);
+/// `sees_sql`, whether the panels' menus offer the SQL behind them.
 pub(super) async fn dashboard_body(
     state: &AppState,
     dashboard: &Dashboard,
@@ -269,6 +271,7 @@ pub(super) async fn dashboard_body(
     as_caller: &crate::query::engine::Caller,
     request_id: &RequestId,
     embed: Option<&str>,
+    sees_sql: bool,
 ) -> Markup {
     let pairs = super::dashboards::pairs(query.clone());
     let today = dashboard::today();
@@ -328,6 +331,7 @@ pub(super) async fn dashboard_body(
                                 a data-export="csv" href="#" download { "Download CSV" }
                                 a data-export="png" href="#" download { "Download PNG" }
                                 a data-export="svg" href="#" download { "Download SVG" }
+                                @if sees_sql && embed.is_none() { a data-export="sql" href="#" download { "Download SQL" } }
                                 @if drill { button type="button" data-show-rows { "Rows behind the numbers" } }
                             }
                         }

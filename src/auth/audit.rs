@@ -37,7 +37,7 @@ pub struct Event {
     pub detail: String,
     pub tables: Vec<String>,
     /// `schema.table.column:class` for every column read.
-    pub columns: Vec<String>,
+    pub columns: Arc<[String]>,
     pub rows: u64,
     /// `ok`, an error code, or an HTTP status.
     pub outcome: String,
@@ -202,7 +202,7 @@ fn entry(row: &Row) -> Result<Entry, AuthError> {
             action: row.text(7),
             detail: row.text(8),
             tables: list(9)?,
-            columns: list(10)?,
+            columns: list(10)?.into(),
             rows: row.int(11).max(0) as u64,
             outcome: row.text(12),
         },
@@ -438,7 +438,7 @@ impl AccessRecorder for QueryAudit {
             action: "query".into(),
             detail: record.sql.to_string(),
             tables: record.tables.to_vec(),
-            columns: record.columns.to_vec(),
+            columns: record.columns.clone(),
             rows: record.rows,
             outcome: record.error.clone().unwrap_or_else(|| "ok".into()),
         })

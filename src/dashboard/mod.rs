@@ -19,7 +19,7 @@ use crate::chart::{self, Cell, Chart, Field, FieldKind, Format, Frame, Theme};
 use crate::metrics::request::{MetricsRequest, Range};
 use crate::metrics::{self, MetricsError};
 use crate::query::engine::{Caller, QueryEngine, QueryRequest, Reads};
-use crate::query::{Params, QueryError};
+use crate::query::{Params, QueryError, Statement};
 pub use spec::{Dashboard, FilterKind, PanelSpec, Preset, Source, SpecError};
 
 #[derive(Debug, thiserror::Error)]
@@ -282,6 +282,9 @@ pub struct PanelData {
     /// What its queries read, for answers made from it.
     #[serde(skip)]
     pub reads: Reads,
+    /// The statements that ran, with their values.
+    #[serde(skip)]
+    pub statements: Vec<Statement>,
 }
 
 /// The frame of a metrics answer's `columns` and `rows` (the answer's own, or its previous period's).
@@ -505,6 +508,7 @@ pub async fn panel_data(
                 tables: answer.tables.clone(),
                 cache_hit: answer.cache_hit,
                 reads: answer.reads.clone(),
+                statements: answer.statements.clone(),
             };
             if let (Some(grain), true) = (spec.trend, timed) {
                 let trend = MetricsRequest { grain: Some(grain), compare: false, ..base };
@@ -513,6 +517,7 @@ pub async fn panel_data(
                 data.sql.push(answer.sql);
                 data.cache_hit &= answer.cache_hit;
                 data.reads.add(&answer.reads);
+                data.statements.extend(answer.statements);
             }
             Ok(data)
         }
@@ -573,6 +578,7 @@ async fn run_sql(
             .collect(),
         cache_hit: output.cache_hit,
         reads: Reads::of(&output),
+        statements: vec![Statement { sql: request.sql, params: request.params }],
     })
 }
 

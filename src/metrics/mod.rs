@@ -16,7 +16,7 @@ use arrow::datatypes::DataType;
 use serde::Serialize;
 
 use crate::query::engine::{Caller, QueryEngine, QueryOutput, QueryRequest, Reads};
-use crate::query::{Params, QueryError};
+use crate::query::{Params, QueryError, Statement};
 use request::{Composed, Grain, MetricsRequest, Range, TimeColumn, compose};
 use spec::{Format, SpecError, View};
 
@@ -111,6 +111,9 @@ pub struct Answer {
     /// What both periods' queries read, for answers made from this one.
     #[serde(skip)]
     pub reads: Reads,
+    /// The statements that ran, with their values.
+    #[serde(skip)]
+    pub statements: Vec<Statement>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -152,7 +155,10 @@ pub async fn answer(
     let previous_range = request.range.filter(|_| request.compare).map(Range::previous);
     let run = |composed: Composed| {
         let query = query_of(engine, composed, caller);
-        async move { engine.query(&query).await.map(|output| (query.sql, output)) }
+        async move {
+            let output = engine.query(&query).await?;
+            Ok::<_, QueryError>((Statement { sql: query.sql, params: query.params }, output))
+        }
     };
     let (now, before) = match previous_range {
         Some(range) => {
@@ -161,7 +167,8 @@ pub async fn answer(
         }
         None => (run(current).await?, None),
     };
-    let (sql, output) = now;
+    let (statement, output) = now;
+    let mut statements = vec![statement];
     let mut columns = Vec::new();
     if request.grain.is_some() {
         columns.push(Column {
@@ -192,8 +199,9 @@ pub async fn answer(
     }
     let mut reads = Reads::of(&output);
     let previous = match before {
-        Some((range, (_, output))) => {
+        Some((range, (statement, output))) => {
             reads.add(&Reads::of(&output));
+            statements.push(statement);
             Some(Previous { from: range.from, to: range.to, rows: answer_rows(&output)? })
         }
         None => None,
@@ -208,10 +216,11 @@ pub async fn answer(
         columns,
         rows: answer_rows(&output)?,
         previous,
-        sql,
+        sql: statements[0].sql.clone(),
         cache_hit: output.cache_hit,
         tables: output.tables.iter().map(|(t, v)| TableVersion { table: t.to_string(), version: *v }).collect(),
         reads,
+        statements,
     })
 }
 

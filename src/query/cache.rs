@@ -149,9 +149,18 @@ pub struct Derived {
     pub bytes: bytes::Bytes,
     /// What goes with the bytes (`content-type` and the like), as name and value.
     pub headers: Vec<(&'static str, String)>,
+    /// The same bytes under a content coding (`br`, `gzip`), best first, for clients that accept
+    /// one: compressed once when kept rather than on every response.
+    pub encoded: Vec<(&'static str, bytes::Bytes)>,
     /// What the query log and the audit trail say was asked (`dashboard executive`).
     pub label: String,
     pub reads: super::engine::Reads,
+}
+
+impl Derived {
+    fn weight(&self) -> usize {
+        self.bytes.len() + self.encoded.iter().map(|(_, bytes)| bytes.len()).sum::<usize>()
+    }
 }
 
 pub struct ResultCache {
@@ -179,7 +188,7 @@ impl ResultCache {
         let derived = moka::sync::Cache::builder()
             .max_capacity(capacity_bytes / 4)
             .time_to_live(ttl)
-            .weigher(|_key: &String, value: &Arc<Derived>| u32::try_from(value.bytes.len()).unwrap_or(u32::MAX))
+            .weigher(|_key: &String, value: &Arc<Derived>| u32::try_from(value.weight()).unwrap_or(u32::MAX))
             .support_invalidation_closures()
             .build();
         ResultCache {
@@ -246,7 +255,7 @@ impl ResultCache {
     /// Keeps `derived` under `key` unless it is too large to be worth a slot or read something
     /// that may not be kept.
     pub fn keep_derived(&self, key: String, derived: Arc<Derived>) {
-        if !derived.reads.volatile && (derived.bytes.len() as u64) <= self.largest {
+        if !derived.reads.volatile && (derived.weight() as u64) <= self.largest {
             self.derived.insert(key, derived);
         }
     }

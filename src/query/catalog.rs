@@ -107,13 +107,21 @@ const SETTLED: Duration = Duration::from_secs(1);
 /// One table's slot: its entry once opened, under a lock of its own so that checking one table's
 /// version never waits for another's; and, beside the lock, the provider last found current with
 /// the log's time then, so that while the log stays still a check takes no lock that waits.
-#[derive(Default)]
 struct Slot {
     entry: tokio::sync::Mutex<Option<Entry>>,
     settled: Mutex<Option<(SystemTime, Arc<VersionedTable>)>>,
+    /// The table's log directory on a local warehouse (made once: a check runs on every request).
+    log_dir: Option<std::path::PathBuf>,
 }
 
 impl Slot {
+    /// The modification time of a local table's log directory, when it has been still for
+    /// [`SETTLED`]; `None` on object stores, or when it changed just now.
+    fn log_stamp(&self) -> Option<SystemTime> {
+        let modified = std::fs::metadata(self.log_dir.as_ref()?).and_then(|m| m.modified()).ok()?;
+        SystemTime::now().duration_since(modified).is_ok_and(|age| age >= SETTLED).then_some(modified)
+    }
+
     fn settled_at(&self, stamp: SystemTime) -> Option<Arc<VersionedTable>> {
         let settled = self.settled.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         settled.as_ref().filter(|(seen, _)| *seen == stamp).map(|(_, provider)| provider.clone())
@@ -149,7 +157,14 @@ impl WarehouseCatalog {
 
     fn slot(&self, name: &TableName) -> Arc<Slot> {
         let mut tables = self.tables.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        tables.entry(name.clone()).or_default().clone()
+        if let Some(slot) = tables.get(name) {
+            return slot.clone();
+        }
+        let log_dir =
+            self.warehouse.local_root().map(|root| root.join(&name.schema).join(&name.name).join("_delta_log"));
+        let slot = Arc::new(Slot { entry: Default::default(), settled: Default::default(), log_dir });
+        tables.insert(name.clone(), slot.clone());
+        slot
     }
 
     /// The table at its newest committed version, or `None` if it was never committed. One listing
@@ -157,7 +172,7 @@ impl WarehouseCatalog {
     pub async fn current(&self, name: &TableName) -> Result<Option<Arc<VersionedTable>>, WarehouseError> {
         let slot = self.slot(name);
         // Taken before the listing: a commit during it changes the time, and the next check lists.
-        let stamp = self.log_stamp(name);
+        let stamp = slot.log_stamp();
         if let Some(provider) = stamp.and_then(|stamp| slot.settled_at(stamp)) {
             return Ok(Some(provider));
         }
@@ -195,14 +210,6 @@ impl WarehouseCatalog {
             names.0.insert(at, name.clone());
         }
         Ok(Some(provider))
-    }
-
-    /// The modification time of a local table's log directory, when it has been still for
-    /// [`SETTLED`]; `None` on object stores, or when it changed just now.
-    fn log_stamp(&self, name: &TableName) -> Option<SystemTime> {
-        let log = self.warehouse.local_root()?.join(&name.schema).join(&name.name).join("_delta_log");
-        let modified = std::fs::metadata(log).and_then(|m| m.modified()).ok()?;
-        SystemTime::now().duration_since(modified).is_ok_and(|age| age >= SETTLED).then_some(modified)
     }
 
     /// The table's Delta handle at its newest version (for DuckDB's views over its files).

@@ -288,6 +288,56 @@ impl Params {
     }
 }
 
+/// A statement as it ran: its text and the values bound to its placeholders.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Statement {
+    pub sql: String,
+    pub params: Params,
+}
+
+impl Statement {
+    /// The text with each placeholder (`$1`, `$name`) written as its value's SQL literal, for a
+    /// reader to see or paste into a console; the engine itself binds values, never splices.
+    /// Scanned by hand: DataFusion replaces placeholders in a plan, and the reader wants the text.
+    pub fn with_values(&self) -> String {
+        let literal = |name: &str| -> Option<String> {
+            let value = match &self.params {
+                Params::None => None,
+                Params::Positional(values) => name.parse::<usize>().ok().and_then(|n| values.get(n.checked_sub(1)?)),
+                Params::Named(values) => values.get(name),
+            }?;
+            let expr = datafusion::logical_expr::Expr::Literal(value.clone(), None);
+            datafusion::sql::unparser::Unparser::default().expr_to_sql(&expr).ok().map(|e| e.to_string())
+        };
+        let mut out = String::with_capacity(self.sql.len());
+        let mut chars = self.sql.char_indices().peekable();
+        let mut quote: Option<char> = None;
+        while let Some((at, c)) = chars.next() {
+            match (quote, c) {
+                (Some(q), _) if c == q => quote = None,
+                (None, '\'' | '"') => quote = Some(c),
+                (None, '$') => {
+                    let mut end = at + 1;
+                    while let Some((i, n)) =
+                        chars.peek().copied().filter(|(_, n)| n.is_ascii_alphanumeric() || *n == '_')
+                    {
+                        end = i + n.len_utf8();
+                        chars.next();
+                    }
+                    match literal(&self.sql[at + 1..end]) {
+                        Some(value) => out.push_str(&value),
+                        None => out.push_str(&self.sql[at..end]),
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            out.push(c);
+        }
+        out
+    }
+}
+
 /// The session settings both the models' sessions and the query engine use.
 pub(crate) fn session_config() -> SessionConfig {
     let mut config =
@@ -392,5 +442,31 @@ mod tests {
         let after = ny_today();
         let got = batches[0].column(0).as_primitive::<Date32Type>().value_as_date(0).expect("a date");
         assert!(got == before || got == after, "{got} is not New York's date ({before})");
+    }
+
+    #[test]
+    fn a_statement_shows_its_values_as_literals() {
+        use datafusion::scalar::ScalarValue;
+        let statement = Statement {
+            sql: "SELECT '$1', \"$2\" FROM t WHERE d >= $1 AND s IN ($2, $10) AND x = $3".into(),
+            params: Params::Positional(
+                [ScalarValue::Date32(Some(20_000)), ScalarValue::Utf8(Some("O'Brien".into()))]
+                    .into_iter()
+                    .chain((3..=10).map(|n| ScalarValue::Int64(Some(n))))
+                    .collect(),
+            ),
+        };
+        let shown = statement.with_values();
+        assert!(shown.starts_with("SELECT '$1', \"$2\" FROM t WHERE d >= "), "quoted text is left alone: {shown}");
+        assert!(
+            shown.contains("2024-10-04") && shown.contains("'O''Brien'") && shown.ends_with("AND x = 3"),
+            "{shown}"
+        );
+        assert!(shown.contains(", 10)"), "$10 is the tenth value, not the first and a 0: {shown}");
+        let named = Statement {
+            sql: "SELECT * FROM t WHERE d < $to AND e = $unknown".into(),
+            params: Params::Named([("to".to_string(), ScalarValue::Int64(Some(5)))].into()),
+        };
+        assert_eq!(named.with_values(), "SELECT * FROM t WHERE d < 5 AND e = $unknown");
     }
 }

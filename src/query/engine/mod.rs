@@ -533,7 +533,7 @@ impl QueryEngine {
             engine: self.default_engine,
             sql: found.label.as_str().into(),
             tables: found.reads.tables.iter().map(|(t, _)| t.to_string()).collect(),
-            columns: found.reads.columns.clone().into(),
+            columns: found.reads.columns.clone(),
             rows: found.reads.rows,
             bytes: found.bytes.len() as u64,
             cache_hit: true,

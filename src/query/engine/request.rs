@@ -112,7 +112,7 @@ pub struct QueryOutput {
 #[derive(Debug, Clone, Default)]
 pub struct Reads {
     pub tables: Vec<(TableName, i64)>,
-    pub columns: Vec<String>,
+    pub columns: Arc<[String]>,
     pub rows: u64,
     /// Something read may not be kept: a table outside the warehouse, a value that varies.
     pub volatile: bool,
@@ -122,7 +122,7 @@ impl Reads {
     pub fn of(output: &QueryOutput) -> Reads {
         Reads {
             tables: output.tables.clone(),
-            columns: output.columns.to_vec(),
+            columns: output.columns.clone(),
             rows: output.result.rows,
             volatile: !output.cacheable,
         }
@@ -138,10 +138,9 @@ impl Reads {
                 None => self.tables.push((table.clone(), *version)),
             }
         }
-        for column in &other.columns {
-            if !self.columns.contains(column) {
-                self.columns.push(column.clone());
-            }
+        let new: Vec<&String> = other.columns.iter().filter(|c| !self.columns.contains(c)).collect();
+        if !new.is_empty() {
+            self.columns = self.columns.iter().chain(new).cloned().collect();
         }
         self.rows += other.rows;
         self.volatile |= other.volatile;
