@@ -479,6 +479,18 @@ async fn pages_rows_embed_links_and_live_events() {
     };
     let (_, collected) = executive("first").await;
     assert_eq!(executive("again").await, ("hit".to_string(), collected), "the same answer, kept");
+    // Readers arriving together (live refresh redraws every open page at once) make it once.
+    let together = (0..20).map(|_| {
+        http.get(format!("{base}/api/v1/dashboards/executive?period=2026-02-01..2026-03-01"))
+            .header("authorization", format!("Bearer {admin}"))
+            .send()
+    });
+    let caches: Vec<String> = futures::future::join_all(together)
+        .await
+        .into_iter()
+        .map(|r| r.expect("together").headers()["x-sokana-cache"].to_str().expect("header").to_string())
+        .collect();
+    assert_eq!(caches.iter().filter(|c| *c == "miss").count(), 1, "{caches:?}");
     // Kept compressed too: a client that takes gzip gets the same answer gzipped.
     let gzipped = http
         .get(format!("{base}/api/v1/dashboards/executive?period=all_time"))

@@ -86,11 +86,10 @@ pub(super) async fn get(
     let pairs = pairs(query);
     let reading = reading(&state, &id, &caller, &pairs)?;
     let name = reading.derived_name("data");
-    if let Some(kept) =
-        state.engine.derived(&name, &reading.caller).await.map_err(|e| ApiError::query(e, &caller.request_id))?
-    {
-        return Ok(audited_by_query(derived_response(&kept, true, &headers)));
-    }
+    let _turn = match kept(&state, &name, &reading.caller, &caller.request_id).await? {
+        Kept::Hit(kept) => return Ok(audited_by_query(derived_response(&kept, true, &headers))),
+        Kept::Make(turn) => turn,
+    };
     let mut reads = reading.check(&state, &caller.request_id).await?;
     let Reading { dashboard, selection, caller: as_caller, .. } = &reading;
     let sources = sources(&state);
@@ -173,6 +172,29 @@ pub(super) async fn get(
     let response = derived_response(&made, false, &headers);
     state.engine.keep_derived(&name, as_caller, made);
     Ok(audited_by_query(response))
+}
+
+/// A kept answer, or this request's turn to make it.
+enum Kept {
+    Hit(std::sync::Arc<Derived>),
+    /// Held while making the answer (`None`: made side by side, see [`crate::query::engine::QueryEngine::making`]).
+    Make(Option<tokio::sync::OwnedMutexGuard<()>>),
+}
+
+/// The kept answer `name` for `caller`, or, when there is none, the turn to make it: a request
+/// that waited for its turn looks again first, since the one before it may have kept it.
+async fn kept(state: &AppState, name: &str, caller: &Caller, request_id: &RequestId) -> Result<Kept, ApiError> {
+    let look = || async { state.engine.derived(name, caller).await.map_err(|e| ApiError::query(e, request_id)) };
+    if let Some(hit) = look().await? {
+        return Ok(Kept::Hit(hit));
+    }
+    let turn = state.engine.making(name, caller).await;
+    if turn.is_some()
+        && let Some(hit) = look().await?
+    {
+        return Ok(Kept::Hit(hit));
+    }
+    Ok(Kept::Make(turn))
 }
 
 /// The response of a derived answer to a request with `request` headers: its bytes (compressed
@@ -342,9 +364,10 @@ pub(super) async fn panel_file(
     }
     let raw = pairs.iter().any(|(k, v)| k == "raw" && v == "true");
     let name = reading.derived_name(&format!("panel {file} {theme:?} {page} {size:?} {raw}"));
-    if let Some(kept) = state.engine.derived(&name, as_caller).await.map_err(|e| ApiError::query(e, request_id))? {
-        return Ok(derived_response(&kept, true, request_headers));
-    }
+    let _turn = match kept(state, &name, as_caller, request_id).await? {
+        Kept::Hit(kept) => return Ok(derived_response(&kept, true, request_headers)),
+        Kept::Make(turn) => turn,
+    };
     let mut reads = reading.check(state, request_id).await?;
     let data = dashboard::panel_data(&sources(state), dashboard, panel, selection, as_caller)
         .await

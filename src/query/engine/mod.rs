@@ -54,6 +54,10 @@ pub struct QueryEngine {
     /// parses the text, which would cost a cached answer as much as the rest of it.
     log_texts: moka::sync::Cache<String, Arc<str>>,
     log: Option<QueryLog>,
+    /// One turn per derived answer being made (see [`QueryEngine::making`]).
+    makers: moka::sync::Cache<String, Arc<tokio::sync::Mutex<()>>>,
+    /// Derived answers that could not be kept (they read what may not be kept).
+    volatile: moka::sync::Cache<String, ()>,
     routing: Mutex<Routing>,
     limits: Limits,
     default_engine: EngineChoice,
@@ -136,6 +140,8 @@ impl QueryEngine {
             plans: moka::sync::Cache::builder().max_capacity(1_000).time_to_idle(Duration::from_secs(600)).build(),
             log_texts: moka::sync::Cache::new(10_000),
             log,
+            makers: moka::sync::Cache::builder().max_capacity(10_000).time_to_idle(Duration::from_secs(60)).build(),
+            volatile: moka::sync::Cache::builder().max_capacity(10_000).time_to_live(Duration::from_secs(600)).build(),
             routing: Mutex::new(Routing::default()),
             limits,
             default_engine: EngineChoice::Datafusion,
@@ -550,7 +556,25 @@ impl QueryEngine {
     /// must name everything else it depends on: the filters, the size), unless it read something
     /// that may not be kept.
     pub fn keep_derived(&self, name: &str, caller: &Caller, derived: Derived) {
-        self.cache.keep_derived(derived_key(name, caller), Arc::new(derived));
+        let key = derived_key(name, caller);
+        if derived.reads.volatile {
+            self.volatile.insert(key.clone(), ());
+        }
+        self.cache.keep_derived(key, Arc::new(derived));
+    }
+
+    /// Waits until no other request is making the derived answer `name` for `caller`'s scope, and
+    /// holds that turn until the guard is dropped: after a commit, the readers of one dashboard
+    /// (live refresh redraws every open page at once) make its answer once, and the others are
+    /// served what the first kept, instead of all computing it side by side. `None` for an answer
+    /// that was not kept last time (one reading `system` tables): those are made side by side.
+    pub async fn making(&self, name: &str, caller: &Caller) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        let key = derived_key(name, caller);
+        if self.volatile.contains_key(&key) {
+            return None;
+        }
+        let turn = self.makers.get_with(key, || Arc::new(tokio::sync::Mutex::new(())));
+        Some(turn.lock_owned().await)
     }
 }
 
