@@ -182,14 +182,14 @@ enum Kept {
 }
 
 /// The kept answer `name` for `caller`, or, when there is none, the turn to make it: a request
-/// that waited for its turn looks again first, since the one before it may have kept it.
+/// that waited while another made it looks again (without the turn) and is served that.
 async fn kept(state: &AppState, name: &str, caller: &Caller, request_id: &RequestId) -> Result<Kept, ApiError> {
     let look = || async { state.engine.derived(name, caller).await.map_err(|e| ApiError::query(e, request_id)) };
     if let Some(hit) = look().await? {
         return Ok(Kept::Hit(hit));
     }
     let turn = state.engine.making(name, caller).await;
-    if turn.is_some()
+    if turn.is_none()
         && let Some(hit) = look().await?
     {
         return Ok(Kept::Hit(hit));

@@ -260,6 +260,11 @@ impl ResultCache {
         }
     }
 
+    /// Whether a derived answer is kept under `key` (at whatever versions; not counted).
+    pub fn has_derived(&self, key: &str) -> bool {
+        self.derived.contains_key(key)
+    }
+
     pub fn forget_derived(&self, key: &str) {
         self.derived.invalidate(key);
     }

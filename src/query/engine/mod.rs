@@ -566,15 +566,22 @@ impl QueryEngine {
     /// Waits until no other request is making the derived answer `name` for `caller`'s scope, and
     /// holds that turn until the guard is dropped: after a commit, the readers of one dashboard
     /// (live refresh redraws every open page at once) make its answer once, and the others are
-    /// served what the first kept, instead of all computing it side by side. `None` for an answer
-    /// that was not kept last time (one reading `system` tables): those are made side by side.
+    /// served what the first kept, instead of all computing it side by side. `None` when the
+    /// answer was kept while this request waited, and for an answer that was not kept last time
+    /// (one reading `system` tables: those are made side by side).
     pub async fn making(&self, name: &str, caller: &Caller) -> Option<tokio::sync::OwnedMutexGuard<()>> {
         let key = derived_key(name, caller);
         if self.volatile.contains_key(&key) {
             return None;
         }
-        let turn = self.makers.get_with(key, || Arc::new(tokio::sync::Mutex::new(())));
-        Some(turn.lock_owned().await)
+        let turn = self.makers.get_with(key.clone(), || Arc::new(tokio::sync::Mutex::new(())));
+        let held = turn.lock_owned().await;
+        // Made while this request waited: it is read without the turn, so that the waiters'
+        // reads (each awaiting its audit record) run side by side rather than one by one.
+        if self.cache.has_derived(&key) {
+            return None;
+        }
+        Some(held)
     }
 }
 
