@@ -50,6 +50,8 @@ pub struct QueryEngine {
     prepared: moka::sync::Cache<(String, String), Arc<Prepared>>,
     /// Optimised plans with the table versions they read, by [`Self::optimised`]'s key.
     plans: moka::sync::Cache<String, Arc<OptimisedPlan>>,
+    /// Plans before their values are bound, by [`Self::unbound_plan`]'s key.
+    unbound: moka::sync::Cache<String, Arc<LogicalPlan>>,
     /// Query texts as the log and the audit trail show them (no literals), by the text: making one
     /// parses the text, which would cost a cached answer as much as the rest of it.
     log_texts: moka::sync::Cache<String, Arc<str>>,
@@ -138,6 +140,7 @@ impl QueryEngine {
             // A plan holds its tables' snapshots: one no longer asked for (its tables moved on)
             // is let go within minutes rather than when a thousand others push it out.
             plans: moka::sync::Cache::builder().max_capacity(1_000).time_to_idle(Duration::from_secs(600)).build(),
+            unbound: moka::sync::Cache::builder().max_capacity(1_000).time_to_idle(Duration::from_secs(600)).build(),
             log_texts: moka::sync::Cache::new(10_000),
             log,
             makers: moka::sync::Cache::builder().max_capacity(10_000).time_to_idle(Duration::from_secs(60)).build(),

@@ -15,7 +15,7 @@ use crate::query::cache::KeyParts;
 use crate::query::catalog::{self, tables_read};
 use crate::query::duck;
 use crate::query::scope;
-use crate::query::{QueryError, SqlError};
+use crate::query::{Params, QueryError, SqlError};
 use crate::warehouse::TableName;
 
 /// What planning told us about a query text, kept so that a repeated query is answered from the
@@ -159,14 +159,34 @@ impl QueryEngine {
     /// Plans `request` on `state`, parameters bound and the page applied (one more row than the
     /// page, to tell whether another follows).
     async fn bound_plan(&self, state: &SessionState, request: &QueryRequest) -> Result<LogicalPlan, QueryError> {
-        let mut plan = self.plan_in(state, &request.sql).await?;
-        if !request.params.is_empty() {
-            plan = plan.with_param_values(request.params.to_datafusion())?;
+        bind(self.plan_in(state, &request.sql).await?, request)
+    }
+
+    /// The plan of `request`'s text before its values are bound, reused while its tables stay at
+    /// `current`: a dashboard asked for a new range runs the same texts with new values, and
+    /// parsing and planning each again cost as much as running it over a small table.
+    async fn unbound_plan(
+        &self,
+        state: &SessionState,
+        request: &QueryRequest,
+        current: &[(TableName, i64)],
+    ) -> Result<LogicalPlan, QueryError> {
+        let key_for = |tables: &[(TableName, i64)]| {
+            KeyParts {
+                normalised: &request.sql,
+                params: &Params::None,
+                scope: &request.caller.scope,
+                engine: "unbound",
+                page: None,
+                tables,
+            }
+            .key()
+        };
+        if let Some(found) = self.unbound.get(&key_for(current)) {
+            return Ok(found.as_ref().clone());
         }
-        if let Some(page) = request.page {
-            plan =
-                LogicalPlanBuilder::from(plan).limit(page.offset as usize, Some(page.limit as usize + 1))?.build()?;
-        }
+        let plan = self.plan_in(state, &request.sql).await?;
+        self.unbound.insert(key_for(&tables_read(&plan)), Arc::new(plan.clone()));
         Ok(plan)
     }
 
@@ -195,7 +215,10 @@ impl QueryEngine {
         if let Some(found) = current.and_then(|current| self.plans.get(&key_for(current))) {
             return Ok(found.as_ref().clone());
         }
-        let bound = self.bound_plan(state, request).await?;
+        let bound = match current {
+            Some(current) => bind(self.unbound_plan(state, request, current).await?, request)?,
+            None => self.bound_plan(state, request).await?,
+        };
         let read = tables_read(&bound);
         let plan = state.optimize(&bound)?;
         if current.is_some() {
@@ -219,6 +242,18 @@ impl QueryEngine {
         let task = Arc::new(TaskContext::from(&state).with_runtime(self.runtime()?));
         Ok((physical, task, read))
     }
+}
+
+/// `plan` with `request`'s values bound and its page applied (one more row than the page, to tell
+/// whether another follows).
+fn bind(mut plan: LogicalPlan, request: &QueryRequest) -> Result<LogicalPlan, QueryError> {
+    if !request.params.is_empty() {
+        plan = plan.with_param_values(request.params.to_datafusion())?;
+    }
+    if let Some(page) = request.page {
+        plan = LogicalPlanBuilder::from(plan).limit(page.offset as usize, Some(page.limit as usize + 1))?.build()?;
+    }
+    Ok(plan)
 }
 
 /// The unoptimised plan of `sql`, which must be a query (no DDL, DML or settings).
