@@ -123,7 +123,7 @@ pub(super) async fn get(
     let mut panels = Vec::with_capacity(answers.len());
     for (panel, read) in answers {
         // A panel's error may pass (a timeout): the answer is not kept.
-        reads.add(&read.unwrap_or(Reads { volatile: true, ..Reads::default() }));
+        reads.add(&read.unwrap_or_else(Reads::volatile));
         panels.push(panel);
     }
     let mut filters = Vec::new();
@@ -147,10 +147,7 @@ pub(super) async fn get(
                 filter["values"] = json!(selection.selects.get(&f.name).cloned().unwrap_or_default());
                 let options = dashboard::filter_values(&state.engine, &state.metrics, dashboard, &f.name, as_caller)
                     .await
-                    .unwrap_or_else(|_| dashboard::FilterValues {
-                        reads: Reads { volatile: true, ..Reads::default() },
-                        ..Default::default()
-                    });
+                    .unwrap_or_else(|_| dashboard::FilterValues { values: Vec::new(), reads: Reads::volatile() });
                 reads.add(&options.reads);
                 filter["options"] = json!(options.values);
             }
@@ -358,7 +355,7 @@ pub(super) async fn panel_file(
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
-            "the SQL behind a panel is shown to roles that may run SQL".into(),
+            format!("{file}: the SQL behind a panel is shown only to roles that may run SQL, and never through an embed link"),
         )
         .with_request_id(request_id));
     }

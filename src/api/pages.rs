@@ -331,7 +331,7 @@ pub(super) async fn dashboard_body(
                                 a data-export="csv" href="#" download { "Download CSV" }
                                 a data-export="png" href="#" download { "Download PNG" }
                                 a data-export="svg" href="#" download { "Download SVG" }
-                                @if sees_sql && embed.is_none() { a data-export="sql" href="#" download { "Download SQL" } }
+                                @if sees_sql { a data-export="sql" href="#" download { "Download SQL" } }
                                 @if drill { button type="button" data-show-rows { "Rows behind the numbers" } }
                             }
                         }

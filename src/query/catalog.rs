@@ -222,8 +222,12 @@ impl WarehouseCatalog {
 
     /// The newest version of each table (`None` for a table that is not committed), checked side
     /// by side.
-    pub async fn versions(&self, names: &[TableName]) -> Result<Vec<Option<i64>>, WarehouseError> {
-        let checks = names.iter().map(|name| async move { self.current(name).await.map(|t| t.map(|t| t.version)) });
+    pub async fn versions<'a>(
+        &self,
+        names: impl IntoIterator<Item = &'a TableName>,
+    ) -> Result<Vec<Option<i64>>, WarehouseError> {
+        let checks =
+            names.into_iter().map(|name| async move { self.current(name).await.map(|t| t.map(|t| t.version)) });
         futures::future::try_join_all(checks).await
     }
 

@@ -528,12 +528,11 @@ impl QueryEngine {
         let (started, at) = (Instant::now(), Utc::now());
         let key = derived_key(name, caller);
         let Some(found) = self.cache.derived(&key) else { return Ok(None) };
-        let names: Vec<TableName> = found.reads.tables.iter().map(|(t, _)| t.clone()).collect();
-        let versions = self.catalog.versions(&names).await?;
+        let versions = self.catalog.versions(found.reads.tables.iter().map(|(t, _)| t)).await?;
         let current = found.reads.tables.iter().zip(&versions).all(|((_, read), now)| *now == Some(*read));
         if !current {
             let now: Vec<(TableName, i64)> =
-                names.into_iter().zip(versions).filter_map(|(t, v)| v.map(|v| (t, v))).collect();
+                found.reads.tables.iter().zip(versions).filter_map(|((t, _), v)| v.map(|v| (t.clone(), v))).collect();
             self.cache.observe_versions(&now);
             self.cache.forget_derived(&key);
             return Ok(None);

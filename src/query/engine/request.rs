@@ -119,6 +119,11 @@ pub struct Reads {
 }
 
 impl Reads {
+    /// What an answer that may not be kept read (a panel that failed, say).
+    pub fn volatile() -> Reads {
+        Reads { volatile: true, ..Reads::default() }
+    }
+
     pub fn of(output: &QueryOutput) -> Reads {
         Reads {
             tables: output.tables.clone(),
