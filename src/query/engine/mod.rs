@@ -51,7 +51,7 @@ pub struct QueryEngine {
     /// Optimised plans with the table versions they read, by [`Self::optimised`]'s key.
     plans: moka::sync::Cache<String, Arc<OptimisedPlan>>,
     /// Plans before their values are bound, by [`Self::unbound_plan`]'s key.
-    unbound: moka::sync::Cache<String, Arc<LogicalPlan>>,
+    unbound: moka::sync::Cache<String, Arc<plan::Unbound>>,
     /// Query texts as the log and the audit trail show them (no literals), by the text: making one
     /// parses the text, which would cost a cached answer as much as the rest of it.
     log_texts: moka::sync::Cache<String, Arc<str>>,
