@@ -278,44 +278,40 @@ impl Params {
     }
 
     /// The values as DataFusion binds them into a plan already optimised with placeholders of
-    /// `types` (by id: `$1`, `$name`): each value of its placeholder's type, or text given for a
-    /// placeholder of another text type (which type coercion would have cast it to). `None` when
-    /// a placeholder has no value or a value of another type.
+    /// `types` (by id: `$1`, `$name`; `None` where a cast in the plan decides): each value of its
+    /// placeholder's type, or text given for a placeholder of another text type (which type
+    /// coercion would have cast it to). `None` when a placeholder has no value or a value of
+    /// another type.
     pub fn typed_for(
         &self,
         types: &std::collections::HashMap<String, Option<arrow::datatypes::DataType>>,
     ) -> Option<datafusion::common::ParamValues> {
         use arrow::datatypes::DataType::{LargeUtf8, Utf8, Utf8View};
         use datafusion::common::ParamValues;
-        let typed = |id: &str, value: &datafusion::scalar::ScalarValue| {
-            let Some(wanted) = types.get(id)? else { return Some(value.clone()) };
-            match (value.data_type(), wanted) {
-                (found, wanted) if found == *wanted => Some(value.clone()),
-                (Utf8 | LargeUtf8 | Utf8View, Utf8 | LargeUtf8 | Utf8View) => value.cast_to(wanted).ok(),
-                _ => None,
-            }
+        let given: Vec<(String, &datafusion::scalar::ScalarValue)> = match self {
+            Params::None => Vec::new(),
+            Params::Positional(values) => values.iter().enumerate().map(|(i, v)| (format!("${}", i + 1), v)).collect(),
+            Params::Named(values) => values.iter().map(|(name, v)| (format!("${name}"), v)).collect(),
         };
-        let values = match self {
-            Params::None => ParamValues::List(Vec::new()),
-            Params::Positional(values) => ParamValues::from(
-                values.iter().enumerate().map(|(i, v)| typed(&format!("${}", i + 1), v)).collect::<Option<Vec<_>>>()?,
-            ),
-            Params::Named(values) => ParamValues::from(
-                values
-                    .iter()
-                    .map(|(name, v)| Some((name.clone(), typed(&format!("${name}"), v)?)))
-                    .collect::<Option<Vec<_>>>()?,
-            ),
-        };
-        let given = |id: &str| {
-            let name = id.strip_prefix('$').unwrap_or(id);
-            match self {
-                Params::None => false,
-                Params::Positional(values) => name.parse::<usize>().is_ok_and(|n| (1..=values.len()).contains(&n)),
-                Params::Named(values) => values.contains_key(name),
-            }
-        };
-        types.keys().all(|id| given(id)).then_some(values)
+        if !types.keys().all(|id| given.iter().any(|(named, _)| named == id)) {
+            return None;
+        }
+        let typed = given
+            .iter()
+            .map(|(id, value)| match types.get(id) {
+                Some(Some(wanted)) => match (value.data_type(), wanted) {
+                    (found, wanted) if found == *wanted => Some((*value).clone()),
+                    (Utf8 | LargeUtf8 | Utf8View, Utf8 | LargeUtf8 | Utf8View) => value.cast_to(wanted).ok(),
+                    _ => None,
+                },
+                // Not in the plan, or cast there: bound as given.
+                _ => Some((*value).clone()),
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(match self {
+            Params::Named(values) => ParamValues::from(values.keys().cloned().zip(typed).collect::<Vec<_>>()),
+            _ => ParamValues::from(typed),
+        })
     }
 
     /// As DataFusion binds them.

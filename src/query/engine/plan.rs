@@ -273,6 +273,16 @@ fn bind(mut plan: LogicalPlan, request: &QueryRequest) -> Result<LogicalPlan, Qu
     Ok(plan)
 }
 
+/// What runs on an optimised plan once its values are bound: the expressions holding them are
+/// simplified, and filters pushed down again (a filter on a placeholder is not one the Delta scan
+/// can prune files by; holding literals, it is).
+static AFTER_BINDING: std::sync::LazyLock<Optimizer> = std::sync::LazyLock::new(|| {
+    Optimizer::with_rules(vec![
+        Arc::new(SimplifyExpressions::new()) as Arc<dyn OptimizerRule + Send + Sync>,
+        Arc::new(PushDownFilter::new()),
+    ])
+});
+
 /// A query text's plan before its values are bound, and, when every placeholder in it has a type,
 /// the same plan optimised with the types of its placeholders.
 pub(super) struct Unbound {
@@ -297,13 +307,7 @@ impl Unbound {
             return Ok(Some(optimised.clone()));
         }
         let bound = optimised.clone().with_param_values(values)?;
-        // A filter on a placeholder is not one the Delta scan can prune files by: pushed down
-        // again once it holds literals, it is.
-        let after_binding = Optimizer::with_rules(vec![
-            Arc::new(SimplifyExpressions::new()) as Arc<dyn OptimizerRule + Send + Sync>,
-            Arc::new(PushDownFilter::new()),
-        ]);
-        Ok(Some(after_binding.optimize(bound, state, |_, _| {})?))
+        Ok(Some(AFTER_BINDING.optimize(bound, state, |_, _| {})?))
     }
 }
 
@@ -533,22 +537,23 @@ mod tests {
             }
         };
         let at = |day: i64| ScalarValue::TimestampMicrosecond(Some(start + day * 24 * hour), utc());
+        let request = |params| QueryRequest {
+            sql: sql.into(),
+            engine: EngineChoice::Datafusion,
+            params,
+            page: None,
+            caller: super::super::Caller::cli(),
+        };
         for (from, to, methods, limit) in
             [(0, 90, ["card", "cash"], 10), (31, 400, ["check", "card"], 3), (200, 201, ["cash", "x"], 5)]
         {
-            let request = QueryRequest {
-                sql: sql.into(),
-                engine: EngineChoice::Datafusion,
-                params: Params::Positional(vec![
-                    at(from),
-                    at(to),
-                    ScalarValue::Utf8(Some(methods[0].into())),
-                    ScalarValue::Utf8(Some(methods[1].into())),
-                    ScalarValue::Int64(Some(limit)),
-                ]),
-                page: None,
-                caller: super::super::Caller::cli(),
-            };
+            let request = request(Params::Positional(vec![
+                at(from),
+                at(to),
+                ScalarValue::Utf8(Some(methods[0].into())),
+                ScalarValue::Utf8(Some(methods[1].into())),
+                ScalarValue::Int64(Some(limit)),
+            ]));
             let fast =
                 unbound.bind_optimised(&state, &request).expect("bind").expect("the optimised plan takes these values");
             let slow = state.optimize(&bind(plan.clone(), &request).expect("bind")).expect("optimise");
@@ -556,14 +561,7 @@ mod tests {
             assert_eq!(fast, slow, "{from}..{to} {methods:?} limit {limit}");
             assert!(slow.lines().count() > 4 || from == 200, "the case has rows: {slow}");
         }
-        let mut untyped = QueryRequest {
-            sql: sql.into(),
-            engine: EngineChoice::Datafusion,
-            params: Params::None,
-            page: None,
-            caller: super::super::Caller::cli(),
-        };
-        untyped.params = Params::Positional(vec![ScalarValue::Int64(Some(1)); 5]);
+        let untyped = request(Params::Positional(vec![ScalarValue::Int64(Some(1)); 5]));
         assert!(
             unbound.bind_optimised(&state, &untyped).expect("no error").is_none(),
             "values of other types are bound before optimising"
