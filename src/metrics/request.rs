@@ -299,15 +299,12 @@ pub fn compose(view: &View, time: Option<TimeColumn>, request: &MetricsRequest, 
     if let (Some(grain), Some(column), Some(kind)) = (request.grain, &view.time, time) {
         let bucket = match kind {
             TimeColumn::Timestamp => {
-                format!(
-                    "CAST(date_trunc('{}', {column} AT TIME ZONE '{}') AS DATE)",
-                    grain.name(),
-                    view.timezone.name()
-                )
+                format!("date_trunc('{}', {column} AT TIME ZONE '{}')", grain.name(), view.timezone.name())
             }
-            TimeColumn::Date => format!("CAST(date_trunc('{}', {column}) AS DATE)", grain.name()),
+            TimeColumn::Date => format!("date_trunc('{}', {column})", grain.name()),
         };
-        select.push(format!("{bucket} AS {}", quoted(PERIOD)));
+        // Grouped by the period's start and cast once per group, not once per row.
+        select.push(format!("CAST({bucket} AS DATE) AS {}", quoted(PERIOD)));
         group.push(bucket);
     }
     for name in &request.dimensions {

@@ -14,6 +14,7 @@ use crate::warehouse::{SCHEMAS, TableName, Warehouse, WarehouseError};
 
 pub mod cache;
 pub mod catalog;
+mod date_trunc;
 pub mod duck;
 pub mod duckdb_arrow;
 pub mod engine;
@@ -401,11 +402,18 @@ pub(crate) fn runtime_for(
     Ok(runtime.build_arc()?)
 }
 
+/// A session with the engine's settings and functions over `warehouse`'s runtime, no tables yet.
+pub(crate) fn session(warehouse: &Warehouse) -> Result<SessionContext, QueryError> {
+    let ctx = SessionContext::new_with_config_rt(session_config(), runtime_for(warehouse)?);
+    ctx.register_udf(date_trunc::date_trunc());
+    Ok(ctx)
+}
+
 /// A session over the warehouse's versions as they are now, unmasked, whose tables can be
 /// re-pointed: for model builds, privacy requests and the local administrator's tools, never for a
 /// caller with a scope (model builds use it; the serving engine, [`engine::QueryEngine`], follows new versions by itself).
 pub async fn unmasked_session(warehouse: &Warehouse) -> Result<SessionContext, QueryError> {
-    let ctx = SessionContext::new_with_config_rt(session_config(), runtime_for(warehouse)?);
+    let ctx = session(warehouse)?;
     let catalog = ctx.catalog("sokana").ok_or_else(|| QueryError::Internal("the default catalog is missing".into()))?;
     for schema in SCHEMAS {
         catalog.register_schema(schema, Arc::new(MemorySchemaProvider::new()))?;

@@ -30,12 +30,12 @@ use datafusion::prelude::SessionContext;
 use futures::{Stream, StreamExt};
 
 use crate::config::Config;
+use crate::query::QueryError;
 use crate::query::cache::{CachedResult, Derived, KeyParts, ResultCache};
 use crate::query::catalog::WarehouseCatalog;
 use crate::query::duck::DuckSession;
 use crate::query::log::{QueryLog, QueryRecord};
 use crate::query::scope::{PlanPolicy, ScopedStates};
-use crate::query::{QueryError, session_config};
 use crate::warehouse::{SCHEMAS, TableName, Warehouse};
 use execute::{df_error, truncate};
 use plan::{Prepared, query_plan};
@@ -123,7 +123,7 @@ impl QueryEngine {
         cache: ResultCache,
         log: Option<QueryLog>,
     ) -> Result<QueryEngine, QueryError> {
-        let base = SessionContext::new_with_config_rt(session_config(), super::runtime_for(catalog.warehouse())?);
+        let base = super::session(catalog.warehouse())?;
         let sokana =
             base.catalog("sokana").ok_or_else(|| QueryError::Internal("the default catalog is missing".into()))?;
         for schema in SCHEMAS {
