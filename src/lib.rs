@@ -5,7 +5,7 @@
 //!
 //! A module uses only modules before it in this order (`tests/layers.rs` checks it): [`keyfile`],
 //! [`progress`], [`chart`], [`source`], [`metastore`], [`warehouse`], [`config`], [`query`], [`metrics`], [`pipeline`],
-//! [`auth`], [`privacy`], [`dashboard`], [`api`].
+//! [`auth`], [`privacy`], [`dashboard`], [`report`], [`api`].
 
 pub mod api;
 pub mod auth;
@@ -19,6 +19,7 @@ pub mod pipeline;
 pub mod privacy;
 pub mod progress;
 pub mod query;
+pub mod report;
 pub mod source;
 pub mod warehouse;
 

@@ -55,6 +55,11 @@ enum Command {
         #[command(subcommand)]
         command: DashboardCommand,
     },
+    /// Reports: list them, make one now.
+    Report {
+        #[command(subcommand)]
+        command: ReportCommand,
+    },
     /// Write synthetic operational data into SQLite or PostgreSQL.
     Seed {
         /// sqlite://PATH or postgres://USER@HOST/DB
@@ -210,6 +215,22 @@ enum DashboardCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum ReportCommand {
+    /// The reports of every dashboard: schedule, time zone, role, formats, recipients.
+    List,
+    /// Make a report now, as its role, and write its PDF and CSV files into a directory.
+    Run {
+        name: String,
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        output: PathBuf,
+        /// Make it as it would be made on this day (relative filters such as last_week count from
+        /// it): a past slot again, or a period the data covers.
+        #[arg(long, value_name = "YYYY-MM-DD")]
+        as_of: Option<chrono::NaiveDate>,
+    },
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum PictureFormat {
     Svg,
@@ -293,6 +314,10 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Privacy { command } => cli::admin::privacy(&open(&cli.config)?, command, Bars::shared()).await,
         Command::Warehouse { command } => cli::admin::warehouse(&open(&cli.config)?, command, Bars::shared()).await,
         Command::Check => check(&open(&cli.config)?).await,
+        Command::Report { command: ReportCommand::List } => cli::reports::list(&open(&cli.config)?),
+        Command::Report { command: ReportCommand::Run { name, output, as_of } } => {
+            cli::reports::run(&open(&cli.config)?, &name, &output, as_of).await
+        }
         Command::Dashboard { command: DashboardCommand::List } => cli::dashboards::list(&open(&cli.config)?),
         Command::Dashboard { command: DashboardCommand::Render { id, panel, format, output, filters, dark } } => {
             let what = cli::dashboards::Render {

@@ -19,6 +19,7 @@ const ORDER: &[&str] = &[
     "auth",
     "privacy",
     "dashboard",
+    "report",
     "api",
 ];
 

@@ -63,14 +63,7 @@ impl AppState {
     /// The state for `project`: a query engine over its warehouse masking by role, and its users.
     pub async fn open(project: &Project) -> Result<AppState, OpenError> {
         let config = project.config();
-        let key = project.pseudonym_key().map_err(|e| OpenError::Setup(e.to_string()))?;
-        let policy = Arc::new(
-            crate::auth::policy::MaskingPolicy::new(project.classes().clone(), &key)
-                .with_admin_only(project.admin_only()),
-        );
-        let auth = Auth::open(config).await?;
-        let recorder = crate::auth::audit::QueryAudit { audit: auth.audit().clone(), policy: policy.clone() };
-        let engine = project.query_engine()?.with_policy(policy.clone()).with_recorder(Arc::new(recorder));
+        let crate::auth::Serving { engine, auth, policy } = crate::auth::serving(project).await?;
         let metrics = crate::metrics::Catalog::load(&config.metrics_dir());
         for problem in metrics.problems() {
             tracing::error!(error = %problem, "a metrics view did not load; the others are served");

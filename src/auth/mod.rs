@@ -28,6 +28,29 @@ pub use session::{Login, SessionInfo, Tokens};
 
 use crate::config::Config;
 
+/// The query engine every surface answers from (the API, reports made by the CLI or the
+/// scheduler): masking by role, every query in the audit trail.
+pub struct Serving {
+    pub engine: crate::query::engine::QueryEngine,
+    pub auth: Arc<Auth>,
+    pub policy: Arc<policy::MaskingPolicy>,
+}
+
+/// [`Serving`] for `project`.
+pub async fn serving(project: &crate::pipeline::Project) -> Result<Serving, AuthError> {
+    let key = project.pseudonym_key().map_err(|e| AuthError::Internal(e.to_string()))?;
+    let policy =
+        Arc::new(policy::MaskingPolicy::new(project.classes().clone(), &key).with_admin_only(project.admin_only()));
+    let auth = Auth::open(project.config()).await?;
+    let recorder = audit::QueryAudit { audit: auth.audit().clone(), policy: policy.clone() };
+    let engine = project
+        .query_engine()
+        .map_err(|e| AuthError::Internal(e.to_string()))?
+        .with_policy(policy.clone())
+        .with_recorder(Arc::new(recorder));
+    Ok(Serving { engine, auth, policy })
+}
+
 /// The demo's administrator (product.md).
 pub const ADMIN: &str = "admin";
 

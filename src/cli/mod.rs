@@ -6,3 +6,4 @@
 pub mod admin;
 pub mod dashboards;
 pub mod queries;
+pub mod reports;

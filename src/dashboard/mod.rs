@@ -4,6 +4,7 @@
 //! chart drawn by [`crate::chart`]. It does not speak HTTP, and it runs no query of its own making
 //! beyond what the files and the metrics views say.
 
+pub mod reports;
 pub mod spec;
 
 use std::collections::BTreeMap;
@@ -93,12 +94,14 @@ pub fn preset_range(preset: Preset, today: NaiveDate) -> Option<Range> {
     let month_start = today.with_day(1)?;
     let quarter_start = NaiveDate::from_ymd_opt(today.year(), (today.month0() / 3) * 3 + 1, 1)?;
     let year_start = NaiveDate::from_ymd_opt(today.year(), 1, 1)?;
+    let week_start = today - chrono::Duration::days(i64::from(today.weekday().num_days_from_monday()));
     let (from, to) = match preset {
         Preset::Last30Days => (tomorrow - chrono::Duration::days(30), tomorrow),
         Preset::Last90Days => (tomorrow - chrono::Duration::days(90), tomorrow),
         Preset::MonthToDate => (month_start, tomorrow),
         Preset::QuarterToDate => (quarter_start, tomorrow),
         Preset::YearToDate => (year_start, tomorrow),
+        Preset::LastWeek => (week_start - chrono::Duration::days(7), week_start),
         Preset::LastMonth => (month_start.checked_sub_months(Months::new(1))?, month_start),
         Preset::LastQuarter => (quarter_start.checked_sub_months(Months::new(3))?, quarter_start),
         Preset::LastYear => (year_start.checked_sub_months(Months::new(12))?, year_start),

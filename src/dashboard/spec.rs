@@ -46,6 +46,9 @@ pub struct DashboardFile {
     #[serde(default)]
     pub filters: Vec<FilterSpec>,
     pub panels: Vec<PanelSpec>,
+    /// Reports that send this dashboard on a schedule.
+    #[serde(default)]
+    pub reports: Vec<super::reports::ReportSpec>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
@@ -69,6 +72,8 @@ pub enum Preset {
     MonthToDate,
     QuarterToDate,
     YearToDate,
+    /// Monday to Sunday of the week before this one.
+    LastWeek,
     LastMonth,
     LastQuarter,
     LastYear,
@@ -82,12 +87,13 @@ pub enum Preset {
 }
 
 impl Preset {
-    pub const ALL: [Preset; 11] = [
+    pub const ALL: [Preset; 12] = [
         Preset::Last30Days,
         Preset::Last90Days,
         Preset::MonthToDate,
         Preset::QuarterToDate,
         Preset::YearToDate,
+        Preset::LastWeek,
         Preset::LastMonth,
         Preset::LastQuarter,
         Preset::LastYear,
@@ -103,6 +109,7 @@ impl Preset {
             Preset::MonthToDate => "month_to_date",
             Preset::QuarterToDate => "quarter_to_date",
             Preset::YearToDate => "year_to_date",
+            Preset::LastWeek => "last_week",
             Preset::LastMonth => "last_month",
             Preset::LastQuarter => "last_quarter",
             Preset::LastYear => "last_year",
@@ -119,6 +126,7 @@ impl Preset {
             Preset::MonthToDate => "Month to date",
             Preset::QuarterToDate => "Quarter to date",
             Preset::YearToDate => "Year to date",
+            Preset::LastWeek => "Last week",
             Preset::LastMonth => "Last month",
             Preset::LastQuarter => "Last quarter",
             Preset::LastYear => "Last year",
@@ -207,6 +215,7 @@ pub struct Dashboard {
     pub id: String,
     pub file: DashboardFile,
     pub roles: Vec<Role>,
+    pub reports: Vec<super::reports::Report>,
     pub path: PathBuf,
 }
 
@@ -296,7 +305,8 @@ impl Dashboard {
                 }
             }
         }
-        Ok(Dashboard { id, roles, file, path: path.to_path_buf() })
+        let reports = super::reports::check(&id, &file).map_err(|message| err(None, message))?;
+        Ok(Dashboard { id, roles, file, reports, path: path.to_path_buf() })
     }
 
     /// Whether `role` may open it.

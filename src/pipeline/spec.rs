@@ -87,10 +87,11 @@ impl Classifier {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum CatchUp {
     /// Runs missed while the server was down are not made up.
+    #[default]
     Skip,
     /// One run catches up on everything missed.
     Latest,

@@ -1,0 +1,256 @@
+//! Report subscriptions as written: `[[reports]]` tables in a dashboard's file, beside the
+//! dashboard they send, validated with it (and by the same JSON Schema); the `report` module makes
+//! and sends them. A report names when it
+//! is sent (cron and IANA time zone), the dashboard's filter values (relative presets such as
+//! `last_week` resolve in the report's time zone on the day of each slot), the role it renders
+//! as, who receives it and in which formats.
+//!
+//! ```toml
+//! [[reports]]
+//! name = "executive-weekly"
+//! schedule = "0 8 * * MON"              # minute hour day-of-month month day-of-week
+//! timezone = "America/New_York"         # the default
+//! filters = { period = "last_week" }
+//! role = "manager"
+//! recipients = ["director@example.org", "role:manager"]
+//! formats = ["pdf"]
+//! catch_up = "latest"                   # or "skip" (the default)
+//! ```
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::spec::{DashboardFile, FilterKind};
+use crate::auth::Role;
+use crate::pipeline::spec::{CatchUp, Schedule};
+
+/// A report as written in a dashboard file.
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReportSpec {
+    /// Unique across every dashboard: lower-case letters, digits, `-` and `_`.
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// When it is sent: a cron expression (`minute hour day-of-month month day-of-week`), read in
+    /// `timezone`.
+    pub schedule: String,
+    /// The IANA time zone of the schedule and of relative filter values (America/New_York when
+    /// not given).
+    pub timezone: Option<String>,
+    /// The dashboard's filter values: a preset or `FROM..TO` for its date range (`last_week`,
+    /// `last_month`), a value or a list of values for a select.
+    #[serde(default)]
+    pub filters: BTreeMap<String, FilterValue>,
+    /// The role the report renders as: nobody receives more than this role may see.
+    pub role: String,
+    /// Addresses, and `role:NAME` for every active user of a role (who receives at most their own
+    /// role's view).
+    #[serde(default)]
+    pub recipients: Vec<String>,
+    /// `pdf`, `csv` or both.
+    pub formats: Vec<ReportFormat>,
+    /// Slots missed while the server was down: `skip` them, or send the `latest` once.
+    #[serde(default)]
+    pub catch_up: CatchUp,
+}
+
+/// One value or several.
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(untagged)]
+pub enum FilterValue {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl FilterValue {
+    pub fn values(&self) -> &[String] {
+        match self {
+            FilterValue::One(v) => std::slice::from_ref(v),
+            FilterValue::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReportFormat {
+    /// The dashboard's charts and tables in one PDF.
+    Pdf,
+    /// One CSV file per panel, numbers unformatted.
+    Csv,
+}
+
+/// Who receives a report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recipient {
+    Address(String),
+    Role(Role),
+}
+
+/// A report as loaded and checked.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub spec: ReportSpec,
+    pub dashboard: String,
+    pub schedule: Schedule,
+    pub role: Role,
+    pub recipients: Vec<Recipient>,
+}
+
+impl Report {
+    /// The filter values as URL pairs, for [`crate::dashboard::Selection::from_pairs`].
+    pub fn filter_pairs(&self) -> Vec<(&str, &str)> {
+        self.spec
+            .filters
+            .iter()
+            .flat_map(|(name, value)| value.values().iter().map(move |v| (name.as_str(), v.as_str())))
+            .collect()
+    }
+}
+
+fn is_report_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// Whether `address` has the form `local@domain.tld` (what SMTP servers accept is theirs to say).
+fn is_address(address: &str) -> bool {
+    let Some((local, domain)) = address.rsplit_once('@') else { return false };
+    !local.is_empty()
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !address.chars().any(|c| c.is_whitespace() || c.is_control() || "<>,;\"".contains(c))
+}
+
+/// The reports of dashboard `dashboard` (its file `file`), each checked: an error names the
+/// report and the key.
+pub fn check(dashboard: &str, file: &DashboardFile) -> Result<Vec<Report>, String> {
+    let mut reports = Vec::new();
+    for (i, spec) in file.reports.iter().enumerate() {
+        let what = format!("reports[{i}] ({:?})", spec.name);
+        if !is_report_name(&spec.name) {
+            return Err(format!("{what}: key `name`: lower-case letters, digits, - and _, at most 64"));
+        }
+        if file.reports[..i].iter().any(|r| r.name == spec.name) {
+            return Err(format!("{what}: key `name`: another report of this file has the same name"));
+        }
+        let zone = spec.timezone.as_deref().unwrap_or(crate::metrics::spec::DEFAULT_TIMEZONE.name());
+        let timezone: chrono_tz::Tz =
+            zone.parse().map_err(|_| format!("{what}: key `timezone`: unknown IANA time zone {zone:?}"))?;
+        let cron = spec
+            .schedule
+            .parse::<croner::Cron>()
+            .map_err(|e| format!("{what}: key `schedule`: invalid cron expression {:?}: {e}", spec.schedule))?;
+        let role = Role::parse(&spec.role).ok_or_else(|| {
+            format!("{what}: key `role`: {:?} is not a role (admin, manager, billing, analyst, viewer)", spec.role)
+        })?;
+        for (name, value) in &spec.filters {
+            let Some(filter) = file.filters.iter().find(|f| &f.name == name) else {
+                let known: Vec<&str> = file.filters.iter().map(|f| f.name.as_str()).collect();
+                return Err(format!(
+                    "{what}: key `filters.{name}`: the dashboard has no such filter (it has: {})",
+                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                ));
+            };
+            if filter.kind == FilterKind::DateRange && value.values().len() != 1 {
+                return Err(format!("{what}: key `filters.{name}`: a date range takes one value"));
+            }
+        }
+        let mut recipients = Vec::new();
+        for r in &spec.recipients {
+            recipients.push(match r.strip_prefix("role:") {
+                Some(name) => Recipient::Role(Role::parse(name).ok_or_else(|| {
+                    format!(
+                        "{what}: key `recipients`: {name:?} is not a role (admin, manager, billing, analyst, viewer)"
+                    )
+                })?),
+                None if is_address(r) => Recipient::Address(r.clone()),
+                None => {
+                    return Err(format!(
+                        "{what}: key `recipients`: {r:?} is neither an address (name@example.org) nor role:NAME"
+                    ));
+                }
+            });
+        }
+        if spec.formats.is_empty() {
+            return Err(format!("{what}: key `formats`: give pdf, csv or both"));
+        }
+        reports.push(Report {
+            spec: spec.clone(),
+            dashboard: dashboard.to_string(),
+            schedule: Schedule { cron, timezone },
+            role,
+            recipients,
+        });
+    }
+    Ok(reports)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dashboard::Dashboard;
+
+    const DASHBOARD: &str = r#"title = "T"
+[[filters]]
+name = "period"
+kind = "date_range"
+[[panels]]
+id = "p"
+title = "P"
+chart = "kpi"
+sql = "SELECT 1 AS n"
+"#;
+
+    fn parse(report: &str) -> Result<Dashboard, String> {
+        let text = format!("{DASHBOARD}\n[[reports]]\n{report}");
+        Dashboard::parse(std::path::Path::new("dashboards/t.toml"), &text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn each_bad_key_of_a_report_is_named_with_the_file_and_the_report() {
+        let good = r#"name = "weekly"
+schedule = "0 8 * * MON"
+role = "manager"
+formats = ["pdf"]
+filters = { period = "last_week" }
+recipients = ["a@example.org", "role:billing"]"#;
+        let parsed = parse(good).expect("a good report");
+        assert_eq!(
+            parsed.reports[0].recipients,
+            [Recipient::Address("a@example.org".into()), Recipient::Role(Role::Billing)]
+        );
+        assert_eq!(parsed.reports[0].schedule.timezone, chrono_tz::America::New_York);
+        for (change, expected) in [
+            (("0 8 * * MON", "0 25 * * *"), "key `schedule`: invalid cron expression"),
+            (
+                ("role = \"manager\"", "role = \"manager\"\ntimezone = \"Mars/Olympus\""),
+                "unknown IANA time zone \"Mars/Olympus\"",
+            ),
+            (("\"manager\"", "\"boss\""), "key `role`: \"boss\" is not a role"),
+            (("period = ", "quarter = "), "key `filters.quarter`: the dashboard has no such filter (it has: period)"),
+            (("a@example.org", "a@example"), "\"a@example\" is neither an address"),
+            (("role:billing", "role:nobody"), "key `recipients`: \"nobody\" is not a role"),
+            (("[\"pdf\"]", "[]"), "key `formats`"),
+            (("\"weekly\"", "\"Weekly Report\""), "key `name`"),
+        ] {
+            let text = good.replacen(change.0, change.1, 1);
+            let err = parse(&text).expect_err(&text);
+            assert!(err.contains("dashboards/t.toml") && err.contains("reports[0]"), "{err}");
+            assert!(err.contains(expected), "{expected:?} not in {err:?}");
+        }
+    }
+
+    #[test]
+    fn addresses_are_told_from_what_is_not_one() {
+        assert!(is_address("director@example.org"));
+        assert!(is_address("a.b+reports@mail.example.co.uk"));
+        for bad in ["", "director", "@example.org", "director@example", "a b@example.org", "a@b.org,c@d.org"] {
+            assert!(!is_address(bad), "{bad:?}");
+        }
+    }
+}

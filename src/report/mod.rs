@@ -1,0 +1,250 @@
+//! Reports: a dashboard rendered for a subscription ([`crate::dashboard::reports`]) as a PDF ([`pdf`]) and as CSV
+//! files, as the report's role, for the period its filters name on the day of its slot. Every
+//! panel's data comes through [`crate::dashboard`], so the numbers, the masking, the cache, the
+//! query log and the audit trail are the web page's; the charts are the web page's SVGs. A panel
+//! that fails fails the report (a report is never sent with a hole in it). It does not send,
+//! schedule or record deliveries.
+
+pub mod pdf;
+
+use chrono::{DateTime, NaiveDate, Utc};
+
+use crate::chart::{ChartKind, Theme};
+pub use crate::dashboard::reports::{Recipient, Report, ReportFormat, ReportSpec};
+use crate::dashboard::{self, Dashboard, DashboardError, FilterKind, PanelData, Selection, Sources};
+use crate::query::engine::Caller;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("no report named {name:?}; reports: {known}")]
+    Unknown { name: String, known: String },
+    #[error("report {report}: {source}")]
+    Dashboard {
+        report: String,
+        #[source]
+        source: Box<DashboardError>,
+    },
+    #[error("report {report}: panel {panel} failed, so the report was not made: {message}")]
+    Panel { report: String, panel: String, message: String },
+    #[error("report {report}: {source}")]
+    Pdf {
+        report: String,
+        #[source]
+        source: pdf::PdfError,
+    },
+}
+
+/// Every report of every dashboard in `dashboards`.
+pub fn all(dashboards: &dashboard::Catalog) -> impl Iterator<Item = (&Dashboard, &Report)> {
+    dashboards.dashboards().flat_map(|d| d.reports.iter().map(move |r| (d.as_ref(), r)))
+}
+
+/// The report named `name` and its dashboard.
+pub fn find<'a>(dashboards: &'a dashboard::Catalog, name: &str) -> Result<(&'a Dashboard, &'a Report), ReportError> {
+    all(dashboards).find(|(_, r)| r.spec.name == name).ok_or_else(|| ReportError::Unknown {
+        name: name.to_string(),
+        known: all(dashboards).map(|(_, r)| r.spec.name.as_str()).collect::<Vec<_>>().join(", "),
+    })
+}
+
+/// A report made for one slot.
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    pub pdf: Option<Vec<u8>>,
+    /// `(file name, bytes)`: one file per table panel (every panel when there is no table).
+    pub csv: Vec<(String, Vec<u8>)>,
+    /// The period covered, in words.
+    pub period: String,
+    /// The figures of the KPI tiles, in full.
+    pub headlines: Vec<pdf::Headline>,
+}
+
+/// `report` made as `caller` (whose role it must render as) for the day `today` of its time
+/// zone, stamped `generated`.
+pub async fn render(
+    sources: &Sources<'_>,
+    dashboard: &Dashboard,
+    report: &Report,
+    today: NaiveDate,
+    generated: DateTime<Utc>,
+    caller: &Caller,
+) -> Result<Rendered, ReportError> {
+    let name = &report.spec.name;
+    let failed = |source: DashboardError| ReportError::Dashboard { report: name.clone(), source: Box::new(source) };
+    let selection = Selection::from_pairs(dashboard, report.filter_pairs(), today).map_err(failed)?;
+    dashboard::check_values(sources.engine, sources.views, dashboard, &selection, caller).await.map_err(failed)?;
+    let mut answers = Vec::new();
+    for panel in &dashboard.file.panels {
+        let data = dashboard::panel_data(sources, dashboard, panel, &selection, caller).await.map_err(|e| {
+            ReportError::Panel { report: name.clone(), panel: panel.id.clone(), message: e.to_string() }
+        })?;
+        answers.push((panel, data));
+    }
+    let zone = report.schedule.timezone;
+    let period = describe_period(dashboard, &selection);
+    let headlines: Vec<pdf::Headline> = answers.iter().filter_map(|(panel, data)| headline(panel, data)).collect();
+    let csv = if report.spec.formats.contains(&ReportFormat::Csv) {
+        let tables = answers.iter().any(|(p, _)| p.chart == ChartKind::Table);
+        answers
+            .iter()
+            .filter(|(p, _)| !tables || p.chart == ChartKind::Table)
+            .map(|(panel, data)| Ok((format!("{}.csv", panel.id), dashboard::csv(&data.frame, true)?)))
+            .collect::<Result<_, DashboardError>>()
+            .map_err(failed)?
+    } else {
+        Vec::new()
+    };
+    let pdf = if report.spec.formats.contains(&ReportFormat::Pdf) {
+        let mut charts = Vec::new();
+        let mut rows: Vec<Vec<pdf::ChartRef>> = Vec::new();
+        let mut tables = Vec::new();
+        let mut used = 0u8;
+        for (panel, data) in &answers {
+            if panel.chart == ChartKind::Table {
+                tables.push(table(panel, data));
+                continue;
+            }
+            let width = panel.width();
+            let size = (PRINT_WIDTH * u32::from(width) / 12, dashboard::ROW_PX * u32::from(panel.height()));
+            let svg = dashboard::render(dashboard, panel, data, Theme::Light, Some(size), 0).map_err(failed)?;
+            if rows.is_empty() || used + width > 12 {
+                rows.push(Vec::new());
+                used = 0;
+            }
+            used += width;
+            let alt = if panel.description.is_empty() { panel.title.clone() } else { panel.description.clone() };
+            if let Some(row) = rows.last_mut() {
+                row.push(pdf::ChartRef { file: format!("/charts/{}.svg", charts.len()), width, alt });
+            }
+            charts.push(svg);
+        }
+        let content = pdf::Content {
+            title: dashboard.file.title.clone(),
+            description: report.spec.description.clone(),
+            report: name.clone(),
+            period: period.clone(),
+            filters: describe_filters(dashboard, &selection),
+            data_as_of: data_as_of(sources, &answers, zone).await,
+            generated: generated.with_timezone(&zone).format("%b %-d, %Y %H:%M %Z").to_string(),
+            warning: None,
+            headlines: headlines.clone(),
+            chart_rows: rows,
+            tables,
+        };
+        Some(
+            pdf::render(&content, &charts, generated)
+                .map_err(|source| ReportError::Pdf { report: name.clone(), source })?,
+        )
+    } else {
+        None
+    };
+    Ok(Rendered { pdf, csv, period, headlines })
+}
+
+/// The width, in the charts' pixels, of a page's text column: a chart's text then prints at
+/// about the size of the report's own (the web page's 1,200 px would shrink it to 5 pt).
+const PRINT_WIDTH: u32 = 760;
+
+/// A KPI tile's figure in full, with its previous period's when the tile compares.
+fn headline(panel: &dashboard::PanelSpec, data: &PanelData) -> Option<pdf::Headline> {
+    if panel.chart != ChartKind::Kpi {
+        return None;
+    }
+    let field = data.frame.fields.iter().position(|f| f.format.is_some())?;
+    let format = data.frame.fields[field].format?;
+    let value_of =
+        |frame: &crate::chart::Frame| frame.rows.first().and_then(|row| row.get(field)).and_then(|c| c.number());
+    let value = value_of(&data.frame);
+    let previous = data.previous.as_ref().map(value_of);
+    let shown = |v: Option<f64>| v.map_or_else(|| "none".to_string(), |v| format.full(v));
+    let change = match (value, previous.flatten()) {
+        (Some(now), Some(before)) if before != 0.0 => format!("{:+.1}%", (now - before) / before.abs() * 100.0),
+        _ => String::new(),
+    };
+    Some(pdf::Headline {
+        title: panel.title.clone(),
+        value: shown(value),
+        previous: previous.map(shown).unwrap_or_default(),
+        change,
+    })
+}
+
+/// A table panel's rows as the PDF prints them: every row, numbers formatted as on the page.
+fn table(panel: &dashboard::PanelSpec, data: &PanelData) -> pdf::Table {
+    let fields = &data.frame.fields;
+    pdf::Table {
+        title: panel.title.clone(),
+        description: panel.description.clone(),
+        header: fields.iter().map(|f| f.label.clone()).collect(),
+        numeric: fields.iter().map(|f| f.format.is_some()).collect(),
+        rows: data
+            .frame
+            .rows
+            .iter()
+            .map(|row| {
+                row.iter()
+                    .zip(fields)
+                    .map(|(cell, field)| match (field.format, cell.number()) {
+                        (Some(format), Some(n)) => format.full(n),
+                        _ => cell.label(),
+                    })
+                    .collect()
+            })
+            .collect(),
+    }
+}
+
+/// The date range in words: `Last week: Nov 23 – Nov 29, 2026` (`to` is excluded, so the last day shown is the one before).
+fn describe_period(dashboard: &Dashboard, selection: &Selection) -> String {
+    let label = selection.preset.map(|p| p.label().to_string());
+    match &selection.range {
+        Some((_, _, range)) => {
+            let last = range.to.pred_opt().unwrap_or(range.to);
+            let days = format!("{} – {}", range.from.format("%b %-d, %Y"), last.format("%b %-d, %Y"));
+            match label {
+                Some(label) => format!("{label}: {days}"),
+                None => days,
+            }
+        }
+        None if dashboard.file.filters.iter().any(|f| f.kind == FilterKind::DateRange) => {
+            label.unwrap_or_else(|| "All time".into())
+        }
+        None => "As of now".into(),
+    }
+}
+
+fn describe_filters(dashboard: &Dashboard, selection: &Selection) -> Vec<String> {
+    selection
+        .selects
+        .iter()
+        .filter(|(_, values)| !values.is_empty())
+        .map(|(name, values)| {
+            let label = dashboard.file.filters.iter().find(|f| &f.name == name).and_then(|f| f.label.clone());
+            format!("{}: {}", label.unwrap_or_else(|| name.clone()), values.join(", "))
+        })
+        .collect()
+}
+
+/// When the oldest of the tables read last changed: every figure is at least this fresh.
+async fn data_as_of(
+    sources: &Sources<'_>,
+    answers: &[(&dashboard::PanelSpec, PanelData)],
+    zone: chrono_tz::Tz,
+) -> String {
+    let mut names: Vec<&str> = answers.iter().flat_map(|(_, d)| d.tables.iter().map(|t| t.table.as_str())).collect();
+    names.sort_unstable();
+    names.dedup();
+    let mut oldest: Option<i64> = None;
+    for name in names {
+        let Ok(table) = name.parse() else { continue };
+        if let Ok(Some(delta)) = sources.engine.catalog().delta(&table).await
+            && let Some((_, Some(changed))) = crate::query::catalog::table_stats(&delta)
+        {
+            oldest = Some(oldest.map_or(changed, |o| o.min(changed)));
+        }
+    }
+    match oldest.and_then(DateTime::from_timestamp_millis) {
+        Some(at) => at.with_timezone(&zone).format("%b %-d, %Y %H:%M %Z").to_string(),
+        None => "unknown".into(),
+    }
+}
