@@ -33,16 +33,8 @@ metric = { view = "births", measures = ["clients"], dimensions = ["birth_locatio
 /// The Sokana project with the shipped metrics views and dashboards, and a test dashboard over a
 /// `phi` column; `server` is added to its `[server]` table.
 async fn project_with(server: &str) -> Project {
-    let project = common::sokana_project(server).await;
+    let project = common::sokana_project_with_dashboards(server).await;
     let root = project.dir.path();
-    for (dir, files) in
-        [("queries/metrics", sokana::SOKANA_CORE_METRICS), ("dashboards", sokana::SOKANA_CORE_DASHBOARDS)]
-    {
-        std::fs::create_dir_all(root.join(dir)).expect("dir");
-        for (name, text) in files {
-            std::fs::write(root.join(dir).join(name), text).expect("write");
-        }
-    }
     std::fs::write(root.join("queries/metrics/births.toml"), BIRTHS_VIEW).expect("view");
     std::fs::write(root.join("dashboards/births.toml"), BIRTHS_DASHBOARD).expect("dashboard");
     project

@@ -11,17 +11,7 @@ use common::Project;
 use sokana::chart::Format;
 
 async fn project() -> Project {
-    let project = common::sokana_project("").await;
-    let root = project.dir.path();
-    for (dir, files) in
-        [("queries/metrics", sokana::SOKANA_CORE_METRICS), ("dashboards", sokana::SOKANA_CORE_DASHBOARDS)]
-    {
-        std::fs::create_dir_all(root.join(dir)).expect("dir");
-        for (name, text) in files {
-            std::fs::write(root.join(dir).join(name), text).expect("write");
-        }
-    }
-    project
+    common::sokana_project_with_dashboards("").await
 }
 
 /// Runs `sokana report run NAME --as-of AS_OF --output OUTPUT` (the synthetic data ends on

@@ -10,7 +10,8 @@ use sokana::dashboard::{self, Catalog, Selection, Sources};
 use sokana::pipeline::Project;
 use sokana::query::engine::Caller;
 
-fn catalog(project: &Project) -> Catalog {
+/// The project's dashboards (and their reports); a file that did not load is a warning.
+pub fn catalog(project: &Project) -> Catalog {
     let catalog = Catalog::load(&project.config().dashboards_dir());
     for problem in catalog.problems() {
         eprintln!("warning: {problem}");

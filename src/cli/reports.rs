@@ -4,18 +4,12 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use sokana::dashboard::{Catalog, Sources};
+use sokana::dashboard::Sources;
 use sokana::pipeline::Project;
 use sokana::query::engine::Caller;
 use sokana::report::{self, Recipient};
 
-fn catalog(project: &Project) -> Catalog {
-    let catalog = Catalog::load(&project.config().dashboards_dir());
-    for problem in catalog.problems() {
-        eprintln!("warning: {problem}");
-    }
-    catalog
-}
+use super::dashboards::catalog;
 
 pub fn list(project: &Project) -> Result<()> {
     let dashboards = catalog(project);

@@ -426,6 +426,21 @@ pub async fn sokana_project(extra_config: &str) -> Project {
     project
 }
 
+/// [`sokana_project`] with the shipped metrics views (`queries/metrics/`) and dashboards.
+pub async fn sokana_project_with_dashboards(extra_config: &str) -> Project {
+    let project = sokana_project(extra_config).await;
+    let root = project.dir.path();
+    for (dir, files) in
+        [("queries/metrics", sokana::SOKANA_CORE_METRICS), ("dashboards", sokana::SOKANA_CORE_DASHBOARDS)]
+    {
+        std::fs::create_dir_all(root.join(dir)).expect("dir");
+        for (name, text) in files {
+            std::fs::write(root.join(dir).join(name), text).expect("write");
+        }
+    }
+    project
+}
+
 /// A running `sokana serve` and the ports it listens on, stopped when dropped.
 pub struct Server {
     child: Child,
