@@ -433,7 +433,9 @@ fn xy(chart: &Chart, root: &Area, colours: &Colours) -> Result<(Vec<Hit>, String
                         .enumerate()
                         .filter_map(|(ci, v)| v.map(|v| (ci as f64, v + if stacked { baseline[ci] } else { 0.0 })))
                         .collect();
-                    if chart.kind == ChartKind::Area {
+                    // One point is a dot: a line or an area needs two.
+                    let joined = points.len() > 1;
+                    if chart.kind == ChartKind::Area && joined {
                         let floor: Vec<(f64, f64)> = s
                             .values
                             .iter()
@@ -446,8 +448,10 @@ fn xy(chart: &Chart, root: &Area, colours: &Colours) -> Result<(Vec<Hit>, String
                         c.draw_series(std::iter::once(Polygon::new(outline, colour.mix(0.28).filled())))
                             .map_err(failed)?;
                     }
-                    c.draw_series(std::iter::once(PathElement::new(points.clone(), colour.stroke_width(2))))
-                        .map_err(failed)?;
+                    if joined {
+                        c.draw_series(std::iter::once(PathElement::new(points.clone(), colour.stroke_width(2))))
+                            .map_err(failed)?;
+                    }
                     if points.len() <= 60 {
                         c.draw_series(points.iter().map(|p| Circle::new(*p, 3, colour.filled()))).map_err(failed)?;
                     }
