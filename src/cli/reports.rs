@@ -7,23 +7,15 @@ use anyhow::{Context, Result};
 use sokana::dashboard::Sources;
 use sokana::pipeline::Project;
 use sokana::query::engine::Caller;
-use sokana::report::{self, Recipient};
+use sokana::report;
 
 use super::dashboards::catalog;
 
 pub fn list(project: &Project) -> Result<()> {
     let dashboards = catalog(project);
     for (dashboard, r) in report::all(&dashboards) {
-        let formats: Vec<&str> =
-            r.spec.formats.iter().map(|f| if *f == report::ReportFormat::Pdf { "pdf" } else { "csv" }).collect();
-        let recipients: Vec<String> = r
-            .recipients
-            .iter()
-            .map(|to| match to {
-                Recipient::Address(a) => a.clone(),
-                Recipient::Role(role) => format!("role:{}", role.name()),
-            })
-            .collect();
+        let formats: Vec<&str> = r.spec.formats.iter().map(|f| f.name()).collect();
+        let recipients: Vec<String> = r.recipients.iter().map(ToString::to_string).collect();
         println!(
             "{:<20} {:<16} {:<16} {:<18} as {:<8} {:<8} {}",
             r.spec.name,

@@ -55,7 +55,30 @@ pub struct Catalog {
 
 impl Catalog {
     pub fn load(dir: &Path) -> Catalog {
-        let (dashboards, problems) = spec::load_all(dir);
+        let (mut dashboards, mut problems) = spec::load_all(dir);
+        // Reports are named across dashboards: a name taken by an earlier file is a problem of
+        // the later one, whose report is left out.
+        let mut named: BTreeMap<String, std::path::PathBuf> = BTreeMap::new();
+        for d in &mut dashboards {
+            d.reports.retain(|r| match named.get(&r.spec.name) {
+                Some(first) => {
+                    problems.push(SpecError {
+                        path: d.path.clone(),
+                        line: None,
+                        message: format!(
+                            "reports: the report name {:?} is taken by {}; report names are unique across dashboards",
+                            r.spec.name,
+                            first.display()
+                        ),
+                    });
+                    false
+                }
+                None => {
+                    named.insert(r.spec.name.clone(), d.path.clone());
+                    true
+                }
+            });
+        }
         let dashboards = dashboards.into_iter().map(|d| (d.id.clone(), Arc::new(d))).collect();
         Catalog { dashboards: Arc::new(dashboards), problems: problems.into() }
     }

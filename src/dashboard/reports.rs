@@ -21,9 +21,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::spec::{DashboardFile, FilterKind};
+use super::spec::{DashboardFile, FilterKind, role_named};
 use crate::auth::Role;
-use crate::pipeline::spec::{CatchUp, Schedule};
+use crate::pipeline::spec::{CatchUp, Schedule, parse_cron, parse_timezone};
 
 /// A report as written in a dashboard file.
 #[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
@@ -82,11 +82,30 @@ pub enum ReportFormat {
     Csv,
 }
 
+impl ReportFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            ReportFormat::Pdf => "pdf",
+            ReportFormat::Csv => "csv",
+        }
+    }
+}
+
 /// Who receives a report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recipient {
     Address(String),
     Role(Role),
+}
+
+/// As written in the file: the address, or `role:NAME`.
+impl std::fmt::Display for Recipient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Recipient::Address(address) => f.write_str(address),
+            Recipient::Role(role) => write!(f, "role:{}", role.name()),
+        }
+    }
 }
 
 /// A report as loaded and checked.
@@ -126,68 +145,52 @@ fn is_address(address: &str) -> bool {
         && !address.chars().any(|c| c.is_whitespace() || c.is_control() || "<>,;\"".contains(c))
 }
 
-/// The reports of dashboard `dashboard` (its file `file`), each checked: an error names the
-/// report and the key.
-pub fn check(dashboard: &str, file: &DashboardFile) -> Result<Vec<Report>, String> {
-    let mut reports = Vec::new();
-    for (i, spec) in file.reports.iter().enumerate() {
-        let what = format!("reports[{i}] ({:?})", spec.name);
-        if !is_report_name(&spec.name) {
-            return Err(format!("{what}: key `name`: lower-case letters, digits, - and _, at most 64"));
-        }
-        if file.reports[..i].iter().any(|r| r.name == spec.name) {
-            return Err(format!("{what}: key `name`: another report of this file has the same name"));
-        }
-        let zone = spec.timezone.as_deref().unwrap_or(crate::metrics::spec::DEFAULT_TIMEZONE.name());
-        let timezone: chrono_tz::Tz =
-            zone.parse().map_err(|_| format!("{what}: key `timezone`: unknown IANA time zone {zone:?}"))?;
-        let cron = spec
-            .schedule
-            .parse::<croner::Cron>()
-            .map_err(|e| format!("{what}: key `schedule`: invalid cron expression {:?}: {e}", spec.schedule))?;
-        let role = Role::parse(&spec.role).ok_or_else(|| {
-            format!("{what}: key `role`: {:?} is not a role (admin, manager, billing, analyst, viewer)", spec.role)
-        })?;
-        for (name, value) in &spec.filters {
-            let Some(filter) = file.filters.iter().find(|f| &f.name == name) else {
-                let known: Vec<&str> = file.filters.iter().map(|f| f.name.as_str()).collect();
-                return Err(format!(
-                    "{what}: key `filters.{name}`: the dashboard has no such filter (it has: {})",
-                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
-                ));
-            };
-            if filter.kind == FilterKind::DateRange && value.values().len() != 1 {
-                return Err(format!("{what}: key `filters.{name}`: a date range takes one value"));
-            }
-        }
-        let mut recipients = Vec::new();
-        for r in &spec.recipients {
-            recipients.push(match r.strip_prefix("role:") {
-                Some(name) => Recipient::Role(Role::parse(name).ok_or_else(|| {
-                    format!(
-                        "{what}: key `recipients`: {name:?} is not a role (admin, manager, billing, analyst, viewer)"
-                    )
-                })?),
-                None if is_address(r) => Recipient::Address(r.clone()),
-                None => {
-                    return Err(format!(
-                        "{what}: key `recipients`: {r:?} is neither an address (name@example.org) nor role:NAME"
-                    ));
-                }
-            });
-        }
-        if spec.formats.is_empty() {
-            return Err(format!("{what}: key `formats`: give pdf, csv or both"));
-        }
-        reports.push(Report {
-            spec: spec.clone(),
-            dashboard: dashboard.to_string(),
-            schedule: Schedule { cron, timezone },
-            role,
-            recipients,
-        });
+/// The reports of dashboard `dashboard` (its file `file`), each checked. An error is the index of
+/// the report in the file and what is wrong, naming the report and the key.
+pub fn check(dashboard: &str, file: &DashboardFile) -> Result<Vec<Report>, (usize, String)> {
+    (0..file.reports.len())
+        .map(|i| {
+            check_one(dashboard, file, i).map_err(|e| (i, format!("reports[{i}] ({:?}): {e}", file.reports[i].name)))
+        })
+        .collect()
+}
+
+fn check_one(dashboard: &str, file: &DashboardFile, i: usize) -> Result<Report, String> {
+    let spec = &file.reports[i];
+    if !is_report_name(&spec.name) {
+        return Err("key `name`: lower-case letters, digits, - and _, at most 64".into());
     }
-    Ok(reports)
+    if file.reports[..i].iter().any(|r| r.name == spec.name) {
+        return Err("key `name`: another report of this file has the same name".into());
+    }
+    let zone = spec.timezone.as_deref().unwrap_or(crate::metrics::spec::DEFAULT_TIMEZONE.name());
+    let schedule = Schedule { cron: parse_cron(&spec.schedule)?, timezone: parse_timezone(zone)? };
+    let role = role_named(&spec.role).map_err(|e| format!("key `role`: {e}"))?;
+    for (name, value) in &spec.filters {
+        let Some(filter) = file.filters.iter().find(|f| &f.name == name) else {
+            let known: Vec<&str> = file.filters.iter().map(|f| f.name.as_str()).collect();
+            return Err(format!(
+                "key `filters.{name}`: the dashboard has no such filter (it has: {})",
+                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+            ));
+        };
+        if filter.kind == FilterKind::DateRange && value.values().len() != 1 {
+            return Err(format!("key `filters.{name}`: a date range takes one value"));
+        }
+    }
+    let recipients = spec
+        .recipients
+        .iter()
+        .map(|r| match r.strip_prefix("role:") {
+            Some(name) => role_named(name).map(Recipient::Role).map_err(|e| format!("key `recipients`: {e}")),
+            None if is_address(r) => Ok(Recipient::Address(r.clone())),
+            None => Err(format!("key `recipients`: {r:?} is neither an address (name@example.org) nor role:NAME")),
+        })
+        .collect::<Result<_, _>>()?;
+    if spec.formats.is_empty() {
+        return Err("key `formats`: give pdf, csv or both".into());
+    }
+    Ok(Report { spec: spec.clone(), dashboard: dashboard.to_string(), schedule, role, recipients })
 }
 
 #[cfg(test)]
@@ -240,9 +243,28 @@ recipients = ["a@example.org", "role:billing"]"#;
         ] {
             let text = good.replacen(change.0, change.1, 1);
             let err = parse(&text).expect_err(&text);
-            assert!(err.contains("dashboards/t.toml") && err.contains("reports[0]"), "{err}");
+            assert!(err.contains("dashboards/t.toml:11: reports[0]"), "{err}");
             assert!(err.contains(expected), "{expected:?} not in {err:?}");
         }
+    }
+
+    #[test]
+    fn a_report_name_is_taken_once_across_dashboards() {
+        let dir = tempfile::tempdir().expect("dir");
+        let report =
+            "[[reports]]\nname = \"weekly\"\nschedule = \"0 8 * * MON\"\nrole = \"manager\"\nformats = [\"pdf\"]\n";
+        for file in ["a.toml", "b.toml"] {
+            std::fs::write(dir.path().join(file), format!("{DASHBOARD}\n{report}")).expect("write");
+        }
+        let catalog = crate::dashboard::Catalog::load(dir.path());
+        let found: Vec<&str> =
+            catalog.dashboards().flat_map(|d| d.reports.iter().map(|r| r.dashboard.as_str())).collect();
+        assert_eq!(found, ["a"]);
+        let problem = catalog.problems().iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n");
+        assert!(
+            problem.contains("b.toml") && problem.contains("\"weekly\" is taken by") && problem.contains("a.toml"),
+            "{problem}"
+        );
     }
 
     #[test]

@@ -257,12 +257,11 @@ impl Dashboard {
                 format!("dashboard id {id:?} (the file name) must be lower-case letters, digits and _"),
             ));
         }
-        let mut roles = Vec::new();
-        for name in &file.roles {
-            roles.push(Role::parse(name).ok_or_else(|| {
-                err(None, format!("roles: {name:?} is not a role (admin, manager, billing, analyst, viewer)"))
-            })?);
-        }
+        let roles = file
+            .roles
+            .iter()
+            .map(|name| role_named(name).map_err(|e| err(None, format!("roles: {e}"))))
+            .collect::<Result<Vec<Role>, _>>()?;
         let mut names = std::collections::BTreeSet::new();
         for f in &file.filters {
             if !is_identifier(&f.name) || !names.insert(f.name.as_str()) || RESERVED.contains(&f.name.as_str()) {
@@ -305,7 +304,12 @@ impl Dashboard {
                 }
             }
         }
-        let reports = super::reports::check(&id, &file).map_err(|message| err(None, message))?;
+        let reports = super::reports::check(&id, &file).map_err(|(index, message)| {
+            // The line of the report's own `[[reports]]` header, when it is written as one.
+            let line =
+                text.lines().enumerate().filter(|(_, l)| l.trim() == "[[reports]]").nth(index).map(|(n, _)| n + 1);
+            err(line, message)
+        })?;
         Ok(Dashboard { id, roles, file, reports, path: path.to_path_buf() })
     }
 
@@ -317,6 +321,11 @@ impl Dashboard {
     pub fn panel(&self, id: &str) -> Option<&PanelSpec> {
         self.file.panels.iter().find(|p| p.id == id)
     }
+}
+
+/// A role by name; the error lists the roles there are.
+pub(super) fn role_named(name: &str) -> Result<Role, String> {
+    Role::parse(name).ok_or_else(|| format!("{name:?} is not a role (admin, manager, billing, analyst, viewer)"))
 }
 
 /// Names a filter may not take: the page's own parameters.

@@ -216,6 +216,17 @@ pub struct Schedule {
     pub timezone: chrono_tz::Tz,
 }
 
+/// The IANA time zone `name` of a schedule; the error names the key.
+pub fn parse_timezone(name: &str) -> Result<chrono_tz::Tz, String> {
+    name.parse().map_err(|_| format!("key `timezone`: unknown IANA time zone {name:?}"))
+}
+
+/// A schedule's cron expression (`minute hour day-of-month month day-of-week`); the error names
+/// the key.
+pub fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
+    expr.parse().map_err(|e| format!("key `schedule`: invalid cron expression {expr:?}: {e}"))
+}
+
 /// How a table is kept up to date.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Sync {
@@ -293,20 +304,10 @@ impl Pipeline {
         if name == super::MODELS_RUN {
             return Err(err(None, format!("the pipeline name {name:?} is reserved for model builds; rename the file")));
         }
-        let timezone: chrono_tz::Tz = file.timezone.get_ref().parse().map_err(|_| {
-            err(
-                Some(file.timezone.span().start),
-                format!("key `timezone`: unknown IANA time zone {:?}", file.timezone.get_ref()),
-            )
-        })?;
+        let timezone = parse_timezone(file.timezone.get_ref()).map_err(|e| err(Some(file.timezone.span().start), e))?;
         let schedule = match &file.schedule {
             Some(expr) => Some(Schedule {
-                cron: expr.get_ref().parse::<croner::Cron>().map_err(|e| {
-                    err(
-                        Some(expr.span().start),
-                        format!("key `schedule`: invalid cron expression {:?}: {e}", expr.get_ref()),
-                    )
-                })?,
+                cron: parse_cron(expr.get_ref()).map_err(|e| err(Some(expr.span().start), e))?,
                 timezone,
             }),
             None => None,

@@ -73,15 +73,17 @@ pub async fn render(
     let failed = |source: DashboardError| ReportError::Dashboard { report: name.clone(), source: Box::new(source) };
     let selection = Selection::from_pairs(dashboard, report.filter_pairs(), today).map_err(failed)?;
     dashboard::check_values(sources.engine, sources.views, dashboard, &selection, caller).await.map_err(failed)?;
-    let mut answers = Vec::new();
-    for panel in &dashboard.file.panels {
-        let data = dashboard::panel_data(sources, dashboard, panel, &selection, caller).await.map_err(|e| {
-            ReportError::Panel { report: name.clone(), panel: panel.id.clone(), message: e.to_string() }
-        })?;
-        answers.push((panel, data));
-    }
+    // Every panel at once, as the web page asks for them.
+    let selection = &selection;
+    let answers = futures::future::try_join_all(dashboard.file.panels.iter().map(|panel| async move {
+        match dashboard::panel_data(sources, dashboard, panel, selection, caller).await {
+            Ok(data) => Ok((panel, data)),
+            Err(e) => Err(ReportError::Panel { report: name.clone(), panel: panel.id.clone(), message: e.to_string() }),
+        }
+    }))
+    .await?;
     let zone = report.schedule.timezone;
-    let period = describe_period(dashboard, &selection);
+    let period = describe_period(dashboard, selection);
     let headlines: Vec<pdf::Headline> = answers.iter().filter_map(|(panel, data)| headline(panel, data)).collect();
     let csv = if report.spec.formats.contains(&ReportFormat::Csv) {
         let tables = answers.iter().any(|(p, _)| p.chart == ChartKind::Table);
@@ -123,10 +125,9 @@ pub async fn render(
             description: report.spec.description.clone(),
             report: name.clone(),
             period: period.clone(),
-            filters: describe_filters(dashboard, &selection),
+            filters: describe_filters(dashboard, selection),
             data_as_of: data_as_of(sources, &answers, zone).await,
-            generated: generated.with_timezone(&zone).format("%b %-d, %Y %H:%M %Z").to_string(),
-            warning: None,
+            generated: generated.with_timezone(&zone).format(STAMP).to_string(),
             headlines: headlines.clone(),
             chart_rows: rows,
             tables,
@@ -140,6 +141,9 @@ pub async fn render(
     };
     Ok(Rendered { pdf, csv, period, headlines })
 }
+
+/// How a report prints a time: `Dec 4, 2026 07:41 EST`.
+const STAMP: &str = "%b %-d, %Y %H:%M %Z";
 
 /// The width, in the charts' pixels, of a page's text column: a chart's text then prints at
 /// about the size of the report's own (the web page's 1,200 px would shrink it to 5 pt).
@@ -244,7 +248,7 @@ async fn data_as_of(
         }
     }
     match oldest.and_then(DateTime::from_timestamp_millis) {
-        Some(at) => at.with_timezone(&zone).format("%b %-d, %Y %H:%M %Z").to_string(),
+        Some(at) => at.with_timezone(&zone).format(STAMP).to_string(),
         None => "unknown".into(),
     }
 }

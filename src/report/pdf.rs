@@ -35,8 +35,6 @@ pub struct Content {
     /// When the newest data read was written, in the report's time zone.
     pub data_as_of: String,
     pub generated: String,
-    /// A warning printed under the header (stale data), if any.
-    pub warning: Option<String>,
     /// The KPI tiles' figures in full (the tiles round them: `$23.3M`).
     pub headlines: Vec<Headline>,
     /// Rows of charts, each chart with its share of the page's width (twelfths).

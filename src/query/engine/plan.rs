@@ -193,7 +193,14 @@ impl QueryEngine {
         let plan = self.plan_in(state, &request.sql).await?;
         // Optimising with placeholders in place may fail where the bound plan would not; such a
         // text is optimised after each binding instead.
-        let optimised = state.optimize(&plan).ok().and_then(|optimised| {
+        let optimised = match state.optimize(&plan) {
+            Ok(optimised) => Some(optimised),
+            Err(error) => {
+                tracing::debug!(%error, "a plan with placeholders did not optimise; it is optimised after each binding");
+                None
+            }
+        };
+        let optimised = optimised.and_then(|optimised| {
             let types = placeholder_types(&optimised)?;
             Some((optimised, types))
         });
