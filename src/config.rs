@@ -40,6 +40,9 @@ pub struct Config {
     pub query: QueryConfig,
     #[serde(default)]
     pub auth: AuthConfig,
+    /// Outgoing mail for reports; without it reports are made but not sent.
+    #[serde(default)]
+    pub smtp: Option<SmtpConfig>,
     /// The directory the config file sits in; relative paths are resolved against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -172,6 +175,20 @@ pub struct ServerConfig {
     /// go into the embed pages' `frame-ancestors`; every other page may not be framed at all.
     #[serde(default)]
     pub embed_origins: Vec<String>,
+    /// The address people open this server at (`https://analytics.example.org`), for the links
+    /// in reports' email; `http://LISTEN` when not given.
+    #[serde(default)]
+    pub public_url: Option<String>,
+}
+
+impl ServerConfig {
+    /// The base of links to this server's pages, without a trailing `/`.
+    pub fn public_url(&self) -> String {
+        match &self.public_url {
+            Some(url) => url.trim_end_matches('/').to_string(),
+            None => format!("http://{}", self.listen),
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -182,6 +199,7 @@ impl Default for ServerConfig {
             tls_cert: None,
             tls_key: None,
             embed_origins: Vec::new(),
+            public_url: None,
         }
     }
 }
@@ -324,6 +342,45 @@ fn default_api_key_requests_per_minute() -> u32 {
     600
 }
 
+/// Outgoing mail: reports, and the notices to administrators when one cannot be sent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpConfig {
+    /// `smtp://[USER@]HOST[:PORT]` (STARTTLS when the server offers it; `?tls=required` to insist)
+    /// or `smtps://[USER@]HOST[:PORT]` (TLS from the first byte). No password here.
+    pub url: String,
+    /// The sender: `reports@example.org` or `Sokana Analytics <reports@example.org>`.
+    pub from: String,
+    /// The environment variable that holds the password of the URL's user.
+    #[serde(default = "default_smtp_password_env")]
+    pub password_env: String,
+    /// Told by email when a report cannot be made or sent after its last attempt.
+    #[serde(default)]
+    pub admins: Vec<String>,
+    /// Attempts after the first when sending fails for a reason that may pass (no connection, a
+    /// 4xx answer); the first after `retry_seconds`, each later one after twice the wait before.
+    #[serde(default = "default_smtp_retries")]
+    pub retries: u32,
+    #[serde(default = "default_smtp_retry_seconds")]
+    pub retry_seconds: u64,
+    /// How long one SMTP exchange may take.
+    #[serde(default = "default_smtp_timeout_seconds")]
+    pub timeout_seconds: u64,
+}
+
+fn default_smtp_password_env() -> String {
+    "SOKANA_SMTP_PASSWORD".into()
+}
+fn default_smtp_retries() -> u32 {
+    3
+}
+fn default_smtp_retry_seconds() -> u64 {
+    60
+}
+fn default_smtp_timeout_seconds() -> u64 {
+    30
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StateConfig {
@@ -340,6 +397,27 @@ impl Default for StateConfig {
 
 fn default_state_dir() -> PathBuf {
     PathBuf::from("state")
+}
+
+impl SmtpConfig {
+    /// The first bad key and what is wrong with it.
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        let url = url::Url::parse(&self.url).map_err(|e| ("url", format!("{e}")))?;
+        if !matches!(url.scheme(), "smtp" | "smtps") || url.host_str().is_none_or(str::is_empty) {
+            return Err(("url", "expected smtp://HOST[:PORT] or smtps://HOST[:PORT]".into()));
+        }
+        if url.password().is_some() {
+            return Err(("url", format!("holds a password: put it in the environment variable {}", self.password_env)));
+        }
+        self.from.parse::<lettre::message::Mailbox>().map_err(|e| ("from", format!("{:?}: {e}", self.from)))?;
+        for admin in &self.admins {
+            admin.parse::<lettre::Address>().map_err(|e| ("admins", format!("{admin:?}: {e}")))?;
+        }
+        if self.timeout_seconds == 0 {
+            return Err(("timeout_seconds", "must be at least 1".into()));
+        }
+        Ok(())
+    }
 }
 
 impl Config {
@@ -424,6 +502,14 @@ impl Config {
                     ),
                 ));
             }
+        }
+        if let Some(public) = &self.server.public_url
+            && !url::Url::parse(public).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+        {
+            return Err(invalid("server.public_url", format!("{public:?} is not an http(s) URL")));
+        }
+        if let Some(smtp) = &self.smtp {
+            smtp.validate().map_err(|(key, message)| invalid(&format!("smtp.{key}"), message))?;
         }
         if self.warehouse.uri.trim().is_empty() {
             return Err(invalid("warehouse.uri", "must not be empty".into()));

@@ -219,15 +219,30 @@ enum DashboardCommand {
 enum ReportCommand {
     /// The reports of every dashboard: schedule, time zone, role, formats, recipients.
     List,
-    /// Make a report now, as its role, and write its PDF and CSV files into a directory.
+    /// Make a report now, as its role, and write its PDF and CSV files into a directory (the
+    /// current one unless --send is given), or send it.
     Run {
         name: String,
-        #[arg(long, value_name = "DIR", default_value = ".")]
-        output: PathBuf,
+        #[arg(long, value_name = "DIR")]
+        output: Option<PathBuf>,
         /// Make it as it would be made on this day (relative filters such as last_week count from
         /// it): a past slot again, or a period the data covers.
         #[arg(long, value_name = "YYYY-MM-DD")]
         as_of: Option<chrono::NaiveDate>,
+        /// Send it by email ([smtp] in the configuration) to its recipients, or to --to.
+        #[arg(long)]
+        send: bool,
+        /// Send it to this address instead of its recipients, as the report's role (repeatable;
+        /// implies --send).
+        #[arg(long, value_name = "ADDRESS")]
+        to: Vec<String>,
+    },
+    /// The delivery ledger: each message of each slot, newest first, and how it stands.
+    Deliveries {
+        /// One report's deliveries only.
+        name: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
     },
 }
 
@@ -315,8 +330,12 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Warehouse { command } => cli::admin::warehouse(&open(&cli.config)?, command, Bars::shared()).await,
         Command::Check => check(&open(&cli.config)?).await,
         Command::Report { command: ReportCommand::List } => cli::reports::list(&open(&cli.config)?),
-        Command::Report { command: ReportCommand::Run { name, output, as_of } } => {
-            cli::reports::run(&open(&cli.config)?, &name, &output, as_of).await
+        Command::Report { command: ReportCommand::Run { name, output, as_of, send, to } } => {
+            let run = cli::reports::Run { name: &name, output: output.as_deref(), as_of, send, to: &to };
+            cli::reports::run(&open(&cli.config)?, &run).await
+        }
+        Command::Report { command: ReportCommand::Deliveries { name, limit } } => {
+            cli::reports::deliveries(&open(&cli.config)?, name.as_deref(), limit).await
         }
         Command::Dashboard { command: DashboardCommand::List } => cli::dashboards::list(&open(&cli.config)?),
         Command::Dashboard { command: DashboardCommand::Render { id, panel, format, output, filters, dark } } => {

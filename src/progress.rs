@@ -33,6 +33,18 @@ pub mod fault {
     pub const ENV: &str = "SOKANA_FAULT_PAUSE_AFTER_ROWS";
     /// What the process prints to stderr when it stops there.
     pub const MESSAGE: &str = "fault point reached";
+    /// Set to the name of a point in the code (e.g. `report-rendered`) to stop there.
+    pub const POINT_ENV: &str = "SOKANA_FAULT_PAUSE_AT";
+
+    /// Stops the process here, for the test to kill it, when [`POINT_ENV`] names `point`.
+    pub fn pause_at(point: &str) {
+        if std::env::var(POINT_ENV).is_ok_and(|v| v == point) {
+            eprintln!("{MESSAGE}: {point}; waiting to be killed");
+            loop {
+                std::thread::park();
+            }
+        }
+    }
 
     struct FaultPoint {
         inner: Arc<dyn Progress>,

@@ -2,7 +2,11 @@
 //! metrics API answers for the same week (read back from the PDF with poppler's `pdftotext`),
 //! with its period, page numbers and charts; the monthly billing report's CSV files equal the
 //! dashboard's own CSV of the same panels, as the billing role sees them; an unknown report is
-//! named with the ones there are.
+//! named with the ones there are. Sent by email to a real SMTP server (aiosmtpd): the message
+//! carries the same numbers and its PDF; a refused recipient fails alone and the administrators
+//! are told; a report that cannot be made is not sent empty; a kill between making and sending,
+//! or after the server accepted, still delivers each message once (the second with the same
+//! Message-ID, marked in the ledger).
 
 mod common;
 
@@ -34,6 +38,36 @@ fn pdf_text(path: &std::path::Path) -> String {
     String::from_utf8(out.stdout).expect("utf-8")
 }
 
+/// A project whose reports go to `smtp` (one attempt unless `extra` says otherwise), with users
+/// `director@sokana.example` (manager), `dana` (a manager whose name is no address) and
+/// `ana@sokana.example` (analyst).
+async fn mailing_project(smtp_url: &str, extra: &str) -> Project {
+    let config = format!(
+        "[smtp]\nurl = {smtp_url:?}\nfrom = \"Sokana Analytics <reports@sokana.example>\"\n\
+         admins = [\"ops@sokana.example\"]\nretries = 0\n{extra}"
+    );
+    let project = common::sokana_project_with_dashboards(&config).await;
+    let auth = sokana::auth::Auth::open(&project.config()).await.expect("auth");
+    for (name, role) in [
+        ("director@sokana.example", sokana::auth::Role::Manager),
+        ("dana", sokana::auth::Role::Manager),
+        ("ana@sokana.example", sokana::auth::Role::Analyst),
+    ] {
+        auth.add_user(name, role, "a long enough password 1").await.expect("user");
+    }
+    project
+}
+
+fn send(project: &Project, args: &[&str]) -> std::process::Output {
+    project.cli().args(["report", "run"]).args(args).arg("--send").output().expect("sokana report run --send")
+}
+
+fn ledger(project: &Project, name: &str) -> String {
+    let out = project.cli().args(["report", "deliveries", name]).output().expect("report deliveries");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_weekly_pdf_holds_the_metrics_numbers_for_last_week() {
     let project = project().await;
@@ -63,8 +97,13 @@ async fn the_weekly_pdf_holds_the_metrics_numbers_for_last_week() {
     assert!(text.contains(&period), "{period:?} not in:\n{text}");
     assert!(text.contains("Page 1 of"), "{text}");
 
-    let server = common::serve(&project);
-    let manager = common::api_key(&project, sokana::auth::Role::Manager).await;
+    assert_holds_the_metrics(&project, &[&text], monday).await;
+}
+
+/// The KPI figures of the week from `monday` as the metrics API answers them, each in every text.
+async fn assert_holds_the_metrics(project: &Project, texts: &[&str], monday: chrono::NaiveDate) {
+    let server = common::serve(project);
+    let manager = common::api_key(project, sokana::auth::Role::Manager).await;
     let range = format!("from={monday}&to={}", monday + Duration::days(7));
     for (view, measure, format) in [
         ("payments", "collected", Format::Usd),
@@ -77,7 +116,9 @@ async fn the_weekly_pdf_holds_the_metrics_numbers_for_last_week() {
         assert_eq!(status, 200, "{answer}");
         // The headline figures print every KPI in full ("none" for a week without any).
         let shown = answer["rows"][0][measure].as_f64().map_or_else(|| "none".to_string(), |v| format.full(v));
-        assert!(text.contains(&shown), "{view}.{measure} = {shown} not in the PDF:\n{text}");
+        for text in texts {
+            assert!(text.contains(&shown), "{view}.{measure} = {shown} not in:\n{text}");
+        }
     }
 }
 
@@ -106,4 +147,125 @@ async fn the_monthly_billing_csv_equals_the_dashboards_csv_for_the_billing_role(
     let stderr = String::from_utf8_lossy(&unknown.stderr);
     assert!(!unknown.status.success());
     assert!(stderr.contains("no-such-report") && stderr.contains("executive-weekly"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_weekly_report_arrives_by_email_with_the_warehouse_numbers() {
+    let smtp = common::smtp::SmtpServer::start(&[]);
+    let project = mailing_project(&smtp.url(), "").await;
+    let out = send(&project, &["executive-weekly", "--as-of", "2026-03-10"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // role:manager: the one manager whose name is an address; nobody else.
+    let messages = smtp.messages();
+    assert_eq!(messages.len(), 1, "{messages:#?}");
+    let message = &messages[0];
+    assert_eq!(message.envelope_to, "director@sokana.example");
+    assert!(message.message_id.starts_with("<executive-weekly.") && message.message_id.ends_with("@sokana.example>"));
+    assert!(
+        message.subject.contains("Executive overview") && message.subject.contains("Mar 2, 2026"),
+        "{}",
+        message.subject
+    );
+    let names: Vec<&str> = message.attachments.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["executive-weekly-2026-03-10.pdf"]);
+    let pdf = project.dir.path().join("mailed.pdf");
+    std::fs::write(&pdf, &message.attachments[0].1).expect("write");
+    let text = pdf_text(&pdf);
+    let monday = chrono::NaiveDate::from_ymd_opt(2026, 3, 2).expect("date");
+    // The body's headline figures are the PDF's; the link opens the live dashboard on last week.
+    assert_holds_the_metrics(&project, &[&text, &message.text], monday).await;
+    assert!(message.html.contains("/dashboards/executive?period=last_week"), "{}", message.html);
+
+    let ledger = ledger(&project, "executive-weekly");
+    let row = ledger.lines().find(|l| l.contains("director@sokana.example")).expect("a ledger row");
+    assert!(row.contains(" sent ") && row.contains(" cli "), "{ledger}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_recipient_fails_alone_and_the_admins_are_told() {
+    let smtp = common::smtp::SmtpServer::start(&["gone@sokana.example"]);
+    let project = mailing_project(&smtp.url(), "").await;
+    let out = send(
+        &project,
+        &["billing-monthly", "--as-of", "2026-04-01", "--to", "gone@sokana.example", "--to", "kim@sokana.example"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a failed recipient fails the command: {stderr}");
+    assert!(stderr.contains("1 message(s) of billing-monthly were not sent"), "{stderr}");
+    let messages = smtp.messages();
+    let to: Vec<&str> = messages.iter().map(|m| m.envelope_to.as_str()).collect();
+    assert_eq!(to, ["kim@sokana.example", "ops@sokana.example"], "{messages:#?}");
+    // The CSV attachment parses and holds the receivables aging.
+    let csv = messages[0].attachments.iter().find(|(n, _)| n == "aging-2026-04-01.csv").expect("aging.csv");
+    let text = String::from_utf8(csv.1.clone()).expect("utf-8");
+    assert!(text.lines().count() > 1, "{text}");
+    let notice = &messages[1];
+    assert!(notice.subject.contains("billing-monthly was not delivered"), "{}", notice.subject);
+    assert!(notice.text.contains("gone@sokana.example") && notice.text.contains("550"), "{}", notice.text);
+    let ledger = ledger(&project, "billing-monthly");
+    assert!(ledger.lines().any(|l| l.contains("gone@sokana.example") && l.contains(" failed ")), "{ledger}");
+    assert!(ledger.lines().any(|l| l.contains("kim@sokana.example") && l.contains(" sent ")), "{ledger}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_report_that_cannot_be_made_is_not_sent_empty() {
+    let smtp = common::smtp::SmtpServer::start(&[]);
+    let project = mailing_project(&smtp.url(), "").await;
+    std::fs::write(
+        project.dir.path().join("dashboards/broken.toml"),
+        "title = \"Broken\"\n[[panels]]\nid = \"p\"\ntitle = \"P\"\nchart = \"table\"\n\
+         sql = \"SELECT * FROM marts.no_such_table\"\n[[reports]]\nname = \"broken\"\n\
+         schedule = \"0 8 * * *\"\nrole = \"manager\"\nformats = [\"pdf\"]\n\
+         recipients = [\"director@sokana.example\"]\n",
+    )
+    .expect("write");
+    let out = send(&project, &["broken"]);
+    assert!(!out.status.success());
+    let messages = smtp.messages();
+    let to: Vec<&str> = messages.iter().map(|m| m.envelope_to.as_str()).collect();
+    assert_eq!(to, ["director@sokana.example", "ops@sokana.example"], "{messages:#?}");
+    assert!(messages[0].attachments.is_empty(), "nothing attached");
+    assert!(messages[0].subject.contains("could not be made"), "{}", messages[0].subject);
+    assert!(messages[0].text.contains("no_such_table"), "{}", messages[0].text);
+    assert!(messages[1].text.contains("could not be made"), "{}", messages[1].text);
+    let ledger = ledger(&project, "broken");
+    assert!(ledger.contains(" failed ") && ledger.contains("the recipient was told so"), "{ledger}");
+}
+
+/// Kills `sokana report run --send` at `point`, then lets `sokana serve` (whose scheduler finishes
+/// slots begun before a crash) deliver; answers the messages received.
+async fn killed_at(point: &str) -> (Project, Vec<common::smtp::Received>) {
+    let smtp = common::smtp::SmtpServer::start(&[]);
+    let project = mailing_project(&smtp.url(), "").await;
+    let mut cmd = project.cli();
+    cmd.args(["report", "run", "executive-weekly", "--send", "--as-of", "2026-03-10"]);
+    common::kill_at_named_point(cmd, point);
+    let before = ledger(&project, "executive-weekly");
+    let server = common::serve(&project);
+    let started = std::time::Instant::now();
+    while !ledger(&project, "executive-weekly").contains(" sent ") {
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "not delivered after the crash:\n{before}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    drop(server);
+    (project, smtp.messages())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kill_between_making_and_sending_still_sends_once() {
+    let (project, messages) = killed_at("report-rendered").await;
+    assert_eq!(messages.len(), 1, "{messages:#?}");
+    assert_eq!(messages[0].envelope_to, "director@sokana.example");
+    let ledger = ledger(&project, "executive-weekly");
+    assert!(!ledger.contains("possible repeat"), "{ledger}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kill_after_the_server_accepted_repeats_the_same_message_id_and_says_so() {
+    let (project, messages) = killed_at("report-accepted").await;
+    assert_eq!(messages.len(), 2, "{messages:#?}");
+    assert_eq!(messages[0].message_id, messages[1].message_id);
+    let ledger = ledger(&project, "executive-weekly");
+    assert!(ledger.contains(" sent ") && ledger.contains("possible repeat"), "{ledger}");
 }

@@ -115,7 +115,8 @@ async fn missed_runs_follow_the_catch_up_policy() {
         let three_days_ago = Utc::now() - chrono::Duration::days(3);
         RunLog::open(&config.state_dir()).expect("log").set_schedule_slot("sokana_core", three_days_ago).expect("slot");
 
-        let tasks = schedule::start(&project.opened());
+        let tasks =
+            schedule::start(&project.opened().config().state_dir(), schedule::PipelineJob::all(&project.opened()));
         let (decisions, _) = wait_for(&config, Duration::from_secs(60), expected, |d, _| {
             d.iter().any(|d| d.decision == expected)
                 && (policy == "skip" || d.iter().any(|d| d.decision == "succeeded"))
@@ -139,7 +140,7 @@ async fn failed_scheduled_runs_are_retried_then_reported() {
         .expect("log")
         .set_schedule_slot("sokana_core", Utc::now() - chrono::Duration::days(1))
         .expect("slot");
-    let tasks = schedule::start(&project.opened());
+    let tasks = schedule::start(&project.opened().config().state_dir(), schedule::PipelineJob::all(&project.opened()));
     let (decisions, runs) =
         wait_for(&config, Duration::from_secs(60), "giving up", |d, _| d.iter().any(|d| d.decision == "failed"));
     let kinds: Vec<&str> = decisions.iter().rev().map(|d| d.decision.as_str()).collect();

@@ -51,9 +51,11 @@ pub struct Shared {
     /// The classes and administrators' tables the engine masks by, for the catalog listing.
     pub policy: Arc<crate::auth::policy::MaskingPolicy>,
     /// The metrics views (`queries/metrics/`), loaded at start.
-    pub metrics: crate::metrics::Catalog,
+    pub metrics: Arc<crate::metrics::Catalog>,
     /// The dashboards (`dashboards/`), loaded at start.
-    pub dashboards: crate::dashboard::Catalog,
+    pub dashboards: Arc<crate::dashboard::Catalog>,
+    /// Reports made and sent, on request and on the scheduler.
+    pub reporting: Arc<crate::report::job::Reporting>,
     pub queries_dir: std::path::PathBuf,
     /// The tables' versions, watched while a page listens for live refresh.
     pub tables: live::TableWatch,
@@ -72,7 +74,15 @@ impl AppState {
         for problem in dashboards.problems() {
             tracing::error!(error = %problem, "a dashboard did not load; the others are served");
         }
-        let engine = Arc::new(engine);
+        let (metrics, dashboards) = (Arc::new(metrics), Arc::new(dashboards));
+        let reporting = crate::report::job::Reporting::new(
+            config,
+            engine.clone(),
+            auth.clone(),
+            metrics.clone(),
+            dashboards.clone(),
+        )
+        .map_err(|e| OpenError::Setup(e.to_string()))?;
         Ok(AppState(Arc::new(Shared {
             project: project.clone(),
             tables: live::TableWatch::start(&engine),
@@ -81,6 +91,7 @@ impl AppState {
             policy,
             metrics,
             dashboards,
+            reporting: Arc::new(reporting),
             queries_dir: config.queries_dir(),
         })))
     }
@@ -480,7 +491,9 @@ pub async fn serve(state: AppState, ready: impl FnOnce(Listening)) -> std::io::R
     let (wire, pgwire) =
         pgwire::start(state.project.config().server.pgwire, state.engine.clone(), state.auth.clone(), wire_tls).await?;
     ready(Listening { http: listener.local_addr()?, pgwire, tls: tls.is_some() });
-    let scheduled = schedule::start(&state.project);
+    let mut jobs = schedule::PipelineJob::all(&state.project);
+    jobs.extend(state.reporting.jobs());
+    let scheduled = schedule::start(&state.project.config().state_dir(), jobs);
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     let served = match tls {
         Some(tls) => {

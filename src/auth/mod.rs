@@ -31,7 +31,7 @@ use crate::config::Config;
 /// The query engine every surface answers from (the API, reports made by the CLI or the
 /// scheduler): masking by role, every query in the audit trail.
 pub struct Serving {
-    pub engine: crate::query::engine::QueryEngine,
+    pub engine: Arc<crate::query::engine::QueryEngine>,
     pub auth: Arc<Auth>,
     pub policy: Arc<policy::MaskingPolicy>,
 }
@@ -48,7 +48,7 @@ pub async fn serving(project: &crate::pipeline::Project) -> Result<Serving, Auth
         .map_err(|e| AuthError::Internal(e.to_string()))?
         .with_policy(policy.clone())
         .with_recorder(Arc::new(recorder));
-    Ok(Serving { engine, auth, policy })
+    Ok(Serving { engine: Arc::new(engine), auth, policy })
 }
 
 /// The demo's administrator (product.md).

@@ -1,13 +1,16 @@
-//! `sokana report list` and `sokana report run`: the reports of the project's dashboards, and
-//! one report made now, as its role, into a directory (the PDF and CSV files it would send).
+//! `sokana report list`, `sokana report run` and `sokana report deliveries`: the reports of the
+//! project's dashboards; one report made now, as its role, into a directory (the PDF and CSV files
+//! it would send) or sent by email; and the delivery ledger.
 
 use std::path::Path;
+use std::sync::Arc;
 
-use anyhow::{Context, Result};
-use sokana::dashboard::Sources;
+use anyhow::{Context, Result, bail};
 use sokana::pipeline::Project;
+use sokana::pipeline::runlog::{Delivery, DeliveryState};
 use sokana::query::engine::Caller;
 use sokana::report;
+use sokana::report::job::{Reporting, summary};
 
 use super::dashboards::catalog;
 
@@ -30,21 +33,69 @@ pub fn list(project: &Project) -> Result<()> {
     Ok(())
 }
 
-/// Makes report `name` now (as if on `as_of`, when given) into `output` (created if missing).
-pub async fn run(project: &Project, name: &str, output: &Path, as_of: Option<chrono::NaiveDate>) -> Result<()> {
-    let dashboards = catalog(project);
-    let (dashboard, report) = report::find(&dashboards, name)?;
+/// What `sokana report run` was asked.
+pub struct Run<'a> {
+    pub name: &'a str,
+    pub output: Option<&'a Path>,
+    pub as_of: Option<chrono::NaiveDate>,
+    pub send: bool,
+    pub to: &'a [String],
+}
+
+/// The reports' shared state for the CLI: the serving engine (masking, audit) and the catalogs.
+async fn reporting(project: &Project) -> Result<(Reporting, sokana::auth::Serving)> {
     let config = project.config();
     let serving = sokana::auth::serving(project).await?;
-    let views = sokana::metrics::Catalog::load(&config.metrics_dir());
-    let queries_dir = config.queries_dir();
-    let sources = Sources { engine: &serving.engine, views: &views, queries_dir: &queries_dir };
-    let caller =
-        Caller { user: format!("report:{name}"), scope: report.role.name().into(), origin: "report", ..Caller::cli() };
-    let now = chrono::Utc::now();
-    let today = as_of.unwrap_or_else(|| now.with_timezone(&report.schedule.timezone).date_naive());
+    let metrics = Arc::new(sokana::metrics::Catalog::load(&config.metrics_dir()));
+    let dashboards = Arc::new(catalog(project));
+    let reporting = Reporting::new(config, serving.engine.clone(), serving.auth.clone(), metrics, dashboards)?;
+    Ok((reporting, serving))
+}
+
+/// Makes report `name` now (as if on `as_of`, when given) into a directory, or sends it.
+pub async fn run(project: &Project, run: &Run<'_>) -> Result<()> {
+    let (reporting, serving) = reporting(project).await?;
+    let name = run.name;
+    let (dashboard, report) = report::find(&reporting.dashboards, name)?;
+    let to = run
+        .to
+        .iter()
+        .map(|a| a.parse().with_context(|| format!("--to {a:?} is not an email address")))
+        .collect::<Result<Vec<lettre::Address>>>()?;
+    let send = run.send || !to.is_empty();
+    let output = run.output.or((!send).then_some(Path::new(".")));
     let started = std::time::Instant::now();
-    let made = report::render(&sources, dashboard, report, today, now, &caller).await?;
+    if let Some(output) = output {
+        let caller = Caller {
+            user: format!("report:{name}"),
+            scope: report.role.name().into(),
+            origin: "report",
+            ..Caller::cli()
+        };
+        let now = chrono::Utc::now();
+        let today = run.as_of.unwrap_or_else(|| now.with_timezone(&report.schedule.timezone).date_naive());
+        let made = report::render(&reporting.sources(), dashboard, report, today, now, &caller).await?;
+        write_files(name, &made, output)?;
+        eprintln!("{name}: {} as {} in {} ms", made.period, report.role.name(), started.elapsed().as_millis());
+        for h in &made.headlines {
+            eprintln!("  {}: {}", h.title, h.value);
+        }
+    }
+    if send {
+        let outcome = reporting.send_now(name, "cli", &to, run.as_of).await?;
+        print_deliveries(&outcome.deliveries, report.schedule.timezone);
+        eprintln!("{name}: {} in {} ms", summary(&outcome.deliveries), started.elapsed().as_millis());
+        let failed = outcome.deliveries.iter().filter(|d| d.state == DeliveryState::Failed).count();
+        serving.auth.audit().flush().await?;
+        if failed > 0 {
+            bail!("{failed} message(s) of {name} were not sent (see `sokana report deliveries {name}`)");
+        }
+    }
+    serving.auth.audit().flush().await?;
+    Ok(())
+}
+
+fn write_files(name: &str, made: &report::Rendered, output: &Path) -> Result<()> {
     std::fs::create_dir_all(output).with_context(|| format!("creating {}", output.display()))?;
     let mut written = Vec::new();
     if let Some(pdf) = &made.pdf {
@@ -55,14 +106,34 @@ pub async fn run(project: &Project, name: &str, output: &Path, as_of: Option<chr
     }
     for (path, bytes) in &written {
         std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
-    }
-    serving.auth.audit().flush().await?;
-    eprintln!("{name}: {} as {} in {} ms", made.period, report.role.name(), started.elapsed().as_millis());
-    for h in &made.headlines {
-        eprintln!("  {}: {}", h.title, h.value);
-    }
-    for (path, bytes) in &written {
         println!("{} ({} bytes)", path.display(), bytes.len());
     }
     Ok(())
+}
+
+/// `sokana report deliveries [NAME]`.
+pub async fn deliveries(project: &Project, name: Option<&str>, limit: usize) -> Result<()> {
+    let (reporting, _serving) = reporting(project).await?;
+    let rows = reporting.deliveries(name, limit)?;
+    if rows.is_empty() {
+        eprintln!("no deliveries yet");
+    }
+    print_deliveries(&rows, sokana::metrics::spec::DEFAULT_TIMEZONE);
+    Ok(())
+}
+
+fn print_deliveries(rows: &[Delivery], zone: chrono_tz::Tz) {
+    for d in rows {
+        println!(
+            "{:<22} {:<24} {:<8} {:<32} {:<10} {:>2} {}{}",
+            d.job.trim_start_matches("report:"),
+            d.slot.with_timezone(&zone).format("%Y-%m-%d %H:%M:%S %Z"),
+            d.trigger,
+            d.recipient,
+            d.state,
+            d.attempts,
+            if d.possible_repeat { "possible repeat; " } else { "" },
+            d.detail.as_deref().unwrap_or("")
+        );
+    }
 }

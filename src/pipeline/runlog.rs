@@ -1,6 +1,9 @@
 //! The durable run log (`STATE_DIR/runs.db`, SQLite): one row per pipeline run and one per table
-//! loaded, written as the run goes so that a crash leaves a trace; and the per-pipeline lock that
-//! keeps two runs of one pipeline from overlapping.
+//! loaded, written as the run goes so that a crash leaves a trace; the scheduler's decisions about
+//! every scheduled job (pipelines and reports); the delivery ledger, one row per (job, slot,
+//! recipient) with its state, so that a slot is sent once across restarts; and the per-job lock
+//! that keeps two runs of one job from overlapping. It stores rows: what a delivery is, is the
+//! `report` module's business.
 
 use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
@@ -101,6 +104,8 @@ pub enum DecisionKind {
     Skipped,
     /// Missed while the server was down; run once now (`catch_up = "latest"`).
     CaughtUp,
+    /// Begun by a process that ended before finishing it; finished now.
+    Resumed,
     /// The run failed; another attempt follows.
     Retrying,
     /// The last attempt failed.
@@ -112,9 +117,69 @@ stored_by_name!(DecisionKind, "scheduler decision", {
     Succeeded => "succeeded",
     Skipped => "skipped",
     CaughtUp => "caught_up",
+    Resumed => "resumed",
     Retrying => "retrying",
     Failed => "failed",
 });
+
+/// Where one message of a scheduled slot stands in the delivery ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryState {
+    /// Claimed for its slot; the report is being made.
+    Rendering,
+    /// Handed to the mail server; not yet known to be accepted.
+    Sending,
+    /// Accepted by the mail server.
+    Sent,
+    /// Not sent: refused, or the last attempt failed (`detail` says which).
+    Failed,
+    /// Found `sending` after a crash: the server may have accepted it. It is sent again with the
+    /// same Message-ID, and `possible_repeat` stays set on the row.
+    Ambiguous,
+    /// An attempt failed for a reason that may pass; another follows.
+    Retrying,
+}
+
+stored_by_name!(DeliveryState, "delivery state", {
+    Rendering => "rendering",
+    Sending => "sending",
+    Sent => "sent",
+    Failed => "failed",
+    Ambiguous => "ambiguous",
+    Retrying => "retrying",
+});
+
+impl DeliveryState {
+    /// Whether the message still has to go out (sent and failed are final).
+    pub fn pending(self) -> bool {
+        !matches!(self, DeliveryState::Sent | DeliveryState::Failed)
+    }
+}
+
+/// One message of the delivery ledger.
+#[derive(Debug, Clone, Serialize)]
+pub struct Delivery {
+    /// The job that sends it (`report:NAME`).
+    pub job: String,
+    /// The schedule time it is for (a send on request has its own).
+    pub slot: DateTime<Utc>,
+    pub recipient: String,
+    /// The same for every attempt, so that a receiver can tell a repeat.
+    pub message_id: String,
+    /// The role whose view of the data it carries.
+    pub view: String,
+    /// `schedule`, `cli` or `api`.
+    pub trigger: String,
+    pub state: DeliveryState,
+    /// Times it was handed to the mail server.
+    pub attempts: u32,
+    /// It was found `sending` after a crash and sent again: the recipient may hold two copies.
+    pub possible_repeat: bool,
+    pub detail: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
 
 pub struct RunLog {
     conn: std::sync::Mutex<Connection>,
@@ -207,7 +272,14 @@ impl RunLog {
                  CREATE TABLE IF NOT EXISTS schedule_decisions (
                    at TEXT NOT NULL, pipeline TEXT NOT NULL, slot TEXT, decision TEXT NOT NULL,
                    detail TEXT, run_id TEXT);
-                 CREATE INDEX IF NOT EXISTS decisions_by_pipeline ON schedule_decisions (pipeline, at);",
+                 CREATE INDEX IF NOT EXISTS decisions_by_pipeline ON schedule_decisions (pipeline, at);
+                 CREATE TABLE IF NOT EXISTS deliveries (
+                   job TEXT NOT NULL, slot TEXT NOT NULL, recipient TEXT NOT NULL, message_id TEXT NOT NULL,
+                   view TEXT NOT NULL, trigger TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+                   possible_repeat INTEGER NOT NULL DEFAULT 0, detail TEXT,
+                   created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
+                   PRIMARY KEY (job, slot, recipient));
+                 CREATE INDEX IF NOT EXISTS deliveries_by_state ON deliveries (job, state);",
             )
             .map_err(|e| store_err(&e))?;
         let has_withheld: bool = setup
@@ -293,7 +365,6 @@ impl RunLog {
         Ok(())
     }
 
-    /// The newest runs first, optionally of one pipeline.
     /// The newest schedule time the scheduler has dealt with for `pipeline`.
     pub fn schedule_slot(&self, pipeline: &str) -> Result<Option<DateTime<Utc>>, RunLogError> {
         let slot: Option<String> = self
@@ -301,7 +372,7 @@ impl RunLog {
             .query_row("SELECT slot FROM schedule_slots WHERE pipeline = ?1", params![pipeline], |r| r.get(0))
             .optional()
             .map_err(|e| self.err(e))?;
-        Ok(slot.and_then(|s| DateTime::parse_from_rfc3339(&s).ok()).map(|t| t.with_timezone(&Utc)))
+        Ok(slot.as_deref().and_then(parse_timestamp))
     }
 
     pub fn set_schedule_slot(&self, pipeline: &str, slot: DateTime<Utc>) -> Result<(), RunLogError> {
@@ -348,7 +419,7 @@ impl RunLog {
                 let slot: Option<String> = r.get(1)?;
                 Ok(Decision {
                     pipeline: r.get(0)?,
-                    slot: slot.and_then(|s| DateTime::parse_from_rfc3339(&s).ok()).map(|t| t.with_timezone(&Utc)),
+                    slot: slot.as_deref().and_then(parse_timestamp),
                     decision: r.get(2)?,
                     detail: r.get(3)?,
                     run_id: r.get(4)?,
@@ -359,6 +430,7 @@ impl RunLog {
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
     }
 
+    /// The newest runs first, optionally of one pipeline.
     pub fn runs(&self, pipeline: Option<&str>, limit: usize) -> Result<Vec<RunRecord>, RunLogError> {
         let db = self.db()?;
         let mut stmt = db
@@ -413,6 +485,145 @@ impl RunLog {
         }
         Ok(runs)
     }
+}
+
+/// The delivery ledger.
+impl RunLog {
+    /// Claims the messages `(recipient, message id, view)` of `job`'s `slot` (those already in the ledger
+    /// keep their row) and answers every row of the slot. Rows left `sending` by a process that
+    /// died become `ambiguous` first: the caller holds the job's lock, so nobody else is sending.
+    pub fn claim_deliveries(
+        &self,
+        job: &str,
+        slot: DateTime<Utc>,
+        trigger: &str,
+        messages: &[(String, String, String)],
+    ) -> Result<Vec<Delivery>, RunLogError> {
+        let mut db = self.db()?;
+        let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(|e| self.err(e))?;
+        let (slot_text, now) = (timestamp(slot), now());
+        for (recipient, message_id, view) in messages {
+            tx.execute(
+                "INSERT INTO deliveries (job, slot, recipient, message_id, view, trigger, state, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8) ON CONFLICT DO NOTHING",
+                params![job, slot_text, recipient, message_id, view, trigger, DeliveryState::Rendering, now],
+            )
+            .map_err(|e| self.err(e))?;
+        }
+        tx.execute(
+            "UPDATE deliveries SET state = ?3, updated_at = ?4 WHERE job = ?1 AND slot = ?2 AND state = ?5",
+            params![job, slot_text, DeliveryState::Ambiguous, now, DeliveryState::Sending],
+        )
+        .map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        drop(db);
+        self.slot_deliveries(job, slot)
+    }
+
+    /// The messages of `job`'s `slot`.
+    pub fn slot_deliveries(&self, job: &str, slot: DateTime<Utc>) -> Result<Vec<Delivery>, RunLogError> {
+        self.select_deliveries("WHERE job = ?1 AND slot = ?2 ORDER BY recipient", params![job, timestamp(slot)])
+    }
+
+    /// Moves one message to `state`: `sending` counts an attempt; a message sent after it was
+    /// found `ambiguous` is marked as a possible repeat.
+    pub fn set_delivery(
+        &self,
+        job: &str,
+        slot: DateTime<Utc>,
+        recipient: &str,
+        state: DeliveryState,
+        detail: Option<&str>,
+    ) -> Result<(), RunLogError> {
+        let changed = self
+            .db()?
+            .execute(
+                "UPDATE deliveries SET
+                   attempts = attempts + (?4 = 'sending'),
+                   possible_repeat = possible_repeat OR (?4 = 'sending' AND state = 'ambiguous'),
+                   state = ?4, detail = ?5, updated_at = ?6
+                 WHERE job = ?1 AND slot = ?2 AND recipient = ?3",
+                params![job, timestamp(slot), recipient, state, detail, now()],
+            )
+            .map_err(|e| self.err(e))?;
+        if changed == 1 {
+            Ok(())
+        } else {
+            Err(RunLogError::Store {
+                path: self.path.clone(),
+                reason: format!("no delivery of {job} at {} to the recipient given", timestamp(slot)),
+            })
+        }
+    }
+
+    /// The ledger, newest slot first, optionally of one job.
+    pub fn deliveries(&self, job: Option<&str>, limit: usize) -> Result<Vec<Delivery>, RunLogError> {
+        self.select_deliveries(
+            "WHERE ?1 IS NULL OR job = ?1 ORDER BY slot DESC, recipient LIMIT ?2",
+            params![job, limit as i64],
+        )
+    }
+
+    /// The slots of `job` with a message that was claimed and not finished (a crash came between),
+    /// oldest first.
+    pub fn unfinished_slots(&self, job: &str) -> Result<Vec<DateTime<Utc>>, RunLogError> {
+        let db = self.db()?;
+        let mut stmt = db
+            .prepare(
+                "SELECT DISTINCT slot FROM deliveries WHERE job = ?1 AND state IN (?2, ?3, ?4, ?5)
+                 ORDER BY slot",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(
+                params![
+                    job,
+                    DeliveryState::Rendering,
+                    DeliveryState::Sending,
+                    DeliveryState::Ambiguous,
+                    DeliveryState::Retrying
+                ],
+                |r| r.get::<_, String>(0),
+            )
+            .map_err(|e| self.err(e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
+        Ok(rows.iter().filter_map(|slot| parse_timestamp(slot)).collect())
+    }
+
+    fn select_deliveries(&self, rest: &str, params: impl rusqlite::Params) -> Result<Vec<Delivery>, RunLogError> {
+        let db = self.db()?;
+        let mut stmt = db
+            .prepare(&format!(
+                "SELECT job, slot, recipient, message_id, view, trigger, state, attempts, possible_repeat, detail,
+                        created_at, updated_at FROM deliveries {rest}"
+            ))
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params, |r| {
+                let slot: String = r.get(1)?;
+                Ok(Delivery {
+                    job: r.get(0)?,
+                    slot: parse_timestamp(&slot).unwrap_or_default(),
+                    recipient: r.get(2)?,
+                    message_id: r.get(3)?,
+                    view: r.get(4)?,
+                    trigger: r.get(5)?,
+                    state: r.get(6)?,
+                    attempts: r.get(7)?,
+                    possible_repeat: r.get(8)?,
+                    detail: r.get(9)?,
+                    created_at: r.get(10)?,
+                    updated_at: r.get(11)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+}
+
+fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text).ok().map(|t| t.with_timezone(&Utc))
 }
 
 fn now() -> String {

@@ -1,19 +1,20 @@
-//! The scheduler inside `sokana serve`: each scheduled pipeline runs at its cron times in its IANA
-//! time zone. Daylight-saving changes follow croner's rules (the Open Cron Pattern Specification):
+//! The scheduler inside `sokana serve`: each scheduled job (a pipeline, or a report through
+//! `report::job`) runs at its cron times in its IANA time zone. Daylight-saving changes follow croner's rules (the Open Cron Pattern Specification):
 //! a job at a fixed time that falls in the skipped hour runs when the clock resumes, and one in the
-//! repeated hour runs once; interval jobs keep their pace in real time. Runs of one pipeline never
-//! overlap (the pipeline lock), missed times are handled by the pipeline's `catch_up` policy, failed
-//! runs are retried with back-off, and every decision goes to the run log. The clock is a
+//! repeated hour runs once; interval jobs keep their pace in real time. Runs of one job never
+//! overlap (its lock), missed times are handled by the job's `catch_up` policy, slots a process
+//! that ended had begun are finished first, failed runs are retried with back-off, and every
+//! decision goes to the run log. The clock is a
 //! parameter of the decisions, so they are tested without waiting.
 
 use std::sync::Arc;
 
 use chrono::{DateTime, Offset, TimeZone, Timelike, Utc};
 
+use super::PipelineError;
 use super::Project;
 use super::runlog::{Decision, DecisionKind, RunLog, RunLogError};
-use super::spec::{CatchUp, Pipeline, Schedule};
-use super::{PipelineError, RunSummary};
+use super::spec::{CatchUp, Pipeline, Retry, Schedule};
 use crate::progress::Silent;
 
 /// The first time of `schedule` strictly after `after`.
@@ -82,19 +83,96 @@ pub fn plan_catch_up(
 
 const RESUME_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Starts one task per scheduled pipeline of `project`; they run until the process ends.
-pub fn start(project: &Project) -> Vec<tokio::task::JoinHandle<()>> {
-    project
-        .pipelines()
-        .iter()
-        .filter(|p| p.schedule.is_some())
-        .map(|pipeline| {
-            let (project, pipeline) = (project.clone(), pipeline.clone());
+/// What the scheduler runs at a schedule's times: a pipeline ([`PipelineJob`]) or a report
+/// (`report::job`). Its slots and decisions are kept in the run log under its name.
+#[async_trait::async_trait]
+pub trait Job: Send + Sync + 'static {
+    /// The name the run log keeps its slots and decisions under (unique across jobs).
+    fn name(&self) -> &str;
+    fn schedule(&self) -> &Schedule;
+    fn catch_up(&self) -> CatchUp;
+    fn retry(&self) -> Retry;
+    /// Slots a process that ended had begun and not finished, to be finished first.
+    fn unfinished(&self, _log: &RunLog) -> Result<Vec<DateTime<Utc>>, RunLogError> {
+        Ok(Vec::new())
+    }
+    /// One attempt at `slot`; `last_attempt` when no retry follows a failure.
+    async fn attempt(&self, slot: DateTime<Utc>, last_attempt: bool) -> Result<Done, AttemptError>;
+}
+
+/// A successful attempt, as the run log records it.
+#[derive(Debug, Default)]
+pub struct Done {
+    pub run_id: Option<String>,
+    pub detail: Option<String>,
+}
+
+#[derive(Debug)]
+pub enum AttemptError {
+    /// Another run of the job holds its lock: the slot is skipped.
+    Busy(String),
+    /// The attempt failed; retried while attempts are left.
+    Failed(String),
+}
+
+/// A scheduled pipeline of a project.
+pub struct PipelineJob {
+    project: Project,
+    pipeline: Pipeline,
+    schedule: Schedule,
+}
+
+impl PipelineJob {
+    /// The pipelines of `project` that have a schedule.
+    pub fn all(project: &Project) -> Vec<std::sync::Arc<dyn Job>> {
+        project
+            .pipelines()
+            .iter()
+            .filter_map(|pipeline| {
+                let schedule = pipeline.schedule.clone()?;
+                Some(Arc::new(PipelineJob { project: project.clone(), pipeline: pipeline.clone(), schedule })
+                    as Arc<dyn Job>)
+            })
+            .collect()
+    }
+}
+
+#[async_trait::async_trait]
+impl Job for PipelineJob {
+    fn name(&self) -> &str {
+        &self.pipeline.name
+    }
+    fn schedule(&self) -> &Schedule {
+        &self.schedule
+    }
+    fn catch_up(&self) -> CatchUp {
+        self.pipeline.catch_up
+    }
+    fn retry(&self) -> Retry {
+        self.pipeline.retry
+    }
+    async fn attempt(&self, _slot: DateTime<Utc>, _last_attempt: bool) -> Result<Done, AttemptError> {
+        let silent = Arc::new(Silent) as Arc<dyn crate::progress::Progress>;
+        match super::run(&self.project, &self.pipeline, "schedule", &silent).await {
+            Ok(summary) => Ok(Done { run_id: Some(summary.run_id), detail: None }),
+            Err(PipelineError::RunLog(RunLogError::AlreadyRunning { .. })) => {
+                Err(AttemptError::Busy("another run of this pipeline is in progress".into()))
+            }
+            Err(e) => Err(AttemptError::Failed(e.to_string())),
+        }
+    }
+}
+
+/// Starts one task per job; they run until the process ends.
+pub fn start(state_dir: &std::path::Path, jobs: Vec<Arc<dyn Job>>) -> Vec<tokio::task::JoinHandle<()>> {
+    jobs.into_iter()
+        .map(|job| {
+            let state_dir = state_dir.to_path_buf();
             tokio::spawn(async move {
-                // An error of the run log (e.g. the disk is full) pauses this pipeline's schedule;
-                // on resuming, the times missed meanwhile follow the catch-up policy.
-                while let Err(e) = schedule_loop(&project, &pipeline).await {
-                    tracing::error!(pipeline = %pipeline.name, error = %e, "scheduler error; resuming in {}s", RESUME_AFTER.as_secs());
+                // An error of the run log (e.g. the disk is full) pauses this job's schedule; on
+                // resuming, the times missed meanwhile follow the catch-up policy.
+                while let Err(e) = schedule_loop(&state_dir, job.as_ref()).await {
+                    tracing::error!(job = %job.name(), error = %e, "scheduler error; resuming in {}s", RESUME_AFTER.as_secs());
                     tokio::time::sleep(RESUME_AFTER).await;
                 }
             })
@@ -102,17 +180,20 @@ pub fn start(project: &Project) -> Vec<tokio::task::JoinHandle<()>> {
         .collect()
 }
 
-async fn schedule_loop(project: &Project, pipeline: &Pipeline) -> Result<(), RunLogError> {
-    let Some(schedule) = &pipeline.schedule else { return Ok(()) };
-    let log = RunLog::open(&project.config().state_dir())?;
-    let decide =
-        |slot: Option<DateTime<Utc>>, decision: DecisionKind, detail: Option<String>, run_id: Option<String>| {
-            record(&log, &pipeline.name, slot, decision, detail, run_id)
-        };
+async fn schedule_loop(state_dir: &std::path::Path, job: &dyn Job) -> Result<(), RunLogError> {
+    let (schedule, name) = (job.schedule(), job.name());
+    let log = RunLog::open(state_dir)?;
+    let decide = |slot: Option<DateTime<Utc>>, decision: DecisionKind, detail: Option<String>| {
+        record(&log, name, slot, decision, detail, None)
+    };
+    for slot in job.unfinished(&log)? {
+        decide(Some(slot), DecisionKind::Resumed, Some("begun by a process that ended; finishing it".into()))?;
+        fire(job, slot, &log).await?;
+    }
     let now = Utc::now();
     let mut last = now;
-    match plan_catch_up(schedule, pipeline.catch_up, log.schedule_slot(&pipeline.name)?, now) {
-        CatchUpPlan::Nothing => log.set_schedule_slot(&pipeline.name, now)?,
+    match plan_catch_up(schedule, job.catch_up(), log.schedule_slot(name)?, now) {
+        CatchUpPlan::Nothing => log.set_schedule_slot(name, now)?,
         CatchUpPlan::Skip { missed, first, latest } => {
             decide(
                 Some(latest),
@@ -120,33 +201,31 @@ async fn schedule_loop(project: &Project, pipeline: &Pipeline) -> Result<(), Run
                 Some(format!(
                     "{missed} run(s) missed while the server was down ({first} to {latest}); catch_up = skip"
                 )),
-                None,
             )?;
-            log.set_schedule_slot(&pipeline.name, now)?;
+            log.set_schedule_slot(name, now)?;
         }
         CatchUpPlan::RunLatest { missed, latest } => {
             decide(
                 Some(latest),
                 DecisionKind::CaughtUp,
                 Some(format!("{missed} run(s) missed while the server was down; running once now (catch_up = latest)")),
-                None,
             )?;
-            fire(project, pipeline, latest, &log).await?;
+            fire(job, latest, &log).await?;
             last = Utc::now().max(latest);
         }
     }
     loop {
         let Some(slot) = next_slot(schedule, last) else {
-            tracing::warn!(pipeline = %pipeline.name, "the schedule has no further times");
+            tracing::warn!(job = %name, "the schedule has no further times");
             return Ok(());
         };
         let wait = (slot - Utc::now()).to_std().unwrap_or_default();
         tokio::time::sleep(wait).await;
-        fire(project, pipeline, slot, &log).await?;
+        fire(job, slot, &log).await?;
         // Times that passed while the run went on are not run late: runs never overlap.
         last = Utc::now().max(slot);
         if let Some(skipped) = next_slot(schedule, slot).filter(|next| *next < last) {
-            decide(Some(skipped), DecisionKind::Skipped, Some("the previous run was still going".into()), None)?;
+            decide(Some(skipped), DecisionKind::Skipped, Some("the previous run was still going".into()))?;
         }
     }
 }
@@ -154,45 +233,44 @@ async fn schedule_loop(project: &Project, pipeline: &Pipeline) -> Result<(), Run
 /// Records one decision of the scheduler in the run log.
 fn record(
     log: &RunLog,
-    pipeline: &str,
+    job: &str,
     slot: Option<DateTime<Utc>>,
     decision: DecisionKind,
     detail: Option<String>,
     run_id: Option<String>,
 ) -> Result<(), RunLogError> {
-    log.record_decision(&Decision { pipeline: pipeline.to_string(), slot, decision, detail, run_id, at: String::new() })
+    log.record_decision(&Decision { pipeline: job.to_string(), slot, decision, detail, run_id, at: String::new() })
 }
 
-/// Runs the pipeline for `slot`, retrying failures with back-off, and records each decision.
-async fn fire(project: &Project, pipeline: &Pipeline, slot: DateTime<Utc>, log: &RunLog) -> Result<(), RunLogError> {
+/// Runs `job` for `slot`, retrying failures with back-off, and records each decision.
+async fn fire(job: &dyn Job, slot: DateTime<Utc>, log: &RunLog) -> Result<(), RunLogError> {
     let decide = |decision: DecisionKind, detail: Option<String>, run_id: Option<String>| {
-        record(log, &pipeline.name, Some(slot), decision, detail, run_id)
+        record(log, job.name(), Some(slot), decision, detail, run_id)
     };
     // Marked as dealt with before running: a crash mid-run is not re-run as a missed time (the
     // interrupted run shows in the run log, and the next run completes the work).
-    log.set_schedule_slot(&pipeline.name, slot)?;
-    let mut delay = pipeline.retry.delay;
-    for attempt in 0..=pipeline.retry.attempts {
+    log.set_schedule_slot(job.name(), slot)?;
+    let retry = job.retry();
+    let mut delay = retry.delay;
+    for attempt in 0..=retry.attempts {
         decide(DecisionKind::Fired, (attempt > 0).then(|| format!("attempt {}", attempt + 1)), None)?;
-        let outcome: Result<RunSummary, PipelineError> =
-            super::run(project, pipeline, "schedule", &(Arc::new(Silent) as Arc<dyn crate::progress::Progress>)).await;
-        match outcome {
-            Ok(summary) => {
-                decide(DecisionKind::Succeeded, None, Some(summary.run_id))?;
+        match job.attempt(slot, attempt == retry.attempts).await {
+            Ok(done) => {
+                decide(DecisionKind::Succeeded, done.detail, done.run_id)?;
                 return Ok(());
             }
-            Err(PipelineError::RunLog(RunLogError::AlreadyRunning { .. })) => {
-                decide(DecisionKind::Skipped, Some("another run of this pipeline is in progress".into()), None)?;
+            Err(AttemptError::Busy(why)) => {
+                decide(DecisionKind::Skipped, Some(why), None)?;
                 return Ok(());
             }
-            Err(e) if attempt < pipeline.retry.attempts => {
+            Err(AttemptError::Failed(e)) if attempt < retry.attempts => {
                 decide(DecisionKind::Retrying, Some(format!("{e}; next attempt in {}s", delay.as_secs())), None)?;
                 tokio::time::sleep(delay).await;
                 delay *= 2;
             }
-            Err(e) => {
+            Err(AttemptError::Failed(e)) => {
                 decide(DecisionKind::Failed, Some(format!("gave up after {} attempt(s): {e}", attempt + 1)), None)?;
-                tracing::error!(pipeline = %pipeline.name, error = %e, "scheduled run failed; giving up until the next time");
+                tracing::error!(job = %job.name(), error = %e, "scheduled run failed; giving up until the next time");
             }
         }
     }

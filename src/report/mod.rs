@@ -2,9 +2,13 @@
 //! files, as the report's role, for the period its filters name on the day of its slot. Every
 //! panel's data comes through [`crate::dashboard`], so the numbers, the masking, the cache, the
 //! query log and the audit trail are the web page's; the charts are the web page's SVGs. A panel
-//! that fails fails the report (a report is never sent with a hole in it). It does not send,
-//! schedule or record deliveries.
+//! that fails fails the report (a report is never sent with a hole in it). [`email`] writes and
+//! sends its messages, [`deliver`] sends a slot once through the delivery ledger, and [`job`] puts
+//! reports on the pipelines' scheduler.
 
+pub mod deliver;
+pub mod email;
+pub mod job;
 pub mod pdf;
 
 use chrono::{DateTime, NaiveDate, Utc};
@@ -57,6 +61,8 @@ pub struct Rendered {
     pub period: String,
     /// The figures of the KPI tiles, in full.
     pub headlines: Vec<pdf::Headline>,
+    /// When the oldest table read last changed, in the report's time zone.
+    pub data_as_of: String,
 }
 
 /// `report` made as `caller` (whose role it must render as) for the day `today` of its time
@@ -85,6 +91,7 @@ pub async fn render(
     let zone = report.schedule.timezone;
     let period = describe_period(dashboard, selection);
     let headlines: Vec<pdf::Headline> = answers.iter().filter_map(|(panel, data)| headline(panel, data)).collect();
+    let data_as_of = data_as_of(sources, &answers, zone).await;
     let csv = if report.spec.formats.contains(&ReportFormat::Csv) {
         let tables = answers.iter().any(|(p, _)| p.chart == ChartKind::Table);
         answers
@@ -126,7 +133,7 @@ pub async fn render(
             report: name.clone(),
             period: period.clone(),
             filters: describe_filters(dashboard, selection),
-            data_as_of: data_as_of(sources, &answers, zone).await,
+            data_as_of: data_as_of.clone(),
             generated: generated.with_timezone(&zone).format(STAMP).to_string(),
             headlines: headlines.clone(),
             chart_rows: rows,
@@ -139,7 +146,7 @@ pub async fn render(
     } else {
         None
     };
-    Ok(Rendered { pdf, csv, period, headlines })
+    Ok(Rendered { pdf, csv, period, headlines, data_as_of })
 }
 
 /// How a report prints a time: `Dec 4, 2026 07:41 EST`.

@@ -2,6 +2,7 @@
 //! S3-protocol server), demo projects in temporary directories, and source-vs-warehouse checks.
 #![allow(dead_code)]
 
+pub mod smtp;
 pub mod tpch;
 
 use std::net::TcpListener;
@@ -376,14 +377,18 @@ pub async fn warehouse_count(config: &Config, sql: &str) -> i64 {
 
 /// Runs `cmd` with a fault point at `fault` (`TARGET:ROWS`), waits until the process reports that
 /// it reached it (mid-load, before the commit), and kills it with SIGKILL.
-pub fn kill_at_fault_point(mut cmd: Command, fault: &str) {
+pub fn kill_at_fault_point(cmd: Command, fault: &str) {
+    kill_at(cmd, sokana::progress::fault::ENV, fault);
+}
+
+/// Runs `cmd` with the fault point named `point` in the code, and kills it there with SIGKILL.
+pub fn kill_at_named_point(cmd: Command, point: &str) {
+    kill_at(cmd, sokana::progress::fault::POINT_ENV, point);
+}
+
+fn kill_at(mut cmd: Command, env: &str, fault: &str) {
     use std::io::BufRead;
-    let mut child = cmd
-        .env(sokana::progress::fault::ENV, fault)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn sokana");
+    let mut child = cmd.env(env, fault).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn sokana");
     let stderr = child.stderr.take().expect("stderr");
     let mut seen = Vec::new();
     for line in std::io::BufReader::new(stderr).lines() {

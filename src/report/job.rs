@@ -1,0 +1,199 @@
+//! Reports on the scheduler: each report is a [`Job`] of the one scheduler that runs pipelines (one
+//! run log of decisions for both), delivered slot by slot through [`super::deliver`]; and the same
+//! delivery on request, for `sokana report run --send` and the API. Holds what a delivery needs
+//! (the serving engine, the users, the catalogs, the mailer) and nothing of how it is done.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use lettre::Address;
+
+use super::deliver::{self, Audience, DeliverError, Outbox, Outcome, Slot};
+use super::email::Mailer;
+use crate::auth::Auth;
+use crate::dashboard::{self, Sources};
+use crate::pipeline::runlog::{RunLock, RunLog, RunLogError};
+use crate::pipeline::schedule::{AttemptError, Done, Job};
+use crate::pipeline::spec::{CatchUp, Retry, Schedule};
+use crate::query::engine::QueryEngine;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error(transparent)]
+    Report(#[from] super::ReportError),
+    #[error(transparent)]
+    Deliver(#[from] DeliverError),
+    #[error(transparent)]
+    Ledger(#[from] RunLogError),
+    #[error("reports cannot be sent: the configuration has no [smtp] section")]
+    NoMail,
+}
+
+/// What making and sending reports needs, shared by every report's job.
+pub struct Reporting {
+    pub engine: Arc<QueryEngine>,
+    pub auth: Arc<Auth>,
+    pub metrics: Arc<crate::metrics::Catalog>,
+    pub dashboards: Arc<dashboard::Catalog>,
+    pub queries_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub public_url: String,
+    /// None without `[smtp]`: reports are then made on request but never sent.
+    pub mailer: Option<Arc<Mailer>>,
+}
+
+impl Reporting {
+    /// For a project's configuration (`[smtp]`, `server.public_url`, the state directory).
+    pub fn new(
+        config: &crate::config::Config,
+        engine: Arc<QueryEngine>,
+        auth: Arc<Auth>,
+        metrics: Arc<crate::metrics::Catalog>,
+        dashboards: Arc<dashboard::Catalog>,
+    ) -> Result<Reporting, super::email::MailError> {
+        let mailer = config.smtp.as_ref().map(Mailer::new).transpose()?.map(Arc::new);
+        Ok(Reporting {
+            engine,
+            auth,
+            metrics,
+            dashboards,
+            queries_dir: config.queries_dir(),
+            state_dir: config.state_dir(),
+            public_url: config.server.public_url(),
+            mailer,
+        })
+    }
+
+    /// The sources a report's panels read.
+    pub fn sources(&self) -> Sources<'_> {
+        Sources { engine: &self.engine, views: &self.metrics, queries_dir: &self.queries_dir }
+    }
+
+    /// One job per report, when mail can be sent (a warning per report otherwise).
+    pub fn jobs(self: &Arc<Self>) -> Vec<Arc<dyn Job>> {
+        let reports = super::all(&self.dashboards);
+        if self.mailer.is_none() {
+            for (_, report) in reports {
+                tracing::warn!(report = %report.spec.name, "not scheduled: the configuration has no [smtp] section");
+            }
+            return Vec::new();
+        }
+        reports
+            .map(|(_, report)| {
+                Arc::new(ReportJob {
+                    reporting: self.clone(),
+                    report: report.spec.name.clone(),
+                    job: deliver::job_name(report),
+                    schedule: report.schedule.clone(),
+                    catch_up: report.spec.catch_up,
+                }) as Arc<dyn Job>
+            })
+            .collect()
+    }
+
+    /// Delivers report `name` for `slot` under its job's lock (one attempt).
+    pub async fn deliver(
+        &self,
+        name: &str,
+        slot: DateTime<Utc>,
+        trigger: &str,
+        audience: Audience<'_>,
+        day: Option<NaiveDate>,
+        last_attempt: bool,
+    ) -> Result<Outcome, SendError> {
+        let mailer = self.mailer.as_deref().ok_or(SendError::NoMail)?;
+        let (dashboard, report) = super::find(&self.dashboards, name)?;
+        let _lock = RunLock::wait(&self.state_dir, &deliver::job_name(report)).await?;
+        let log = RunLog::open(&self.state_dir)?;
+        let outbox =
+            Outbox { sources: self.sources(), auth: &self.auth, log: &log, mailer, public_url: &self.public_url };
+        let slot = Slot { dashboard, report, slot, trigger, audience, day, last_attempt };
+        Ok(deliver::deliver(&outbox, &slot).await?)
+    }
+
+    /// Sends report `name` now, to `to` when given (as the report's role) or to its recipients:
+    /// one attempt, whose failures are final and reported.
+    pub async fn send_now(
+        &self,
+        name: &str,
+        trigger: &str,
+        to: &[Address],
+        day: Option<NaiveDate>,
+    ) -> Result<Outcome, SendError> {
+        let audience = if to.is_empty() { Audience::Recipients } else { Audience::Addresses(to) };
+        self.deliver(name, Utc::now(), trigger, audience, day, true).await
+    }
+
+    /// The delivery ledger, newest first, of one report or all.
+    pub fn deliveries(
+        &self,
+        name: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<crate::pipeline::runlog::Delivery>, SendError> {
+        let job = match name {
+            Some(name) => Some(deliver::job_name(super::find(&self.dashboards, name)?.1)),
+            None => None,
+        };
+        let log = RunLog::open(&self.state_dir)?;
+        let mut rows = log.deliveries(job.as_deref(), limit)?;
+        if job.is_none() {
+            rows.retain(|d| d.job.starts_with("report:"));
+        }
+        Ok(rows)
+    }
+}
+
+/// One report on the scheduler.
+struct ReportJob {
+    reporting: Arc<Reporting>,
+    report: String,
+    job: String,
+    schedule: Schedule,
+    catch_up: CatchUp,
+}
+
+#[async_trait::async_trait]
+impl Job for ReportJob {
+    fn name(&self) -> &str {
+        &self.job
+    }
+    fn schedule(&self) -> &Schedule {
+        &self.schedule
+    }
+    fn catch_up(&self) -> CatchUp {
+        self.catch_up
+    }
+    fn retry(&self) -> Retry {
+        self.reporting.mailer.as_ref().map_or(Retry { attempts: 0, delay: std::time::Duration::ZERO }, |m| m.retry())
+    }
+    fn unfinished(&self, log: &RunLog) -> Result<Vec<DateTime<Utc>>, RunLogError> {
+        log.unfinished_slots(&self.job)
+    }
+    async fn attempt(&self, slot: DateTime<Utc>, last_attempt: bool) -> Result<Done, AttemptError> {
+        // A slot already claimed (begun before a crash, or retried) goes to those the ledger holds;
+        // a new one to the report's recipients as they are now.
+        let begun = RunLog::open(&self.reporting.state_dir)
+            .and_then(|log| log.slot_deliveries(&self.job, slot))
+            .map_err(|e| AttemptError::Failed(e.to_string()))?;
+        let audience = if begun.is_empty() { Audience::Recipients } else { Audience::Ledger };
+        let outcome = self
+            .reporting
+            .deliver(&self.report, slot, "schedule", audience, None, last_attempt)
+            .await
+            .map_err(|e| AttemptError::Failed(e.to_string()))?;
+        if let Some(reason) = outcome.retry {
+            return Err(AttemptError::Failed(reason));
+        }
+        Ok(Done { run_id: None, detail: Some(summary(&outcome.deliveries)) })
+    }
+}
+
+/// `3 sent, 1 failed` over a slot's messages.
+pub fn summary(deliveries: &[crate::pipeline::runlog::Delivery]) -> String {
+    let mut counts: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for d in deliveries {
+        *counts.entry(d.state.as_str()).or_default() += 1;
+    }
+    counts.iter().map(|(state, n)| format!("{n} {state}")).collect::<Vec<_>>().join(", ")
+}
