@@ -11,7 +11,7 @@
 mod common;
 
 use chrono::{Datelike, Duration};
-use common::Project;
+use common::{JsonRequest, JsonResponse, Project};
 use sokana::chart::Format;
 
 async fn project() -> Project {
@@ -268,4 +268,104 @@ async fn a_kill_after_the_server_accepted_repeats_the_same_message_id_and_says_s
     assert_eq!(messages[0].message_id, messages[1].message_id);
     let ledger = ledger(&project, "executive-weekly");
     assert!(ledger.contains(" sent ") && ledger.contains("possible repeat"), "{ledger}");
+}
+
+/// A dashboard listing doulas by name, with the same report as an analyst and as a manager.
+const DOULA_LIST: &str = r#"title = "Doula list"
+[[panels]]
+id = "doulas"
+title = "Doulas"
+chart = "table"
+sql = "SELECT full_name, city FROM raw.doulas ORDER BY city, full_name"
+[[reports]]
+name = "doulas-analyst"
+schedule = "0 8 * * *"
+role = "analyst"
+formats = ["pdf", "csv"]
+[[reports]]
+name = "doulas-manager"
+schedule = "0 8 * * *"
+role = "manager"
+formats = ["pdf", "csv"]
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_analyst_report_holds_no_pii() {
+    let project = project().await;
+    std::fs::write(project.dir.path().join("dashboards/doulas.toml"), DOULA_LIST).expect("write");
+    let ctx = sokana::query::unmasked_session(&sokana::pipeline::warehouse(&project.config()).expect("warehouse"))
+        .await
+        .expect("session");
+    let batches = sokana::query::run(&ctx, "SELECT full_name FROM raw.doulas").await.expect("names");
+    let names = sokana::query::format(&batches, sokana::query::OutputFormat::Csv).expect("csv");
+    let names: Vec<&str> = names.lines().skip(1).collect();
+    assert!(names.len() >= 3, "{names:?}");
+    let day = chrono::NaiveDate::from_ymd_opt(2026, 10, 1).expect("date");
+    let (analyst, manager) = (project.dir.path().join("analyst"), project.dir.path().join("manager"));
+    run_report(&project, "doulas-analyst", day, &analyst);
+    run_report(&project, "doulas-manager", day, &manager);
+    let seen = |dir: &std::path::Path, report: &str| {
+        let pdf = pdf_text(&dir.join(format!("{report}.pdf")));
+        let csv = std::fs::read_to_string(dir.join("doulas.csv")).expect("csv");
+        names.iter().filter(|n| pdf.contains(*n) || csv.contains(*n)).count()
+    };
+    assert!(seen(&manager, "doulas-manager") > 0, "the manager's report names doulas");
+    assert_eq!(seen(&analyst, "doulas-analyst"), 0, "no name in the analyst's report");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_reports_api_lists_makes_sends_and_shows_the_ledger() {
+    let smtp = common::smtp::SmtpServer::start(&[]);
+    let project = mailing_project(&smtp.url(), "").await;
+    let server = common::serve(&project);
+    let billing = common::api_key(&project, sokana::auth::Role::Billing).await;
+    let (status, listed) = common::get_json(&server, &billing, "/api/v1/reports").await;
+    assert_eq!(status, 200, "{listed}");
+    let names: Vec<&str> =
+        listed["reports"].as_array().expect("reports").iter().filter_map(|r| r["name"].as_str()).collect();
+    assert!(names.contains(&"billing-monthly") && names.contains(&"executive-weekly"), "{listed}");
+    assert!(listed["reports"][0].get("recipients").is_none(), "recipients are for administrators: {listed}");
+
+    // The CSV made on demand with the caller's role equals the dashboard's.
+    let (status, headers, csv) =
+        common::get_bytes(&server, &billing, "/api/v1/reports/billing-monthly.csv?as_of=2026-04-01&panel=aging").await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&csv));
+    assert!(headers.starts_with("text/csv"), "{headers}");
+    let (_, _, served) = common::get_bytes(
+        &server,
+        &billing,
+        "/api/v1/dashboards/revenue/panels/aging.csv?period=2026-03-01..2026-04-01&raw=true",
+    )
+    .await;
+    assert_eq!(csv, served);
+    let (status, _, pdf) =
+        common::get_bytes(&server, &billing, "/api/v1/reports/billing-monthly.pdf?as_of=2026-04-01").await;
+    assert_eq!(status, 200);
+    assert!(pdf.starts_with(b"%PDF-"));
+    let (status, _, _) = common::get_bytes(&server, &billing, "/api/v1/reports/no-such.pdf").await;
+    assert_eq!(status, 404);
+
+    // Billing may not send (sending needs run_pipelines); a manager sends to one address.
+    let client = reqwest::Client::new();
+    let post = |key: &str, body: serde_json::Value| {
+        client
+            .post(format!("http://127.0.0.1:{}/api/v1/reports/executive-weekly/send", server.http))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+    };
+    let refused = post(&billing, serde_json::json!({})).await.expect("send");
+    assert_eq!(refused.status(), 403);
+    let manager = common::api_key(&project, sokana::auth::Role::Manager).await;
+    let sent =
+        post(&manager, serde_json::json!({ "to": ["kim@sokana.example"], "as_of": "2026-03-10" })).await.expect("send");
+    assert_eq!(sent.status(), 200);
+    let sent: serde_json::Value = sent.json().await.expect("json");
+    assert_eq!(sent["summary"], "1 sent", "{sent}");
+    assert_eq!(smtp.messages().len(), 1);
+    let (status, ledger) = common::get_json(&server, &manager, "/api/v1/reports/executive-weekly/deliveries").await;
+    assert_eq!(status, 200);
+    assert_eq!(ledger["deliveries"][0]["recipient"], "kim@sokana.example", "{ledger}");
+    assert_eq!(ledger["deliveries"][0]["state"], "sent", "{ledger}");
+    assert_eq!(ledger["deliveries"][0]["trigger"], "api", "{ledger}");
 }

@@ -12,6 +12,7 @@ mod pages;
 mod pgwire;
 mod privacy;
 mod query;
+mod reports;
 mod tls;
 
 pub use auth::Access;
@@ -173,6 +174,10 @@ pub fn routes() -> Vec<Route> {
         route(Method::GET, "/api/v1/dashboards/{id}/panels/{panel}/rows", Needs(ViewDashboards), dashboards::rows),
         route(Method::POST, "/api/v1/dashboards/{id}/embed", Needs(ViewDashboards), dashboards::create_embed),
         route(Method::GET, "/api/v1/events/tables", Needs(ViewDashboards), dashboards::events),
+        route(Method::GET, "/api/v1/reports", Needs(ViewDashboards), reports::list),
+        route(Method::GET, "/api/v1/reports/{file}", Needs(ViewDashboards), reports::file),
+        route(Method::POST, "/api/v1/reports/{name}/send", Needs(RunPipelines), reports::send),
+        route(Method::GET, "/api/v1/reports/{name}/deliveries", Needs(ViewOperations), reports::deliveries),
         route(Method::POST, "/api/v1/chart", Needs(RunSql), dashboards::chart),
         route(Method::GET, "/api/v1/schemas/{name}", SignedIn, dashboards::schema),
         route(Method::GET, "/api/v1/query-log", Needs(ViewOperations), query::query_log),
