@@ -38,13 +38,14 @@ fn pdf_text(path: &std::path::Path) -> String {
     String::from_utf8(out.stdout).expect("utf-8")
 }
 
-/// A project whose reports go to `smtp` (one attempt unless `extra` says otherwise), with users
+/// A project whose reports go to `smtp_url` (`retries` more attempts, `retry_seconds` apart at
+/// first), with users
 /// `director@sokana.example` (manager), `dana` (a manager whose name is no address) and
 /// `ana@sokana.example` (analyst).
-async fn mailing_project(smtp_url: &str, extra: &str) -> Project {
+async fn mailing_project(smtp_url: &str, retries: u32, retry_seconds: u64) -> Project {
     let config = format!(
         "[smtp]\nurl = {smtp_url:?}\nfrom = \"Sokana Analytics <reports@sokana.example>\"\n\
-         admins = [\"ops@sokana.example\"]\nretries = 0\n{extra}"
+         admins = [\"ops@sokana.example\"]\nretries = {retries}\nretry_seconds = {retry_seconds}\n"
     );
     let project = common::sokana_project_with_dashboards(&config).await;
     let auth = sokana::auth::Auth::open(&project.config()).await.expect("auth");
@@ -152,7 +153,7 @@ async fn the_monthly_billing_csv_equals_the_dashboards_csv_for_the_billing_role(
 #[tokio::test(flavor = "multi_thread")]
 async fn the_weekly_report_arrives_by_email_with_the_warehouse_numbers() {
     let smtp = common::smtp::SmtpServer::start(&[]);
-    let project = mailing_project(&smtp.url(), "").await;
+    let project = mailing_project(&smtp.url(), 0, 1).await;
     let out = send(&project, &["executive-weekly", "--as-of", "2026-03-10"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
@@ -185,7 +186,7 @@ async fn the_weekly_report_arrives_by_email_with_the_warehouse_numbers() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_refused_recipient_fails_alone_and_the_admins_are_told() {
     let smtp = common::smtp::SmtpServer::start(&["gone@sokana.example"]);
-    let project = mailing_project(&smtp.url(), "").await;
+    let project = mailing_project(&smtp.url(), 0, 1).await;
     let out = send(
         &project,
         &["billing-monthly", "--as-of", "2026-04-01", "--to", "gone@sokana.example", "--to", "kim@sokana.example"],
@@ -211,7 +212,7 @@ async fn a_refused_recipient_fails_alone_and_the_admins_are_told() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_report_that_cannot_be_made_is_not_sent_empty() {
     let smtp = common::smtp::SmtpServer::start(&[]);
-    let project = mailing_project(&smtp.url(), "").await;
+    let project = mailing_project(&smtp.url(), 0, 1).await;
     std::fs::write(
         project.dir.path().join("dashboards/broken.toml"),
         "title = \"Broken\"\n[[panels]]\nid = \"p\"\ntitle = \"P\"\nchart = \"table\"\n\
@@ -237,7 +238,7 @@ async fn a_report_that_cannot_be_made_is_not_sent_empty() {
 /// slots begun before a crash) deliver; answers the messages received.
 async fn killed_at(point: &str) -> (Project, Vec<common::smtp::Received>) {
     let smtp = common::smtp::SmtpServer::start(&[]);
-    let project = mailing_project(&smtp.url(), "").await;
+    let project = mailing_project(&smtp.url(), 0, 1).await;
     let mut cmd = project.cli();
     cmd.args(["report", "run", "executive-weekly", "--send", "--as-of", "2026-03-10"]);
     common::kill_at_named_point(cmd, point);
@@ -316,7 +317,7 @@ async fn an_analyst_report_holds_no_pii() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_reports_api_lists_makes_sends_and_shows_the_ledger() {
     let smtp = common::smtp::SmtpServer::start(&[]);
-    let project = mailing_project(&smtp.url(), "").await;
+    let project = mailing_project(&smtp.url(), 0, 1).await;
     let server = common::serve(&project);
     let billing = common::api_key(&project, sokana::auth::Role::Billing).await;
     let (status, listed) = common::get_json(&server, &billing, "/api/v1/reports").await;
@@ -368,4 +369,72 @@ async fn the_reports_api_lists_makes_sends_and_shows_the_ledger() {
     assert_eq!(ledger["deliveries"][0]["recipient"], "kim@sokana.example", "{ledger}");
     assert_eq!(ledger["deliveries"][0]["state"], "sent", "{ledger}");
     assert_eq!(ledger["deliveries"][0]["trigger"], "api", "{ledger}");
+}
+
+/// The executive report's schedule in `project`, made every `seconds` seconds.
+fn every(project: &Project, seconds: u32) {
+    let path = project.dir.path().join("dashboards/executive.toml");
+    let text = std::fs::read_to_string(&path).expect("executive.toml");
+    let text = text.replace("schedule = \"0 8 * * MON\"", &format!("schedule = \"*/{seconds} * * * * *\""));
+    std::fs::write(&path, text).expect("write");
+}
+
+/// Waits until the run log's decisions about the executive report satisfy `done`.
+fn wait_for_decisions(project: &Project, what: &str, done: impl Fn(&[sokana::pipeline::runlog::Decision]) -> bool) {
+    let started = std::time::Instant::now();
+    loop {
+        let log = sokana::pipeline::runlog::RunLog::open(&project.config().state_dir()).expect("run log");
+        let decisions = log.decisions(Some("report:executive-weekly"), 100).expect("decisions");
+        if done(&decisions) {
+            return;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(90), "no {what}: {decisions:#?}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_scheduled_report_is_retried_through_a_mail_server_outage_and_delivered_once() {
+    let port = common::free_port();
+    let project = mailing_project(&format!("smtp://127.0.0.1:{port}"), 3, 1).await;
+    every(&project, 5);
+    let server = common::serve(&project);
+    wait_for_decisions(&project, "retry", |d| d.iter().any(|d| d.decision == "retrying"));
+    // The mail server comes back: the next attempt delivers the slot.
+    let smtp = common::smtp::SmtpServer::start_on(port, &[]);
+    wait_for_decisions(&project, "success", |d| d.iter().any(|d| d.decision == "succeeded"));
+    drop(server);
+    let log = sokana::pipeline::runlog::RunLog::open(&project.config().state_dir()).expect("run log");
+    let rows = log.deliveries(Some("report:executive-weekly"), 100).expect("ledger");
+    let sent: Vec<_> = rows.iter().filter(|d| d.state == "sent").collect();
+    let first = rows.iter().min_by_key(|d| d.slot).expect("a slot");
+    assert_eq!(first.state, "sent", "{rows:#?}");
+    assert!(first.attempts >= 2, "handed over once the server answered: {rows:#?}");
+    assert_eq!(first.trigger, "schedule");
+    // Each slot once: as many messages as sent rows, no two with one Message-ID.
+    let messages = smtp.messages();
+    let mut ids: Vec<&str> = messages.iter().map(|m| m.message_id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!((messages.len(), ids.len()), (sent.len(), sent.len()), "{rows:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mail_server_that_stays_down_shows_on_the_data_health_dashboard() {
+    let port = common::free_port();
+    let project = mailing_project(&format!("smtp://127.0.0.1:{port}"), 1, 1).await;
+    every(&project, 30);
+    let server = common::serve(&project);
+    wait_for_decisions(&project, "failure", |d| d.iter().any(|d| d.decision == "failed"));
+    let manager = common::api_key(&project, sokana::auth::Role::Manager).await;
+    let (status, panel) =
+        common::get_json(&server, &manager, "/api/v1/dashboards/data_health?period=last_30_days").await;
+    assert_eq!(status, 200);
+    let panels = panel["panels"].as_array().expect("panels");
+    let deliveries = panels.iter().find(|p| p["id"] == "deliveries").expect("the deliveries panel");
+    let rows = deliveries["data"]["frame"]["rows"].as_array().unwrap_or_else(|| panic!("rows: {deliveries}"));
+    assert!(
+        rows.iter().any(|r| r.to_string().contains("executive-weekly") && r.to_string().contains("failed")),
+        "{deliveries}"
+    );
 }

@@ -113,6 +113,8 @@ pub enum AttemptError {
     Busy(String),
     /// The attempt failed; retried while attempts are left.
     Failed(String),
+    /// The attempt failed in a way another would not change (e.g. a recipient refused).
+    Final(String),
 }
 
 /// A scheduled pipeline of a project.
@@ -268,9 +270,10 @@ async fn fire(job: &dyn Job, slot: DateTime<Utc>, log: &RunLog) -> Result<(), Ru
                 tokio::time::sleep(delay).await;
                 delay *= 2;
             }
-            Err(AttemptError::Failed(e)) => {
+            Err(AttemptError::Failed(e) | AttemptError::Final(e)) => {
                 decide(DecisionKind::Failed, Some(format!("gave up after {} attempt(s): {e}", attempt + 1)), None)?;
                 tracing::error!(job = %job.name(), error = %e, "scheduled run failed; giving up until the next time");
+                return Ok(());
             }
         }
     }

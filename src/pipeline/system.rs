@@ -1,7 +1,8 @@
 //! System tables, so that the state of the data can be asked in SQL and drawn by dashboards like
 //! any other data: `system.pipeline_runs` and `system.table_loads` (the pipelines' run log: each
-//! run, and each table it loaded or model it built) and `system.tables` (every warehouse table's
-//! version, rows and age). Each is read afresh at every scan; plans that read them are never
+//! run, and each table it loaded or model it built), `system.tables` (every warehouse table's
+//! version, rows and age) and `system.report_deliveries` (the delivery ledger without the
+//! recipients' addresses). Each is read afresh at every scan; plans that read them are never
 //! cached (they are not warehouse tables) and run on DataFusion. Who may read them, and which
 //! rows name tables for administrators only, is the masking policy's business (`auth::policy`).
 
@@ -17,7 +18,7 @@ use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 
-use super::runlog::{RunLog, RunRecord};
+use super::runlog::{Delivery, RunLog, RunRecord};
 use crate::query::catalog::WarehouseCatalog;
 
 /// The schema the system tables are in.
@@ -31,16 +32,18 @@ enum Kind {
     PipelineRuns,
     TableLoads,
     Tables,
+    ReportDeliveries,
 }
 
 impl Kind {
-    const ALL: [Kind; 3] = [Kind::PipelineRuns, Kind::TableLoads, Kind::Tables];
+    const ALL: [Kind; 4] = [Kind::PipelineRuns, Kind::TableLoads, Kind::Tables, Kind::ReportDeliveries];
 
     fn name(self) -> &'static str {
         match self {
             Kind::PipelineRuns => "pipeline_runs",
             Kind::TableLoads => "table_loads",
             Kind::Tables => "tables",
+            Kind::ReportDeliveries => "report_deliveries",
         }
     }
 
@@ -86,6 +89,17 @@ impl Kind {
                 int("rows"),
                 time("changed_at"),
                 Field::new("age_hours", DataType::Float64, true),
+            ],
+            Kind::ReportDeliveries => vec![
+                text("report"),
+                time("slot"),
+                text("trigger"),
+                text("view"),
+                text("state"),
+                int("attempts"),
+                Field::new("possible_repeat", DataType::Boolean, true),
+                text("detail"),
+                time("updated_at"),
             ],
         };
         Arc::new(Schema::new(fields))
@@ -155,6 +169,15 @@ impl SystemTable {
                 if self.kind == Kind::PipelineRuns { run_columns(&runs) } else { load_columns(&runs) }
             }
             Kind::Tables => self.table_columns().await?,
+            Kind::ReportDeliveries => {
+                let dir = self.state_dir.clone();
+                let rows =
+                    tokio::task::spawn_blocking(move || RunLog::open(&dir).and_then(|log| log.deliveries(None, RUNS)))
+                        .await
+                        .map_err(external)?
+                        .map_err(external)?;
+                delivery_columns(&rows)
+            }
         };
         Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
     }
@@ -187,6 +210,27 @@ impl SystemTable {
             Arc::new(age.finish()),
         ])
     }
+}
+
+fn delivery_columns(rows: &[Delivery]) -> Vec<ArrayRef> {
+    let rows: Vec<&Delivery> = rows.iter().filter(|d| d.job.starts_with("report:")).collect();
+    let text = |f: &dyn Fn(&Delivery) -> Option<String>| -> ArrayRef {
+        Arc::new(rows.iter().map(|d| f(d)).collect::<arrow::array::StringArray>())
+    };
+    let time = |f: &dyn Fn(&Delivery) -> Option<i64>| -> ArrayRef {
+        Arc::new(rows.iter().map(|d| f(d)).collect::<arrow::array::TimestampMicrosecondArray>().with_timezone("UTC"))
+    };
+    vec![
+        text(&|d| Some(d.job.trim_start_matches("report:").to_string())),
+        time(&|d| Some(d.slot.timestamp_micros())),
+        text(&|d| Some(d.trigger.clone())),
+        text(&|d| Some(d.view.clone())),
+        text(&|d| Some(d.state.as_str().to_string())),
+        Arc::new(rows.iter().map(|d| Some(i64::from(d.attempts))).collect::<arrow::array::Int64Array>()),
+        Arc::new(rows.iter().map(|d| Some(d.possible_repeat)).collect::<arrow::array::BooleanArray>()),
+        text(&|d| d.detail.clone()),
+        time(&|d| micros(Some(&d.updated_at))),
+    ]
 }
 
 fn seconds(from: Option<i64>, to: Option<i64>) -> Option<f64> {

@@ -13,7 +13,7 @@ use super::deliver::{self, Audience, DeliverError, Outbox, Outcome, Slot};
 use super::email::Mailer;
 use crate::auth::Auth;
 use crate::dashboard::{self, Sources};
-use crate::pipeline::runlog::{RunLock, RunLog, RunLogError};
+use crate::pipeline::runlog::{DeliveryState, RunLock, RunLog, RunLogError};
 use crate::pipeline::schedule::{AttemptError, Done, Job};
 use crate::pipeline::spec::{CatchUp, Retry, Schedule};
 use crate::query::engine::QueryEngine;
@@ -185,7 +185,14 @@ impl Job for ReportJob {
         if let Some(reason) = outcome.retry {
             return Err(AttemptError::Failed(reason));
         }
-        Ok(Done { run_id: None, detail: Some(summary(&outcome.deliveries)) })
+        let summary = summary(&outcome.deliveries);
+        if let Some(failed) = outcome.deliveries.iter().find(|d| d.state == DeliveryState::Failed) {
+            return Err(AttemptError::Final(format!(
+                "{summary} ({})",
+                failed.detail.as_deref().unwrap_or("no detail")
+            )));
+        }
+        Ok(Done { run_id: None, detail: Some(summary) })
     }
 }
 
