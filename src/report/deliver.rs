@@ -101,6 +101,11 @@ pub fn message_id(report: &Report, slot: DateTime<Utc>, recipient: &str, domain:
     format!("<{}.{}.{}@{domain}>", report.spec.name, slot.format("%Y%m%dT%H%M%S%3fZ"), &hex::encode(digest)[..16])
 }
 
+/// The day of `slot` in the report's time zone: the day its relative filters count from.
+pub fn slot_day(report: &Report, slot: DateTime<Utc>) -> NaiveDate {
+    slot.with_timezone(&report.schedule.timezone).date_naive()
+}
+
 /// The addresses a report goes to, each with the role whose view it gets: the report's role for
 /// addresses; for a role's users (those whose name is an address), the one of the two roles that
 /// sees less.
@@ -177,7 +182,7 @@ pub async fn deliver(outbox: &Outbox<'_>, slot: &Slot<'_>) -> Result<Outcome, De
             _ => mark(delivery, DeliveryState::Failed, Some("the ledger's recipient or view does not read back"))?,
         }
     }
-    let day = slot.day.unwrap_or_else(|| slot.slot.with_timezone(&report.schedule.timezone).date_naive());
+    let day = slot.day.unwrap_or_else(|| slot_day(report, slot.slot));
     let letter =
         Letter { dashboard: slot.dashboard, report, link: link(outbox.public_url, slot.dashboard, report), day };
     let mut retry = None;
@@ -306,4 +311,76 @@ fn link(public_url: &str, dashboard: &Dashboard, report: &Report) -> String {
         url::form_urlencoded::Serializer::new(String::new()).extend_pairs(report.filter_pairs()).finish();
     let base = format!("{public_url}/dashboards/{}", dashboard.id);
     if query.is_empty() { base } else { format!("{base}?{query}") }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{Datelike, TimeZone};
+
+    use super::*;
+    use crate::pipeline::schedule::{CatchUpPlan, next_slot, plan_catch_up};
+    use crate::pipeline::spec::CatchUp;
+
+    fn report(schedule: &str, zone: &str) -> Report {
+        let text = format!(
+            "title = \"T\"\n[[filters]]\nname = \"period\"\nkind = \"date_range\"\n[[panels]]\nid = \"p\"\n\
+             title = \"P\"\nchart = \"kpi\"\nsql = \"SELECT 1 AS n\"\n[[reports]]\nname = \"weekly\"\n\
+             schedule = \"{schedule}\"\ntimezone = \"{zone}\"\nrole = \"manager\"\nformats = [\"pdf\"]\n\
+             filters = {{ period = \"last_week\" }}\ncatch_up = \"latest\"\n"
+        );
+        let dashboard = Dashboard::parse(std::path::Path::new("t.toml"), &text).expect("dashboard");
+        dashboard.reports[0].clone()
+    }
+
+    fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(y, mo, d, h, mi, 0).single().expect("a time")
+    }
+
+    #[test]
+    fn the_weekly_report_keeps_8am_new_york_across_both_changes() {
+        let weekly = report("0 8 * * MON", "America/New_York");
+        // Clocks went forward on Sunday March 8, 2026: Monday 08:00 EDT is 12:00 UTC (13:00 before).
+        assert_eq!(next_slot(&weekly.schedule, utc(2026, 3, 1, 0, 0)), Some(utc(2026, 3, 2, 13, 0)));
+        assert_eq!(next_slot(&weekly.schedule, utc(2026, 3, 6, 0, 0)), Some(utc(2026, 3, 9, 12, 0)));
+        // They went back on Sunday November 1: Monday 08:00 EST is 13:00 UTC again.
+        assert_eq!(next_slot(&weekly.schedule, utc(2026, 10, 30, 0, 0)), Some(utc(2026, 11, 2, 13, 0)));
+        for slot in [utc(2026, 3, 9, 12, 0), utc(2026, 11, 2, 13, 0)] {
+            assert_eq!(slot_day(&weekly, slot).weekday(), chrono::Weekday::Mon);
+        }
+    }
+
+    #[test]
+    fn a_slot_counts_its_day_in_the_reports_zone() {
+        // Sunday 20:30 in Los Angeles is already Monday in UTC: the report is Sunday's.
+        let sunday = report("30 20 * * SUN", "America/Los_Angeles");
+        let slot = next_slot(&sunday.schedule, utc(2026, 3, 6, 0, 0)).expect("a slot");
+        assert_eq!(slot, utc(2026, 3, 9, 3, 30));
+        assert_eq!(slot_day(&sunday, slot), NaiveDate::from_ymd_opt(2026, 3, 8).expect("date"));
+    }
+
+    #[test]
+    fn slots_missed_while_down_are_sent_once_for_the_latest() {
+        let weekly = report("0 8 * * MON", "America/New_York");
+        // Down from just after the slot of November 2 until Friday November 20: two slots missed.
+        let plan =
+            plan_catch_up(&weekly.schedule, CatchUp::Latest, Some(utc(2026, 11, 2, 13, 0)), utc(2026, 11, 20, 9, 0));
+        assert_eq!(plan, CatchUpPlan::RunLatest { missed: 2, latest: utc(2026, 11, 16, 13, 0) });
+        let plan =
+            plan_catch_up(&weekly.schedule, CatchUp::Skip, Some(utc(2026, 11, 2, 13, 0)), utc(2026, 11, 20, 9, 0));
+        assert_eq!(
+            plan,
+            CatchUpPlan::Skip { missed: 2, first: utc(2026, 11, 9, 13, 0), latest: utc(2026, 11, 16, 13, 0) }
+        );
+    }
+
+    #[test]
+    fn message_ids_are_fixed_by_report_slot_and_recipient() {
+        let weekly = report("0 8 * * MON", "America/New_York");
+        let slot = utc(2026, 11, 2, 13, 0);
+        let id = message_id(&weekly, slot, "a@example.org", "example.org");
+        assert_eq!(id, message_id(&weekly, slot, "A@Example.org", "example.org"));
+        assert!(id.starts_with("<weekly.20261102T130000000Z.") && id.ends_with("@example.org>"), "{id}");
+        assert_ne!(id, message_id(&weekly, slot, "b@example.org", "example.org"));
+        assert_ne!(id, message_id(&weekly, utc(2026, 11, 9, 13, 0), "a@example.org", "example.org"));
+    }
 }
