@@ -783,15 +783,44 @@ pub async fn check(sources: &Sources<'_>, dashboard: &Dashboard, caller: &Caller
 /// that a spreadsheet would run as a formula (a leading `=`, `+`, `-` or `@`) is prefixed with `'`
 /// unless `raw`, as OWASP recommends for CSV downloads.
 pub fn csv(frame: &Frame, raw: bool) -> Result<Vec<u8>, DashboardError> {
+    write_csv(frame, if raw { CsvStyle::Raw } else { CsvStyle::Standard })
+}
+
+/// How a CSV file is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CsvStyle {
+    /// RFC 4180, UTF-8, numbers unformatted, text as stored.
+    Raw,
+    /// As `raw`, with text that a spreadsheet would take for a formula (`=`, `+`, `-`, `@`)
+    /// prefixed with `'`.
+    #[default]
+    Standard,
+    /// For Excel where the list separator is `,`: a UTF-8 byte-order mark (so Excel reads UTF-8),
+    /// formulas guarded.
+    Excel,
+    /// For Excel where the decimal separator is `,` (most of Europe): a byte-order mark, `;`
+    /// between fields and `,` in numbers, formulas guarded.
+    ExcelSemicolon,
+}
+
+/// `frame` as a CSV file in `style`.
+pub fn write_csv(frame: &Frame, style: CsvStyle) -> Result<Vec<u8>, DashboardError> {
     let failed = |e: csv::Error| DashboardError::Query(QueryError::Format(e.to_string()));
-    let mut writer = csv::Writer::from_writer(Vec::new());
+    let semicolon = style == CsvStyle::ExcelSemicolon;
+    let mut out = Vec::new();
+    if matches!(style, CsvStyle::Excel | CsvStyle::ExcelSemicolon) {
+        out.extend_from_slice("\u{feff}".as_bytes());
+    }
+    let mut writer = csv::WriterBuilder::new().delimiter(if semicolon { b';' } else { b',' }).from_writer(out);
     writer.write_record(frame.fields.iter().map(|f| f.name.as_str())).map_err(failed)?;
     for row in &frame.rows {
         writer
             .write_record(row.iter().map(|cell| match cell {
                 Cell::Null => String::new(),
+                Cell::Number(n) if semicolon => n.to_string().replace('.', ","),
                 Cell::Number(n) => n.to_string(),
-                Cell::Text(t) if !raw && t.starts_with(['=', '+', '-', '@']) => format!("'{t}"),
+                Cell::Text(t) if style != CsvStyle::Raw && t.starts_with(['=', '+', '-', '@']) => format!("'{t}"),
                 Cell::Text(t) => t.clone(),
             }))
             .map_err(failed)?;
@@ -838,4 +867,30 @@ pub fn compose(dashboard: &Dashboard, panels: &[String], theme: Theme) -> String
         bg = chart::theme::hex(colours.background),
         ink = chart::theme::hex(colours.text),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chart::Field;
+
+    #[test]
+    fn csv_styles_differ_only_where_they_say() {
+        let field = |name: &str| Field { name: name.into(), label: name.into(), format: None, higher_is_better: None };
+        let frame = Frame {
+            fields: vec![field("client"), field("amount")],
+            rows: vec![
+                vec![Cell::Text("=HYPERLINK(\"x\")".into()), Cell::Number(1234.5)],
+                vec![Cell::Text("Zoë; \"Z\"".into()), Cell::Null],
+            ],
+        };
+        let text = |style| String::from_utf8(write_csv(&frame, style).expect("csv")).expect("utf-8");
+        assert_eq!(text(CsvStyle::Raw), "client,amount\n\"=HYPERLINK(\"\"x\"\")\",1234.5\n\"Zoë; \"\"Z\"\"\",\n");
+        assert_eq!(text(CsvStyle::Standard), "client,amount\n\"'=HYPERLINK(\"\"x\"\")\",1234.5\n\"Zoë; \"\"Z\"\"\",\n");
+        assert_eq!(text(CsvStyle::Excel), format!("\u{feff}{}", text(CsvStyle::Standard)));
+        assert_eq!(
+            text(CsvStyle::ExcelSemicolon),
+            "\u{feff}client;amount\n\"'=HYPERLINK(\"\"x\"\")\";1234,5\n\"Zoë; \"\"Z\"\"\";\n"
+        );
+    }
 }

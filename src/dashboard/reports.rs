@@ -14,6 +14,7 @@
 //! role = "manager"
 //! recipients = ["director@example.org", "role:manager"]
 //! formats = ["pdf"]
+//! csv = "raw"                         # or standard, excel, excel_semicolon
 //! catch_up = "latest"                   # or "skip" (the default)
 //! ```
 
@@ -51,9 +52,18 @@ pub struct ReportSpec {
     pub recipients: Vec<String>,
     /// `pdf`, `csv` or both.
     pub formats: Vec<ReportFormat>,
+    /// How CSV files are written: `raw` (RFC 4180, UTF-8, numbers unformatted: the default),
+    /// `standard` (text that looks like a formula guarded with `'`), `excel` (with a byte-order
+    /// mark), `excel_semicolon` (for Excel where numbers are written `1,5`: `;` between fields).
+    #[serde(default = "raw_csv")]
+    pub csv: crate::dashboard::CsvStyle,
     /// Slots missed while the server was down: `skip` them, or send the `latest` once.
     #[serde(default)]
     pub catch_up: CatchUp,
+}
+
+fn raw_csv() -> crate::dashboard::CsvStyle {
+    crate::dashboard::CsvStyle::Raw
 }
 
 /// One value or several.

@@ -97,7 +97,7 @@ pub async fn render(
         answers
             .iter()
             .filter(|(p, _)| !tables || p.chart == ChartKind::Table)
-            .map(|(panel, data)| Ok((format!("{}.csv", panel.id), dashboard::csv(&data.frame, true)?)))
+            .map(|(panel, data)| Ok((format!("{}.csv", panel.id), dashboard::write_csv(&data.frame, report.spec.csv)?)))
             .collect::<Result<_, DashboardError>>()
             .map_err(failed)?
     } else {
