@@ -622,6 +622,17 @@ async fn check(project: &Project) -> Result<()> {
         problems += 1;
         println!("error {e}");
     }
+    for (dashboard, report) in sokana::report::all(&dashboards) {
+        let waits_for = report.spec.freshness.iter().flat_map(|f| f.pipelines.iter());
+        for unknown in waits_for.filter(|name| project.pipeline(name).is_none()) {
+            problems += 1;
+            println!(
+                "error {}: report {}: key `freshness.pipelines`: no pipeline named {unknown:?}",
+                dashboard.path.display(),
+                report.spec.name
+            );
+        }
+    }
     if dashboards.dashboards().next().is_some() {
         let queries_dir = config.queries_dir();
         let sources = sokana::dashboard::Sources { engine: &engine, views: &metrics, queries_dir: &queries_dir };

@@ -144,6 +144,13 @@ async fn the_monthly_billing_csv_equals_the_dashboards_csv_for_the_billing_role(
     }
     assert!(output.join("billing-monthly.pdf").exists());
 
+    // Made as of a day whose data is not loaded yet: the PDF says so at its top.
+    let later = project.dir.path().join("later");
+    let stderr = run_report(&project, "executive-weekly", chrono::Utc::now().date_naive() + Duration::days(10), &later);
+    assert!(stderr.contains("warning: The data may be incomplete"), "{stderr}");
+    let text = pdf_text(&later.join("executive-weekly.pdf"));
+    assert!(text.contains("Freshness warning") && text.contains("sokana_core last"), "{text}");
+
     let unknown = project.cli().args(["report", "run", "no-such-report"]).output().expect("run");
     let stderr = String::from_utf8_lossy(&unknown.stderr);
     assert!(!unknown.status.success());

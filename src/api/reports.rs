@@ -91,9 +91,11 @@ pub(super) async fn file(
     report.spec.formats = vec![if pdf { report::ReportFormat::Pdf } else { report::ReportFormat::Csv }];
     let as_caller = super::dashboards::dashboard_caller(&caller);
     let today = q.as_of.unwrap_or_else(|| chrono::Utc::now().with_timezone(&report.schedule.timezone).date_naive());
-    let made = report::render(&state.reporting.sources(), dashboard, &report, today, chrono::Utc::now(), &as_caller)
-        .await
-        .map_err(|e| ApiError::report(e, &caller.request_id))?;
+    let warning = state.reporting.freshness_warning(dashboard, &report, today).map_err(ApiError::internal)?;
+    let made =
+        report::render(&state.reporting.sources(), dashboard, &report, today, chrono::Utc::now(), &as_caller, warning)
+            .await
+            .map_err(|e| ApiError::report(e, &caller.request_id))?;
     let (bytes, content_type, download) = match (made.pdf, pdf) {
         (Some(bytes), true) => (bytes, "application/pdf", format!("{name}-{today}.pdf")),
         _ => {

@@ -74,7 +74,11 @@ pub async fn run(project: &Project, run: &Run<'_>) -> Result<()> {
         };
         let now = chrono::Utc::now();
         let today = run.as_of.unwrap_or_else(|| now.with_timezone(&report.schedule.timezone).date_naive());
-        let made = report::render(&reporting.sources(), dashboard, report, today, now, &caller).await?;
+        let warning = reporting.freshness_warning(dashboard, report, today)?;
+        let made = report::render(&reporting.sources(), dashboard, report, today, now, &caller, warning).await?;
+        if let Some(warning) = &made.warning {
+            eprintln!("warning: {warning}");
+        }
         write_files(name, &made, output)?;
         eprintln!("{name}: {} as {} in {} ms", made.period, report.role.name(), started.elapsed().as_millis());
         for h in &made.headlines {

@@ -16,6 +16,7 @@
 //! formats = ["pdf"]
 //! csv = "raw"                         # or standard, excel, excel_semicolon
 //! catch_up = "latest"                   # or "skip" (the default)
+//! freshness = { pipelines = ["sokana_core"], wait_minutes = 120 }
 //! ```
 
 use std::collections::BTreeMap;
@@ -60,6 +61,23 @@ pub struct ReportSpec {
     /// Slots missed while the server was down: `skip` them, or send the `latest` once.
     #[serde(default)]
     pub catch_up: CatchUp,
+    /// Wait for fresh data before sending a scheduled slot.
+    pub freshness: Option<Freshness>,
+}
+
+/// A scheduled slot waits until each pipeline named has succeeded since the end of the report's
+/// period (or since the slot's day began, without a date range), for at most `wait_minutes`;
+/// then it is sent anyway, with a warning on the PDF and in the message naming what is stale.
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Freshness {
+    pub pipelines: Vec<String>,
+    #[serde(default = "default_wait_minutes")]
+    pub wait_minutes: u32,
+}
+
+fn default_wait_minutes() -> u32 {
+    120
 }
 
 fn raw_csv() -> crate::dashboard::CsvStyle {
@@ -199,6 +217,14 @@ fn check_one(dashboard: &str, file: &DashboardFile, i: usize) -> Result<Report, 
         .collect::<Result<_, _>>()?;
     if spec.formats.is_empty() {
         return Err("key `formats`: give pdf, csv or both".into());
+    }
+    if let Some(freshness) = &spec.freshness {
+        if freshness.pipelines.is_empty() {
+            return Err("key `freshness.pipelines`: name the pipelines whose runs the report waits for".into());
+        }
+        if freshness.wait_minutes > 24 * 60 {
+            return Err("key `freshness.wait_minutes`: at most 1440 (a day)".into());
+        }
     }
     Ok(Report { spec: spec.clone(), dashboard: dashboard.to_string(), schedule, role, recipients })
 }

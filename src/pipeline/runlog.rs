@@ -106,6 +106,8 @@ pub enum DecisionKind {
     CaughtUp,
     /// Begun by a process that ended before finishing it; finished now.
     Resumed,
+    /// The job waits for something before it runs (a report for fresh data).
+    Waiting,
     /// The run failed; another attempt follows.
     Retrying,
     /// The last attempt failed.
@@ -118,6 +120,7 @@ stored_by_name!(DecisionKind, "scheduler decision", {
     Skipped => "skipped",
     CaughtUp => "caught_up",
     Resumed => "resumed",
+    Waiting => "waiting",
     Retrying => "retrying",
     Failed => "failed",
 });

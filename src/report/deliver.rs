@@ -185,17 +185,21 @@ pub async fn deliver(outbox: &Outbox<'_>, slot: &Slot<'_>) -> Result<Outcome, De
     let day = slot.day.unwrap_or_else(|| slot_day(report, slot.slot));
     let letter =
         Letter { dashboard: slot.dashboard, report, link: link(outbox.public_url, slot.dashboard, report), day };
+    let warning = super::freshness_warning(outbox.log, report, super::data_due(slot.dashboard, report, day))?;
     let mut retry = None;
     let mut failures: Vec<String> = Vec::new();
     for (role, group) in by_role {
         let caller = Caller { user: job.clone(), scope: role.name().into(), origin: "report", ..Caller::cli() };
-        let rendered = match super::render(&outbox.sources, slot.dashboard, report, day, Utc::now(), &caller).await {
-            Ok(rendered) => rendered,
-            Err(e) => {
-                not_made(outbox, slot, &group, &e, &mut retry, &mut failures).await?;
-                continue;
-            }
-        };
+        let rendered =
+            match super::render(&outbox.sources, slot.dashboard, report, day, Utc::now(), &caller, warning.clone())
+                .await
+            {
+                Ok(rendered) => rendered,
+                Err(e) => {
+                    not_made(outbox, slot, &group, &e, &mut retry, &mut failures).await?;
+                    continue;
+                }
+            };
         #[cfg(feature = "fault-points")]
         crate::progress::fault::pause_at("report-rendered");
         for (delivery, address) in group {

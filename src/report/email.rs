@@ -153,6 +153,9 @@ pub struct Letter<'a> {
 impl Letter<'_> {
     fn text(&self, rendered: &Rendered) -> String {
         let mut text = format!("{}\n{}\n\n", self.dashboard.file.title, rendered.period);
+        if let Some(warning) = &rendered.warning {
+            text.push_str(&format!("Freshness warning. {warning}\n\n"));
+        }
         for h in &rendered.headlines {
             text.push_str(&format!("{}: {}", h.title, h.value));
             if !h.previous.is_empty() {
@@ -176,6 +179,11 @@ impl Letter<'_> {
                 body style="font-family: sans-serif; color: #1f2937" {
                     h2 style="margin-bottom: 0" { (self.dashboard.file.title) }
                     p style="margin-top: 4px; color: #4b5563" { (rendered.period) }
+                    @if let Some(warning) = &rendered.warning {
+                        p style="padding: 8px; background: #fff4e5; border-left: 3px solid #c2410c; color: #7c2d12" {
+                            strong { "Freshness warning. " } (warning)
+                        }
+                    }
                     @if !rendered.headlines.is_empty() {
                         table style="border-collapse: collapse" {
                             @for h in &rendered.headlines {

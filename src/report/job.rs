@@ -65,6 +65,48 @@ impl Reporting {
         })
     }
 
+    /// What is stale for report `report` of `dashboard` made on `day` (see [`super::freshness_warning`]).
+    pub fn freshness_warning(
+        &self,
+        dashboard: &dashboard::Dashboard,
+        report: &super::Report,
+        day: NaiveDate,
+    ) -> Result<Option<String>, RunLogError> {
+        let log = RunLog::open(&self.state_dir)?;
+        super::freshness_warning(&log, report, super::data_due(dashboard, report, day))
+    }
+
+    /// Waits, up to the report's `freshness.wait_minutes` after `slot`, until its data is fresh;
+    /// a decision in the run log says that it waits and for what.
+    async fn wait_for_freshness(&self, name: &str, job: &str, slot: DateTime<Utc>) -> Result<(), SendError> {
+        let (dashboard, report) = super::find(&self.dashboards, name)?;
+        let Some(rule) = &report.spec.freshness else { return Ok(()) };
+        let deadline = slot + chrono::Duration::minutes(i64::from(rule.wait_minutes));
+        let day = deliver::slot_day(report, slot);
+        let mut said = false;
+        while let Some(warning) = self.freshness_warning(dashboard, report, day)? {
+            let now = Utc::now();
+            if now >= deadline {
+                break;
+            }
+            if !said {
+                let log = RunLog::open(&self.state_dir)?;
+                log.record_decision(&crate::pipeline::runlog::Decision {
+                    pipeline: job.to_string(),
+                    slot: Some(slot),
+                    decision: crate::pipeline::runlog::DecisionKind::Waiting,
+                    detail: Some(format!("{warning} Waiting until {deadline} at most.")),
+                    run_id: None,
+                    at: String::new(),
+                })?;
+                said = true;
+            }
+            let pause = (deadline - now).to_std().unwrap_or_default().min(FRESHNESS_POLL);
+            tokio::time::sleep(pause).await;
+        }
+        Ok(())
+    }
+
     /// The sources a report's panels read.
     pub fn sources(&self) -> Sources<'_> {
         Sources { engine: &self.engine, views: &self.metrics, queries_dir: &self.queries_dir }
@@ -144,6 +186,9 @@ impl Reporting {
     }
 }
 
+/// How often a slot that waits for fresh data looks at the run log again.
+const FRESHNESS_POLL: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// One report on the scheduler.
 struct ReportJob {
     reporting: Arc<Reporting>,
@@ -173,6 +218,10 @@ impl Job for ReportJob {
     async fn attempt(&self, slot: DateTime<Utc>, last_attempt: bool) -> Result<Done, AttemptError> {
         // A slot already claimed (begun before a crash, or retried) goes to those the ledger holds;
         // a new one to the report's recipients as they are now.
+        self.reporting
+            .wait_for_freshness(&self.report, &self.job, slot)
+            .await
+            .map_err(|e| AttemptError::Failed(e.to_string()))?;
         let begun = RunLog::open(&self.reporting.state_dir)
             .and_then(|log| log.slot_deliveries(&self.job, slot))
             .map_err(|e| AttemptError::Failed(e.to_string()))?;

@@ -11,11 +11,12 @@ pub mod email;
 pub mod job;
 pub mod pdf;
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 
 use crate::chart::{ChartKind, Theme};
 pub use crate::dashboard::reports::{Recipient, Report, ReportFormat, ReportSpec};
 use crate::dashboard::{self, Dashboard, DashboardError, FilterKind, PanelData, Selection, Sources};
+use crate::pipeline::runlog::{RunLog, RunLogError, Status};
 use crate::query::engine::Caller;
 
 #[derive(Debug, thiserror::Error)]
@@ -63,10 +64,57 @@ pub struct Rendered {
     pub headlines: Vec<pdf::Headline>,
     /// When the oldest table read last changed, in the report's time zone.
     pub data_as_of: String,
+    /// What is stale, by the report's freshness rule.
+    pub warning: Option<String>,
+}
+
+/// When a report made on `today` needs its data loaded by: the end of its period (its date range's
+/// last day is over at midnight in the report's zone), or the start of `today` without a range.
+pub fn data_due(dashboard: &Dashboard, report: &Report, today: NaiveDate) -> DateTime<Utc> {
+    let zone = report.schedule.timezone;
+    let end = Selection::from_pairs(dashboard, report.filter_pairs(), today)
+        .ok()
+        .and_then(|s| s.range.map(|(_, _, range)| range.to))
+        .map_or(today, |to| to.min(today));
+    let midnight = end.and_hms_opt(0, 0, 0).unwrap_or_default();
+    // A midnight that a DST change skips: the first instant after it.
+    zone.from_local_datetime(&midnight)
+        .earliest()
+        .or_else(|| zone.from_local_datetime(&(midnight + chrono::Duration::hours(1))).earliest())
+        .map_or_else(|| midnight.and_utc(), |t| t.with_timezone(&Utc))
+}
+
+/// What is stale for a report whose data is `due` by then, by its `freshness` rule: the pipelines
+/// named that have not succeeded since (None when all have, or without a rule).
+pub fn freshness_warning(log: &RunLog, report: &Report, due: DateTime<Utc>) -> Result<Option<String>, RunLogError> {
+    let Some(rule) = &report.spec.freshness else { return Ok(None) };
+    let zone = report.schedule.timezone;
+    let mut stale = Vec::new();
+    for pipeline in &rule.pipelines {
+        let runs = log.runs(Some(pipeline), 100)?;
+        let succeeded = runs
+            .iter()
+            .filter(|r| r.status == Status::Succeeded)
+            .filter_map(|r| DateTime::parse_from_rfc3339(r.finished_at.as_deref()?).ok())
+            .map(|t| t.with_timezone(&Utc))
+            .max();
+        match succeeded {
+            Some(at) if at >= due => {}
+            Some(at) => stale.push(format!("{pipeline} last succeeded {}", at.with_timezone(&zone).format(STAMP))),
+            None => stale.push(format!("{pipeline} has not succeeded yet")),
+        }
+    }
+    Ok((!stale.is_empty()).then(|| {
+        format!(
+            "The data may be incomplete: it was due by {}, and {}.",
+            due.with_timezone(&zone).format(STAMP),
+            stale.join("; ")
+        )
+    }))
 }
 
 /// `report` made as `caller` (whose role it must render as) for the day `today` of its time
-/// zone, stamped `generated`.
+/// zone, stamped `generated`, with `warning` (stale data) shown at its top.
 pub async fn render(
     sources: &Sources<'_>,
     dashboard: &Dashboard,
@@ -74,6 +122,7 @@ pub async fn render(
     today: NaiveDate,
     generated: DateTime<Utc>,
     caller: &Caller,
+    warning: Option<String>,
 ) -> Result<Rendered, ReportError> {
     let name = &report.spec.name;
     let failed = |source: DashboardError| ReportError::Dashboard { report: name.clone(), source: Box::new(source) };
@@ -135,6 +184,7 @@ pub async fn render(
             filters: describe_filters(dashboard, selection),
             data_as_of: data_as_of.clone(),
             generated: generated.with_timezone(&zone).format(STAMP).to_string(),
+            warning: warning.clone().unwrap_or_default(),
             headlines: headlines.clone(),
             chart_rows: rows,
             tables,
@@ -146,7 +196,7 @@ pub async fn render(
     } else {
         None
     };
-    Ok(Rendered { pdf, csv, period, headlines, data_as_of })
+    Ok(Rendered { pdf, csv, period, headlines, data_as_of, warning })
 }
 
 /// How a report prints a time: `Dec 4, 2026 07:41 EST`.
@@ -257,5 +307,48 @@ async fn data_as_of(
     match oldest.and_then(DateTime::from_timestamp_millis) {
         Some(at) => at.with_timezone(&zone).format(STAMP).to_string(),
         None => "unknown".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn weekly(freshness: &str) -> (Dashboard, Report) {
+        let text = format!(
+            "title = \"T\"\n[[filters]]\nname = \"period\"\nkind = \"date_range\"\n[[panels]]\nid = \"p\"\n\
+             title = \"P\"\nchart = \"kpi\"\nsql = \"SELECT 1 AS n\"\n[[reports]]\nname = \"weekly\"\n\
+             schedule = \"0 8 * * MON\"\nrole = \"manager\"\nformats = [\"pdf\"]\n\
+             filters = {{ period = \"last_week\" }}\n{freshness}\n"
+        );
+        let dashboard = Dashboard::parse(std::path::Path::new("t.toml"), &text).expect("dashboard");
+        let report = dashboard.reports[0].clone();
+        (dashboard, report)
+    }
+
+    #[test]
+    fn last_weeks_data_is_due_at_the_mondays_midnight_in_new_york() {
+        let (dashboard, report) = weekly("");
+        let tuesday = NaiveDate::from_ymd_opt(2026, 3, 10).expect("date");
+        // Last week ends Sunday March 8; Monday 00:00 EDT is 04:00 UTC.
+        assert_eq!(data_due(&dashboard, &report, tuesday), Utc.with_ymd_and_hms(2026, 3, 9, 4, 0, 0).unwrap());
+    }
+
+    #[test]
+    fn a_pipeline_that_has_not_succeeded_since_the_data_was_due_is_named() {
+        let dir = tempfile::tempdir().expect("dir");
+        let log = RunLog::open(dir.path()).expect("log");
+        let (_, report) = weekly("freshness = { pipelines = [\"core\", \"other\"] }");
+        let run = log.start("core", "test").expect("run");
+        log.finish(&run, None).expect("finish");
+        let failed = log.start("other", "test").expect("run");
+        log.finish(&failed, Some("broke")).expect("finish");
+        let hour = chrono::Duration::hours(1);
+        let warning = freshness_warning(&log, &report, Utc::now() - hour).expect("log").expect("other is stale");
+        assert!(warning.contains("other has not succeeded yet") && !warning.contains("core"), "{warning}");
+        let warning = freshness_warning(&log, &report, Utc::now() + hour).expect("log").expect("both are stale");
+        assert!(warning.contains("core last succeeded") && warning.contains("other"), "{warning}");
+        let (_, without_rule) = weekly("");
+        assert_eq!(freshness_warning(&log, &without_rule, Utc::now() + hour).expect("log"), None);
     }
 }

@@ -35,6 +35,8 @@ pub struct Content {
     /// When the newest data read was written, in the report's time zone.
     pub data_as_of: String,
     pub generated: String,
+    /// Stale data, by the report's freshness rule (empty when fresh).
+    pub warning: String,
     /// The KPI tiles' figures in full (the tiles round them: `$23.3M`).
     pub headlines: Vec<Headline>,
     /// Rows of charts, each chart with its share of the page's width (twelfths).
