@@ -181,9 +181,9 @@ async fn the_weekly_report_arrives_by_email_with_the_warehouse_numbers() {
     std::fs::write(&pdf, &message.attachments[0].1).expect("write");
     let text = pdf_text(&pdf);
     let monday = chrono::NaiveDate::from_ymd_opt(2026, 3, 2).expect("date");
-    // The body's headline figures are the PDF's; the link opens the live dashboard on last week.
+    // The body's headline figures are the PDF's; the link opens the live dashboard on that week.
     assert_holds_the_metrics(&project, &[&text, &message.text], monday).await;
-    assert!(message.html.contains("/dashboards/executive?period=last_week"), "{}", message.html);
+    assert!(message.html.contains("/dashboards/executive?period=2026-03-02..2026-03-09"), "{}", message.html);
 
     let ledger = ledger(&project, "executive-weekly");
     let row = ledger.lines().find(|l| l.contains("director@sokana.example")).expect("a ledger row");

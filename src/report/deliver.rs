@@ -184,7 +184,7 @@ pub async fn deliver(outbox: &Outbox<'_>, slot: &Slot<'_>) -> Result<Outcome, De
     }
     let day = slot.day.unwrap_or_else(|| slot_day(report, slot.slot));
     let letter =
-        Letter { dashboard: slot.dashboard, report, link: link(outbox.public_url, slot.dashboard, report), day };
+        Letter { dashboard: slot.dashboard, report, link: link(outbox.public_url, slot.dashboard, report, day), day };
     let warning = super::freshness_warning(outbox.log, report, super::data_due(slot.dashboard, report, day))?;
     let mut retry = None;
     let mut failures: Vec<String> = Vec::new();
@@ -309,10 +309,17 @@ async fn tell_admins(outbox: &Outbox<'_>, slot: &Slot<'_>, failures: &[String]) 
     tracing::error!(report = %name, failures = failures.len(), "report not delivered to everyone");
 }
 
-/// The live dashboard with the report's filter values.
-fn link(public_url: &str, dashboard: &Dashboard, report: &Report) -> String {
-    let query: String =
-        url::form_urlencoded::Serializer::new(String::new()).extend_pairs(report.filter_pairs()).finish();
+/// The live dashboard with the report's filter values, its date range as the dates the report
+/// covers (a relative `last_week` would move on by the time the message is read).
+fn link(public_url: &str, dashboard: &Dashboard, report: &Report, day: NaiveDate) -> String {
+    let range = crate::dashboard::Selection::from_pairs(dashboard, report.filter_pairs(), day)
+        .ok()
+        .and_then(|s| s.range.map(|(name, _, range)| (name, format!("{}..{}", range.from, range.to))));
+    let pairs = report.filter_pairs().into_iter().map(|(name, value)| match &range {
+        Some((range_name, dates)) if range_name == name => (name, dates.as_str()),
+        _ => (name, value),
+    });
+    let query: String = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish();
     let base = format!("{public_url}/dashboards/{}", dashboard.id);
     if query.is_empty() { base } else { format!("{base}?{query}") }
 }
