@@ -427,8 +427,8 @@ async fn list_pipelines(State(state): State<AppState>) -> Result<Json<serde_json
 }
 
 #[derive(Deserialize)]
-struct Limit {
-    limit: Option<usize>,
+pub(super) struct Limit {
+    pub(super) limit: Option<usize>,
 }
 
 async fn list_runs(

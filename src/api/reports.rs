@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Json, Response};
 use serde_json::json;
 
 use super::auth::Authenticated;
-use super::{ApiError, AppState, RequestId};
+use super::{ApiError, AppState, Limit, RequestId};
 use crate::auth::{Permission, Role};
 use crate::dashboard::Dashboard;
 use crate::report::job::SendError;
@@ -172,11 +172,6 @@ pub(super) async fn send(
         "summary": report::job::summary(&outcome.deliveries),
         "deliveries": outcome.deliveries,
     })))
-}
-
-#[derive(serde::Deserialize)]
-pub(super) struct Limit {
-    limit: Option<usize>,
 }
 
 /// The report's delivery ledger, newest slot first.
