@@ -445,3 +445,63 @@ async fn a_mail_server_that_stays_down_shows_on_the_data_health_dashboard() {
         "{deliveries}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_data_health_alert_fires_once_then_resolves() {
+    let smtp = common::smtp::SmtpServer::start(&[]);
+    let project = mailing_project(&smtp.url(), 0, 1).await;
+    let auth = sokana::auth::Auth::open(&project.config()).await.expect("auth");
+    auth.add_user("ops@sokana.example", sokana::auth::Role::Admin, "a long enough password 1").await.expect("admin");
+    let path = project.dir.path().join("dashboards/data_health.toml");
+    let text = std::fs::read_to_string(&path).expect("data_health.toml");
+    std::fs::write(&path, text.replace("schedule = \"*/15 * * * *\"", "schedule = \"*/2 * * * * *\"")).expect("write");
+    let decided = |what: &'static str| {
+        let log = sokana::pipeline::runlog::RunLog::open(&project.config().state_dir()).expect("run log");
+        let decisions = log.decisions(Some("report:data-health"), 1000).expect("decisions");
+        decisions.iter().filter(|d| d.detail.as_deref().is_some_and(|t| t.starts_with(what))).count()
+    };
+    let wait = |what: &str, done: &dyn Fn() -> bool| {
+        let started = std::time::Instant::now();
+        while !done() {
+            assert!(started.elapsed() < std::time::Duration::from_secs(90), "timed out waiting for {what}");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    let server = common::serve(&project);
+    // All is well: the alert is evaluated, and quiet.
+    wait("a quiet evaluation", &|| decided("quiet") > 0);
+    assert!(smtp.messages().is_empty());
+
+    // The source disappears: the pipeline's run fails, and the alert fires once.
+    let source = project.sqlite_path();
+    let moved = source.with_extension("moved");
+    std::fs::rename(&source, &moved).expect("move the source away");
+    let failed = project.cli().args(["pipeline", "run", "sokana_core"]).output().expect("pipeline run");
+    assert!(!failed.status.success());
+    let alerts = smtp.wait_for(1, std::time::Duration::from_secs(60));
+    assert_eq!(alerts[0].envelope_to, "ops@sokana.example");
+    assert!(alerts[0].subject.starts_with("[Alert] Data health: Problems now: 1 row(s)"), "{}", alerts[0].subject);
+    assert!(
+        alerts[0].text.contains("latest run failed") && alerts[0].text.contains("sokana_core"),
+        "{}",
+        alerts[0].text
+    );
+    // Later slots within the cool-down stay quiet.
+    wait("slots within the cool-down", &|| decided("firing, within its cool-down") >= 2);
+    assert_eq!(smtp.messages().len(), 1);
+
+    // The source is back and the next run succeeds: one "resolved" message.
+    std::fs::rename(&moved, &source).expect("move the source back");
+    let ran = project.cli().args(["pipeline", "run", "sokana_core"]).output().expect("pipeline run");
+    assert!(ran.status.success(), "{}", String::from_utf8_lossy(&ran.stderr));
+    let messages = smtp.wait_for(2, std::time::Duration::from_secs(60));
+    assert!(
+        messages[1].subject.starts_with("[Resolved] Data health: Problems now: 0 row(s)"),
+        "{}",
+        messages[1].subject
+    );
+    let quiet = decided("quiet");
+    wait("quiet again", &|| decided("quiet") > quiet);
+    drop(server);
+    assert_eq!(smtp.messages().len(), 2);
+}

@@ -18,6 +18,10 @@
 //! catch_up = "latest"                   # or "skip" (the default)
 //! freshness = { pipelines = ["sokana_core"], wait_minutes = 120 }
 //! ```
+//!
+//! With an `alert` table, the report is an alert: sent only while a panel's figure is above or
+//! below a limit (or while a table panel has rows), at most once per cool-down, and "resolved"
+//! when it clears.
 
 use std::collections::BTreeMap;
 
@@ -63,6 +67,28 @@ pub struct ReportSpec {
     pub catch_up: CatchUp,
     /// Wait for fresh data before sending a scheduled slot.
     pub freshness: Option<Freshness>,
+    /// Makes the report an alert: sent only when its condition holds.
+    pub alert: Option<AlertSpec>,
+}
+
+/// An alert's condition, on one panel of the dashboard (so on a metric or on SQL, masked and
+/// audited as the page is): with `above` or `below`, the panel's first figure (a KPI's value; a
+/// missing value counts as 0) compared with the limit; without, whether the panel has any row. It
+/// is evaluated at each slot of the schedule; while it holds it is sent once, then again only
+/// after `cool_down_minutes`; when it clears, a "resolved" message follows.
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AlertSpec {
+    /// The id of a panel of this dashboard.
+    pub panel: String,
+    pub above: Option<f64>,
+    pub below: Option<f64>,
+    #[serde(default = "default_cool_down_minutes")]
+    pub cool_down_minutes: u32,
+}
+
+fn default_cool_down_minutes() -> u32 {
+    24 * 60
 }
 
 /// A scheduled slot waits until each pipeline named has succeeded since the end of the report's
@@ -215,8 +241,24 @@ fn check_one(dashboard: &str, file: &DashboardFile, i: usize) -> Result<Report, 
             None => Err(format!("key `recipients`: {r:?} is neither an address (name@example.org) nor role:NAME")),
         })
         .collect::<Result<_, _>>()?;
-    if spec.formats.is_empty() {
+    if spec.formats.is_empty() && spec.alert.is_none() {
         return Err("key `formats`: give pdf, csv or both".into());
+    }
+    if let Some(alert) = &spec.alert {
+        if !file.panels.iter().any(|p| p.id == alert.panel) {
+            let known: Vec<&str> = file.panels.iter().map(|p| p.id.as_str()).collect();
+            return Err(format!(
+                "key `alert.panel`: the dashboard has no panel {:?} (it has: {})",
+                alert.panel,
+                known.join(", ")
+            ));
+        }
+        if alert.above.is_some() && alert.below.is_some() {
+            return Err("key `alert`: give `above` or `below`, not both".into());
+        }
+        if [alert.above, alert.below].iter().flatten().any(|v| !v.is_finite()) {
+            return Err("key `alert`: the limit must be a finite number".into());
+        }
     }
     if let Some(freshness) = &spec.freshness {
         if freshness.pipelines.is_empty() {

@@ -184,6 +184,17 @@ pub struct Delivery {
     pub updated_at: String,
 }
 
+/// What an alert last found and when it last sent.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AlertState {
+    pub firing: bool,
+    /// Since when it has been firing (or quiet).
+    pub since: DateTime<Utc>,
+    /// When its last message went out.
+    pub notified_at: Option<DateTime<Utc>>,
+    pub summary: String,
+}
+
 pub struct RunLog {
     conn: std::sync::Mutex<Connection>,
     path: PathBuf,
@@ -282,7 +293,10 @@ impl RunLog {
                    possible_repeat INTEGER NOT NULL DEFAULT 0, detail TEXT,
                    created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
                    PRIMARY KEY (job, slot, recipient));
-                 CREATE INDEX IF NOT EXISTS deliveries_by_state ON deliveries (job, state);",
+                 CREATE INDEX IF NOT EXISTS deliveries_by_state ON deliveries (job, state);
+                 CREATE TABLE IF NOT EXISTS alert_states (
+                   job TEXT PRIMARY KEY, firing INTEGER NOT NULL, since TEXT NOT NULL, notified_at TEXT,
+                   summary TEXT NOT NULL);",
             )
             .map_err(|e| store_err(&e))?;
         let has_withheld: bool = setup
@@ -622,6 +636,39 @@ impl RunLog {
             })
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+}
+
+/// Alerts' state.
+impl RunLog {
+    pub fn alert_state(&self, job: &str) -> Result<Option<AlertState>, RunLogError> {
+        let row: Option<(bool, String, Option<String>, String)> = self
+            .db()?
+            .query_row(
+                "SELECT firing, since, notified_at, summary FROM alert_states WHERE job = ?1",
+                params![job],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        Ok(row.map(|(firing, since, notified_at, summary)| AlertState {
+            firing,
+            since: parse_timestamp(&since).unwrap_or_default(),
+            notified_at: notified_at.as_deref().and_then(parse_timestamp),
+            summary,
+        }))
+    }
+
+    pub fn set_alert_state(&self, job: &str, state: &AlertState) -> Result<(), RunLogError> {
+        self.db()?
+            .execute(
+                "INSERT INTO alert_states (job, firing, since, notified_at, summary) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (job) DO UPDATE SET firing = excluded.firing, since = excluded.since,
+                   notified_at = excluded.notified_at, summary = excluded.summary",
+                params![job, state.firing, timestamp(state.since), state.notified_at.map(timestamp), state.summary],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
     }
 }
 

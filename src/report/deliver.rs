@@ -67,6 +67,8 @@ pub struct Slot<'a> {
     pub day: Option<NaiveDate>,
     /// No attempt follows this one: failures are final and reported.
     pub last_attempt: bool,
+    /// An alert's message, when the report is an alert.
+    pub notice: Option<&'a super::alert::Notice>,
 }
 
 /// Whom a slot's messages go to.
@@ -183,8 +185,8 @@ pub async fn deliver(outbox: &Outbox<'_>, slot: &Slot<'_>) -> Result<Outcome, De
         }
     }
     let day = slot.day.unwrap_or_else(|| slot_day(report, slot.slot));
-    let letter =
-        Letter { dashboard: slot.dashboard, report, link: link(outbox.public_url, slot.dashboard, report, day), day };
+    let link = link(outbox.public_url, slot.dashboard, report, day);
+    let letter = Letter { dashboard: slot.dashboard, report, link, day, notice: slot.notice };
     let warning = super::freshness_warning(outbox.log, report, super::data_due(slot.dashboard, report, day))?;
     let mut retry = None;
     let mut failures: Vec<String> = Vec::new();

@@ -91,7 +91,7 @@ impl Mailer {
         }
     }
 
-    /// A report's message to `to`.
+    /// A report's message to `to` (an alert's when the letter carries a notice).
     pub fn report_message(
         &self,
         letter: &Letter<'_>,
@@ -99,6 +99,11 @@ impl Mailer {
         to: &Address,
         message_id: &str,
     ) -> Result<Message, MailError> {
+        let title = &letter.dashboard.file.title;
+        let subject = match letter.notice {
+            Some(notice) => notice.subject(title),
+            None => format!("{title}: {}", rendered.period),
+        };
         let name = &letter.report.spec.name;
         let mut parts = MultiPart::mixed()
             .multipart(MultiPart::alternative_plain_html(letter.text(rendered), letter.html(rendered).into_string()));
@@ -110,10 +115,7 @@ impl Mailer {
             let file = format!("{}-{day}.csv", file.trim_end_matches(".csv"));
             parts = parts.singlepart(attachment(file, "text/csv; charset=utf-8", bytes.clone()));
         }
-        self.builder(to, message_id)
-            .subject(format!("{}: {}", letter.dashboard.file.title, rendered.period))
-            .multipart(parts)
-            .map_err(|e| MailError::Message(e.to_string()))
+        self.builder(to, message_id).subject(subject).multipart(parts).map_err(|e| MailError::Message(e.to_string()))
     }
 
     /// A plain message saying what went wrong, to `to` (a recipient told that the report could not
@@ -148,11 +150,20 @@ pub struct Letter<'a> {
     pub link: String,
     /// The day the report is for, in its time zone (`2026-11-30`), for the files' names.
     pub day: chrono::NaiveDate,
+    /// An alert's finding, told before the figures.
+    pub notice: Option<&'a super::alert::Notice>,
 }
 
 impl Letter<'_> {
     fn text(&self, rendered: &Rendered) -> String {
         let mut text = format!("{}\n{}\n\n", self.dashboard.file.title, rendered.period);
+        if let Some(notice) = self.notice {
+            text.push_str(&format!("{}\n", notice.subject(&self.report.spec.name)));
+            for row in &notice.verdict.rows {
+                text.push_str(&format!("  {row}\n"));
+            }
+            text.push('\n');
+        }
         if let Some(warning) = &rendered.warning {
             text.push_str(&format!("Freshness warning. {warning}\n\n"));
         }
@@ -179,6 +190,14 @@ impl Letter<'_> {
                 body style="font-family: sans-serif; color: #1f2937" {
                     h2 style="margin-bottom: 0" { (self.dashboard.file.title) }
                     p style="margin-top: 4px; color: #4b5563" { (rendered.period) }
+                    @if let Some(notice) = self.notice {
+                        p style="padding: 8px; background: #eef2ff; border-left: 3px solid #3730a3" {
+                            strong { (notice.subject(&self.report.spec.name)) }
+                        }
+                        @if !notice.verdict.rows.is_empty() {
+                            ul { @for row in &notice.verdict.rows { li { (row) } } }
+                        }
+                    }
                     @if let Some(warning) = &rendered.warning {
                         p style="padding: 8px; background: #fff4e5; border-left: 3px solid #c2410c; color: #7c2d12" {
                             strong { "Freshness warning. " } (warning)
@@ -209,6 +228,7 @@ impl Letter<'_> {
 
 fn attachments(rendered: &Rendered) -> String {
     match (rendered.pdf.is_some(), rendered.csv.len()) {
+        (false, 0) => "Nothing is attached".into(),
         (true, 0) => "The report is attached as a PDF".into(),
         (true, n) => format!("The report is attached as a PDF and {n} CSV file(s)"),
         (false, n) => format!("{n} CSV file(s) attached"),

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use chrono::{DateTime, NaiveDate, Utc};
 use lettre::Address;
 
+use super::alert::{self, Notice, NoticeKind, Verdict};
 use super::deliver::{self, Audience, DeliverError, Outbox, Outcome, Slot};
 use super::email::Mailer;
 use crate::auth::Auth;
@@ -16,7 +17,7 @@ use crate::dashboard::{self, Sources};
 use crate::pipeline::runlog::{DeliveryState, RunLock, RunLog, RunLogError};
 use crate::pipeline::schedule::{AttemptError, Done, Job};
 use crate::pipeline::spec::{CatchUp, Retry, Schedule};
-use crate::query::engine::QueryEngine;
+use crate::query::engine::{Caller, QueryEngine};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
@@ -134,23 +135,16 @@ impl Reporting {
             .collect()
     }
 
-    /// Delivers report `name` for `slot` under its job's lock (one attempt).
-    pub async fn deliver(
-        &self,
-        name: &str,
-        slot: DateTime<Utc>,
-        trigger: &str,
-        audience: Audience<'_>,
-        day: Option<NaiveDate>,
-        last_attempt: bool,
-    ) -> Result<Outcome, SendError> {
+    /// Delivers one slot of a report under its job's lock (one attempt).
+    async fn deliver(&self, asked: Asked<'_>) -> Result<Outcome, SendError> {
+        let Asked { name, slot, trigger, audience, day, last_attempt, notice } = asked;
         let mailer = self.mailer.as_deref().ok_or(SendError::NoMail)?;
         let (dashboard, report) = super::find(&self.dashboards, name)?;
         let _lock = RunLock::wait(&self.state_dir, &deliver::job_name(report)).await?;
         let log = RunLog::open(&self.state_dir)?;
         let outbox =
             Outbox { sources: self.sources(), auth: &self.auth, log: &log, mailer, public_url: &self.public_url };
-        let slot = Slot { dashboard, report, slot, trigger, audience, day, last_attempt };
+        let slot = Slot { dashboard, report, slot, trigger, audience, day, last_attempt, notice };
         Ok(deliver::deliver(&outbox, &slot).await?)
     }
 
@@ -164,7 +158,33 @@ impl Reporting {
         day: Option<NaiveDate>,
     ) -> Result<Outcome, SendError> {
         let audience = if to.is_empty() { Audience::Recipients } else { Audience::Addresses(to) };
-        self.deliver(name, Utc::now(), trigger, audience, day, true).await
+        let now = Utc::now();
+        // An alert sent on request says what its condition finds now, and changes nothing of its state.
+        let notice = self.evaluate_alert(name, day.unwrap_or_else(|| self.today(name, now))).await?.map(|verdict| {
+            let kind = if verdict.firing { NoticeKind::Firing } else { NoticeKind::Clear };
+            Notice { kind, verdict }
+        });
+        let asked = Asked { name, slot: now, trigger, audience, day, last_attempt: true, notice: notice.as_ref() };
+        self.deliver(asked).await
+    }
+
+    /// The day `now` is in report `name`'s time zone.
+    fn today(&self, name: &str, now: DateTime<Utc>) -> NaiveDate {
+        super::find(&self.dashboards, name)
+            .map_or_else(|_| now.date_naive(), |(_, report)| deliver::slot_day(report, now))
+    }
+
+    /// What report `name`'s alert condition finds for `day`, as the report's role; None when it
+    /// is no alert.
+    pub async fn evaluate_alert(&self, name: &str, day: NaiveDate) -> Result<Option<Verdict>, SendError> {
+        let (dashboard, report) = super::find(&self.dashboards, name)?;
+        let caller = Caller {
+            user: deliver::job_name(report),
+            scope: report.role.name().into(),
+            origin: "report",
+            ..Caller::cli()
+        };
+        Ok(alert::evaluate(&self.sources(), dashboard, report, day, &caller).await?)
     }
 
     /// The delivery ledger, newest first, of one report or all.
@@ -184,6 +204,17 @@ impl Reporting {
         }
         Ok(rows)
     }
+}
+
+/// One slot of report `name` to deliver (see [`Slot`]).
+struct Asked<'a> {
+    name: &'a str,
+    slot: DateTime<Utc>,
+    trigger: &'a str,
+    audience: Audience<'a>,
+    day: Option<NaiveDate>,
+    last_attempt: bool,
+    notice: Option<&'a Notice>,
 }
 
 /// How often a slot that waits for fresh data looks at the run log again.
@@ -226,13 +257,50 @@ impl Job for ReportJob {
             .and_then(|log| log.slot_deliveries(&self.job, slot))
             .map_err(|e| AttemptError::Failed(e.to_string()))?;
         let audience = if begun.is_empty() { Audience::Recipients } else { Audience::Ledger };
+        let failed = |e: &dyn std::fmt::Display| AttemptError::Failed(e.to_string());
+        // An alert sends only what its condition and state call for.
+        let mut after = None;
+        let verdict = self.reporting.evaluate_alert(&self.report, self.day(slot)).await.map_err(|e| failed(&e))?;
+        let notice = match verdict {
+            None => None,
+            Some(verdict) => {
+                let log = RunLog::open(&self.reporting.state_dir).map_err(|e| failed(&e))?;
+                let state = log.alert_state(&self.job).map_err(|e| failed(&e))?;
+                let (kind, state) = alert::decide(&verdict, state.as_ref(), self.cool_down(), Utc::now());
+                let kind = match (kind, begun.is_empty()) {
+                    (Some(kind), _) => kind,
+                    (None, true) => {
+                        log.set_alert_state(&self.job, &state).map_err(|e| failed(&e))?;
+                        let how = if verdict.firing { "firing, within its cool-down" } else { "quiet" };
+                        return Ok(Done { run_id: None, detail: Some(format!("{how}: {}", verdict.summary)) });
+                    }
+                    // A slot begun before a crash is finished with what holds now.
+                    (None, false) if verdict.firing => NoticeKind::Firing,
+                    (None, false) => NoticeKind::Clear,
+                };
+                after = Some(state);
+                Some(Notice { kind, verdict })
+            }
+        };
         let outcome = self
             .reporting
-            .deliver(&self.report, slot, "schedule", audience, None, last_attempt)
+            .deliver(Asked {
+                name: &self.report,
+                slot,
+                trigger: "schedule",
+                audience,
+                day: None,
+                last_attempt,
+                notice: notice.as_ref(),
+            })
             .await
-            .map_err(|e| AttemptError::Failed(e.to_string()))?;
+            .map_err(|e| failed(&e))?;
         if let Some(reason) = outcome.retry {
             return Err(AttemptError::Failed(reason));
+        }
+        if let Some(state) = after {
+            let log = RunLog::open(&self.reporting.state_dir).map_err(|e| failed(&e))?;
+            log.set_alert_state(&self.job, &state).map_err(|e| failed(&e))?;
         }
         let summary = summary(&outcome.deliveries);
         if let Some(failed) = outcome.deliveries.iter().find(|d| d.state == DeliveryState::Failed) {
@@ -242,6 +310,20 @@ impl Job for ReportJob {
             )));
         }
         Ok(Done { run_id: None, detail: Some(summary) })
+    }
+}
+
+impl ReportJob {
+    fn day(&self, slot: DateTime<Utc>) -> NaiveDate {
+        self.reporting.today(&self.report, slot)
+    }
+
+    fn cool_down(&self) -> chrono::Duration {
+        let minutes = super::find(&self.reporting.dashboards, &self.report)
+            .ok()
+            .and_then(|(_, r)| r.spec.alert.as_ref().map(|a| a.cool_down_minutes))
+            .unwrap_or(0);
+        chrono::Duration::minutes(i64::from(minutes))
     }
 }
 

@@ -6,6 +6,7 @@
 //! sends its messages, [`deliver`] sends a slot once through the delivery ledger, and [`job`] puts
 //! reports on the pipelines' scheduler.
 
+pub mod alert;
 pub mod deliver;
 pub mod email;
 pub mod job;
