@@ -128,6 +128,7 @@ pub async fn render(
     let name = &report.spec.name;
     let failed = |source: DashboardError| ReportError::Dashboard { report: name.clone(), source: Box::new(source) };
     let selection = Selection::from_pairs(dashboard, report.filter_pairs(), today).map_err(failed)?;
+    let started = std::time::Instant::now();
     dashboard::check_values(sources.engine, sources.views, dashboard, &selection, caller).await.map_err(failed)?;
     // Every panel at once, as the web page asks for them.
     let selection = &selection;
@@ -138,6 +139,7 @@ pub async fn render(
         }
     }))
     .await?;
+    let data_ms = started.elapsed().as_millis();
     let zone = report.schedule.timezone;
     let period = describe_period(dashboard, selection);
     let headlines: Vec<pdf::Headline> = answers.iter().filter_map(|(panel, data)| headline(panel, data)).collect();
@@ -197,6 +199,7 @@ pub async fn render(
     } else {
         None
     };
+    tracing::debug!(report = %name, data_ms, layout_ms = (started.elapsed().as_millis() - data_ms), "report made");
     Ok(Rendered { pdf, csv, period, headlines, data_as_of, warning })
 }
 
