@@ -188,6 +188,15 @@ async fn the_weekly_report_arrives_by_email_with_the_warehouse_numbers() {
     let ledger = ledger(&project, "executive-weekly");
     let row = ledger.lines().find(|l| l.contains("director@sokana.example")).expect("a ledger row");
     assert!(row.contains(" sent ") && row.contains(" cli "), "{ledger}");
+    // The audit trail says who received what, with which view.
+    let audit = project.cli().args(["audit", "list", "--limit", "1000"]).output().expect("audit list");
+    let audit = String::from_utf8_lossy(&audit.stdout);
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("report.sent") && l.contains("director@sokana.example") && l.contains("manager")),
+        "{audit}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -213,6 +213,17 @@ pub async fn deliver(outbox: &Outbox<'_>, slot: &Slot<'_>) -> Result<Outcome, De
                     #[cfg(feature = "fault-points")]
                     crate::progress::fault::pause_at("report-accepted");
                     mark(delivery, DeliveryState::Sent, None)?;
+                    // Data left the system: who received which report, with which role's view.
+                    outbox.auth.audit().record(crate::auth::audit::Event {
+                        user: job.clone(),
+                        role: role.name().into(),
+                        origin: "report".into(),
+                        request_id: delivery.message_id.clone(),
+                        action: "report.sent".into(),
+                        detail: format!("{} ({}) to {}", job, slot.trigger, delivery.recipient),
+                        outcome: "ok".into(),
+                        ..crate::auth::audit::Event::now()
+                    });
                 }
                 Err(e) if e.is_permanent() || slot.last_attempt => {
                     mark(delivery, DeliveryState::Failed, Some(&e.to_string()))?;
