@@ -59,6 +59,15 @@ async fn mailing_project(smtp_url: &str, retries: u32, retry_seconds: u64) -> Pr
     project
 }
 
+/// Waits (polling, up to 90 s) until `done` holds; `what` and `state()` say what was awaited.
+fn wait_until(what: &str, state: impl Fn() -> String, done: impl Fn() -> bool) {
+    let started = std::time::Instant::now();
+    while !done() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(90), "timed out waiting for {what}: {}", state());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 fn send(project: &Project, args: &[&str]) -> std::process::Output {
     project.cli().args(["report", "run"]).args(args).arg("--send").output().expect("sokana report run --send")
 }
@@ -260,11 +269,11 @@ async fn killed_at(point: &str) -> (Project, Vec<common::smtp::Received>) {
     common::kill_at_named_point(cmd, point);
     let before = ledger(&project, "executive-weekly");
     let server = common::serve(&project);
-    let started = std::time::Instant::now();
-    while !ledger(&project, "executive-weekly").contains(" sent ") {
-        assert!(started.elapsed() < std::time::Duration::from_secs(60), "not delivered after the crash:\n{before}");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    wait_until(
+        "the delivery after the crash",
+        || before.clone(),
+        || ledger(&project, "executive-weekly").contains(" sent "),
+    );
     drop(server);
     (project, smtp.messages())
 }
@@ -397,16 +406,11 @@ fn every(project: &Project, seconds: u32) {
 
 /// Waits until the run log's decisions about the executive report satisfy `done`.
 fn wait_for_decisions(project: &Project, what: &str, done: impl Fn(&[sokana::pipeline::runlog::Decision]) -> bool) {
-    let started = std::time::Instant::now();
-    loop {
+    let decisions = || {
         let log = sokana::pipeline::runlog::RunLog::open(&project.config().state_dir()).expect("run log");
-        let decisions = log.decisions(Some("report:executive-weekly"), 100).expect("decisions");
-        if done(&decisions) {
-            return;
-        }
-        assert!(started.elapsed() < std::time::Duration::from_secs(90), "no {what}: {decisions:#?}");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+        log.decisions(Some("report:executive-weekly"), 100).expect("decisions")
+    };
+    wait_until(what, || format!("{:#?}", decisions()), || done(&decisions()));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -469,13 +473,7 @@ async fn the_data_health_alert_fires_once_then_resolves() {
         let decisions = log.decisions(Some("report:data-health"), 1000).expect("decisions");
         decisions.iter().filter(|d| d.detail.as_deref().is_some_and(|t| t.starts_with(what))).count()
     };
-    let wait = |what: &str, done: &dyn Fn() -> bool| {
-        let started = std::time::Instant::now();
-        while !done() {
-            assert!(started.elapsed() < std::time::Duration::from_secs(90), "timed out waiting for {what}");
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-    };
+    let wait = |what: &str, done: &dyn Fn() -> bool| wait_until(what, || format!("{:#?}", smtp.messages()), done);
     let server = common::serve(&project);
     // All is well: the alert is evaluated, and quiet.
     wait("a quiet evaluation", &|| decided("quiet") > 0);
