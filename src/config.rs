@@ -43,6 +43,9 @@ pub struct Config {
     /// Outgoing mail for reports; without it reports are made but not sent.
     #[serde(default)]
     pub smtp: Option<SmtpConfig>,
+    /// Outgoing webhooks by name: signed JSON POSTs on alerts and pipeline runs.
+    #[serde(default)]
+    pub webhooks: BTreeMap<String, WebhookConfig>,
     /// The directory the config file sits in; relative paths are resolved against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -368,6 +371,40 @@ pub struct SmtpConfig {
     pub timeout_seconds: u64,
 }
 
+/// One receiver of webhooks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Where events are POSTed (`https://…`).
+    pub url: String,
+    /// The environment variable holding the secret the signature is made with.
+    pub secret_env: String,
+    /// The events it receives: `alert` (firing, resolved) and `pipeline_run` (succeeded, failed).
+    #[serde(default = "default_webhook_events")]
+    pub events: Vec<String>,
+    /// Attempts after the first when the receiver fails (no answer, not 2xx); the first after
+    /// `retry_seconds`, each later one after twice the wait before.
+    #[serde(default = "default_smtp_retries")]
+    pub retries: u32,
+    #[serde(default = "default_webhook_retry_seconds")]
+    pub retry_seconds: u64,
+    #[serde(default = "default_webhook_timeout_seconds")]
+    pub timeout_seconds: u64,
+}
+
+/// The event classes a webhook may receive.
+pub const WEBHOOK_EVENTS: [&str; 2] = ["alert", "pipeline_run"];
+
+fn default_webhook_events() -> Vec<String> {
+    WEBHOOK_EVENTS.iter().map(|e| e.to_string()).collect()
+}
+fn default_webhook_retry_seconds() -> u64 {
+    30
+}
+fn default_webhook_timeout_seconds() -> u64 {
+    10
+}
+
 fn default_smtp_password_env() -> String {
     "SOKANA_SMTP_PASSWORD".into()
 }
@@ -510,6 +547,26 @@ impl Config {
         }
         if let Some(smtp) = &self.smtp {
             smtp.validate().map_err(|(key, message)| invalid(&format!("smtp.{key}"), message))?;
+        }
+        for (name, hook) in &self.webhooks {
+            let key = |k: &str| format!("webhooks.{name}.{k}");
+            if !url::Url::parse(&hook.url)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+            {
+                return Err(invalid(&key("url"), format!("{:?} is not an http(s) URL", hook.url)));
+            }
+            if let Some(unknown) = hook.events.iter().find(|e| !WEBHOOK_EVENTS.contains(&e.as_str())) {
+                return Err(invalid(
+                    &key("events"),
+                    format!("{unknown:?} is not one of {}", WEBHOOK_EVENTS.join(", ")),
+                ));
+            }
+            if hook.secret_env.trim().is_empty() {
+                return Err(invalid(&key("secret_env"), "name the environment variable that holds the secret".into()));
+            }
+            if hook.timeout_seconds == 0 {
+                return Err(invalid(&key("timeout_seconds"), "must be at least 1".into()));
+            }
         }
         if self.warehouse.uri.trim().is_empty() {
             return Err(invalid("warehouse.uri", "must not be empty".into()));

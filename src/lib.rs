@@ -22,6 +22,7 @@ pub mod query;
 pub mod report;
 pub mod source;
 pub mod warehouse;
+pub mod webhook;
 
 /// The pipeline shipped for Sokana's core, embedded so that `sokana demo` works from any directory.
 pub const SOKANA_CORE_PIPELINE: &str = include_str!("../pipelines/sokana_core.toml");

@@ -43,9 +43,14 @@ fn pdf_text(path: &std::path::Path) -> String {
 /// `director@sokana.example` (manager), `dana` (a manager whose name is no address) and
 /// `ana@sokana.example` (analyst).
 async fn mailing_project(smtp_url: &str, retries: u32, retry_seconds: u64) -> Project {
+    mailing_project_with(smtp_url, retries, retry_seconds, "").await
+}
+
+/// [`mailing_project`] with more configuration after `[smtp]`.
+async fn mailing_project_with(smtp_url: &str, retries: u32, retry_seconds: u64, extra: &str) -> Project {
     let config = format!(
         "[smtp]\nurl = {smtp_url:?}\nfrom = \"Sokana Analytics <reports@sokana.example>\"\n\
-         admins = [\"ops@sokana.example\"]\nretries = {retries}\nretry_seconds = {retry_seconds}\n"
+         admins = [\"ops@sokana.example\"]\nretries = {retries}\nretry_seconds = {retry_seconds}\n{extra}"
     );
     let project = common::sokana_project_with_dashboards(&config).await;
     let auth = sokana::auth::Auth::open(&project.config()).await.expect("auth");
@@ -459,10 +464,138 @@ async fn a_mail_server_that_stays_down_shows_on_the_data_health_dashboard() {
     );
 }
 
+/// The secret the tests' webhooks are signed with, and the variable that holds it.
+const HOOK_SECRET: (&str, &str) = ("SOKANA_TEST_HOOK_SECRET", "a-test-secret-of-the-receiver");
+
+/// A real HTTP receiver of webhooks: answers its requests with `statuses` in turn (`None`: never
+/// answers), then 200, and keeps each request's headers and body.
+struct Receiver {
+    url: String,
+    received: std::sync::Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, String)>>>,
+}
+
+async fn receiver(statuses: Vec<Option<u16>>) -> Receiver {
+    use axum::http::StatusCode;
+    type Shared =
+        (std::sync::Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, String)>>>, std::sync::Arc<Vec<Option<u16>>>);
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let state: Shared = (received.clone(), std::sync::Arc::new(statuses));
+    let hook = |axum::extract::State((received, statuses)): axum::extract::State<Shared>,
+                headers: axum::http::HeaderMap,
+                body: String| async move {
+        let n = {
+            let mut received = received.lock().expect("lock");
+            received.push((headers, body));
+            received.len() - 1
+        };
+        match statuses.get(n).copied().unwrap_or(Some(200)) {
+            Some(status) => StatusCode::from_u16(status).expect("a status"),
+            None => std::future::pending().await,
+        }
+    };
+    let app = axum::Router::new().route("/hook", axum::routing::post(hook)).with_state(state);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("address"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Receiver { url, received }
+}
+
+impl Receiver {
+    /// `[webhooks.ops]` posting here.
+    fn config(&self, retries: u32, timeout_seconds: u64) -> String {
+        format!(
+            "[webhooks.ops]\nurl = {:?}\nsecret_env = {:?}\nretries = {retries}\nretry_seconds = 1\n\
+             timeout_seconds = {timeout_seconds}\n",
+            self.url, HOOK_SECRET.0
+        )
+    }
+
+    /// The events received so far: (event, delivery id, body); each signature checked.
+    fn events(&self) -> Vec<(String, String, serde_json::Value)> {
+        let received = self.received.lock().expect("lock");
+        received
+            .iter()
+            .map(|(headers, body)| {
+                let header =
+                    |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+                let signed = header("sokana-signature");
+                let t: i64 = signed
+                    .strip_prefix("t=")
+                    .and_then(|rest| rest.split(',').next())
+                    .and_then(|t| t.parse().ok())
+                    .unwrap_or_else(|| panic!("no timestamp in {signed:?}"));
+                assert_eq!(signed, sokana::webhook::signature(HOOK_SECRET.1.as_bytes(), t, body.as_bytes()));
+                assert!((chrono::Utc::now().timestamp() - t).abs() < 300, "a fresh timestamp");
+                let json: serde_json::Value = serde_json::from_str(body).expect("JSON");
+                assert_eq!(json["id"].as_str(), Some(header("sokana-delivery").as_str()));
+                (header("sokana-event"), header("sokana-delivery"), json)
+            })
+            .collect()
+    }
+}
+
+/// A project command with the webhook secret in its environment.
+fn with_secret(mut command: std::process::Command) -> std::process::Command {
+    command.env(HOOK_SECRET.0, HOOK_SECRET.1);
+    command
+}
+
+fn webhook_ledger(project: &Project) -> Vec<sokana::pipeline::runlog::Delivery> {
+    let log = sokana::pipeline::runlog::RunLog::open(&project.config().state_dir()).expect("run log");
+    log.deliveries(Some("webhook:ops"), 100).expect("ledger")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pipeline_runs_are_posted_signed_and_retried_until_received() {
+    let receiver = receiver(vec![Some(500), Some(503)]).await;
+    let project = common::sokana_project(&receiver.config(3, 5)).await;
+    let ran = with_secret(project.cli()).args(["pipeline", "run", "sokana_core"]).output().expect("run");
+    assert!(ran.status.success(), "{}", String::from_utf8_lossy(&ran.stderr));
+    // The command tried once (500); the server retries (503, then 200).
+    let mut serve = with_secret(project.cli());
+    serve.arg("serve");
+    let server = common::serve_command(serve);
+    wait_until(
+        "the webhook delivered",
+        || format!("{:#?}", webhook_ledger(&project)),
+        || webhook_ledger(&project).iter().any(|d| d.state == "sent"),
+    );
+    drop(server);
+    let events = receiver.events();
+    assert_eq!(events.len(), 3, "{events:#?}");
+    assert!(events.iter().all(|(event, id, _)| event == "pipeline_run.succeeded" && *id == events[0].1));
+    let data = &events[0].2["data"];
+    assert_eq!(data["pipeline"], "sokana_core");
+    assert_eq!(data["trigger"], "manual");
+    let row = &webhook_ledger(&project)[0];
+    assert_eq!((row.attempts, row.state), (3, sokana::pipeline::runlog::DeliveryState::Sent));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_receiver_that_never_answers_is_given_up_after_its_retries() {
+    let receiver = receiver(vec![None, None, None]).await;
+    let project = common::sokana_project(&receiver.config(1, 1)).await;
+    let ran = with_secret(project.cli()).args(["pipeline", "run", "sokana_core"]).output().expect("run");
+    assert!(ran.status.success(), "a webhook never fails the run: {}", String::from_utf8_lossy(&ran.stderr));
+    let mut serve = with_secret(project.cli());
+    serve.arg("serve");
+    let server = common::serve_command(serve);
+    wait_until(
+        "the webhook given up",
+        || format!("{:#?}", webhook_ledger(&project)),
+        || webhook_ledger(&project).iter().any(|d| d.state == "failed"),
+    );
+    drop(server);
+    let row = &webhook_ledger(&project)[0];
+    assert_eq!(row.attempts, 2);
+    assert!(row.detail.as_deref().is_some_and(|d| d.contains("no answer within 1 s")), "{row:#?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_data_health_alert_fires_once_then_resolves() {
     let smtp = common::smtp::SmtpServer::start(&[]);
-    let project = mailing_project(&smtp.url(), 0, 1).await;
+    let hooks = receiver(Vec::new()).await;
+    let project = mailing_project_with(&smtp.url(), 0, 1, &hooks.config(0, 5)).await;
     let auth = sokana::auth::Auth::open(&project.config()).await.expect("auth");
     auth.add_user("ops@sokana.example", sokana::auth::Role::Admin, "a long enough password 1").await.expect("admin");
     let path = project.dir.path().join("dashboards/data_health.toml");
@@ -474,7 +607,9 @@ async fn the_data_health_alert_fires_once_then_resolves() {
         decisions.iter().filter(|d| d.detail.as_deref().is_some_and(|t| t.starts_with(what))).count()
     };
     let wait = |what: &str, done: &dyn Fn() -> bool| wait_until(what, || format!("{:#?}", smtp.messages()), done);
-    let server = common::serve(&project);
+    let mut serve = with_secret(project.cli());
+    serve.arg("serve");
+    let server = common::serve_command(serve);
     // All is well: the alert is evaluated, and quiet.
     wait("a quiet evaluation", &|| decided("quiet") > 0);
     assert!(smtp.messages().is_empty());
@@ -483,7 +618,7 @@ async fn the_data_health_alert_fires_once_then_resolves() {
     let source = project.sqlite_path();
     let moved = source.with_extension("moved");
     std::fs::rename(&source, &moved).expect("move the source away");
-    let failed = project.cli().args(["pipeline", "run", "sokana_core"]).output().expect("pipeline run");
+    let failed = with_secret(project.cli()).args(["pipeline", "run", "sokana_core"]).output().expect("pipeline run");
     assert!(!failed.status.success());
     let alerts = smtp.wait_for(1, std::time::Duration::from_secs(60));
     assert_eq!(alerts[0].envelope_to, "ops@sokana.example");
@@ -499,7 +634,7 @@ async fn the_data_health_alert_fires_once_then_resolves() {
 
     // The source is back and the next run succeeds: one "resolved" message.
     std::fs::rename(&moved, &source).expect("move the source back");
-    let ran = project.cli().args(["pipeline", "run", "sokana_core"]).output().expect("pipeline run");
+    let ran = with_secret(project.cli()).args(["pipeline", "run", "sokana_core"]).output().expect("pipeline run");
     assert!(ran.status.success(), "{}", String::from_utf8_lossy(&ran.stderr));
     let messages = smtp.wait_for(2, std::time::Duration::from_secs(60));
     assert!(
@@ -509,6 +644,13 @@ async fn the_data_health_alert_fires_once_then_resolves() {
     );
     let quiet = decided("quiet");
     wait("quiet again", &|| decided("quiet") > quiet);
+    let alerts = || hooks.events().into_iter().filter(|(e, _, _)| e.starts_with("alert.")).count();
+    wait_until("the resolved alert's webhook", || format!("{:#?}", hooks.events()), || alerts() == 2);
     drop(server);
     assert_eq!(smtp.messages().len(), 2);
+    // The webhooks heard the same: the runs, and the alert firing then resolved.
+    let events: Vec<String> = hooks.events().into_iter().map(|(e, _, _)| e).collect();
+    let alerts: Vec<&String> = events.iter().filter(|e| e.starts_with("alert.")).collect();
+    assert_eq!(alerts, ["alert.firing", "alert.resolved"], "{events:?}");
+    assert!(events.contains(&"pipeline_run.failed".to_string()), "{events:?}");
 }

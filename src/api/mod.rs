@@ -498,7 +498,10 @@ pub async fn serve(state: AppState, ready: impl FnOnce(Listening)) -> std::io::R
     ready(Listening { http: listener.local_addr()?, pgwire, tls: tls.is_some() });
     let mut jobs = schedule::PipelineJob::all(&state.project);
     jobs.extend(state.reporting.jobs());
-    let scheduled = schedule::start(&state.project.config().state_dir(), jobs);
+    let mut scheduled = schedule::start(&state.project.config().state_dir(), jobs);
+    if !state.reporting.webhooks.is_empty() {
+        scheduled.push(state.reporting.webhooks.clone().start());
+    }
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     let served = match tls {
         Some(tls) => {

@@ -217,7 +217,53 @@ pub async fn run(
         }),
         Err(e) => Err(e),
     };
-    finish_run(&log, run_id, &pipeline.name, outcome)
+    let finished = finish_run(&log, run_id.clone(), &pipeline.name, outcome);
+    announce(config, pipeline, trigger, &run_id, &finished).await;
+    finished
+}
+
+/// Queues the run's webhook event (`pipeline_run.succeeded` or `.failed`) and sends what is due
+/// once; `sokana serve` retries what this leaves. A webhook's problem never fails the run.
+async fn announce(
+    config: &Config,
+    pipeline: &Pipeline,
+    trigger: &str,
+    run_id: &str,
+    finished: &Result<RunSummary, PipelineError>,
+) {
+    if config.webhooks.is_empty() {
+        return;
+    }
+    let hooks = match crate::webhook::Webhooks::new(config) {
+        Ok(hooks) => hooks,
+        Err(e) => {
+            tracing::error!(error = %e, "webhooks not sent");
+            return;
+        }
+    };
+    let (event, data) = match finished {
+        Ok(summary) => (
+            "pipeline_run.succeeded",
+            serde_json::json!({
+                "pipeline": pipeline.name, "run_id": run_id, "trigger": trigger,
+                "tables": summary.tables.iter().map(|t| serde_json::json!({
+                    "table": t.target, "status": t.status, "inserted": t.inserted, "updated": t.updated,
+                    "deleted": t.deleted, "version": t.version,
+                })).collect::<Vec<_>>(),
+            }),
+        ),
+        Err(e) => (
+            "pipeline_run.failed",
+            serde_json::json!({ "pipeline": pipeline.name, "run_id": run_id, "trigger": trigger, "error": e.to_string() }),
+        ),
+    };
+    if let Err(e) = hooks.enqueue(event, trigger, data) {
+        tracing::error!(error = %e, "webhooks: the event could not be queued");
+        return;
+    }
+    if let Err(e) = hooks.deliver_due().await {
+        tracing::error!(error = %e, "webhooks: the queue could not be read");
+    }
 }
 
 /// Builds the models downstream of the tables a pipeline loads; models reading a table whose load

@@ -142,6 +142,8 @@ pub enum DeliveryState {
     Ambiguous,
     /// An attempt failed for a reason that may pass; another follows.
     Retrying,
+    /// Waiting to be sent (a webhook's event).
+    Queued,
 }
 
 stored_by_name!(DeliveryState, "delivery state", {
@@ -151,6 +153,7 @@ stored_by_name!(DeliveryState, "delivery state", {
     Failed => "failed",
     Ambiguous => "ambiguous",
     Retrying => "retrying",
+    Queued => "queued",
 });
 
 impl DeliveryState {
@@ -291,7 +294,7 @@ impl RunLog {
                    job TEXT NOT NULL, slot TEXT NOT NULL, recipient TEXT NOT NULL, message_id TEXT NOT NULL,
                    view TEXT NOT NULL, trigger TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
                    possible_repeat INTEGER NOT NULL DEFAULT 0, detail TEXT,
-                   created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
+                   created_at TEXT NOT NULL, updated_at TEXT NOT NULL, body TEXT,
                    PRIMARY KEY (job, slot, recipient));
                  CREATE INDEX IF NOT EXISTS deliveries_by_state ON deliveries (job, state);
                  CREATE TABLE IF NOT EXISTS alert_states (
@@ -535,6 +538,48 @@ impl RunLog {
         tx.commit().map_err(|e| self.err(e))?;
         drop(db);
         self.slot_deliveries(job, slot)
+    }
+
+    /// Queues one message whose content is `body` (a webhook's event) for `job`.
+    pub fn enqueue_delivery(
+        &self,
+        job: &str,
+        slot: DateTime<Utc>,
+        id: &str,
+        trigger: &str,
+        body: &str,
+    ) -> Result<(), RunLogError> {
+        let now = now();
+        self.db()?
+            .execute(
+                "INSERT INTO deliveries (job, slot, recipient, message_id, view, trigger, state, created_at, updated_at, body)
+                 VALUES (?1, ?2, ?3, ?3, '-', ?4, ?5, ?6, ?6, ?7) ON CONFLICT DO NOTHING",
+                params![job, timestamp(slot), id, trigger, DeliveryState::Queued, now, body],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// The queued messages of jobs named `prefix…` not sent or failed yet, with their bodies,
+    /// oldest first.
+    pub fn queued_deliveries(&self, prefix: &str) -> Result<Vec<(Delivery, String)>, RunLogError> {
+        let rows = self.select_deliveries(
+            "WHERE substr(job, 1, length(?1)) = ?1 AND body IS NOT NULL AND state NOT IN ('sent', 'failed')
+             ORDER BY slot, recipient",
+            params![prefix],
+        )?;
+        let db = self.db()?;
+        let mut bodies = db
+            .prepare("SELECT body FROM deliveries WHERE job = ?1 AND slot = ?2 AND recipient = ?3")
+            .map_err(|e| self.err(e))?;
+        rows.into_iter()
+            .map(|d| {
+                let body: String = bodies
+                    .query_row(params![d.job, timestamp(d.slot), d.recipient], |r| r.get(0))
+                    .map_err(|e| self.err(e))?;
+                Ok((d, body))
+            })
+            .collect()
     }
 
     /// The messages of `job`'s `slot`.

@@ -29,6 +29,10 @@ pub enum SendError {
     Ledger(#[from] RunLogError),
     #[error("reports cannot be sent: the configuration has no [smtp] section")]
     NoMail,
+    #[error(transparent)]
+    Mail(#[from] super::email::MailError),
+    #[error(transparent)]
+    Webhook(#[from] crate::webhook::WebhookError),
 }
 
 /// What making and sending reports needs, shared by every report's job.
@@ -42,6 +46,8 @@ pub struct Reporting {
     pub public_url: String,
     /// None without `[smtp]`: reports are then made on request but never sent.
     pub mailer: Option<Arc<Mailer>>,
+    /// Where alerts are announced besides email.
+    pub webhooks: Arc<crate::webhook::Webhooks>,
 }
 
 impl Reporting {
@@ -52,8 +58,9 @@ impl Reporting {
         auth: Arc<Auth>,
         metrics: Arc<crate::metrics::Catalog>,
         dashboards: Arc<dashboard::Catalog>,
-    ) -> Result<Reporting, super::email::MailError> {
+    ) -> Result<Reporting, SendError> {
         let mailer = config.smtp.as_ref().map(Mailer::new).transpose()?.map(Arc::new);
+        let webhooks = Arc::new(crate::webhook::Webhooks::new(config)?);
         Ok(Reporting {
             engine,
             auth,
@@ -63,6 +70,7 @@ impl Reporting {
             state_dir: config.state_dir(),
             public_url: config.server.public_url(),
             mailer,
+            webhooks,
         })
     }
 
@@ -279,6 +287,9 @@ impl Job for ReportJob {
                     (None, false) => NoticeKind::Clear,
                 };
                 after = Some(state);
+                if kind != NoticeKind::Clear {
+                    self.announce(kind, &verdict, slot).map_err(|e| failed(&e))?;
+                }
                 Some(Notice { kind, verdict })
             }
         };
@@ -314,6 +325,15 @@ impl Job for ReportJob {
 }
 
 impl ReportJob {
+    /// Queues the alert's webhook event; the server's sender posts it.
+    fn announce(&self, kind: NoticeKind, verdict: &Verdict, slot: DateTime<Utc>) -> Result<(), RunLogError> {
+        let event = if kind == NoticeKind::Firing { "alert.firing" } else { "alert.resolved" };
+        let data = serde_json::json!({
+            "report": self.report, "slot": slot, "summary": verdict.summary, "rows": verdict.rows,
+        });
+        self.reporting.webhooks.enqueue(event, "schedule", data)
+    }
+
     fn day(&self, slot: DateTime<Utc>) -> NaiveDate {
         self.reporting.today(&self.report, slot)
     }
