@@ -1,8 +1,8 @@
 //! System tables, so that the state of the data can be asked in SQL and drawn by dashboards like
 //! any other data: `system.pipeline_runs` and `system.table_loads` (the pipelines' run log: each
 //! run, and each table it loaded or model it built), `system.tables` (every warehouse table's
-//! version, rows and age) and `system.report_deliveries` (the delivery ledger without the
-//! recipients' addresses). Each is read afresh at every scan; plans that read them are never
+//! version, rows and age) and `system.report_deliveries` (the delivery ledger of reports and
+//! webhooks, without the recipients' addresses). Each is read afresh at every scan; plans that read them are never
 //! cached (they are not warehouse tables) and run on DataFusion. Who may read them, and which
 //! rows name tables for administrators only, is the masking policy's business (`auth::policy`).
 
@@ -213,7 +213,7 @@ impl SystemTable {
 }
 
 fn delivery_columns(rows: &[Delivery]) -> Vec<ArrayRef> {
-    let rows: Vec<&Delivery> = rows.iter().filter(|d| d.job.starts_with("report:")).collect();
+    let rows: Vec<&Delivery> = rows.iter().collect();
     let text = |f: &dyn Fn(&Delivery) -> Option<String>| -> ArrayRef {
         Arc::new(rows.iter().map(|d| f(d)).collect::<arrow::array::StringArray>())
     };
@@ -221,7 +221,8 @@ fn delivery_columns(rows: &[Delivery]) -> Vec<ArrayRef> {
         Arc::new(rows.iter().map(|d| f(d)).collect::<arrow::array::TimestampMicrosecondArray>().with_timezone("UTC"))
     };
     vec![
-        text(&|d| Some(d.job.trim_start_matches("report:").to_string())),
+        // A report by its name; a webhook's events as `webhook:NAME`.
+        text(&|d| Some(d.job.strip_prefix("report:").unwrap_or(&d.job).to_string())),
         time(&|d| Some(d.slot.timestamp_micros())),
         text(&|d| Some(d.trigger.clone())),
         text(&|d| Some(d.view.clone())),
