@@ -108,7 +108,10 @@ impl Webhooks {
     /// One pass over the queue: every event whose next attempt is due is POSTed once. Answers how
     /// many were sent.
     pub async fn deliver_due(&self) -> Result<usize, RunLogError> {
-        let log = RunLog::open(&self.state_dir)?;
+        self.deliver_due_in(&RunLog::open(&self.state_dir)?).await
+    }
+
+    async fn deliver_due_in(&self, log: &RunLog) -> Result<usize, RunLogError> {
         let now = Utc::now();
         let mut sent = 0;
         for (delivery, body) in log.queued_deliveries("webhook:")? {
@@ -159,12 +162,22 @@ impl Webhooks {
         if status.is_success() { Ok(()) } else { Err(format!("{} answered {status}", hook.url)) }
     }
 
-    /// Sends due events every second until the process ends (inside `sokana serve`).
+    /// Sends due events every second until the process ends (inside `sokana serve`), on one
+    /// connection to the run log.
     pub fn start(self: std::sync::Arc<Self>) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
+            let mut log = None;
             loop {
-                if let Err(e) = self.deliver_due().await {
+                if log.is_none() {
+                    log = RunLog::open(&self.state_dir)
+                        .inspect_err(|e| tracing::error!(error = %e, "webhooks: the run log could not be opened"))
+                        .ok();
+                }
+                if let Some(open) = &log
+                    && let Err(e) = self.deliver_due_in(open).await
+                {
                     tracing::error!(error = %e, "webhooks: the queue could not be read");
+                    log = None;
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
