@@ -545,48 +545,49 @@ fn webhook_ledger(project: &Project) -> Vec<sokana::pipeline::runlog::Delivery> 
     log.deliveries(Some("webhook:ops"), 100).expect("ledger")
 }
 
+/// `sokana serve` with the webhook secret in its environment.
+fn serve_with_secret(project: &Project) -> common::Server {
+    let mut serve = with_secret(project.cli());
+    serve.arg("serve");
+    common::serve_command(serve)
+}
+
+/// Runs the pipeline from the command line (which must succeed: a webhook never fails a run), then
+/// serves until the webhook ledger has a row in `state`; answers the ledger.
+fn run_then_serve_until(project: &Project, state: &str) -> Vec<sokana::pipeline::runlog::Delivery> {
+    let ran = with_secret(project.cli()).args(["pipeline", "run", "sokana_core"]).output().expect("run");
+    assert!(ran.status.success(), "{}", String::from_utf8_lossy(&ran.stderr));
+    let server = serve_with_secret(project);
+    wait_until(
+        &format!("a webhook {state}"),
+        || format!("{:#?}", webhook_ledger(project)),
+        || webhook_ledger(project).iter().any(|d| d.state == state),
+    );
+    drop(server);
+    webhook_ledger(project)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn pipeline_runs_are_posted_signed_and_retried_until_received() {
     let receiver = receiver(vec![Some(500), Some(503)]).await;
     let project = common::sokana_project(&receiver.config(3, 5)).await;
-    let ran = with_secret(project.cli()).args(["pipeline", "run", "sokana_core"]).output().expect("run");
-    assert!(ran.status.success(), "{}", String::from_utf8_lossy(&ran.stderr));
-    // The command tried once (500); the server retries (503, then 200).
-    let mut serve = with_secret(project.cli());
-    serve.arg("serve");
-    let server = common::serve_command(serve);
-    wait_until(
-        "the webhook delivered",
-        || format!("{:#?}", webhook_ledger(&project)),
-        || webhook_ledger(&project).iter().any(|d| d.state == "sent"),
-    );
-    drop(server);
+    // The command tries once (500); the server retries (503, then 200).
+    let ledger = run_then_serve_until(&project, "sent");
     let events = receiver.events();
     assert_eq!(events.len(), 3, "{events:#?}");
     assert!(events.iter().all(|(event, id, _)| event == "pipeline_run.succeeded" && *id == events[0].1));
     let data = &events[0].2["data"];
     assert_eq!(data["pipeline"], "sokana_core");
     assert_eq!(data["trigger"], "manual");
-    let row = &webhook_ledger(&project)[0];
-    assert_eq!((row.attempts, row.state), (3, sokana::pipeline::runlog::DeliveryState::Sent));
+    assert_eq!((ledger[0].attempts, ledger[0].state), (3, sokana::pipeline::runlog::DeliveryState::Sent));
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_receiver_that_never_answers_is_given_up_after_its_retries() {
     let receiver = receiver(vec![None, None, None]).await;
     let project = common::sokana_project(&receiver.config(1, 1)).await;
-    let ran = with_secret(project.cli()).args(["pipeline", "run", "sokana_core"]).output().expect("run");
-    assert!(ran.status.success(), "a webhook never fails the run: {}", String::from_utf8_lossy(&ran.stderr));
-    let mut serve = with_secret(project.cli());
-    serve.arg("serve");
-    let server = common::serve_command(serve);
-    wait_until(
-        "the webhook given up",
-        || format!("{:#?}", webhook_ledger(&project)),
-        || webhook_ledger(&project).iter().any(|d| d.state == "failed"),
-    );
-    drop(server);
-    let row = &webhook_ledger(&project)[0];
+    let ledger = run_then_serve_until(&project, "failed");
+    let row = &ledger[0];
     assert_eq!(row.attempts, 2);
     assert!(row.detail.as_deref().is_some_and(|d| d.contains("no answer within 1 s")), "{row:#?}");
 }
@@ -607,9 +608,7 @@ async fn the_data_health_alert_fires_once_then_resolves() {
         decisions.iter().filter(|d| d.detail.as_deref().is_some_and(|t| t.starts_with(what))).count()
     };
     let wait = |what: &str, done: &dyn Fn() -> bool| wait_until(what, || format!("{:#?}", smtp.messages()), done);
-    let mut serve = with_secret(project.cli());
-    serve.arg("serve");
-    let server = common::serve_command(serve);
+    let server = serve_with_secret(&project);
     // All is well: the alert is evaluated, and quiet.
     wait("a quiet evaluation", &|| decided("quiet") > 0);
     assert!(smtp.messages().is_empty());
