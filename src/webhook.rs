@@ -7,7 +7,6 @@
 //! with back-off by whichever process passes next (`sokana serve` every second; a CLI command once,
 //! before it ends), then the event is marked failed. It knows nothing of what the events mean.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -22,6 +21,8 @@ pub enum WebhookError {
     Secret { hook: String, var: String },
     #[error("webhooks: {0}")]
     Client(String),
+    #[error(transparent)]
+    Ledger(#[from] RunLogError),
 }
 
 struct Hook {
@@ -38,7 +39,8 @@ struct Hook {
 pub struct Webhooks {
     hooks: Vec<Hook>,
     client: reqwest::Client,
-    state_dir: PathBuf,
+    /// The queue (the run log's delivery ledger), opened once.
+    log: RunLog,
 }
 
 /// The run log's job name of hook `name`'s events.
@@ -80,7 +82,7 @@ impl Webhooks {
             .user_agent(concat!("Sokana Analytics ", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| WebhookError::Client(e.to_string()))?;
-        Ok(Webhooks { hooks, client, state_dir: config.state_dir() })
+        Ok(Webhooks { hooks, client, log: RunLog::open(&config.state_dir())? })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -95,12 +97,11 @@ impl Webhooks {
         if takers.is_empty() {
             return Ok(());
         }
-        let log = RunLog::open(&self.state_dir)?;
         let at = Utc::now();
         for hook in takers {
             let id = uuid::Uuid::new_v4().to_string();
             let body = serde_json::json!({ "id": id, "event": event, "created_at": at, "data": data });
-            log.enqueue_delivery(&job(&hook.name), at, &id, trigger, &body.to_string())?;
+            self.log.enqueue_delivery(&job(&hook.name), at, &id, trigger, &body.to_string())?;
         }
         Ok(())
     }
@@ -108,13 +109,11 @@ impl Webhooks {
     /// One pass over the queue: every event whose next attempt is due is POSTed once. Answers how
     /// many were sent.
     pub async fn deliver_due(&self) -> Result<usize, RunLogError> {
-        self.deliver_due_in(&RunLog::open(&self.state_dir)?).await
-    }
-
-    async fn deliver_due_in(&self, log: &RunLog) -> Result<usize, RunLogError> {
+        let log = &self.log;
         let now = Utc::now();
         let mut sent = 0;
-        for (delivery, body) in log.queued_deliveries("webhook:")? {
+        for delivery in log.queued_deliveries("webhook:")? {
+            let Some(body) = delivery.body.clone() else { continue };
             let Some(hook) = self.hooks.iter().find(|h| job(&h.name) == delivery.job) else { continue };
             if !due(&delivery, hook, now) {
                 continue;
@@ -162,22 +161,12 @@ impl Webhooks {
         if status.is_success() { Ok(()) } else { Err(format!("{} answered {status}", hook.url)) }
     }
 
-    /// Sends due events every second until the process ends (inside `sokana serve`), on one
-    /// connection to the run log.
+    /// Sends due events every second until the process ends (inside `sokana serve`).
     pub fn start(self: std::sync::Arc<Self>) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
-            let mut log = None;
             loop {
-                if log.is_none() {
-                    log = RunLog::open(&self.state_dir)
-                        .inspect_err(|e| tracing::error!(error = %e, "webhooks: the run log could not be opened"))
-                        .ok();
-                }
-                if let Some(open) = &log
-                    && let Err(e) = self.deliver_due_in(open).await
-                {
+                if let Err(e) = self.deliver_due().await {
                     tracing::error!(error = %e, "webhooks: the queue could not be read");
-                    log = None;
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }

@@ -185,6 +185,9 @@ pub struct Delivery {
     pub detail: Option<String>,
     pub created_at: String,
     pub updated_at: String,
+    /// What is sent, when the ledger holds it (a webhook's event); never listed.
+    #[serde(skip)]
+    pub body: Option<String>,
 }
 
 /// What an alert last found and when it last sent.
@@ -560,26 +563,14 @@ impl RunLog {
         Ok(())
     }
 
-    /// The queued messages of jobs named `prefix…` not sent or failed yet, with their bodies,
+    /// The queued messages of jobs named `prefix…` not sent or failed yet (with their bodies),
     /// oldest first.
-    pub fn queued_deliveries(&self, prefix: &str) -> Result<Vec<(Delivery, String)>, RunLogError> {
-        let rows = self.select_deliveries(
+    pub fn queued_deliveries(&self, prefix: &str) -> Result<Vec<Delivery>, RunLogError> {
+        self.select_deliveries(
             "WHERE substr(job, 1, length(?1)) = ?1 AND body IS NOT NULL AND state NOT IN ('sent', 'failed')
              ORDER BY slot, recipient",
             params![prefix],
-        )?;
-        let db = self.db()?;
-        let mut bodies = db
-            .prepare("SELECT body FROM deliveries WHERE job = ?1 AND slot = ?2 AND recipient = ?3")
-            .map_err(|e| self.err(e))?;
-        rows.into_iter()
-            .map(|d| {
-                let body: String = bodies
-                    .query_row(params![d.job, timestamp(d.slot), d.recipient], |r| r.get(0))
-                    .map_err(|e| self.err(e))?;
-                Ok((d, body))
-            })
-            .collect()
+        )
     }
 
     /// The messages of `job`'s `slot`.
@@ -629,24 +620,13 @@ impl RunLog {
     /// The slots of `job` with a message that was claimed and not finished (a crash came between),
     /// oldest first.
     pub fn unfinished_slots(&self, job: &str) -> Result<Vec<DateTime<Utc>>, RunLogError> {
+        // Not final: what `DeliveryState::pending` says.
         let db = self.db()?;
         let mut stmt = db
-            .prepare(
-                "SELECT DISTINCT slot FROM deliveries WHERE job = ?1 AND state IN (?2, ?3, ?4, ?5)
-                 ORDER BY slot",
-            )
+            .prepare("SELECT DISTINCT slot FROM deliveries WHERE job = ?1 AND state NOT IN (?2, ?3) ORDER BY slot")
             .map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map(
-                params![
-                    job,
-                    DeliveryState::Rendering,
-                    DeliveryState::Sending,
-                    DeliveryState::Ambiguous,
-                    DeliveryState::Retrying
-                ],
-                |r| r.get::<_, String>(0),
-            )
+            .query_map(params![job, DeliveryState::Sent, DeliveryState::Failed], |r| r.get::<_, String>(0))
             .map_err(|e| self.err(e))?
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| self.err(e))?;
@@ -658,7 +638,7 @@ impl RunLog {
         let mut stmt = db
             .prepare(&format!(
                 "SELECT job, slot, recipient, message_id, view, trigger, state, attempts, possible_repeat, detail,
-                        created_at, updated_at FROM deliveries {rest}"
+                        created_at, updated_at, body FROM deliveries {rest}"
             ))
             .map_err(|e| self.err(e))?;
         let rows = stmt
@@ -677,6 +657,7 @@ impl RunLog {
                     detail: r.get(9)?,
                     created_at: r.get(10)?,
                     updated_at: r.get(11)?,
+                    body: r.get(12)?,
                 })
             })
             .map_err(|e| self.err(e))?;

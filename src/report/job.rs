@@ -48,6 +48,8 @@ pub struct Reporting {
     pub mailer: Option<Arc<Mailer>>,
     /// Where alerts are announced besides email.
     pub webhooks: Arc<crate::webhook::Webhooks>,
+    /// The run log: delivery ledger, alert states, decisions (opened once).
+    log: RunLog,
 }
 
 impl Reporting {
@@ -71,6 +73,7 @@ impl Reporting {
             public_url: config.server.public_url(),
             mailer,
             webhooks,
+            log: RunLog::open(&config.state_dir())?,
         })
     }
 
@@ -81,8 +84,7 @@ impl Reporting {
         report: &super::Report,
         day: NaiveDate,
     ) -> Result<Option<String>, RunLogError> {
-        let log = RunLog::open(&self.state_dir)?;
-        super::freshness_warning(&log, report, super::data_due(dashboard, report, day))
+        super::freshness_warning(&self.log, report, super::data_due(dashboard, report, day))
     }
 
     /// Waits, up to the report's `freshness.wait_minutes` after `slot`, until its data is fresh;
@@ -99,8 +101,7 @@ impl Reporting {
                 break;
             }
             if !said {
-                let log = RunLog::open(&self.state_dir)?;
-                log.record_decision(&crate::pipeline::runlog::Decision {
+                self.log.record_decision(&crate::pipeline::runlog::Decision {
                     pipeline: job.to_string(),
                     slot: Some(slot),
                     decision: crate::pipeline::runlog::DecisionKind::Waiting,
@@ -138,6 +139,9 @@ impl Reporting {
                     job: deliver::job_name(report),
                     schedule: report.schedule.clone(),
                     catch_up: report.spec.catch_up,
+                    cool_down: chrono::Duration::minutes(
+                        report.spec.alert.as_ref().map_or(0, |a| i64::from(a.cool_down_minutes)),
+                    ),
                 }) as Arc<dyn Job>
             })
             .collect()
@@ -149,9 +153,8 @@ impl Reporting {
         let mailer = self.mailer.as_deref().ok_or(SendError::NoMail)?;
         let (dashboard, report) = super::find(&self.dashboards, name)?;
         let _lock = RunLock::wait(&self.state_dir, &deliver::job_name(report)).await?;
-        let log = RunLog::open(&self.state_dir)?;
         let outbox =
-            Outbox { sources: self.sources(), auth: &self.auth, log: &log, mailer, public_url: &self.public_url };
+            Outbox { sources: self.sources(), auth: &self.auth, log: &self.log, mailer, public_url: &self.public_url };
         let slot = Slot { dashboard, report, slot, trigger, audience, day, last_attempt, notice };
         Ok(deliver::deliver(&outbox, &slot).await?)
     }
@@ -205,8 +208,7 @@ impl Reporting {
             Some(name) => Some(deliver::job_name(super::find(&self.dashboards, name)?.1)),
             None => None,
         };
-        let log = RunLog::open(&self.state_dir)?;
-        let mut rows = log.deliveries(job.as_deref(), limit)?;
+        let mut rows = self.log.deliveries(job.as_deref(), limit)?;
         if job.is_none() {
             rows.retain(|d| d.job.starts_with("report:"));
         }
@@ -235,6 +237,8 @@ struct ReportJob {
     job: String,
     schedule: Schedule,
     catch_up: CatchUp,
+    /// An alert's cool-down (zero for a report).
+    cool_down: chrono::Duration,
 }
 
 #[async_trait::async_trait]
@@ -261,20 +265,22 @@ impl Job for ReportJob {
             .wait_for_freshness(&self.report, &self.job, slot)
             .await
             .map_err(|e| AttemptError::Failed(e.to_string()))?;
-        let begun = RunLog::open(&self.reporting.state_dir)
-            .and_then(|log| log.slot_deliveries(&self.job, slot))
-            .map_err(|e| AttemptError::Failed(e.to_string()))?;
+        let log = &self.reporting.log;
+        let begun = log.slot_deliveries(&self.job, slot).map_err(|e| AttemptError::Failed(e.to_string()))?;
         let audience = if begun.is_empty() { Audience::Recipients } else { Audience::Ledger };
         let failed = |e: &dyn std::fmt::Display| AttemptError::Failed(e.to_string());
         // An alert sends only what its condition and state call for.
         let mut after = None;
-        let verdict = self.reporting.evaluate_alert(&self.report, self.day(slot)).await.map_err(|e| failed(&e))?;
+        let verdict = self
+            .reporting
+            .evaluate_alert(&self.report, slot.with_timezone(&self.schedule.timezone).date_naive())
+            .await
+            .map_err(|e| failed(&e))?;
         let notice = match verdict {
             None => None,
             Some(verdict) => {
-                let log = RunLog::open(&self.reporting.state_dir).map_err(|e| failed(&e))?;
                 let state = log.alert_state(&self.job).map_err(|e| failed(&e))?;
-                let (kind, state) = alert::decide(&verdict, state.as_ref(), self.cool_down(), Utc::now());
+                let (kind, state) = alert::decide(&verdict, state.as_ref(), self.cool_down, Utc::now());
                 let kind = match (kind, begun.is_empty()) {
                     (Some(kind), _) => kind,
                     (None, true) => {
@@ -310,7 +316,6 @@ impl Job for ReportJob {
             return Err(AttemptError::Failed(reason));
         }
         if let Some(state) = after {
-            let log = RunLog::open(&self.reporting.state_dir).map_err(|e| failed(&e))?;
             log.set_alert_state(&self.job, &state).map_err(|e| failed(&e))?;
         }
         let summary = summary(&outcome.deliveries);
@@ -332,18 +337,6 @@ impl ReportJob {
             "report": self.report, "slot": slot, "summary": verdict.summary, "rows": verdict.rows,
         });
         self.reporting.webhooks.enqueue(event, "schedule", data)
-    }
-
-    fn day(&self, slot: DateTime<Utc>) -> NaiveDate {
-        self.reporting.today(&self.report, slot)
-    }
-
-    fn cool_down(&self) -> chrono::Duration {
-        let minutes = super::find(&self.reporting.dashboards, &self.report)
-            .ok()
-            .and_then(|(_, r)| r.spec.alert.as_ref().map(|a| a.cool_down_minutes))
-            .unwrap_or(0);
-        chrono::Duration::minutes(i64::from(minutes))
     }
 }
 
