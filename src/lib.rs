@@ -12,6 +12,7 @@ pub mod auth;
 pub mod chart;
 pub mod config;
 pub mod dashboard;
+pub mod forecast;
 pub mod keyfile;
 pub mod metastore;
 pub mod metrics;
@@ -69,6 +70,7 @@ pub const SOKANA_CORE_DASHBOARDS: &[(&str, &str)] = &[
     ("data_health.toml", include_str!("../dashboards/data_health.toml")),
     ("doula_team.toml", include_str!("../dashboards/doula_team.toml")),
     ("executive.toml", include_str!("../dashboards/executive.toml")),
+    ("forecasts.toml", include_str!("../dashboards/forecasts.toml")),
     ("revenue.toml", include_str!("../dashboards/revenue.toml")),
 ];
 

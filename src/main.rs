@@ -55,6 +55,11 @@ enum Command {
         #[command(subcommand)]
         command: DashboardCommand,
     },
+    /// Forecasts with intervals: one series ahead, or every model's backtest on it.
+    Forecast {
+        #[command(subcommand)]
+        command: ForecastCommand,
+    },
     /// Reports: list them, make one now.
     Report {
         #[command(subcommand)]
@@ -216,6 +221,42 @@ enum DashboardCommand {
 }
 
 #[derive(Subcommand)]
+enum ForecastCommand {
+    /// Forecast a series: a metric (VIEW.MEASURE), a query (--sql) or a CSV file (--input), with
+    /// the model the backtest chooses and 80 % and 95 % intervals.
+    Run {
+        #[command(flatten)]
+        series: cli::forecast::SeriesArgs,
+        /// Steps ahead, in grains.
+        #[arg(long, default_value_t = 12)]
+        horizon: usize,
+        /// An interval's level in percent (repeatable). Default: 80 and 95.
+        #[arg(long = "level")]
+        levels: Vec<f64>,
+        /// auto (chosen by backtest) or one model: naive, seasonal_naive, drift, ses, holt_damped,
+        /// holt_winters, holt_winters_log, theta, mstl.
+        #[arg(long, default_value = "auto")]
+        model: String,
+        /// Answer the history's points too (kind = history).
+        #[arg(long)]
+        history: bool,
+        #[arg(long, value_enum, default_value = "table")]
+        format: cli::forecast::ForecastFormat,
+    },
+    /// Backtest every model on a series: MASE, sMAPE and interval coverage against the seasonal
+    /// naive, and the model chosen.
+    Backtest {
+        #[command(flatten)]
+        series: cli::forecast::SeriesArgs,
+        /// Steps ahead each origin is scored on.
+        #[arg(long, default_value_t = 12)]
+        horizon: usize,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum ReportCommand {
     /// The reports of every dashboard: schedule, time zone, role, formats, recipients.
     List,
@@ -329,6 +370,20 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Privacy { command } => cli::admin::privacy(&open(&cli.config)?, command, Bars::shared()).await,
         Command::Warehouse { command } => cli::admin::warehouse(&open(&cli.config)?, command, Bars::shared()).await,
         Command::Check => check(&open(&cli.config)?).await,
+        Command::Forecast { command: ForecastCommand::Run { series, horizon, levels, model, history, format } } => {
+            let args = cli::forecast::RunArgs {
+                series: &series,
+                horizon,
+                levels: &levels,
+                model: Some(&model),
+                history,
+                format,
+            };
+            cli::forecast::run(cli.config.as_deref(), args).await
+        }
+        Command::Forecast { command: ForecastCommand::Backtest { series, horizon, json } } => {
+            cli::forecast::backtest(cli.config.as_deref(), &series, horizon, json).await
+        }
         Command::Report { command: ReportCommand::List } => cli::reports::list(&open(&cli.config)?),
         Command::Report { command: ReportCommand::Run { name, output, as_of, send, to } } => {
             let run = cli::reports::Run { name: &name, output: output.as_deref(), as_of, send, to: &to };

@@ -172,7 +172,7 @@ pub(super) async fn get(
 }
 
 /// A kept answer, or this request's turn to make it.
-enum Kept {
+pub(super) enum Kept {
     Hit(std::sync::Arc<Derived>),
     /// Held while making the answer (`None`: made side by side, see [`crate::query::engine::QueryEngine::making`]).
     Make(Option<tokio::sync::OwnedMutexGuard<()>>),
@@ -180,7 +180,12 @@ enum Kept {
 
 /// The kept answer `name` for `caller`, or, when there is none, the turn to make it: a request
 /// that waited while another made it looks again (without the turn) and is served that.
-async fn kept(state: &AppState, name: &str, caller: &Caller, request_id: &RequestId) -> Result<Kept, ApiError> {
+pub(super) async fn kept(
+    state: &AppState,
+    name: &str,
+    caller: &Caller,
+    request_id: &RequestId,
+) -> Result<Kept, ApiError> {
     let look = || async { state.engine.derived(name, caller).await.map_err(|e| ApiError::query(e, request_id)) };
     if let Some(hit) = look().await? {
         return Ok(Kept::Hit(hit));
@@ -197,7 +202,7 @@ async fn kept(state: &AppState, name: &str, caller: &Caller, request_id: &Reques
 /// The response of a derived answer to a request with `request` headers: its bytes (compressed
 /// when the client accepts a coding it was kept in) and headers, and `x-sokana-cache: hit` when
 /// it was kept from before (`miss` when just made).
-fn derived_response(derived: &Derived, hit: bool, request: &HeaderMap) -> Response {
+pub(super) fn derived_response(derived: &Derived, hit: bool, request: &HeaderMap) -> Response {
     let coded = derived.encoded.iter().find(|(coding, _)| accepts(request, coding));
     let body = coded.map_or_else(|| derived.bytes.clone(), |(_, bytes)| bytes.clone());
     let mut response = (StatusCode::OK, body).into_response();
@@ -433,7 +438,7 @@ fn accepts(headers: &HeaderMap, coding: &str) -> bool {
 
 /// `bytes` of `content_type` compressed as brotli and gzip, when worth it (text over a few KB;
 /// PNG is compressed already). Once per kept answer, so at better levels than per response.
-fn encodings(content_type: &str, bytes: &[u8]) -> Vec<(&'static str, bytes::Bytes)> {
+pub(super) fn encodings(content_type: &str, bytes: &[u8]) -> Vec<(&'static str, bytes::Bytes)> {
     use std::io::Write;
     if content_type.starts_with("image/png") || bytes.len() < super::COMPRESS_ABOVE as usize {
         return Vec::new();

@@ -6,10 +6,14 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
 use serde_json::json;
 
+use axum::http::HeaderMap;
+
 use super::auth::{Authenticated, audited_by_query};
+use super::dashboards::{Kept, derived_response, encodings, kept};
 use super::{ApiError, AppState, RequestId};
 use crate::metrics::request::MetricsRequest;
 use crate::metrics::{self, MetricsError};
+use crate::query::cache::Derived;
 
 impl ApiError {
     fn metrics(e: MetricsError, request_id: &RequestId) -> ApiError {
@@ -42,18 +46,83 @@ pub(super) async fn answer(
     Authenticated { identity, request_id, address }: Authenticated,
     Path(name): Path<String>,
     RawQuery(query): RawQuery,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let view = state.metrics.view(&name).map_err(|e| ApiError::metrics(e, &request_id))?;
-    let pairs: Vec<(String, String)> =
-        url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()).into_owned().collect();
+    let query = query.unwrap_or_default();
+    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+    let (asked, pairs): (Vec<_>, Vec<_>) =
+        pairs.into_iter().partition(|(k, _)| matches!(k.as_str(), "forecast" | "level"));
+    let ask = forecast_asked(&asked).map_err(|e| ApiError::metrics(e, &request_id))?;
     let request = MetricsRequest::from_pairs(
         view,
         pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
         state.engine.limits().max_rows,
     )
     .map_err(|e| ApiError::metrics(e, &request_id))?;
-    let answer = metrics::answer(&state.engine, view, &request, &super::query::caller(identity, &request_id, address))
+    let caller = super::query::caller(identity, &request_id, address);
+    let Some(ask) = ask else {
+        let answer = metrics::answer(&state.engine, view, &request, &caller)
+            .await
+            .map_err(|e| ApiError::metrics(e, &request_id))?;
+        return Ok(audited_by_query(Json(answer).into_response()));
+    };
+    // A forecast is fitted afresh from answers that may be cached: tens of milliseconds of CPU a
+    // request. It is kept as a derived answer, by the request and the day, for as long as the
+    // tables it read stay at the versions it read.
+    let today = chrono::Utc::now().with_timezone(&view.timezone).date_naive();
+    let kept_as = format!("metrics {name}?{query} as of {today}");
+    let _turn = match kept(&state, &kept_as, &caller, &request_id).await? {
+        Kept::Hit(hit) => return Ok(audited_by_query(derived_response(&hit, true, &headers))),
+        Kept::Make(turn) => turn,
+    };
+    let mut answer =
+        metrics::answer(&state.engine, view, &request, &caller).await.map_err(|e| ApiError::metrics(e, &request_id))?;
+    let (forecast, reads) = metrics::forecast(&state.engine, view, &request, &ask, today, &caller)
         .await
         .map_err(|e| ApiError::metrics(e, &request_id))?;
-    Ok(audited_by_query(Json(answer).into_response()))
+    answer.forecast = Some(forecast);
+    let mut all = answer.reads.clone();
+    all.add(&reads);
+    let bytes = serde_json::to_vec(&answer).map_err(ApiError::internal)?;
+    let made = Derived {
+        encoded: encodings("application/json", &bytes),
+        bytes: bytes.into(),
+        headers: vec![("content-type", "application/json".into())],
+        label: format!("metrics {name} forecast"),
+        reads: all,
+    };
+    let response = derived_response(&made, false, &headers);
+    state.engine.keep_derived(&kept_as, &caller, made);
+    Ok(audited_by_query(response))
+}
+
+/// `forecast=N` (periods ahead) and `level=95` (repeatable; 80 and 95 when not given).
+fn forecast_asked(pairs: &[(String, String)]) -> Result<Option<crate::forecast::Request>, MetricsError> {
+    let bad = |parameter: &str, message: String| MetricsError::Request { parameter: parameter.into(), message };
+    let mut horizon = None;
+    let mut levels = Vec::new();
+    for (key, value) in pairs {
+        if key == "forecast" {
+            horizon =
+                Some(value.trim().parse::<usize>().map_err(|_| {
+                    bad("forecast", format!("expected a number of periods ahead, e.g. 6, got {value:?}"))
+                })?);
+        } else {
+            levels.push(
+                value
+                    .trim()
+                    .parse::<f64>()
+                    .map_err(|_| bad("level", format!("expected a percentage, e.g. 95, got {value:?}")))?,
+            );
+        }
+    }
+    let Some(horizon) = horizon else {
+        return if levels.is_empty() { Ok(None) } else { Err(bad("level", "a level needs forecast=N".into())) };
+    };
+    let mut request = crate::forecast::Request::new(horizon);
+    if !levels.is_empty() {
+        request.levels = levels;
+    }
+    Ok(Some(request))
 }

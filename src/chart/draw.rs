@@ -212,13 +212,47 @@ struct Layers {
     categories: Vec<Cell>,
     labels: Vec<String>,
     series: Vec<Series>,
+    band: Option<Band>,
+}
+
+/// A forecast along the x axis after the data: per category, the point and its 80 % and 95 %
+/// bounds (`None` before the forecast starts).
+struct Band {
+    points: Vec<Option<[f64; 5]>>,
+}
+
+/// The forecast's rows as a band: at their period's place when the data has it (a period in
+/// progress), else appended to `categories`.
+fn band_of(chart: &Chart, categories: &mut Vec<Cell>) -> Option<Band> {
+    let frame = chart.forecast.filter(|_| matches!(chart.kind, ChartKind::Line | ChartKind::Area))?;
+    let columns: Vec<usize> = ["period", "value", "lower_80", "upper_80", "lower_95", "upper_95"]
+        .iter()
+        .map(|name| frame.index(name))
+        .collect::<Option<_>>()?;
+    let mut points = vec![None; categories.len()];
+    for row in &frame.rows {
+        let numbers: Option<Vec<f64>> = columns[1..].iter().map(|&i| row.get(i).and_then(Cell::number)).collect();
+        let (Some(period), Some(numbers)) = (row.get(columns[0]), numbers) else { continue };
+        let at = match categories.iter().position(|c| c.raw() == period.raw()) {
+            Some(at) => at,
+            None => {
+                categories.push(period.clone());
+                points.push(None);
+                categories.len() - 1
+            }
+        };
+        points[at] = Some([numbers[0], numbers[1], numbers[2], numbers[3], numbers[4]]);
+    }
+    points.iter().any(Option::is_some).then_some(Band { points })
 }
 
 fn series_of(chart: &Chart) -> Result<Layers, ChartError> {
     let frame = chart.data;
     let x_name = chart.encoding.x.as_deref().unwrap_or_default();
     let x = frame.index(x_name).ok_or_else(|| ChartError::Incomplete("x: no column".into()))?;
-    let categories = distinct(frame, x);
+    let mut categories = distinct(frame, x);
+    let data_categories = categories.len();
+    let band = band_of(chart, &mut categories);
     if categories.len() > MAX_CATEGORIES {
         return Err(ChartError::DoesNotFit(format!(
             "{} categories along x; a {} shows at most {MAX_CATEGORIES} (filter the data or use a table)",
@@ -227,7 +261,8 @@ fn series_of(chart: &Chart) -> Result<Layers, ChartError> {
         )));
     }
     let labels = category_labels(&categories);
-    let position: HashMap<String, usize> = categories.iter().enumerate().map(|(i, c)| (c.raw(), i)).collect();
+    let position: HashMap<String, usize> =
+        categories.iter().take(data_categories).enumerate().map(|(i, c)| (c.raw(), i)).collect();
     let mut series = Vec::new();
     match chart.encoding.series.as_deref().and_then(|s| frame.index(s)) {
         Some(split) => {
@@ -272,7 +307,7 @@ fn series_of(chart: &Chart) -> Result<Layers, ChartError> {
             }
         }
     }
-    Ok(Layers { categories, labels, series })
+    Ok(Layers { categories, labels, series, band })
 }
 
 /// A value range from 0 (or below, for negatives) to a little above the largest value.
@@ -286,10 +321,13 @@ fn value_range(low: f64, high: f64) -> (f64, f64) {
 }
 
 fn xy(chart: &Chart, root: &Area, colours: &Colours) -> Result<(Vec<Hit>, String), ChartError> {
-    let Layers { categories, labels, series } = series_of(chart)?;
+    let Layers { categories, labels, series, band } = series_of(chart)?;
     let body = title(chart, root, colours)?;
-    let items: Vec<(String, RGBColor)> =
+    let mut items: Vec<(String, RGBColor)> =
         series.iter().enumerate().map(|(i, s)| (s.label.clone(), colour_of(chart, colours, i))).collect();
+    if band.is_some() {
+        items.push(("Forecast (80 % and 95 % intervals)".to_string(), colour_of(chart, colours, 0)));
+    }
     let (plot, legend_boxes) = legend(&body, &items, colours)?;
     let n = categories.len();
     let stacked = chart.encoding.stacked && series.len() > 1 && chart.kind != ChartKind::Line;
@@ -313,6 +351,10 @@ fn xy(chart: &Chart, root: &Area, colours: &Colours) -> Result<(Vec<Hit>, String
     if let Some(target) = chart.encoding.target {
         high = high.max(target);
         low = low.min(target);
+    }
+    for [_, _, _, lower, upper] in band.iter().flat_map(|b| b.points.iter().flatten()) {
+        high = high.max(*upper);
+        low = low.min(*lower);
     }
     let (v0, v1) = value_range(low, high);
     let format = series.first().map(|s| s.format).unwrap_or_default();
@@ -398,6 +440,9 @@ fn xy(chart: &Chart, root: &Area, colours: &Colours) -> Result<(Vec<Hit>, String
             .y_label_formatter(&|v| format.compact(*v))
             .draw()
             .map_err(failed)?;
+        if let (Some(band), Some(first)) = (&band, series.first()) {
+            draw_band(&mut c, band, first, colour_of(chart, colours, 0), &labels, &mut hits)?;
+        }
         let m = series.len().max(1) as f64;
         let mut baseline = vec![0.0; n];
         for (si, s) in series.iter().enumerate() {
@@ -498,8 +543,75 @@ fn xy(chart: &Chart, root: &Area, colours: &Colours) -> Result<(Vec<Hit>, String
             value: None,
         });
     }
-    let summary = describe_series(chart.kind, &labels, &series);
+    let mut summary = describe_series(chart.kind, &labels, &series);
+    let forecast: Vec<(usize, [f64; 5])> =
+        band.iter().flat_map(|b| b.points.iter().enumerate().filter_map(|(i, p)| p.map(|p| (i, p)))).collect();
+    if let (Some((first, _)), Some((last, [value, _, _, lower, upper])), Some(s)) =
+        (forecast.first(), forecast.last(), series.first())
+    {
+        summary.push_str(&format!(
+            " Forecast from {} to {}: {} at the end (95 % interval {} to {}).",
+            labels[*first],
+            labels[*last],
+            s.format.full(*value),
+            s.format.full(*lower),
+            s.format.full(*upper)
+        ));
+    }
     Ok((hits, summary))
+}
+
+/// The forecast's 95 % band, its 80 % band inside it, and its point forecast dashed on from the
+/// series' last value; a hit per forecast period with the point and both intervals.
+fn draw_band(
+    c: &mut ChartContext<
+        '_,
+        SVGBackend<'_>,
+        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+    >,
+    band: &Band,
+    series: &Series,
+    colour: RGBColor,
+    labels: &[String],
+    hits: &mut Vec<Hit>,
+) -> Result<(), ChartError> {
+    let at: Vec<(usize, [f64; 5])> = band.points.iter().enumerate().filter_map(|(i, p)| p.map(|p| (i, p))).collect();
+    let polygon = |lower: usize, upper: usize| -> Vec<(f64, f64)> {
+        let top = at.iter().map(|(i, p)| (*i as f64, p[upper]));
+        let bottom = at.iter().rev().map(|(i, p)| (*i as f64, p[lower]));
+        top.chain(bottom).collect()
+    };
+    c.draw_series(std::iter::once(Polygon::new(polygon(3, 4), colour.mix(0.14).filled()))).map_err(failed)?;
+    c.draw_series(std::iter::once(Polygon::new(polygon(1, 2), colour.mix(0.26).filled()))).map_err(failed)?;
+    // Joined to the last value before the forecast starts (not to a period in progress under it).
+    let start = at.first().map_or(0, |(i, _)| *i);
+    let last = series.values[..start].iter().enumerate().rev().find_map(|(i, v)| v.map(|v| (i as f64, v)));
+    let line: Vec<(f64, f64)> = last.into_iter().chain(at.iter().map(|(i, p)| (*i as f64, p[0]))).collect();
+    c.draw_series(DashedLineSeries::new(line, 6, 4, colour.stroke_width(2))).map_err(failed)?;
+    for (i, [value, lower_80, upper_80, lower_95, upper_95]) in &at {
+        let (px, py) = c.backend_coord(&(*i as f64, *value));
+        let f = |v: f64| series.format.full(v);
+        hits.push(Hit {
+            x: px - 8,
+            y: py - 8,
+            width: 16,
+            height: 16,
+            tooltip: format!(
+                "{} · {} forecast: {} (80 %: {} – {}; 95 %: {} – {})",
+                labels[*i],
+                series.label,
+                f(*value),
+                f(*lower_80),
+                f(*upper_80),
+                f(*lower_95),
+                f(*upper_95)
+            ),
+            category: None,
+            series: None,
+            value: Some(*value),
+        });
+    }
+    Ok(())
 }
 
 fn hit((x, y, width, height): PixelBox, label: &str, category: &Cell, s: &Series, value: f64) -> Hit {
@@ -537,7 +649,7 @@ fn describe_series(kind: ChartKind, labels: &[String], series: &[Series]) -> Str
 }
 
 fn heatmap(chart: &Chart, root: &Area, colours: &Colours) -> Result<(Vec<Hit>, String), ChartError> {
-    let Layers { categories, labels, series } = series_of(chart)?;
+    let Layers { categories, labels, series, .. } = series_of(chart)?;
     if series.len() > MAX_CATEGORIES {
         return Err(ChartError::DoesNotFit(format!("{} rows; a Heatmap shows at most {MAX_CATEGORIES}", series.len())));
     }

@@ -248,6 +248,9 @@ pub struct Chart<'a> {
     pub previous: Option<&'a Frame>,
     /// A time series of the KPI's measure (its sparkline).
     pub trend: Option<&'a Frame>,
+    /// Line and area charts: the measure forecast past the data, columns `period`, `value`,
+    /// `lower_80`, `upper_80`, `lower_95`, `upper_95`; drawn as a dashed line in its bands.
+    pub forecast: Option<&'a Frame>,
     pub theme: Theme,
     pub width: u32,
     pub height: u32,

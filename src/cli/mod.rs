@@ -5,5 +5,6 @@
 
 pub mod admin;
 pub mod dashboards;
+pub mod forecast;
 pub mod queries;
 pub mod reports;

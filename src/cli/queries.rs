@@ -89,7 +89,7 @@ pub async fn sql(project: &Project, args: SqlArgs) -> Result<()> {
 }
 
 /// Writes what the query log and the audit trail still hold, before the process ends.
-async fn finish(state: &AppState) -> Result<()> {
+pub(super) async fn finish(state: &AppState) -> Result<()> {
     if let Some(log) = state.engine.log() {
         log.close();
     }

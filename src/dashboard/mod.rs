@@ -300,6 +300,8 @@ pub struct PanelData {
     pub frame: Frame,
     pub previous: Option<Frame>,
     pub trend: Option<Frame>,
+    /// The measure forecast past the data: `period`, `value`, `lower_80` … `upper_95`.
+    pub forecast: Option<Frame>,
     /// The queries that ran, with `$n` where values were bound.
     pub sql: Vec<String>,
     /// Tables read and their versions (what live refresh watches).
@@ -311,6 +313,36 @@ pub struct PanelData {
     /// The statements that ran, with their values.
     #[serde(skip)]
     pub statements: Vec<Statement>,
+}
+
+/// The frame of a metrics answer's `forecast`: its periods, points and bounds, in the measure's format.
+fn forecast_frame(forecast: &serde_json::Value, columns: &[metrics::Column]) -> Frame {
+    let measure = columns.iter().find(|c| c.role == "measure");
+    let format = measure.and_then(|m| m.format);
+    let names = ["value", "lower_80", "upper_80", "lower_95", "upper_95"];
+    let mut fields = vec![Field {
+        name: metrics::spec::PERIOD.into(),
+        label: "Period".into(),
+        format: None,
+        higher_is_better: None,
+    }];
+    fields.extend(names.iter().map(|name| Field {
+        name: (*name).into(),
+        label: measure.map_or_else(|| (*name).to_string(), |m| format!("{} ({name})", m.label)),
+        format,
+        higher_is_better: None,
+    }));
+    let rows = forecast["rows"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let rows = rows
+        .iter()
+        .map(|row| {
+            let period = row[metrics::spec::PERIOD].as_str().map_or(Cell::Null, |p| Cell::Text(p.to_string()));
+            std::iter::once(period)
+                .chain(names.iter().map(|name| row[*name].as_f64().map_or(Cell::Null, Cell::Number)))
+                .collect()
+        })
+        .collect();
+    Frame { fields, rows }
 }
 
 /// The frame of a metrics answer's `columns` and `rows` (the answer's own, or its previous period's).
@@ -530,6 +562,7 @@ pub async fn panel_data(
                 frame: frame_of(&answer.columns, &answer.rows),
                 previous: answer.previous.as_ref().map(|p| frame_of(&answer.columns, &p.rows)),
                 trend: None,
+                forecast: None,
                 sql: vec![answer.sql.clone()],
                 tables: answer.tables.clone(),
                 cache_hit: answer.cache_hit,
@@ -537,13 +570,26 @@ pub async fn panel_data(
                 statements: answer.statements.clone(),
             };
             if let (Some(grain), true) = (spec.trend, timed) {
-                let trend = MetricsRequest { grain: Some(grain), compare: false, ..base };
+                let trend = MetricsRequest { grain: Some(grain), compare: false, ..base.clone() };
                 let answer = metrics::answer(sources.engine, view, &trend, caller).await?;
                 data.trend = Some(frame_of(&answer.columns, &answer.rows));
                 data.sql.push(answer.sql);
                 data.cache_hit &= answer.cache_hit;
                 data.reads.add(&answer.reads);
                 data.statements.extend(answer.statements);
+            }
+            if let Some(horizon) = spec.forecast {
+                if !matches!(panel.chart, chart::ChartKind::Line | chart::ChartKind::Area) || base.grain.is_none() {
+                    return Err(problem("forecast: draws on a line or area chart of one measure with a grain".into()));
+                }
+                let today = chrono::Utc::now().with_timezone(&view.timezone).date_naive();
+                let as_of = base.range.map_or(today, |r| r.to.min(today));
+                let ask = crate::forecast::Request::new(horizon);
+                let (forecast, reads) = metrics::forecast(sources.engine, view, &base, &ask, as_of, caller)
+                    .await
+                    .map_err(|e| problem(format!("forecast: {e}")))?;
+                data.forecast = Some(forecast_frame(&forecast, &answer.columns));
+                data.reads.add(&reads);
             }
             Ok(data)
         }
@@ -596,6 +642,7 @@ async fn run_sql(
         frame: frame_of_batches(&output.result.schema, &output.result.batches, formats)?,
         previous: None,
         trend: None,
+        forecast: None,
         sql: vec![sql.to_string()],
         tables: output
             .tables
@@ -628,6 +675,7 @@ pub async fn chart_of_sql(
         data: &data.frame,
         previous: None,
         trend: None,
+        forecast: None,
         theme,
         width,
         height,
@@ -660,6 +708,7 @@ pub fn render(
         data: &data.frame,
         previous: data.previous.as_ref(),
         trend: data.trend.as_ref(),
+        forecast: data.forecast.as_ref(),
         theme,
         width,
         height,
@@ -681,6 +730,7 @@ pub fn render_error(dashboard: &Dashboard, panel: &PanelSpec, message: &str, the
             data: &empty,
             previous: None,
             trend: None,
+            forecast: None,
             theme,
             width: EXPORT_WIDTH * u32::from(panel.width()) / 12,
             height: ROW_PX * u32::from(panel.height()),

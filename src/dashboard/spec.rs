@@ -168,6 +168,9 @@ pub struct MetricSpec {
     pub grain: Option<Grain>,
     /// KPI tiles: the grain of the sparkline drawn under the number.
     pub trend: Option<Grain>,
+    /// Line and area charts of one measure per grain: periods forecast past the last complete one,
+    /// drawn as a dashed line in its 80 % and 95 % bands (the model chosen by backtest).
+    pub forecast: Option<usize>,
     /// A field of the answer to order by, `-` first for descending.
     pub order: Option<String>,
     pub limit: Option<u64>,

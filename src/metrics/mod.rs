@@ -114,6 +114,9 @@ pub struct Answer {
     /// The statements that ran, with their values.
     #[serde(skip)]
     pub statements: Vec<Statement>,
+    /// The measure forecast past the period in progress, when asked (see [`forecast`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forecast: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -221,7 +224,97 @@ pub async fn answer(
         tables: output.tables.iter().map(|(t, v)| TableVersion { table: t.to_string(), version: *v }).collect(),
         reads,
         statements,
+        forecast: None,
     })
+}
+
+/// The series behind `request` (one measure per grain; filters kept) over the view's whole
+/// history, as `caller` sees it: what a forecast is made from, with what it read. Periods that
+/// end after `as_of` (the one in progress) are left out, since part of a month reads as a fall.
+pub async fn series(
+    engine: &QueryEngine,
+    view: &View,
+    request: &MetricsRequest,
+    as_of: chrono::NaiveDate,
+    caller: &Caller,
+) -> Result<(Vec<(chrono::NaiveDate, Option<f64>)>, Reads), MetricsError> {
+    let bad =
+        |parameter: &str, message: &str| MetricsError::Request { parameter: parameter.into(), message: message.into() };
+    let (Some(grain), [measure]) = (request.grain, request.measures.as_slice()) else {
+        return Err(bad("forecast", "a forecast is of one measure per period: give one measure and a grain"));
+    };
+    if !request.dimensions.is_empty() {
+        return Err(bad("dimensions", "a forecast is of one series: leave dimensions out (filters may stay)"));
+    }
+    let whole =
+        MetricsRequest { range: None, compare: false, order: None, limit: engine.limits().max_rows, ..request.clone() };
+    let answer = answer(engine, view, &whole, caller).await?;
+    let rows = answer.rows.as_array().map(Vec::as_slice).unwrap_or_default();
+    let mut points = Vec::with_capacity(rows.len());
+    for row in rows {
+        let period = row.get(spec::PERIOD).and_then(|p| p.as_str()).and_then(|p| p.parse::<chrono::NaiveDate>().ok());
+        if let Some(period) = period.filter(|p| grain.after(*p) <= as_of) {
+            points.push((period, row.get(measure.as_str()).and_then(serde_json::Value::as_f64)));
+        }
+    }
+    Ok((points, answer.reads))
+}
+
+/// `request`'s measure forecast `horizon` periods past `as_of`'s, with intervals at `levels`: the
+/// `forecast` part of an answer (model, seasons, notes, and per period the value and bounds).
+/// Missing periods are zero for sums and counts and interpolated for other measures.
+pub async fn forecast(
+    engine: &QueryEngine,
+    view: &View,
+    request: &MetricsRequest,
+    ask: &crate::forecast::Request,
+    as_of: chrono::NaiveDate,
+    caller: &Caller,
+) -> Result<(serde_json::Value, Reads), MetricsError> {
+    use crate::forecast as fc;
+    let (points, reads) = series(engine, view, request, as_of, caller).await?;
+    let measure = request.measures.first().and_then(|m| view.measure(m));
+    let additive = measure.is_some_and(|m| {
+        let sql = m.sql.trim_start().to_ascii_lowercase();
+        sql.starts_with("sum(") || sql.starts_with("count(")
+    });
+    let fill = if additive { fc::Fill::Zero } else { fc::Fill::Interpolate };
+    let grain = request.grain.map(fc::Grain::from);
+    let rows = points.into_iter().filter_map(|(day, value)| day.and_hms_opt(0, 0, 0).map(|t| (t, value))).collect();
+    let ask = ask.clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let series = fc::Series::from_rows(rows, grain, fill)?;
+        fc::forecast(&series, &ask).map(|outcome| (outcome, ask.levels))
+    })
+    .await
+    .map_err(|e| MetricsError::Query(QueryError::Internal(format!("the forecast stopped: {e}"))))?
+    .map_err(|e| MetricsError::Request { parameter: "forecast".into(), message: e.to_string() })?;
+    let (outcome, levels) = outcome;
+    let rows: Vec<serde_json::Value> = outcome
+        .forecast
+        .iter()
+        .map(|point| {
+            let mut row = serde_json::Map::new();
+            row.insert(spec::PERIOD.into(), point.time.date().to_string().into());
+            row.insert("value".into(), point.value.into());
+            for bound in &point.bounds {
+                let level = fc::table::level_name(bound.level);
+                row.insert(format!("lower_{level}"), bound.lower.into());
+                row.insert(format!("upper_{level}"), bound.upper.into());
+            }
+            serde_json::Value::Object(row)
+        })
+        .collect();
+    let answer = serde_json::json!({
+        "horizon": outcome.forecast.len(),
+        "levels": levels,
+        "model": outcome.model,
+        "seasons": outcome.seasons,
+        "history": outcome.history.len(),
+        "notes": outcome.notes,
+        "rows": rows,
+    });
+    Ok((answer, reads))
 }
 
 fn answer_rows(output: &QueryOutput) -> Result<serde_json::Value, MetricsError> {

@@ -19,6 +19,7 @@ pub mod duck;
 pub mod duckdb_arrow;
 pub mod engine;
 pub mod export;
+pub mod forecast;
 pub mod functions;
 pub mod log;
 pub mod saved;
@@ -404,8 +405,15 @@ pub(crate) fn runtime_for(
 
 /// A session with the engine's settings and functions over `warehouse`'s runtime, no tables yet.
 pub(crate) fn session(warehouse: &Warehouse) -> Result<SessionContext, QueryError> {
-    let ctx = SessionContext::new_with_config_rt(session_config(), runtime_for(warehouse)?);
+    let state = datafusion::execution::SessionStateBuilder::new()
+        .with_config(session_config())
+        .with_runtime_env(runtime_for(warehouse)?)
+        .with_default_features()
+        .with_query_planner(Arc::new(forecast::Planner))
+        .build();
+    let ctx = SessionContext::new_with_state(state);
     ctx.register_udf(date_trunc::date_trunc());
+    ctx.register_udtf(forecast::NAME, Arc::new(forecast::ForecastFunction::default()));
     Ok(ctx)
 }
 

@@ -38,7 +38,8 @@ use crate::query::log::{QueryLog, QueryRecord};
 use crate::query::scope::{PlanPolicy, ScopedStates};
 use crate::warehouse::{SCHEMAS, TableName, Warehouse};
 use execute::{df_error, truncate};
-use plan::{Prepared, query_plan};
+use plan::Prepared;
+pub(crate) use plan::query_plan;
 use routing::Routing;
 
 pub struct QueryEngine {

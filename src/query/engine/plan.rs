@@ -85,7 +85,12 @@ impl QueryEngine {
         // A mistake in the query may be DataFusion's dialect only, and DuckDB may take it; any
         // other failure (refused, an internal fault) is not a question of dialect.
         let plan = mistake_or_fail(self.plan_in(&state, &request.sql).await)?;
-        let duck = mistake_or_fail(duck::inspect(&request.sql))?;
+        let duck = match &plan {
+            Ok(plan) if crate::query::forecast::forecasts(plan) => {
+                Err(SqlError::invalid("forecast() runs on DataFusion"))
+            }
+            _ => mistake_or_fail(duck::inspect(&request.sql))?,
+        };
         let (tables, shape, warehouse_only, cacheable, columns) = match (&plan, &duck) {
             (Ok(plan), _) => {
                 let read: Vec<TableName> = tables_read(plan).into_iter().map(|(t, _)| t).collect();
@@ -363,8 +368,8 @@ fn placeholder_types(plan: &LogicalPlan) -> Option<HashMap<String, Option<DataTy
 }
 
 /// The unoptimised plan of `sql`, which must be a query (no DDL, DML or settings).
-pub(super) async fn query_plan(state: &SessionState, sql: &str) -> Result<LogicalPlan, QueryError> {
-    let plan = state.create_logical_plan(sql).await?;
+pub(crate) async fn query_plan(state: &SessionState, sql: &str) -> Result<LogicalPlan, QueryError> {
+    let plan = crate::query::forecast::plan(state, sql).await?;
     read_only().verify_plan(&plan)?;
     Ok(plan)
 }
