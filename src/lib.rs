@@ -32,6 +32,7 @@ pub const SOKANA_CORE_PIPELINE: &str = include_str!("../pipelines/sokana_core.to
 pub const SOKANA_CORE_MODELS: &[(&str, &str)] = &[
     ("dim_clients.sql", include_str!("../pipelines/models/dim_clients.sql")),
     ("dim_doulas.sql", include_str!("../pipelines/models/dim_doulas.sql")),
+    ("fct_availability.sql", include_str!("../pipelines/models/fct_availability.sql")),
     ("fct_contracts.sql", include_str!("../pipelines/models/fct_contracts.sql")),
     ("fct_hours.sql", include_str!("../pipelines/models/fct_hours.sql")),
     ("fct_installments.sql", include_str!("../pipelines/models/fct_installments.sql")),
@@ -40,6 +41,7 @@ pub const SOKANA_CORE_MODELS: &[(&str, &str)] = &[
     ("mart_ar_aging.sql", include_str!("../pipelines/models/mart_ar_aging.sql")),
     ("mart_client_funnel.sql", include_str!("../pipelines/models/mart_client_funnel.sql")),
     ("mart_doula_utilization.sql", include_str!("../pipelines/models/mart_doula_utilization.sql")),
+    ("mart_due_months.sql", include_str!("../pipelines/models/mart_due_months.sql")),
     ("mart_referral_attribution.sql", include_str!("../pipelines/models/mart_referral_attribution.sql")),
     ("mart_revenue_monthly.sql", include_str!("../pipelines/models/mart_revenue_monthly.sql")),
 ];
@@ -53,9 +55,11 @@ pub const SOKANA_CORE_QUERIES: &[(&str, &str)] = &[
 
 /// The metrics views shipped with the product (`queries/metrics/`), for projects outside this repository.
 pub const SOKANA_CORE_METRICS: &[(&str, &str)] = &[
+    ("availability.toml", include_str!("../queries/metrics/availability.toml")),
     ("client_status.toml", include_str!("../queries/metrics/client_status.toml")),
     ("clients.toml", include_str!("../queries/metrics/clients.toml")),
     ("contracts.toml", include_str!("../queries/metrics/contracts.toml")),
+    ("due_dates.toml", include_str!("../queries/metrics/due_dates.toml")),
     ("hours.toml", include_str!("../queries/metrics/hours.toml")),
     ("installments.toml", include_str!("../queries/metrics/installments.toml")),
     ("invoices.toml", include_str!("../queries/metrics/invoices.toml")),

@@ -261,7 +261,8 @@ enum ReportCommand {
     /// The reports of every dashboard: schedule, time zone, role, formats, recipients.
     List,
     /// Make a report now, as its role, and write its PDF and CSV files into a directory (the
-    /// current one unless --send is given), or send it.
+    /// current one unless --send is given), or send it. An alert, unless sent, prints what its
+    /// condition finds (firing or quiet, and why).
     Run {
         name: String,
         #[arg(long, value_name = "DIR")]

@@ -2,7 +2,8 @@
 //! (history and forecast rows, bands around the point, DataFusion under `auto`), through the
 //! query API with the caller's role (a table the role may not read stays unread, and the audit
 //! trail names the table the inner query read); every bad input gets a message, not a crash; the
-//! command line's backtest and run, from a metric and from a CSV file.
+//! command line's backtest and run, from a metric and from a CSV file; alerts that hold the
+//! period so far against its forecast, by email through a real SMTP server.
 
 mod common;
 
@@ -174,13 +175,25 @@ async fn the_inner_query_runs_as_the_caller_and_is_audited() {
 
     // The Forecasts dashboard's panels draw their bands, for the web page and the exports alike.
     let manager = common::api_key(&project, Role::Manager).await;
-    for panel in ["collected_forecast", "leads_forecast", "postpartum_forecast"] {
+    let panel_svg = |panel: &str| {
         let path = format!("/api/v1/dashboards/forecasts/panels/{panel}.svg?period=last_12_months");
-        let (status, _, svg) = common::get_bytes(&server, &manager, &path).await;
-        let svg = String::from_utf8_lossy(&svg);
-        assert_eq!(status, 200, "{panel}: {svg}");
+        let (server, manager) = (&server, &manager);
+        async move {
+            let (status, _, svg) = common::get_bytes(server, manager, &path).await;
+            let svg = String::from_utf8_lossy(&svg).into_owned();
+            assert_eq!(status, 200, "{path}: {svg}");
+            svg
+        }
+    };
+    for panel in ["collected_forecast", "leads_forecast", "postpartum_forecast", "due_forecast"] {
+        let svg = panel_svg(panel).await;
         assert!(svg.contains("Forecast (80 % and 95 % intervals)") && svg.contains("forecast: "), "{panel}: {svg}");
     }
+    // Postpartum demand is held against the hours doulas marked available, and says where it is over.
+    let svg = panel_svg("postpartum_forecast").await;
+    assert!(svg.contains("Capacity: Hours available") && svg.contains("Hours available ahead: "), "{svg}");
+    assert!(svg.contains("stays under it at the 95 % upper bound") || svg.contains("over it at the 95 % upper bound in"), "{svg}");
+    assert!(panel_svg("due_ahead").await.contains("Booked births"));
 
     // The audit trail names what the inner query read.
     let (status, audit) = common::get_json(&server, &admin, "/api/v1/audit?limit=10000").await;
@@ -242,4 +255,45 @@ async fn the_command_line_backtests_a_metric_and_forecasts_a_file() {
         .expect("run");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("series.csv:3: value \"x\" is not a number"), "{err}");
+}
+
+/// Alerts on forecasts: half of October is judged on its days against its share of the month's
+/// forecast (the figure counted is the metrics API's); November, with no payment at all (the data
+/// ends with October), is under the lower bound, and the manager is told by email.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_alert_holds_the_period_so_far_against_its_forecast() {
+    let smtp = common::smtp::SmtpServer::start(&[]);
+    let config = format!(
+        "[smtp]\nurl = {:?}\nfrom = \"Sokana Analytics <reports@sokana.example>\"\nadmins = [\"ops@sokana.example\"]\n",
+        smtp.url()
+    );
+    let project = common::sokana_project_with_dashboards(&config).await;
+    let auth = sokana::auth::Auth::open(&project.config()).await.expect("auth");
+    auth.add_user("director@sokana.example", Role::Manager, "a long enough password 1").await.expect("user");
+    let report = |args: &[&str]| {
+        let out = project.cli().args(["report", "run", "revenue-under-forecast"]).args(args).output().expect("report");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+
+    let half = report(&["--as-of", "2026-10-16"]);
+    assert!(half.contains("in the month from 2026-10-01 through 2026-10-15 (48 % of it)"), "{half}");
+    let key = common::api_key(&project, Role::Manager).await;
+    let server = common::serve(&project);
+    let path = "/api/v1/metrics/payments?measures=collected&from=2026-10-01&to=2026-10-16";
+    let (status, answer) = common::get_json(&server, &key, path).await;
+    assert_eq!(status, 200, "{answer}");
+    let collected = answer["rows"][0]["collected"].as_f64().expect("collected");
+    let counted = format!("Counted: {}", sokana::chart::Format::Usd.full(collected));
+    assert!(half.contains(&counted), "{counted} not in {half}");
+    drop(server);
+
+    let november = report(&["--as-of", "2026-12-01"]);
+    assert!(november.starts_with("firing: Revenue collected by month, and the next six: $0"), "{november}");
+    assert!(november.contains("in the month from 2026-11-01 is under $"), "{november}");
+    report(&["--as-of", "2026-12-01", "--send"]);
+    let messages = smtp.wait_for(1, std::time::Duration::from_secs(60));
+    assert_eq!(messages[0].envelope_to, "director@sokana.example");
+    assert!(messages[0].subject.starts_with("[Alert] Forecasts: Revenue collected by month"), "{}", messages[0].subject);
+    assert!(messages[0].text.contains("Forecast for the whole month: $"), "{}", messages[0].text);
 }

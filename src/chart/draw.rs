@@ -213,6 +213,7 @@ struct Layers {
     labels: Vec<String>,
     series: Vec<Series>,
     band: Option<Band>,
+    capacity: Option<Series>,
 }
 
 /// A forecast along the x axis after the data: per category, the point and its 80 % and 95 %
@@ -244,6 +245,36 @@ fn band_of(chart: &Chart, categories: &mut Vec<Cell>) -> Option<Band> {
         points[at] = Some([numbers[0], numbers[1], numbers[2], numbers[3], numbers[4]]);
     }
     points.iter().any(Option::is_some).then_some(Band { points })
+}
+
+/// The capacity per category (`None` where it has no row), when there is a forecast to hold
+/// against it.
+fn capacity_of(chart: &Chart, categories: &[Cell]) -> Option<Series> {
+    let frame = chart.capacity?;
+    let (period, value) = (frame.index("period")?, frame.index("capacity")?);
+    let at: HashMap<String, usize> = categories.iter().enumerate().map(|(i, c)| (c.raw(), i)).collect();
+    let mut values = vec![None; categories.len()];
+    for row in &frame.rows {
+        if let (Some(&i), Some(v)) = (row.get(period).and_then(|p| at.get(&p.raw())), row.get(value).and_then(Cell::number)) {
+            values[i] = Some(v);
+        }
+    }
+    let field = &frame.fields[value];
+    Some(Series { label: field.label.clone(), raw: None, format: field.format.unwrap_or_default(), values })
+}
+
+/// The categories where the forecast's 95 % upper bound is over the capacity.
+fn over_capacity(band: Option<&Band>, capacity: Option<&Series>) -> Vec<usize> {
+    let (Some(band), Some(capacity)) = (band, capacity) else { return Vec::new() };
+    band.points
+        .iter()
+        .zip(&capacity.values)
+        .enumerate()
+        .filter_map(|(i, (point, cap))| match (point, cap) {
+            (Some([_, _, _, _, upper]), Some(cap)) if upper > cap => Some(i),
+            _ => None,
+        })
+        .collect()
 }
 
 fn series_of(chart: &Chart) -> Result<Layers, ChartError> {
@@ -307,7 +338,8 @@ fn series_of(chart: &Chart) -> Result<Layers, ChartError> {
             }
         }
     }
-    Ok(Layers { categories, labels, series, band })
+    let capacity = band.as_ref().and_then(|_| capacity_of(chart, &categories));
+    Ok(Layers { categories, labels, series, band, capacity })
 }
 
 /// A value range from 0 (or below, for negatives) to a little above the largest value.
@@ -321,12 +353,19 @@ fn value_range(low: f64, high: f64) -> (f64, f64) {
 }
 
 fn xy(chart: &Chart, root: &Area, colours: &Colours) -> Result<(Vec<Hit>, String), ChartError> {
-    let Layers { categories, labels, series, band } = series_of(chart)?;
+    let Layers { categories, labels, series, band, capacity } = series_of(chart)?;
     let body = title(chart, root, colours)?;
     let mut items: Vec<(String, RGBColor)> =
         series.iter().enumerate().map(|(i, s)| (s.label.clone(), colour_of(chart, colours, i))).collect();
     if band.is_some() {
         items.push(("Forecast (80 % and 95 % intervals)".to_string(), colour_of(chart, colours, 0)));
+    }
+    let over = over_capacity(band.as_ref(), capacity.as_ref());
+    if let Some(capacity) = &capacity {
+        items.push((format!("Capacity: {}", capacity.label), colours.target));
+        if !over.is_empty() {
+            items.push(("Over capacity at the 95 % upper bound".to_string(), colours.bad));
+        }
     }
     let (plot, legend_boxes) = legend(&body, &items, colours)?;
     let n = categories.len();
@@ -355,6 +394,10 @@ fn xy(chart: &Chart, root: &Area, colours: &Colours) -> Result<(Vec<Hit>, String
     for [_, _, _, lower, upper] in band.iter().flat_map(|b| b.points.iter().flatten()) {
         high = high.max(*upper);
         low = low.min(*lower);
+    }
+    for v in capacity.iter().flat_map(|c| c.values.iter().flatten()) {
+        high = high.max(*v);
+        low = low.min(*v);
     }
     let (v0, v1) = value_range(low, high);
     let format = series.first().map(|s| s.format).unwrap_or_default();
@@ -442,6 +485,9 @@ fn xy(chart: &Chart, root: &Area, colours: &Colours) -> Result<(Vec<Hit>, String
             .map_err(failed)?;
         if let (Some(band), Some(first)) = (&band, series.first()) {
             draw_band(&mut c, band, first, colour_of(chart, colours, 0), &labels, &mut hits)?;
+        }
+        if let (Some(capacity), Some(band)) = (&capacity, &band) {
+            draw_capacity(&mut c, capacity, band, &over, (v0, v1), colours, &labels, &mut hits)?;
         }
         let m = series.len().max(1) as f64;
         let mut baseline = vec![0.0; n];
@@ -558,7 +604,78 @@ fn xy(chart: &Chart, root: &Area, colours: &Colours) -> Result<(Vec<Hit>, String
             s.format.full(*upper)
         ));
     }
+    if let (Some(capacity), Some(s)) = (&capacity, series.first()) {
+        let ahead = forecast.last().and_then(|(i, _)| capacity.values[*i]);
+        if let Some(ahead) = ahead {
+            summary.push_str(&format!(" {} ahead: {}", capacity.label, capacity.format.full(ahead)));
+        }
+        if over.is_empty() {
+            summary.push_str(&format!("; {} stays under it at the 95 % upper bound.", s.label));
+        } else {
+            let periods: Vec<&str> = over.iter().map(|i| labels[*i].as_str()).collect();
+            summary.push_str(&format!(
+                "; over it at the 95 % upper bound in {} of {} periods ahead: {}.",
+                over.len(),
+                forecast.len(),
+                periods.join(", ")
+            ));
+        }
+    }
     Ok((hits, summary))
+}
+
+/// The capacity as a step line (each period level across its width), and the forecast periods
+/// whose 95 % upper bound is over it shaded in the `bad` colour, each with its tooltip.
+#[allow(clippy::too_many_arguments)]
+fn draw_capacity(
+    c: &mut ChartContext<
+        '_,
+        SVGBackend<'_>,
+        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+    >,
+    capacity: &Series,
+    band: &Band,
+    over: &[usize],
+    (v0, v1): (f64, f64),
+    colours: &Colours,
+    labels: &[String],
+    hits: &mut Vec<Hit>,
+) -> Result<(), ChartError> {
+    for &i in over {
+        let x = i as f64;
+        c.draw_series(std::iter::once(Rectangle::new([(x - 0.5, v0), (x + 0.5, v1)], colours.bad.mix(0.12).filled())))
+            .map_err(failed)?;
+    }
+    // Runs of consecutive periods with a capacity, each drawn as one stepped path.
+    let mut run: Vec<(f64, f64)> = Vec::new();
+    let mut runs = Vec::new();
+    for (i, value) in capacity.values.iter().enumerate() {
+        match value {
+            Some(v) => {
+                let x = i as f64;
+                run.extend([(x - 0.5, *v), (x + 0.5, *v)]);
+            }
+            None if !run.is_empty() => runs.push(std::mem::take(&mut run)),
+            None => {}
+        }
+    }
+    runs.push(run);
+    for run in runs.into_iter().filter(|r| !r.is_empty()) {
+        c.draw_series(std::iter::once(PathElement::new(run, colours.target.stroke_width(2)))).map_err(failed)?;
+    }
+    let f = |v: f64| capacity.format.full(v);
+    for (i, value) in capacity.values.iter().enumerate() {
+        let Some(cap) = value else { continue };
+        let (px, py) = c.backend_coord(&(i as f64, *cap));
+        let tooltip = match band.points.get(i).copied().flatten() {
+            Some([_, _, _, _, upper]) if over.contains(&i) => {
+                format!("{} · {}: {}; the forecast's 95 % upper bound, {}, is over it", labels[i], capacity.label, f(*cap), f(upper))
+            }
+            _ => format!("{} · {}: {}", labels[i], capacity.label, f(*cap)),
+        };
+        hits.push(Hit { x: px - 8, y: py - 6, width: 16, height: 12, tooltip, category: None, series: None, value: Some(*cap) });
+    }
+    Ok(())
 }
 
 /// The forecast's 95 % band, its 80 % band inside it, and its point forecast dashed on from the

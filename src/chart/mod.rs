@@ -251,6 +251,9 @@ pub struct Chart<'a> {
     /// Line and area charts: the measure forecast past the data, columns `period`, `value`,
     /// `lower_80`, `upper_80`, `lower_95`, `upper_95`; drawn as a dashed line in its bands.
     pub forecast: Option<&'a Frame>,
+    /// With a forecast: what its demand is held against, columns `period` and `capacity`; drawn
+    /// as a step line, with the periods whose 95 % upper bound is over it flagged.
+    pub capacity: Option<&'a Frame>,
     pub theme: Theme,
     pub width: u32,
     pub height: u32,

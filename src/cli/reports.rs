@@ -65,6 +65,18 @@ pub async fn run(project: &Project, run: &Run<'_>) -> Result<()> {
     let send = run.send || !to.is_empty();
     let output = run.output.or((!send).then_some(Path::new(".")));
     let started = std::time::Instant::now();
+    if report.spec.alert.is_some() && !send {
+        // An alert makes no files: say what its condition finds, as a dry run of its next slot.
+        let day = run.as_of.unwrap_or_else(|| chrono::Utc::now().with_timezone(&report.schedule.timezone).date_naive());
+        if let Some(verdict) = reporting.evaluate_alert(name, day).await? {
+            println!("{}: {}", if verdict.firing { "firing" } else { "quiet" }, verdict.summary);
+            for row in &verdict.rows {
+                println!("  {row}");
+            }
+        }
+        serving.auth.audit().flush().await?;
+        return Ok(());
+    }
     if let Some(output) = output {
         let caller = Caller {
             user: format!("report:{name}"),

@@ -13,11 +13,11 @@ use std::sync::Arc;
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, Float64Type};
-use chrono::{Datelike, Months, NaiveDate};
+use chrono::{Months, NaiveDate};
 use serde::Serialize;
 
 use crate::chart::{self, Cell, Chart, Field, FieldKind, Format, Frame, Theme};
-use crate::metrics::request::{MetricsRequest, Range};
+use crate::metrics::request::{Grain, MetricsRequest, Range};
 use crate::metrics::{self, MetricsError};
 use crate::query::engine::{Caller, QueryEngine, QueryRequest, Reads};
 use crate::query::{Params, QueryError, Statement};
@@ -114,10 +114,10 @@ fn filter_error(filter: &str, message: impl Into<String>) -> DashboardError {
 /// The days of `preset` as of `today` (`[from, to)`); `None` for all time.
 pub fn preset_range(preset: Preset, today: NaiveDate) -> Option<Range> {
     let tomorrow = today.succ_opt()?;
-    let month_start = today.with_day(1)?;
-    let quarter_start = NaiveDate::from_ymd_opt(today.year(), (today.month0() / 3) * 3 + 1, 1)?;
-    let year_start = NaiveDate::from_ymd_opt(today.year(), 1, 1)?;
-    let week_start = today - chrono::Duration::days(i64::from(today.weekday().num_days_from_monday()));
+    let month_start = Grain::Month.start(today);
+    let quarter_start = Grain::Quarter.start(today);
+    let year_start = Grain::Year.start(today);
+    let week_start = Grain::Week.start(today);
     let (from, to) = match preset {
         Preset::Last30Days => (tomorrow - chrono::Duration::days(30), tomorrow),
         Preset::Last90Days => (tomorrow - chrono::Duration::days(90), tomorrow),
@@ -130,6 +130,7 @@ pub fn preset_range(preset: Preset, today: NaiveDate) -> Option<Range> {
         Preset::LastYear => (year_start.checked_sub_months(Months::new(12))?, year_start),
         Preset::Last12Months => (month_start.checked_sub_months(Months::new(12))?, month_start),
         Preset::Next30Days => (today, today + chrono::Duration::days(30)),
+        Preset::Next6Months => (month_start, month_start.checked_add_months(Months::new(6))?),
         Preset::AllTime => return None,
     };
     Some(Range { from, to })
@@ -302,6 +303,8 @@ pub struct PanelData {
     pub trend: Option<Frame>,
     /// The measure forecast past the data: `period`, `value`, `lower_80` … `upper_95`.
     pub forecast: Option<Frame>,
+    /// What the forecast is held against: `period`, `capacity`.
+    pub capacity: Option<Frame>,
     /// The queries that ran, with `$n` where values were bound.
     pub sql: Vec<String>,
     /// Tables read and their versions (what live refresh watches).
@@ -343,6 +346,76 @@ fn forecast_frame(forecast: &serde_json::Value, columns: &[metrics::Column]) -> 
         })
         .collect();
     Frame { fields, rows }
+}
+
+/// The capacity a forecast panel's demand is held against (`period`, `capacity`): its measure per
+/// the panel's grain over the panel's range up to the forecast's first period, and for each period
+/// of `forecast` the mean of its last `recent` periods before that one (with the answer it came
+/// from). Counting up to the forecast, not to `as_of`, leaves out a period the demand's data does
+/// not reach yet (availability entered ahead of the hours worked).
+async fn capacity_frame(
+    sources: &Sources<'_>,
+    view: &metrics::spec::View,
+    spec: &spec::CapacitySpec,
+    base: &MetricsRequest,
+    as_of: NaiveDate,
+    forecast: &Frame,
+    caller: &Caller,
+) -> Result<(Frame, metrics::Answer), MetricsError> {
+    let grain = base.grain.unwrap_or(Grain::Week);
+    let first_ahead = forecast
+        .index(metrics::spec::PERIOD)
+        .and_then(|i| forecast.rows.first()?.get(i))
+        .and_then(|cell| cell.raw().parse::<NaiveDate>().ok())
+        .unwrap_or(as_of);
+    let mut recent_from = grain.start(first_ahead);
+    for _ in 0..spec.recent.max(1) {
+        recent_from = grain.before(recent_from);
+    }
+    let from = base.range.map_or(recent_from, |r| r.from.min(recent_from));
+    let request = MetricsRequest {
+        measures: vec![spec.measure.clone()],
+        dimensions: Vec::new(),
+        grain: Some(grain),
+        range: Some(Range { from, to: first_ahead.max(from) }),
+        filters: Vec::new(),
+        compare: false,
+        order: None,
+        limit: sources.engine.limits().max_rows,
+    };
+    request.check(view)?;
+    let answer = metrics::answer(sources.engine, view, &request, caller).await?;
+    let rows = answer.rows.as_array().map(Vec::as_slice).unwrap_or_default();
+    let mut points: Vec<(NaiveDate, f64)> = rows
+        .iter()
+        .filter_map(|row| {
+            let period = row.get(metrics::spec::PERIOD)?.as_str()?.parse::<NaiveDate>().ok()?;
+            Some((period, row.get(&spec.measure)?.as_f64()?))
+        })
+        .collect();
+    points.sort_by_key(|(period, _)| *period);
+    let recent: Vec<f64> = points.iter().rev().take(spec.recent.max(1)).map(|(_, v)| *v).collect();
+    let ahead = (!recent.is_empty()).then(|| recent.iter().sum::<f64>() / recent.len() as f64);
+    let shown_from = base.range.map(|r| r.from);
+    let mut frame_rows: Vec<Vec<Cell>> = points
+        .iter()
+        .filter(|(p, _)| shown_from.is_none_or(|from| *p >= from))
+        .map(|(p, v)| vec![Cell::Text(p.to_string()), Cell::Number(*v)])
+        .collect();
+    if let (Some(ahead), Some(period)) = (ahead, forecast.index(metrics::spec::PERIOD)) {
+        frame_rows.extend(forecast.rows.iter().filter_map(|row| Some(vec![row.get(period)?.clone(), Cell::Number(ahead)])));
+    }
+    let measure = view.measure(&spec.measure);
+    let fields = vec![
+        Field { name: metrics::spec::PERIOD.into(), label: "Period".into(), format: None, higher_is_better: None },
+        Field {
+            name: "capacity".into(),
+            label: measure.map_or_else(|| spec.measure.clone(), |m| m.label.clone()),
+            format: measure.map(|m| m.format),
+            higher_is_better: None,
+        },
+    ];
+    Ok((Frame { fields, rows: frame_rows }, answer))
 }
 
 /// The frame of a metrics answer's `columns` and `rows` (the answer's own, or its previous period's).
@@ -563,6 +636,7 @@ pub async fn panel_data(
                 previous: answer.previous.as_ref().map(|p| frame_of(&answer.columns, &p.rows)),
                 trend: None,
                 forecast: None,
+                capacity: None,
                 sql: vec![answer.sql.clone()],
                 tables: answer.tables.clone(),
                 cache_hit: answer.cache_hit,
@@ -578,6 +652,9 @@ pub async fn panel_data(
                 data.reads.add(&answer.reads);
                 data.statements.extend(answer.statements);
             }
+            if spec.capacity.is_some() && spec.forecast.is_none() {
+                return Err(problem("capacity: is held against a forecast: give the panel `forecast` too".into()));
+            }
             if let Some(horizon) = spec.forecast {
                 if !matches!(panel.chart, chart::ChartKind::Line | chart::ChartKind::Area) || base.grain.is_none() {
                     return Err(problem("forecast: draws on a line or area chart of one measure with a grain".into()));
@@ -588,8 +665,21 @@ pub async fn panel_data(
                 let (forecast, reads) = metrics::forecast(sources.engine, view, &base, &ask, as_of, caller)
                     .await
                     .map_err(|e| problem(format!("forecast: {e}")))?;
-                data.forecast = Some(forecast_frame(&forecast, &answer.columns));
+                let forecast = forecast_frame(&forecast, &answer.columns);
                 data.reads.add(&reads);
+                if let Some(capacity) = &spec.capacity {
+                    let capacity_view = sources.views.view(capacity.view.as_deref().unwrap_or(&spec.view))?;
+                    let (frame, answer) = capacity_frame(sources, capacity_view, capacity, &base, as_of, &forecast, caller)
+                        .await
+                        .map_err(|e| problem(format!("capacity: {e}")))?;
+                    data.capacity = Some(frame);
+                    data.tables.extend(answer.tables);
+                    data.sql.push(answer.sql);
+                    data.cache_hit &= answer.cache_hit;
+                    data.reads.add(&answer.reads);
+                    data.statements.extend(answer.statements);
+                }
+                data.forecast = Some(forecast);
             }
             Ok(data)
         }
@@ -604,6 +694,31 @@ pub async fn panel_data(
         }
         None => Err(problem("give exactly one of metric, sql or query".into())),
     }
+}
+
+/// How the period in progress on `day` stands against its forecast at `level` %, for `panel` (a
+/// metric of one measure per grain) with `selection`'s filters, as `caller`: see
+/// [`metrics::tracking`].
+pub async fn panel_tracking(
+    sources: &Sources<'_>,
+    dashboard: &Dashboard,
+    panel: &PanelSpec,
+    selection: &Selection,
+    level: f64,
+    day: NaiveDate,
+    caller: &Caller,
+) -> Result<metrics::Tracking, DashboardError> {
+    let problem = |message: String| DashboardError::Panel {
+        path: dashboard.path.display().to_string(),
+        panel: panel.id.clone(),
+        message,
+    };
+    let Some(Source::Metric(spec)) = panel.source() else {
+        return Err(problem("a forecast is of a metric: give the panel a `metric`".into()));
+    };
+    let view = sources.views.view(&spec.view)?;
+    let request = metric_request(dashboard, panel, spec, view, selection)?;
+    metrics::tracking(sources.engine, view, &request, level, day, caller).await.map_err(|e| problem(format!("forecast: {e}")))
 }
 
 async fn run_sql(
@@ -643,6 +758,7 @@ async fn run_sql(
         previous: None,
         trend: None,
         forecast: None,
+        capacity: None,
         sql: vec![sql.to_string()],
         tables: output
             .tables
@@ -676,6 +792,7 @@ pub async fn chart_of_sql(
         previous: None,
         trend: None,
         forecast: None,
+        capacity: None,
         theme,
         width,
         height,
@@ -709,6 +826,7 @@ pub fn render(
         previous: data.previous.as_ref(),
         trend: data.trend.as_ref(),
         forecast: data.forecast.as_ref(),
+        capacity: data.capacity.as_ref(),
         theme,
         width,
         height,
@@ -731,6 +849,7 @@ pub fn render_error(dashboard: &Dashboard, panel: &PanelSpec, message: &str, the
             previous: None,
             trend: None,
             forecast: None,
+            capacity: None,
             theme,
             width: EXPORT_WIDTH * u32::from(panel.width()) / 12,
             height: ROW_PX * u32::from(panel.height()),

@@ -20,8 +20,8 @@
 //! ```
 //!
 //! With an `alert` table, the report is an alert: sent only while a panel's figure is above or
-//! below a limit (or while a table panel has rows), at most once per cool-down, and "resolved"
-//! when it clears.
+//! below a limit, or outside its forecast's interval (or while a table panel has rows), at most
+//! once per cool-down, and "resolved" when it clears.
 
 use std::collections::BTreeMap;
 
@@ -76,6 +76,14 @@ pub struct ReportSpec {
 /// missing value counts as 0) compared with the limit; without, whether the panel has any row. It
 /// is evaluated at each slot of the schedule; while it holds it is sent once, then again only
 /// after `cool_down_minutes`; when it clears, a "resolved" message follows.
+///
+/// With `below_forecast` or `above_forecast` (a level in percent, e.g. 95), the panel is a metric
+/// of one measure per grain, and the condition is the period in progress against its forecast:
+/// the measure so far (through the day before the slot's) under the lower bound, or over the upper
+/// bound, of the forecast made from the whole periods before it, scaled to the days counted for
+/// sums and counts. `below_forecast = 95` on weekly leads, sent on Mondays, fires when last week's leads
+/// fell under the 95 % interval; on monthly revenue, sent daily, when the month so far tracks
+/// under its share of the lower bound.
 #[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AlertSpec {
@@ -83,8 +91,19 @@ pub struct AlertSpec {
     pub panel: String,
     pub above: Option<f64>,
     pub below: Option<f64>,
+    /// Fires under the lower bound of the forecast's interval at this level (percent).
+    pub below_forecast: Option<f64>,
+    /// Fires over the upper bound of the forecast's interval at this level (percent).
+    pub above_forecast: Option<f64>,
     #[serde(default = "default_cool_down_minutes")]
     pub cool_down_minutes: u32,
+}
+
+impl AlertSpec {
+    /// The interval level an alert on a forecast compares with.
+    pub fn forecast_level(&self) -> Option<f64> {
+        self.below_forecast.or(self.above_forecast)
+    }
 }
 
 fn default_cool_down_minutes() -> u32 {
@@ -253,11 +272,30 @@ fn check_one(dashboard: &str, file: &DashboardFile, i: usize) -> Result<Report, 
                 known.join(", ")
             ));
         }
-        if alert.above.is_some() && alert.below.is_some() {
-            return Err("key `alert`: give `above` or `below`, not both".into());
+        let limits = [alert.above, alert.below, alert.below_forecast, alert.above_forecast];
+        if limits.iter().flatten().count() > 1 {
+            return Err(
+                "key `alert`: give one of `above`, `below`, `below_forecast` and `above_forecast`, or none".into()
+            );
         }
-        if [alert.above, alert.below].iter().flatten().any(|v| !v.is_finite()) {
+        if limits.iter().flatten().any(|v| !v.is_finite()) {
             return Err("key `alert`: the limit must be a finite number".into());
+        }
+        if let Some(level) = alert.forecast_level() {
+            if !(50.0..100.0).contains(&level) {
+                return Err(format!(
+                    "key `alert`: a forecast's level is a percentage from 50 to below 100, e.g. 95; got {level}"
+                ));
+            }
+            let panel = file.panels.iter().find(|p| p.id == alert.panel);
+            let metric = panel.and_then(|p| p.metric.as_ref());
+            if !metric.is_some_and(|m| m.grain.is_some() && m.measures.len() == 1 && m.dimensions.is_empty()) {
+                return Err(format!(
+                    "key `alert.panel`: an alert on a forecast needs a metric panel of one measure per grain, \
+                     without dimensions; {:?} is not one",
+                    alert.panel
+                ));
+            }
         }
     }
     if let Some(freshness) = &spec.freshness {
@@ -318,6 +356,18 @@ recipients = ["a@example.org", "role:billing"]"#;
             (("role:billing", "role:nobody"), "key `recipients`: \"nobody\" is not a role"),
             (("[\"pdf\"]", "[]"), "key `formats`"),
             (("\"weekly\"", "\"Weekly Report\""), "key `name`"),
+            (
+                ("\"manager\"", "\"manager\"\nalert = { panel = \"p\", below_forecast = 95 }"),
+                "key `alert.panel`: an alert on a forecast needs a metric panel of one measure per grain",
+            ),
+            (
+                ("\"manager\"", "\"manager\"\nalert = { panel = \"p\", below_forecast = 120 }"),
+                "a forecast's level is a percentage from 50 to below 100",
+            ),
+            (
+                ("\"manager\"", "\"manager\"\nalert = { panel = \"p\", below = 1, below_forecast = 95 }"),
+                "give one of `above`, `below`, `below_forecast` and `above_forecast`",
+            ),
         ] {
             let text = good.replacen(change.0, change.1, 1);
             let err = parse(&text).expect_err(&text);

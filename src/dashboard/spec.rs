@@ -82,12 +82,15 @@ pub enum Preset {
     /// Today and the 29 days after (installments coming due).
     #[serde(rename = "next_30_days")]
     Next30Days,
+    /// This month and the five after (due dates booked ahead).
+    #[serde(rename = "next_6_months")]
+    Next6Months,
     /// Everything, from the first day there is data.
     AllTime,
 }
 
 impl Preset {
-    pub const ALL: [Preset; 12] = [
+    pub const ALL: [Preset; 13] = [
         Preset::Last30Days,
         Preset::Last90Days,
         Preset::MonthToDate,
@@ -99,6 +102,7 @@ impl Preset {
         Preset::LastYear,
         Preset::Last12Months,
         Preset::Next30Days,
+        Preset::Next6Months,
         Preset::AllTime,
     ];
 
@@ -115,6 +119,7 @@ impl Preset {
             Preset::LastYear => "last_year",
             Preset::Last12Months => "last_12_months",
             Preset::Next30Days => "next_30_days",
+            Preset::Next6Months => "next_6_months",
             Preset::AllTime => "all_time",
         }
     }
@@ -132,6 +137,7 @@ impl Preset {
             Preset::LastYear => "Last year",
             Preset::Last12Months => "Last 12 months",
             Preset::Next30Days => "Next 30 days",
+            Preset::Next6Months => "Next 6 months",
             Preset::AllTime => "All time",
         }
     }
@@ -171,6 +177,10 @@ pub struct MetricSpec {
     /// Line and area charts of one measure per grain: periods forecast past the last complete one,
     /// drawn as a dashed line in its 80 % and 95 % bands (the model chosen by backtest).
     pub forecast: Option<usize>,
+    /// With `forecast`: what the demand forecast is held against (the hours doulas marked
+    /// available, say), drawn as a step line. Periods ahead hold its mean over its last `recent`
+    /// whole periods; those where the forecast's 95 % upper bound is over it are flagged.
+    pub capacity: Option<CapacitySpec>,
     /// A field of the answer to order by, `-` first for descending.
     pub order: Option<String>,
     pub limit: Option<u64>,
@@ -179,6 +189,23 @@ pub struct MetricSpec {
     /// Fixed filters of this panel: dimension → values.
     #[serde(default)]
     pub filters: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+/// A capacity a forecast panel's demand is held against: a measure of a metrics view, per the
+/// panel's grain.
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CapacitySpec {
+    /// The metrics view (the panel's own when not given).
+    pub view: Option<String>,
+    pub measure: String,
+    /// Whole periods whose mean is the capacity ahead (8 when not given).
+    #[serde(default = "default_recent")]
+    pub recent: usize,
+}
+
+fn default_recent() -> usize {
+    8
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]

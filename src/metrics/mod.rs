@@ -272,24 +272,7 @@ pub async fn forecast(
     caller: &Caller,
 ) -> Result<(serde_json::Value, Reads), MetricsError> {
     use crate::forecast as fc;
-    let (points, reads) = series(engine, view, request, as_of, caller).await?;
-    let measure = request.measures.first().and_then(|m| view.measure(m));
-    let additive = measure.is_some_and(|m| {
-        let sql = m.sql.trim_start().to_ascii_lowercase();
-        sql.starts_with("sum(") || sql.starts_with("count(")
-    });
-    let fill = if additive { fc::Fill::Zero } else { fc::Fill::Interpolate };
-    let grain = request.grain.map(fc::Grain::from);
-    let rows = points.into_iter().filter_map(|(day, value)| day.and_hms_opt(0, 0, 0).map(|t| (t, value))).collect();
-    let ask = ask.clone();
-    let outcome = tokio::task::spawn_blocking(move || {
-        let series = fc::Series::from_rows(rows, grain, fill)?;
-        fc::forecast(&series, &ask).map(|outcome| (outcome, ask.levels))
-    })
-    .await
-    .map_err(|e| MetricsError::Query(QueryError::Internal(format!("the forecast stopped: {e}"))))?
-    .map_err(|e| MetricsError::Request { parameter: "forecast".into(), message: e.to_string() })?;
-    let (outcome, levels) = outcome;
+    let (outcome, reads) = forecast_outcome(engine, view, request, ask, as_of, caller).await?;
     let rows: Vec<serde_json::Value> = outcome
         .forecast
         .iter()
@@ -307,7 +290,7 @@ pub async fn forecast(
         .collect();
     let answer = serde_json::json!({
         "horizon": outcome.forecast.len(),
-        "levels": levels,
+        "levels": ask.levels,
         "model": outcome.model,
         "seasons": outcome.seasons,
         "history": outcome.history.len(),
@@ -315,6 +298,140 @@ pub async fn forecast(
         "rows": rows,
     });
     Ok((answer, reads))
+}
+
+/// The forecast itself, fitted off the thread pool that serves requests.
+async fn forecast_outcome(
+    engine: &QueryEngine,
+    view: &View,
+    request: &MetricsRequest,
+    ask: &crate::forecast::Request,
+    as_of: chrono::NaiveDate,
+    caller: &Caller,
+) -> Result<(crate::forecast::Outcome, Reads), MetricsError> {
+    use crate::forecast as fc;
+    let (points, reads) = series(engine, view, request, as_of, caller).await?;
+    let fill = if additive(view, request) { fc::Fill::Zero } else { fc::Fill::Interpolate };
+    let grain = request.grain.map(fc::Grain::from);
+    let rows = points.into_iter().filter_map(|(day, value)| day.and_hms_opt(0, 0, 0).map(|t| (t, value))).collect();
+    let ask = ask.clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let series = fc::Series::from_rows(rows, grain, fill)?;
+        fc::forecast(&series, &ask)
+    })
+    .await
+    .map_err(|e| MetricsError::Query(QueryError::Internal(format!("the forecast stopped: {e}"))))?
+    .map_err(|e| MetricsError::Request { parameter: "forecast".into(), message: e.to_string() })?;
+    Ok((outcome, reads))
+}
+
+/// Whether `request`'s measure adds up over time (a sum or a count): a missing period is zero,
+/// and part of a period holds about its share of the whole.
+fn additive(view: &View, request: &MetricsRequest) -> bool {
+    request.measures.first().and_then(|m| view.measure(m)).is_some_and(|m| {
+        let sql = m.sql.trim_start().to_ascii_lowercase();
+        sql.starts_with("sum(") || sql.starts_with("count(")
+    })
+}
+
+/// The period in progress against its forecast, for alerts on forecasts: what the measure holds
+/// so far and what a forecast made from the whole periods before it expected of it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Tracking {
+    /// The period's first day and the last day counted (the day before the one asked about).
+    pub period: chrono::NaiveDate,
+    pub through: chrono::NaiveDate,
+    pub grain: Grain,
+    /// The measure over the days counted.
+    pub actual: f64,
+    /// The whole period's forecast and its interval at `level`.
+    pub forecast: f64,
+    pub lower: f64,
+    pub upper: f64,
+    pub level: f64,
+    /// The share of the period the days counted make (1 for a measure that does not add up over
+    /// days, such as an average, which is compared whole).
+    pub share: f64,
+    pub model: String,
+}
+
+impl Tracking {
+    /// The forecast and its bounds for the days counted: the whole period's value times their
+    /// share, and the interval's half-widths times its square root (the spread of a sum of
+    /// independent days), so that a few days into a month the interval is wide for what they hold.
+    pub fn expected(&self) -> (f64, f64, f64) {
+        let value = self.forecast * self.share;
+        let spread = self.share.sqrt();
+        let mut lower = value - (self.forecast - self.lower) * spread;
+        if self.lower >= 0.0 {
+            lower = lower.max(0.0);
+        }
+        (value, lower, value + (self.upper - self.forecast) * spread)
+    }
+}
+
+/// How the period in progress on `day` stands against its forecast at `level` %, as `caller`:
+/// the measure is counted from the period's first day through the day before `day` (the last
+/// whole day loaded), and the forecast comes from the whole periods before it, so a day that
+/// starts a period judges the one that just ended, in full. For sums and counts, the forecast is
+/// scaled to the days counted (see [`Tracking::expected`]; weekdays and weekends weigh alike).
+pub async fn tracking(
+    engine: &QueryEngine,
+    view: &View,
+    request: &MetricsRequest,
+    level: f64,
+    day: chrono::NaiveDate,
+    caller: &Caller,
+) -> Result<Tracking, MetricsError> {
+    let Some(grain) = request.grain else {
+        return Err(MetricsError::Request {
+            parameter: "grain".into(),
+            message: "a forecast is of one measure per period: give a grain".into(),
+        });
+    };
+    let through = day.pred_opt().unwrap_or(day);
+    let period = grain.start(through);
+    let ask = crate::forecast::Request { levels: vec![level], ..crate::forecast::Request::new(1) };
+    let (outcome, _) = forecast_outcome(engine, view, request, &ask, period, caller).await?;
+    let point = outcome.forecast.first().ok_or_else(|| MetricsError::Request {
+        parameter: "forecast".into(),
+        message: "the forecast answered no period".into(),
+    })?;
+    let bound = point.bounds.first().map_or((point.value, point.value), |b| (b.lower, b.upper));
+    let so_far = MetricsRequest {
+        grain: None,
+        range: Some(Range { from: period, to: day }),
+        compare: false,
+        order: None,
+        ..request.clone()
+    };
+    let answer = answer(engine, view, &so_far, caller).await?;
+    let measure = request.measures.first().map(String::as_str).unwrap_or_default();
+    let actual = answer
+        .rows
+        .as_array()
+        .and_then(|rows| rows.first())
+        .and_then(|row| row.get(measure))
+        .and_then(serde_json::Value::as_f64)
+        .unwrap_or(0.0);
+    let days = |from: chrono::NaiveDate, to: chrono::NaiveDate| (to - from).num_days().max(1) as f64;
+    let share = if additive(view, request) {
+        (days(period, through + chrono::Duration::days(1)) / days(period, grain.after(period))).min(1.0)
+    } else {
+        1.0
+    };
+    Ok(Tracking {
+        period,
+        through,
+        grain,
+        actual,
+        forecast: point.value,
+        lower: bound.0,
+        upper: bound.1,
+        level,
+        share,
+        model: outcome.model,
+    })
 }
 
 fn answer_rows(output: &QueryOutput) -> Result<serde_json::Value, MetricsError> {

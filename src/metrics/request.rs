@@ -47,6 +47,30 @@ impl Grain {
         }
     }
 
+    /// The first day of the bucket before the one that starts on `start`.
+    pub fn before(self, start: NaiveDate) -> NaiveDate {
+        let months = |n| start.checked_sub_months(Months::new(n)).unwrap_or(start);
+        match self {
+            Grain::Day => start - chrono::Duration::days(1),
+            Grain::Week => start - chrono::Duration::days(7),
+            Grain::Month => months(1),
+            Grain::Quarter => months(3),
+            Grain::Year => months(12),
+        }
+    }
+
+    /// The first day of the bucket that holds `day` (weeks start on Monday, as `date_trunc`'s).
+    pub fn start(self, day: NaiveDate) -> NaiveDate {
+        let first_of = |month: u32| NaiveDate::from_ymd_opt(day.year(), month, 1).unwrap_or(day);
+        match self {
+            Grain::Day => day,
+            Grain::Week => day - chrono::Duration::days(i64::from(day.weekday().num_days_from_monday())),
+            Grain::Month => first_of(day.month()),
+            Grain::Quarter => first_of((day.month() - 1) / 3 * 3 + 1),
+            Grain::Year => first_of(1),
+        }
+    }
+
     /// As `date_trunc` spells it.
     pub fn name(self) -> &'static str {
         match self {
@@ -442,6 +466,21 @@ format = "usd"
     fn request(query: &str) -> Result<MetricsRequest, MetricsError> {
         let pairs: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
         MetricsRequest::from_pairs(&view(), pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())), 100_000)
+    }
+
+    #[test]
+    fn a_day_falls_in_the_bucket_date_trunc_gives_it() {
+        let day = |y, m, d| NaiveDate::from_ymd_opt(y, m, d).expect("date");
+        let thursday = day(2026, 10, 29);
+        assert_eq!(Grain::Day.start(thursday), thursday);
+        assert_eq!(Grain::Week.start(thursday), day(2026, 10, 26));
+        assert_eq!(Grain::Week.start(day(2026, 11, 1)), day(2026, 10, 26), "Sunday ends the week");
+        assert_eq!(Grain::Month.start(thursday), day(2026, 10, 1));
+        assert_eq!(Grain::Quarter.start(thursday), day(2026, 10, 1));
+        assert_eq!(Grain::Quarter.start(day(2026, 9, 30)), day(2026, 7, 1));
+        assert_eq!(Grain::Year.start(thursday), day(2026, 1, 1));
+        assert_eq!(Grain::Month.before(day(2026, 3, 1)), day(2026, 2, 1));
+        assert_eq!(Grain::Week.before(day(2026, 10, 26)), day(2026, 10, 19));
     }
 
     #[test]

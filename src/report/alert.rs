@@ -7,8 +7,9 @@
 use chrono::{DateTime, NaiveDate, Utc};
 
 use super::{Report, ReportError};
-use crate::chart::{Cell, ChartKind};
+use crate::chart::{Cell, ChartKind, Format};
 use crate::dashboard::{self, Dashboard, Selection, Sources};
+use crate::metrics;
 use crate::pipeline::runlog::AlertState;
 use crate::query::engine::Caller;
 
@@ -71,6 +72,16 @@ pub async fn evaluate(
         message: "no such panel".into(),
     })?;
     let selection = Selection::from_pairs(dashboard, report.filter_pairs(), day).map_err(failed)?;
+    if let Some(level) = alert.forecast_level() {
+        let tracking = dashboard::panel_tracking(sources, dashboard, panel, &selection, level, day, caller)
+            .await
+            .map_err(|e| ReportError::Panel { report: name.clone(), panel: panel.id.clone(), message: e.to_string() })?;
+        let format = panel
+            .metric
+            .as_ref()
+            .and_then(|m| sources.views.view(&m.view).ok()?.measure(m.measures.first()?).map(|m| m.format));
+        return Ok(Some(against_forecast(&panel.title, &tracking, alert.below_forecast.is_some(), format)));
+    }
     let data = dashboard::panel_data(sources, dashboard, panel, &selection, caller)
         .await
         .map_err(|e| ReportError::Panel { report: name.clone(), panel: panel.id.clone(), message: e.to_string() })?;
@@ -107,6 +118,47 @@ pub async fn evaluate(
     Ok(Some(Verdict { firing, summary, rows }))
 }
 
+/// The verdict of an alert on a forecast: whether the period so far fell under the lower bound
+/// (`below`) or over the upper bound of its interval scaled to the days counted, in words and figures.
+fn against_forecast(title: &str, t: &metrics::Tracking, below: bool, format: Option<Format>) -> Verdict {
+    let shown = |v: f64| format.map_or_else(|| format!("{v:.1}"), |f| f.full(v));
+    let (expected, lower, upper) = t.expected();
+    let firing = if below { t.actual < lower } else { t.actual > upper };
+    let level = crate::forecast::table::level_name(t.level);
+    let grain = t.grain.name();
+    let whole = t.share >= 1.0;
+    let period = if whole {
+        format!("the {grain} from {}", t.period)
+    } else {
+        format!("the {grain} from {} through {} ({:.0} % of it)", t.period, t.through, t.share * 100.0)
+    };
+    let (side, bound) = if below { ("under", lower) } else { ("over", upper) };
+    let verb = if firing { "is" } else { "is not" };
+    let summary = format!(
+        "{title}: {} in {period} {verb} {side} {}, the {level} % forecast's {} bound",
+        shown(t.actual),
+        shown(bound),
+        if below { "lower" } else { "upper" },
+    );
+    let mut rows = vec![format!("Counted: {}", shown(t.actual))];
+    if !whole {
+        rows.push(format!(
+            "Forecast for the days counted: {} ({level} % interval {} to {})",
+            shown(expected),
+            shown(lower),
+            shown(upper)
+        ));
+    }
+    rows.push(format!(
+        "Forecast for the whole {grain}: {} ({level} % interval {} to {}), by {}",
+        shown(t.forecast),
+        shown(t.lower),
+        shown(t.upper),
+        t.model
+    ));
+    Verdict { firing, summary, rows }
+}
+
 /// Which message, if any, a verdict calls for after `state` (None: the alert never sent), and
 /// the state to keep once it is sent.
 pub fn decide(
@@ -137,6 +189,35 @@ mod tests {
 
     fn verdict(firing: bool) -> Verdict {
         Verdict { firing, summary: "s".into(), rows: Vec::new() }
+    }
+
+    #[test]
+    fn an_alert_on_a_forecast_prorates_the_bounds_by_the_days_counted() {
+        let day = |d: u32| NaiveDate::from_ymd_opt(2026, 10, d).expect("date");
+        let week = metrics::Tracking {
+            period: day(26),
+            through: day(29),
+            grain: metrics::request::Grain::Week,
+            actual: 3.0,
+            forecast: 14.0,
+            lower: 7.0,
+            upper: 21.0,
+            level: 95.0,
+            share: 4.0 / 7.0,
+            model: "theta".into(),
+        };
+        // Four days of seven: 8 expected, and the interval's half-widths times sqrt(4/7).
+        let verdict = against_forecast("New leads", &metrics::Tracking { actual: 2.0, ..week.clone() }, true, Some(Format::Count));
+        assert!(verdict.firing, "{verdict:?}");
+        assert!(verdict.summary.contains("through 2026-10-29 (57 % of it) is under 3"), "{}", verdict.summary);
+        assert!(verdict.rows[1].contains("8 (95 % interval 3 to 13)"), "{:?}", verdict.rows);
+        assert!(!against_forecast("New leads", &week, true, None).firing, "3 is over 2.7");
+        assert!(!against_forecast("New leads", &metrics::Tracking { actual: 13.0, ..week.clone() }, false, None).firing);
+        assert!(against_forecast("New leads", &metrics::Tracking { actual: 14.0, ..week.clone() }, false, None).firing);
+        // A whole period is judged whole.
+        let whole = against_forecast("New leads", &metrics::Tracking { share: 1.0, ..week }, true, None);
+        assert!(whole.firing && whole.summary.contains("in the week from 2026-10-26 is under 7.0"), "{}", whole.summary);
+        assert_eq!(whole.rows.len(), 2, "{:?}", whole.rows);
     }
 
     #[test]
