@@ -209,7 +209,7 @@ fn kpi_tiles_show_value_change_target_and_trend() {
             previous: Some(&before),
             trend: Some(&trend),
             forecast: None,
-        capacity: None,
+            capacity: None,
             theme,
             width: 320,
             height: 160,
@@ -269,20 +269,17 @@ fn a_forecast_is_held_against_its_capacity_and_the_weeks_over_it_are_flagged() {
     let hours = Field { higher_is_better: None, ..measure("postpartum_hours", "Postpartum hours", Format::Hours) };
     let data = Frame {
         fields: vec![dimension("period", "Week"), hours.clone()],
-        rows: [150.0, 170.0, 160.0, 180.0]
-            .iter()
-            .zip(weeks)
-            .map(|(v, w)| vec![text(w), Cell::Number(*v)])
-            .collect(),
+        rows: [150.0, 170.0, 160.0, 180.0].iter().zip(weeks).map(|(v, w)| vec![text(w), Cell::Number(*v)]).collect(),
     };
     let bound = |name: &str| Field { name: name.into(), ..hours.clone() };
     let forecast = Frame {
-        fields: ["value", "lower_80", "upper_80", "lower_95", "upper_95"]
-            .iter()
-            .fold(vec![dimension("period", "Period")], |mut f, n| {
+        fields: ["value", "lower_80", "upper_80", "lower_95", "upper_95"].iter().fold(
+            vec![dimension("period", "Period")],
+            |mut f, n| {
                 f.push(bound(n));
                 f
-            }),
+            },
+        ),
         rows: [(weeks[4], 185.0), (weeks[5], 190.0), (weeks[6], 195.0)]
             .iter()
             .map(|(w, v)| {
@@ -294,8 +291,15 @@ fn a_forecast_is_held_against_its_capacity_and_the_weeks_over_it_are_flagged() {
     };
     // Capacity 200 h before and 220 h ahead: 225 and 230 (upper 95) are over, 220 is not.
     let capacity = Frame {
-        fields: vec![dimension("period", "Period"), Field { name: "capacity".into(), ..measure("a", "Hours available", Format::Hours) }],
-        rows: weeks.iter().enumerate().map(|(i, w)| vec![text(w), Cell::Number(if i < 4 { 200.0 } else { 220.0 })]).collect(),
+        fields: vec![
+            dimension("period", "Period"),
+            Field { name: "capacity".into(), ..measure("a", "Hours available", Format::Hours) },
+        ],
+        rows: weeks
+            .iter()
+            .enumerate()
+            .map(|(i, w)| vec![text(w), Cell::Number(if i < 4 { 200.0 } else { 220.0 })])
+            .collect(),
     };
     let encoding = enc(Some("period"), &["postpartum_hours"], None);
     let chart = |theme| Chart {
@@ -315,11 +319,19 @@ fn a_forecast_is_held_against_its_capacity_and_the_weeks_over_it_are_flagged() {
         page: 0,
     };
     let svg = chart::render_svg(&chart(Theme::Light)).expect("svg");
-    for legend in ["Capacity: Hours available", "Over capacity at the 95 % upper bound", "Forecast (80 % and 95 % intervals)"] {
+    for legend in
+        ["Capacity: Hours available", "Over capacity at the 95 % upper bound", "Forecast (80 % and 95 % intervals)"]
+    {
         assert!(shows(&svg, legend), "{legend}: {svg}");
     }
-    assert!(svg.contains("Hours available ahead: 220.0 h; over it at the 95 % upper bound in 2 of 3 periods ahead"), "{svg}");
-    assert!(svg.contains("Hours available: 220.0 h; the forecast&#39;s 95 % upper bound, 225.0 h, is over it"), "{svg}");
+    assert!(
+        svg.contains("Hours available ahead: 220.0 h; over it at the 95 % upper bound in 2 of 3 periods ahead"),
+        "{svg}"
+    );
+    assert!(
+        svg.contains("Hours available: 220.0 h; the forecast&#39;s 95 % upper bound, 225.0 h, is over it"),
+        "{svg}"
+    );
     assert!(!svg.contains("upper bound, 220.0 h, is over it"), "{svg}");
     for (theme, name) in [(Theme::Light, "capacity-light.png"), (Theme::Dark, "capacity-dark.png")] {
         let svg = chart::render_svg(&chart(theme)).expect("svg");

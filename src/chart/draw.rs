@@ -255,7 +255,9 @@ fn capacity_of(chart: &Chart, categories: &[Cell]) -> Option<Series> {
     let at: HashMap<String, usize> = categories.iter().enumerate().map(|(i, c)| (c.raw(), i)).collect();
     let mut values = vec![None; categories.len()];
     for row in &frame.rows {
-        if let (Some(&i), Some(v)) = (row.get(period).and_then(|p| at.get(&p.raw())), row.get(value).and_then(Cell::number)) {
+        if let (Some(&i), Some(v)) =
+            (row.get(period).and_then(|p| at.get(&p.raw())), row.get(value).and_then(Cell::number))
+        {
             values[i] = Some(v);
         }
     }
@@ -452,8 +454,10 @@ fn xy(chart: &Chart, root: &Area, colours: &Colours) -> Result<(Vec<Hit>, String
                     (lo, lo + band)
                 };
                 let base = offsets[ci];
-                c.draw_series(std::iter::once(Rectangle::new([(base, lo), (base + v, hi)], colour.filled())))
-                    .map_err(failed)?;
+                if *v != 0.0 {
+                    c.draw_series(std::iter::once(Rectangle::new([(base, lo), (base + v, hi)], colour.filled())))
+                        .map_err(failed)?;
+                }
                 let (ax, ay) = c.backend_coord(&(base.min(base + v), hi));
                 let (bx, by) = c.backend_coord(&(base.max(base + v), lo));
                 hits.push(hit((ax, ay, bx - ax, by - ay), &labels[ci], &categories[ci], s, *v));
@@ -483,11 +487,20 @@ fn xy(chart: &Chart, root: &Area, colours: &Colours) -> Result<(Vec<Hit>, String
             .y_label_formatter(&|v| format.compact(*v))
             .draw()
             .map_err(failed)?;
+        // The periods over capacity are shaded under the band, so that it shows through.
+        for &i in &over {
+            let x = i as f64;
+            c.draw_series(std::iter::once(Rectangle::new(
+                [(x - 0.5, v0), (x + 0.5, v1)],
+                colours.bad.mix(0.12).filled(),
+            )))
+            .map_err(failed)?;
+        }
         if let (Some(band), Some(first)) = (&band, series.first()) {
             draw_band(&mut c, band, first, colour_of(chart, colours, 0), &labels, &mut hits)?;
         }
         if let (Some(capacity), Some(band)) = (&capacity, &band) {
-            draw_capacity(&mut c, capacity, band, &over, (v0, v1), colours, &labels, &mut hits)?;
+            draw_capacity(&mut c, capacity, band, &over, colours.target, &labels, &mut hits)?;
         }
         let m = series.len().max(1) as f64;
         let mut baseline = vec![0.0; n];
@@ -504,11 +517,14 @@ fn xy(chart: &Chart, root: &Area, colours: &Colours) -> Result<(Vec<Hit>, String
                             let left = ci as f64 - 0.38 + band * si as f64;
                             (left, left + band, 0.0)
                         };
-                        c.draw_series(std::iter::once(Rectangle::new(
-                            [(left, base), (right, base + v)],
-                            colour.filled(),
-                        )))
-                        .map_err(failed)?;
+                        // A bar of nothing is no rectangle (a zero height is invalid SVG); its hit stays.
+                        if *v != 0.0 {
+                            c.draw_series(std::iter::once(Rectangle::new(
+                                [(left, base), (right, base + v)],
+                                colour.filled(),
+                            )))
+                            .map_err(failed)?;
+                        }
                         let (ax, ay) = c.backend_coord(&(left, base.max(base + v)));
                         let (bx, by) = c.backend_coord(&(right, base.min(base + v)));
                         hits.push(hit((ax, ay, bx - ax, by - ay), &labels[ci], &categories[ci], s, *v));
@@ -624,9 +640,8 @@ fn xy(chart: &Chart, root: &Area, colours: &Colours) -> Result<(Vec<Hit>, String
     Ok((hits, summary))
 }
 
-/// The capacity as a step line (each period level across its width), and the forecast periods
-/// whose 95 % upper bound is over it shaded in the `bad` colour, each with its tooltip.
-#[allow(clippy::too_many_arguments)]
+/// The capacity as a step line (each period level across its width), with a tooltip per period
+/// that says when the forecast's 95 % upper bound is over it (the periods in `over`).
 fn draw_capacity(
     c: &mut ChartContext<
         '_,
@@ -636,16 +651,10 @@ fn draw_capacity(
     capacity: &Series,
     band: &Band,
     over: &[usize],
-    (v0, v1): (f64, f64),
-    colours: &Colours,
+    colour: RGBColor,
     labels: &[String],
     hits: &mut Vec<Hit>,
 ) -> Result<(), ChartError> {
-    for &i in over {
-        let x = i as f64;
-        c.draw_series(std::iter::once(Rectangle::new([(x - 0.5, v0), (x + 0.5, v1)], colours.bad.mix(0.12).filled())))
-            .map_err(failed)?;
-    }
     // Runs of consecutive periods with a capacity, each drawn as one stepped path.
     let mut run: Vec<(f64, f64)> = Vec::new();
     let mut runs = Vec::new();
@@ -661,7 +670,7 @@ fn draw_capacity(
     }
     runs.push(run);
     for run in runs.into_iter().filter(|r| !r.is_empty()) {
-        c.draw_series(std::iter::once(PathElement::new(run, colours.target.stroke_width(2)))).map_err(failed)?;
+        c.draw_series(std::iter::once(PathElement::new(run, colour.stroke_width(2)))).map_err(failed)?;
     }
     let f = |v: f64| capacity.format.full(v);
     for (i, value) in capacity.values.iter().enumerate() {
@@ -669,11 +678,26 @@ fn draw_capacity(
         let (px, py) = c.backend_coord(&(i as f64, *cap));
         let tooltip = match band.points.get(i).copied().flatten() {
             Some([_, _, _, _, upper]) if over.contains(&i) => {
-                format!("{} · {}: {}; the forecast's 95 % upper bound, {}, is over it", labels[i], capacity.label, f(*cap), f(upper))
+                format!(
+                    "{} · {}: {}; the forecast's 95 % upper bound, {}, is over it",
+                    labels[i],
+                    capacity.label,
+                    f(*cap),
+                    f(upper)
+                )
             }
             _ => format!("{} · {}: {}", labels[i], capacity.label, f(*cap)),
         };
-        hits.push(Hit { x: px - 8, y: py - 6, width: 16, height: 12, tooltip, category: None, series: None, value: Some(*cap) });
+        hits.push(Hit {
+            x: px - 8,
+            y: py - 6,
+            width: 16,
+            height: 12,
+            tooltip,
+            category: None,
+            series: None,
+            value: Some(*cap),
+        });
     }
     Ok(())
 }

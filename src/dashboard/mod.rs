@@ -403,7 +403,8 @@ async fn capacity_frame(
         .map(|(p, v)| vec![Cell::Text(p.to_string()), Cell::Number(*v)])
         .collect();
     if let (Some(ahead), Some(period)) = (ahead, forecast.index(metrics::spec::PERIOD)) {
-        frame_rows.extend(forecast.rows.iter().filter_map(|row| Some(vec![row.get(period)?.clone(), Cell::Number(ahead)])));
+        frame_rows
+            .extend(forecast.rows.iter().filter_map(|row| Some(vec![row.get(period)?.clone(), Cell::Number(ahead)])));
     }
     let measure = view.measure(&spec.measure);
     let fields = vec![
@@ -669,9 +670,10 @@ pub async fn panel_data(
                 data.reads.add(&reads);
                 if let Some(capacity) = &spec.capacity {
                     let capacity_view = sources.views.view(capacity.view.as_deref().unwrap_or(&spec.view))?;
-                    let (frame, answer) = capacity_frame(sources, capacity_view, capacity, &base, as_of, &forecast, caller)
-                        .await
-                        .map_err(|e| problem(format!("capacity: {e}")))?;
+                    let (frame, answer) =
+                        capacity_frame(sources, capacity_view, capacity, &base, as_of, &forecast, caller)
+                            .await
+                            .map_err(|e| problem(format!("capacity: {e}")))?;
                     data.capacity = Some(frame);
                     data.tables.extend(answer.tables);
                     data.sql.push(answer.sql);
@@ -718,7 +720,9 @@ pub async fn panel_tracking(
     };
     let view = sources.views.view(&spec.view)?;
     let request = metric_request(dashboard, panel, spec, view, selection)?;
-    metrics::tracking(sources.engine, view, &request, level, day, caller).await.map_err(|e| problem(format!("forecast: {e}")))
+    metrics::tracking(sources.engine, view, &request, level, day, caller)
+        .await
+        .map_err(|e| problem(format!("forecast: {e}")))
 }
 
 async fn run_sql(

@@ -73,9 +73,10 @@ pub async fn evaluate(
     })?;
     let selection = Selection::from_pairs(dashboard, report.filter_pairs(), day).map_err(failed)?;
     if let Some(level) = alert.forecast_level() {
-        let tracking = dashboard::panel_tracking(sources, dashboard, panel, &selection, level, day, caller)
-            .await
-            .map_err(|e| ReportError::Panel { report: name.clone(), panel: panel.id.clone(), message: e.to_string() })?;
+        let tracking =
+            dashboard::panel_tracking(sources, dashboard, panel, &selection, level, day, caller).await.map_err(
+                |e| ReportError::Panel { report: name.clone(), panel: panel.id.clone(), message: e.to_string() },
+            )?;
         let format = panel
             .metric
             .as_ref()
@@ -207,16 +208,27 @@ mod tests {
             model: "theta".into(),
         };
         // Four days of seven: 8 expected, and the interval's half-widths times sqrt(4/7).
-        let verdict = against_forecast("New leads", &metrics::Tracking { actual: 2.0, ..week.clone() }, true, Some(Format::Count));
+        let verdict = against_forecast(
+            "New leads",
+            &metrics::Tracking { actual: 2.0, ..week.clone() },
+            true,
+            Some(Format::Count),
+        );
         assert!(verdict.firing, "{verdict:?}");
         assert!(verdict.summary.contains("through 2026-10-29 (57 % of it) is under 3"), "{}", verdict.summary);
         assert!(verdict.rows[1].contains("8 (95 % interval 3 to 13)"), "{:?}", verdict.rows);
         assert!(!against_forecast("New leads", &week, true, None).firing, "3 is over 2.7");
-        assert!(!against_forecast("New leads", &metrics::Tracking { actual: 13.0, ..week.clone() }, false, None).firing);
+        assert!(
+            !against_forecast("New leads", &metrics::Tracking { actual: 13.0, ..week.clone() }, false, None).firing
+        );
         assert!(against_forecast("New leads", &metrics::Tracking { actual: 14.0, ..week.clone() }, false, None).firing);
         // A whole period is judged whole.
         let whole = against_forecast("New leads", &metrics::Tracking { share: 1.0, ..week }, true, None);
-        assert!(whole.firing && whole.summary.contains("in the week from 2026-10-26 is under 7.0"), "{}", whole.summary);
+        assert!(
+            whole.firing && whole.summary.contains("in the week from 2026-10-26 is under 7.0"),
+            "{}",
+            whole.summary
+        );
         assert_eq!(whole.rows.len(), 2, "{:?}", whole.rows);
     }
 
