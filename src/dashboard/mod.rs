@@ -502,6 +502,11 @@ pub struct Sources<'a> {
     pub queries_dir: &'a Path,
 }
 
+/// What went wrong with `panel` of `dashboard`, naming both.
+fn panel_error(dashboard: &Dashboard, panel: &PanelSpec, message: String) -> DashboardError {
+    DashboardError::Panel { path: dashboard.path.display().to_string(), panel: panel.id.clone(), message }
+}
+
 /// The metrics request of a panel whose data comes from `spec`, with `selection` applied.
 fn metric_request(
     dashboard: &Dashboard,
@@ -534,11 +539,7 @@ fn metric_request(
         }),
         limit: spec.limit.unwrap_or(metrics::request::DEFAULT_LIMIT),
     };
-    request.check(view).map_err(|e| DashboardError::Panel {
-        path: dashboard.path.display().to_string(),
-        panel: panel.id.clone(),
-        message: e.to_string(),
-    })?;
+    request.check(view).map_err(|e| panel_error(dashboard, panel, e.to_string()))?;
     Ok(request)
 }
 
@@ -564,11 +565,7 @@ pub async fn rows_behind(
     mark: &Mark,
     caller: &Caller,
 ) -> Result<crate::query::engine::QueryOutput, DashboardError> {
-    let problem = |message: String| DashboardError::Panel {
-        path: dashboard.path.display().to_string(),
-        panel: panel.id.clone(),
-        message,
-    };
+    let problem = |message: String| panel_error(dashboard, panel, message);
     let Some(Source::Metric(spec)) = panel.source() else {
         return Err(problem("only panels on a metrics view have rows behind their numbers".into()));
     };
@@ -620,11 +617,7 @@ pub async fn panel_data(
     selection: &Selection,
     caller: &Caller,
 ) -> Result<PanelData, DashboardError> {
-    let problem = |message: String| DashboardError::Panel {
-        path: dashboard.path.display().to_string(),
-        panel: panel.id.clone(),
-        message,
-    };
+    let problem = |message: String| panel_error(dashboard, panel, message);
     let range = selection.range.as_ref().filter(|_| range_applies(dashboard, panel)).map(|(_, _, r)| *r);
     match panel.source() {
         Some(Source::Metric(spec)) => {
@@ -710,11 +703,7 @@ pub async fn panel_tracking(
     day: NaiveDate,
     caller: &Caller,
 ) -> Result<metrics::Tracking, DashboardError> {
-    let problem = |message: String| DashboardError::Panel {
-        path: dashboard.path.display().to_string(),
-        panel: panel.id.clone(),
-        message,
-    };
+    let problem = |message: String| panel_error(dashboard, panel, message);
     let Some(Source::Metric(spec)) = panel.source() else {
         return Err(problem("a forecast is of a metric: give the panel a `metric`".into()));
     };
