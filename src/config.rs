@@ -504,7 +504,9 @@ impl Config {
             .map(Path::to_path_buf)
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or_else(|| PathBuf::from("."));
-        config.base_dir = std::path::absolute(&base).unwrap_or(base);
+        // Canonical, not only absolute: `--config ../sokana.toml` would leave `..` in every path
+        // made from it, which object_store's URLs refuse.
+        config.base_dir = std::fs::canonicalize(&base).or_else(|_| std::path::absolute(&base)).unwrap_or(base);
         config.path = found;
         config.validate(&file)?;
         Ok(config)
@@ -750,6 +752,19 @@ mod tests {
         let config = Config::load_with_env(Some(&path), env).unwrap();
         assert_eq!(config.server.listen.port(), 9000);
         assert_eq!(config.sources["core"].url, "postgres://u@localhost/db");
+    }
+
+    /// `--config ../sokana.toml` from a folder beside the project: paths made from it hold no `..`
+    /// (object_store refuses a warehouse URL with one).
+    #[test]
+    fn paths_relative_to_a_config_named_through_dot_dot_are_plain() {
+        let (dir, _path) = write("[warehouse]\nuri = \"warehouse\"\n");
+        std::fs::create_dir(dir.path().join("out")).unwrap();
+        let through = dir.path().join("out").join("..").join("sokana.toml");
+        let config = Config::load_with_env(Some(&through), []).unwrap();
+        let warehouse = config.resolve(Path::new("warehouse"));
+        assert!(!warehouse.components().any(|c| c == std::path::Component::ParentDir), "{}", warehouse.display());
+        assert_eq!(warehouse, std::fs::canonicalize(dir.path()).unwrap().join("warehouse"));
     }
 
     #[test]
