@@ -41,6 +41,12 @@ fn colour_of(chart: &Chart, colours: &Colours, index: usize) -> RGBColor {
     chart.encoding.colours.get(index).and_then(|c| parse_hex(c)).unwrap_or_else(|| colours.series(index))
 }
 
+/// `colour` with `share` of it left, the rest `background`.
+fn blend(colour: RGBColor, background: RGBColor, share: f64) -> RGBColor {
+    let mix = |a: u8, b: u8| (f64::from(a) * share + f64::from(b) * (1.0 - share)).round() as u8;
+    RGBColor(mix(colour.0, background.0), mix(colour.1, background.1), mix(colour.2, background.2))
+}
+
 /// Text cut to about `width` pixels at `size`, with an ellipsis when cut.
 fn fit(text: &str, width: i32, size: f64) -> String {
     let per_char = size * 0.6;
@@ -360,7 +366,9 @@ fn xy(chart: &Chart, root: &Area, colours: &Colours) -> Result<(Vec<Hit>, String
     let mut items: Vec<(String, RGBColor)> =
         series.iter().enumerate().map(|(i, s)| (s.label.clone(), colour_of(chart, colours, i))).collect();
     if band.is_some() {
-        items.push(("Forecast (80 % and 95 % intervals)".to_string(), colour_of(chart, colours, 0)));
+        // The band's own tint, so that the legend tells the forecast from the series.
+        let swatch = blend(colour_of(chart, colours, 0), colours.background, 0.45);
+        items.push(("Forecast (80 % and 95 % intervals)".to_string(), swatch));
     }
     let over = over_capacity(band.as_ref(), capacity.as_ref());
     if let Some(capacity) = &capacity {
@@ -469,6 +477,12 @@ fn xy(chart: &Chart, root: &Area, colours: &Colours) -> Result<(Vec<Hit>, String
             * LABEL_SIZE
             * 0.62) as i32
             + 10;
+        // Room on the right for the half of the last x label that overhangs its column (weekly
+        // charts have columns narrower than their labels).
+        let (width, _) = plot.dim_in_pixel();
+        let column = f64::from(width.saturating_sub(y_label_width as u32)) / cols.max(1.0);
+        let overhang = (widest_label as f64 * LABEL_SIZE * 0.62 / 2.0 - column / 2.0).max(0.0) as i32;
+        builder.margin_right(PAD + 4 + overhang);
         builder.x_label_area_size(26).y_label_area_size(y_label_width);
         let mut c = builder.build_cartesian_2d(-0.5..cols - 0.5, v0..v1).map_err(failed)?;
         // As many x labels as fit side by side.
