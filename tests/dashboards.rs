@@ -118,7 +118,7 @@ async fn the_sokana_dashboards_answer_for_each_role() {
     let first = sql.split(";\n").next().expect("a statement");
     let base_url = format!("http://127.0.0.1:{}", server.http);
     let body = serde_json::json!({ "sql": first }).to_string();
-    let ran = post_json(&base_url, &manager, "/api/v1/query", &body).await;
+    let ran = common::post_json(&base_url, &manager, "/api/v1/query", &body).await;
     assert_eq!(ran.status(), 200);
     let ran: Value = serde_json::from_slice(&ran.bytes().await.expect("body")).expect("json");
     assert_eq!(ran["rows"][0]["collected"], metric["rows"][0]["collected"], "{sql}");
@@ -277,18 +277,6 @@ pub fn commit_a_payment(project: &Project) {
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
 }
 
-/// `POST path` on `base` with a JSON `body`, as the holder of API key `key`.
-async fn post_json(base: &str, key: &str, path: &str, body: &str) -> reqwest::Response {
-    reqwest::Client::new()
-        .post(format!("{base}{path}"))
-        .header("authorization", format!("Bearer {key}"))
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .expect("request")
-}
-
 /// The next `versions` event of a server-sent event stream, as table → version.
 async fn next_versions(events: &mut reqwest::Response, buffer: &mut String) -> std::collections::BTreeMap<String, i64> {
     loop {
@@ -390,14 +378,14 @@ async fn pages_rows_embed_links_and_live_events() {
     let analyst = common::api_key(&project, sokana::auth::Role::Analyst).await;
     let billing = common::api_key(&project, sokana::auth::Role::Billing).await;
     for (role, key, expected) in [("billing", &billing, 403), ("analyst", &analyst, 200)] {
-        let response = post_json(&base, key, "/api/v1/query", system_sql).await;
+        let response = common::post_json(&base, key, "/api/v1/query", system_sql).await;
         assert_eq!(response.status(), expected, "{role}: {}", response.text().await.unwrap_or_default());
     }
 
     // A signed embed link opens its one dashboard in a frame of the allowed site, as its maker.
     let embed = |key: &str, body: Value| {
         let (base, key) = (base.clone(), key.to_string());
-        async move { post_json(&base, &key, "/api/v1/dashboards/executive/embed", &body.to_string()).await }
+        async move { common::post_json(&base, &key, "/api/v1/dashboards/executive/embed", &body.to_string()).await }
     };
     let made =
         embed(&manager, serde_json::json!({ "filters": { "period": "last_90_days" }, "lifetime_seconds": 600 })).await;
@@ -522,7 +510,7 @@ async fn pages_rows_embed_links_and_live_events() {
         r#"{"sql": "SELECT count(*) AS loads FROM system.table_loads WHERE \"table\" = 'raw.sokana_audit'"}"#;
     let mut counts = Vec::new();
     for key in [&admin, &analyst] {
-        let response = post_json(&base, key, "/api/v1/query", audit_loads).await;
+        let response = common::post_json(&base, key, "/api/v1/query", audit_loads).await;
         let body: Value = serde_json::from_slice(&response.bytes().await.expect("body")).expect("json");
         counts.push(body["rows"][0]["loads"].as_i64().expect("a count"));
     }
@@ -547,9 +535,13 @@ async fn the_dashboards_in_a_browser() {
     let server = common::serve(&project);
     let base = format!("http://127.0.0.1:{}", server.http);
     let manager = common::api_key(&project, sokana::auth::Role::Manager).await;
-    let made =
-        post_json(&base, &manager, "/api/v1/dashboards/executive/embed", r#"{"filters": {"period": "all_time"}}"#)
-            .await;
+    let made = common::post_json(
+        &base,
+        &manager,
+        "/api/v1/dashboards/executive/embed",
+        r#"{"filters": {"period": "all_time"}}"#,
+    )
+    .await;
     let made: Value = serde_json::from_slice(&made.bytes().await.expect("body")).expect("json");
     let artifacts = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser-artifacts");
     std::fs::create_dir_all(&artifacts).expect("artifacts dir");

@@ -25,14 +25,8 @@ fn psql(port: u16, user: &str, key: &str) -> Command {
 }
 
 async fn post_query(server: &common::Server, key: &str, sql: &str) -> (u16, Value) {
-    let response = reqwest::Client::new()
-        .post(format!("http://127.0.0.1:{}/api/v1/query", server.http))
-        .header("authorization", format!("Bearer {key}"))
-        .header("content-type", "application/json")
-        .body(serde_json::json!({ "sql": sql }).to_string())
-        .send()
-        .await
-        .expect("request");
+    let base = format!("http://127.0.0.1:{}", server.http);
+    let response = common::post_json(&base, key, "/api/v1/query", &serde_json::json!({ "sql": sql }).to_string()).await;
     let status = response.status().as_u16();
     (status, serde_json::from_slice(&response.bytes().await.expect("body")).expect("json"))
 }

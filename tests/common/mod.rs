@@ -557,3 +557,15 @@ pub async fn get_json(server: &Server, key: &str, path: &str) -> (u16, serde_jso
     let (status, _, body) = get_bytes(server, key, path).await;
     (status, serde_json::from_slice(&body).expect("a JSON body"))
 }
+
+/// `POST path` on `base` (`http://127.0.0.1:PORT`) with a JSON `body`, as the holder of API key `key`.
+pub async fn post_json(base: &str, key: &str, path: &str, body: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("{base}{path}"))
+        .header(reqwest::header::AUTHORIZATION, format!("Bearer {key}"))
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("request")
+}
