@@ -159,16 +159,31 @@ pub(super) async fn get(
         "filters": filters, "panels": panels,
     });
     let bytes = serde_json::to_vec(&body).map_err(ApiError::internal)?;
+    let label = format!("dashboard {}", dashboard.id);
+    Ok(audited_by_query(keep_json(&state, &name, as_caller, label, bytes, reads, &headers)))
+}
+
+/// Keeps the JSON `bytes` just made as the derived answer `name` for `caller` (with what they
+/// read), and answers the request with `request` headers with them.
+pub(super) fn keep_json(
+    state: &AppState,
+    name: &str,
+    caller: &Caller,
+    label: String,
+    bytes: Vec<u8>,
+    reads: Reads,
+    request: &HeaderMap,
+) -> Response {
     let made = Derived {
         encoded: encodings("application/json", &bytes),
         bytes: bytes.into(),
         headers: vec![("content-type", "application/json".into())],
-        label: format!("dashboard {}", dashboard.id),
+        label,
         reads,
     };
-    let response = derived_response(&made, false, &headers);
-    state.engine.keep_derived(&name, as_caller, made);
-    Ok(audited_by_query(response))
+    let response = derived_response(&made, false, request);
+    state.engine.keep_derived(name, caller, made);
+    response
 }
 
 /// A kept answer, or this request's turn to make it.
@@ -438,7 +453,7 @@ fn accepts(headers: &HeaderMap, coding: &str) -> bool {
 
 /// `bytes` of `content_type` compressed as brotli and gzip, when worth it (text over a few KB;
 /// PNG is compressed already). Once per kept answer, so at better levels than per response.
-pub(super) fn encodings(content_type: &str, bytes: &[u8]) -> Vec<(&'static str, bytes::Bytes)> {
+fn encodings(content_type: &str, bytes: &[u8]) -> Vec<(&'static str, bytes::Bytes)> {
     use std::io::Write;
     if content_type.starts_with("image/png") || bytes.len() < super::COMPRESS_ABOVE as usize {
         return Vec::new();

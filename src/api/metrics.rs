@@ -2,18 +2,15 @@
 //! request given in the query string (`GET /api/v1/metrics/{view}`), run as the caller's role.
 
 use axum::extract::{Path, RawQuery, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Json, Response};
 use serde_json::json;
 
-use axum::http::HeaderMap;
-
 use super::auth::{Authenticated, audited_by_query};
-use super::dashboards::{Kept, derived_response, encodings, kept};
+use super::dashboards::{Kept, derived_response, keep_json, kept};
 use super::{ApiError, AppState, RequestId};
 use crate::metrics::request::MetricsRequest;
 use crate::metrics::{self, MetricsError};
-use crate::query::cache::Derived;
 
 impl ApiError {
     fn metrics(e: MetricsError, request_id: &RequestId) -> ApiError {
@@ -85,16 +82,8 @@ pub(super) async fn answer(
     let mut all = answer.reads.clone();
     all.add(&reads);
     let bytes = serde_json::to_vec(&answer).map_err(ApiError::internal)?;
-    let made = Derived {
-        encoded: encodings("application/json", &bytes),
-        bytes: bytes.into(),
-        headers: vec![("content-type", "application/json".into())],
-        label: format!("metrics {name} forecast"),
-        reads: all,
-    };
-    let response = derived_response(&made, false, &headers);
-    state.engine.keep_derived(&kept_as, &caller, made);
-    Ok(audited_by_query(response))
+    let label = format!("metrics {name} forecast");
+    Ok(audited_by_query(keep_json(&state, &kept_as, &caller, label, bytes, all, &headers)))
 }
 
 /// `forecast=N` (periods ahead) and `level=95` (repeatable; 80 and 95 when not given).
