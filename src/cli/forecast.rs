@@ -94,9 +94,9 @@ async fn rows_of_metric(
     let pairs = [("measures", measure), ("grain", grain.name())];
     let request = sokana::metrics::request::MetricsRequest::from_pairs(view, pairs, state.engine.limits().max_rows)?;
     let as_of = as_of.unwrap_or_else(|| chrono::Utc::now().with_timezone(&view.timezone).date_naive());
-    let (points, _) = sokana::metrics::series(&state.engine, view, &request, as_of, &Caller::cli()).await?;
+    let (rows, _) = sokana::metrics::series(&state.engine, view, &request, as_of, &Caller::cli()).await?;
     finish(&state).await?;
-    Ok(points.into_iter().filter_map(|(day, value)| day.and_hms_opt(0, 0, 0).map(|t| (t, value))).collect())
+    Ok(rows)
 }
 
 fn request(args: &SeriesArgs, horizon: usize, levels: &[f64], model: Option<&str>) -> Result<Request> {

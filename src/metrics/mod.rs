@@ -231,13 +231,14 @@ pub async fn answer(
 /// The series behind `request` (one measure per grain; filters kept) over the view's whole
 /// history, as `caller` sees it: what a forecast is made from, with what it read. Periods that
 /// end after `as_of` (the one in progress) are left out, since part of a month reads as a fall.
+/// Each period is the midnight that starts it, as the forecast takes times.
 pub async fn series(
     engine: &QueryEngine,
     view: &View,
     request: &MetricsRequest,
     as_of: chrono::NaiveDate,
     caller: &Caller,
-) -> Result<(Vec<(chrono::NaiveDate, Option<f64>)>, Reads), MetricsError> {
+) -> Result<(crate::forecast::series::Rows, Reads), MetricsError> {
     let bad =
         |parameter: &str, message: &str| MetricsError::Request { parameter: parameter.into(), message: message.into() };
     let (Some(grain), [measure]) = (request.grain, request.measures.as_slice()) else {
@@ -253,8 +254,8 @@ pub async fn series(
     let mut points = Vec::with_capacity(rows.len());
     for row in rows {
         let period = row.get(spec::PERIOD).and_then(|p| p.as_str()).and_then(|p| p.parse::<chrono::NaiveDate>().ok());
-        if let Some(period) = period.filter(|p| grain.after(*p) <= as_of) {
-            points.push((period, row.get(measure.as_str()).and_then(serde_json::Value::as_f64)));
+        if let Some(start) = period.filter(|p| grain.after(*p) <= as_of).and_then(|p| p.and_hms_opt(0, 0, 0)) {
+            points.push((start, row.get(measure.as_str()).and_then(serde_json::Value::as_f64)));
         }
     }
     Ok((points, answer.reads))
@@ -310,10 +311,9 @@ async fn forecast_outcome(
     caller: &Caller,
 ) -> Result<(crate::forecast::Outcome, Reads), MetricsError> {
     use crate::forecast as fc;
-    let (points, reads) = series(engine, view, request, as_of, caller).await?;
+    let (rows, reads) = series(engine, view, request, as_of, caller).await?;
     let fill = if additive(view, request) { fc::Fill::Zero } else { fc::Fill::Interpolate };
     let grain = request.grain.map(fc::Grain::from);
-    let rows = points.into_iter().filter_map(|(day, value)| day.and_hms_opt(0, 0, 0).map(|t| (t, value))).collect();
     let ask = ask.clone();
     let outcome = tokio::task::spawn_blocking(move || {
         let series = fc::Series::from_rows(rows, grain, fill)?;
