@@ -353,6 +353,8 @@ pub struct Tracking {
     /// days, such as an average, which is compared whole).
     pub share: f64,
     pub model: String,
+    /// The measure's format, for saying the figures.
+    pub format: Format,
 }
 
 impl Tracking {
@@ -431,6 +433,7 @@ pub async fn tracking(
         level,
         share,
         model: outcome.model,
+        format: view.measure(measure).map(|m| m.format).unwrap_or_default(),
     })
 }
 

@@ -7,7 +7,7 @@
 use chrono::{DateTime, NaiveDate, Utc};
 
 use super::{Report, ReportError};
-use crate::chart::{Cell, ChartKind, Format};
+use crate::chart::{Cell, ChartKind};
 use crate::dashboard::{self, Dashboard, Selection, Sources};
 use crate::metrics;
 use crate::pipeline::runlog::AlertState;
@@ -77,11 +77,7 @@ pub async fn evaluate(
             dashboard::panel_tracking(sources, dashboard, panel, &selection, level, day, caller).await.map_err(
                 |e| ReportError::Panel { report: name.clone(), panel: panel.id.clone(), message: e.to_string() },
             )?;
-        let format = panel
-            .metric
-            .as_ref()
-            .and_then(|m| sources.views.view(&m.view).ok()?.measure(m.measures.first()?).map(|m| m.format));
-        return Ok(Some(against_forecast(&panel.title, &tracking, alert.below_forecast.is_some(), format)));
+        return Ok(Some(against_forecast(&panel.title, &tracking, alert.below_forecast.is_some())));
     }
     let data = dashboard::panel_data(sources, dashboard, panel, &selection, caller)
         .await
@@ -121,8 +117,8 @@ pub async fn evaluate(
 
 /// The verdict of an alert on a forecast: whether the period so far fell under the lower bound
 /// (`below`) or over the upper bound of its interval scaled to the days counted, in words and figures.
-fn against_forecast(title: &str, t: &metrics::Tracking, below: bool, format: Option<Format>) -> Verdict {
-    let shown = |v: f64| format.map_or_else(|| format!("{v:.1}"), |f| f.full(v));
+fn against_forecast(title: &str, t: &metrics::Tracking, below: bool) -> Verdict {
+    let shown = |v: f64| t.format.full(v);
     let (expected, lower, upper) = t.expected();
     let firing = if below { t.actual < lower } else { t.actual > upper };
     let level = crate::forecast::table::level_name(t.level);
@@ -187,6 +183,7 @@ pub fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chart::Format;
 
     fn verdict(firing: bool) -> Verdict {
         Verdict { firing, summary: "s".into(), rows: Vec::new() }
@@ -206,24 +203,19 @@ mod tests {
             level: 95.0,
             share: 4.0 / 7.0,
             model: "theta".into(),
+            format: Format::Count,
         };
         // Four days of seven: 8 expected, and the interval's half-widths times sqrt(4/7).
-        let verdict = against_forecast(
-            "New leads",
-            &metrics::Tracking { actual: 2.0, ..week.clone() },
-            true,
-            Some(Format::Count),
-        );
+        let verdict = against_forecast("New leads", &metrics::Tracking { actual: 2.0, ..week.clone() }, true);
         assert!(verdict.firing, "{verdict:?}");
         assert!(verdict.summary.contains("through 2026-10-29 (57 % of it) is under 3"), "{}", verdict.summary);
         assert!(verdict.rows[1].contains("8 (95 % interval 3 to 13)"), "{:?}", verdict.rows);
-        assert!(!against_forecast("New leads", &week, true, None).firing, "3 is over 2.7");
-        assert!(
-            !against_forecast("New leads", &metrics::Tracking { actual: 13.0, ..week.clone() }, false, None).firing
-        );
-        assert!(against_forecast("New leads", &metrics::Tracking { actual: 14.0, ..week.clone() }, false, None).firing);
-        // A whole period is judged whole.
-        let whole = against_forecast("New leads", &metrics::Tracking { share: 1.0, ..week }, true, None);
+        assert!(!against_forecast("New leads", &week, true).firing, "3 is over 2.7");
+        assert!(!against_forecast("New leads", &metrics::Tracking { actual: 13.0, ..week.clone() }, false).firing);
+        assert!(against_forecast("New leads", &metrics::Tracking { actual: 14.0, ..week.clone() }, false).firing);
+        // A whole period is judged whole, its figures in the measure's format (hours here).
+        let hours = metrics::Tracking { share: 1.0, format: Format::Hours, ..week };
+        let whole = against_forecast("New leads", &hours, true);
         assert!(
             whole.firing && whole.summary.contains("in the week from 2026-10-26 is under 7.0"),
             "{}",
